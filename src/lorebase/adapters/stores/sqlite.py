@@ -1,0 +1,201 @@
+"""sqlite-vec + FTS5 store, living in the same SQLite file as the metadata.
+
+Vectors go to a ``vec0`` table per dimension, partitioned by KB so a KNN query only scans
+its own KB. Keywords go to an FTS5 table (porter stemming, unicode61) ranked by BM25.
+Both are written in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from lorebase.adapters.stores.protocol import Hit, IndexEntry
+
+# A short English stop list: dropping these keeps OR-queries fast and BM25 focused.
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "can",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "may",
+        "might",
+        "more",
+        "most",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "so",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    ]
+)
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_query(query: str) -> str:
+    """Turn free text into a safe FTS5 OR-query of quoted terms (no FTS syntax leaks through)."""
+    terms: list[str] = []
+    for t in _TOKEN.findall(query.lower()):
+        if t in _STOP or t in terms:
+            continue
+        terms.append(t)
+    if not terms:  # a query of stop words only: search them rather than nothing
+        terms = list(dict.fromkeys(_TOKEN.findall(query.lower())))
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms[:64])
+
+
+class SqliteStore:
+    name = "sqlite"
+
+    def __init__(self, dimensions: int) -> None:
+        self.dimensions = dimensions
+        self.vec_table = f"vec_chunks_{dimensions}"
+
+    def ensure_schema(self, session: Session) -> None:
+        session.execute(
+            text(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {self.vec_table} USING vec0("
+                f"kb_id text partition key, embedding float[{self.dimensions}] distance_metric=cosine)"
+            )
+        )
+        session.execute(
+            text(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
+                "content, title, section, kb_id UNINDEXED, tokenize='porter unicode61 remove_diacritics 2')"
+            )
+        )
+
+    def upsert(self, session: Session, entries: Sequence[IndexEntry]) -> None:
+        if not entries:
+            return
+        pks = [e.pk for e in entries]
+        self._delete_pks(session, pks)
+        session.execute(
+            text(f"INSERT INTO {self.vec_table}(rowid, kb_id, embedding) VALUES (:pk, :kb, :v)"),
+            [
+                {"pk": e.pk, "kb": e.kb_id, "v": np.asarray(e.vector, dtype=np.float32).tobytes()}
+                for e in entries
+            ],
+        )
+        session.execute(
+            text(
+                "INSERT INTO chunks_fts(rowid, content, title, section, kb_id) VALUES (:pk, :c, :t, :s, :kb)"
+            ),
+            [{"pk": e.pk, "c": e.text, "t": e.title, "s": e.section, "kb": e.kb_id} for e in entries],
+        )
+
+    def _delete_pks(self, session: Session, pks: Sequence[int]) -> None:
+        for i in range(0, len(pks), 500):
+            part = list(pks[i : i + 500])
+            marks = ",".join(str(int(p)) for p in part)
+            session.execute(text(f"DELETE FROM {self.vec_table} WHERE rowid IN ({marks})"))
+            session.execute(text(f"DELETE FROM chunks_fts WHERE rowid IN ({marks})"))
+
+    def delete(self, session: Session, kb_id: str, pks: Sequence[int]) -> None:
+        self._delete_pks(session, pks)
+
+    def delete_kb(self, session: Session, kb_id: str) -> None:
+        session.execute(text(f"DELETE FROM {self.vec_table} WHERE kb_id = :kb"), {"kb": kb_id})
+        session.execute(text("DELETE FROM chunks_fts WHERE kb_id = :kb"), {"kb": kb_id})
+
+    def vector_search(
+        self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None = None
+    ) -> list[Hit]:
+        if allowed is not None and not allowed:
+            return []
+        k = max(1, min(int(k), 4096))  # vec0 caps k at 4096
+        where = ""
+        if allowed is not None:
+            where = " AND rowid IN (" + ",".join(str(int(p)) for p in allowed) + ")"
+        rows = session.execute(
+            text(
+                f"SELECT rowid, distance FROM {self.vec_table} "
+                f"WHERE embedding MATCH :v AND kb_id = :kb AND k = :k{where} ORDER BY distance"
+            ),
+            {"v": np.asarray(vector, dtype=np.float32).tobytes(), "kb": kb_id, "k": k},
+        ).all()
+        return [Hit(pk=int(r[0]), score=1.0 - float(r[1])) for r in rows]
+
+    def keyword_search(
+        self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None = None
+    ) -> list[Hit]:
+        match = fts_query(query)
+        if not match or (allowed is not None and not allowed):
+            return []
+        where = ""
+        if allowed is not None:
+            where = " AND rowid IN (" + ",".join(str(int(p)) for p in allowed) + ")"
+        # bm25() is lower-is-better; column weights: content, title, section, kb_id.
+        rows = session.execute(
+            text(
+                "SELECT rowid, bm25(chunks_fts, 1.0, 0.5, 0.3, 0.0) AS rank FROM chunks_fts "
+                f"WHERE chunks_fts MATCH :q AND kb_id = :kb{where} ORDER BY rank LIMIT :k"
+            ),
+            {"q": match, "kb": kb_id, "k": int(k)},
+        ).all()
+        return [Hit(pk=int(r[0]), score=-float(r[1])) for r in rows]
+
+    def count(self, session: Session, kb_id: str) -> int:
+        return int(
+            session.execute(
+                text(f"SELECT count(*) FROM {self.vec_table} WHERE kb_id = :kb"), {"kb": kb_id}
+            ).scalar()
+            or 0
+        )

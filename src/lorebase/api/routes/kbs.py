@@ -1,0 +1,96 @@
+"""Knowledge base and document endpoints (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from lorebase.api.deps import PrincipalDep, RuntimeDep
+from lorebase.api.routes.drafts import SOURCES_BODY
+from lorebase.api.schemas.requests import DocumentsBatch, WebSource
+from lorebase.api.uploads import is_multipart, read_files, read_json
+from lorebase.errors import InvalidInput
+from lorebase.services import kbs
+
+router = APIRouter(prefix="/api/v1", tags=["knowledge bases"])
+
+DOCUMENTS_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": DocumentsBatch.model_json_schema()},
+            "multipart/form-data": SOURCES_BODY["requestBody"]["content"]["multipart/form-data"],
+        },
+        "required": True,
+    }
+}
+
+
+@router.get("/kbs")
+def list_kbs(
+    runtime: RuntimeDep, p: PrincipalDep, limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)
+) -> dict[str, Any]:
+    return kbs.list_kbs(runtime, p, limit=limit, offset=offset)
+
+
+@router.get("/kbs/{kb_id}")
+def get_kb(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    return kbs.get(runtime, p, kb_id)
+
+
+@router.delete("/kbs/{kb_id}", status_code=204)
+def delete_kb(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> Response:
+    kbs.delete_kb(runtime, p, kb_id)
+    return Response(status_code=204)
+
+
+@router.post("/kbs/{kb_id}/documents", status_code=202, openapi_extra=DOCUMENTS_BODY)
+async def add_documents(kb_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    if is_multipart(request):
+        files = await read_files(request, runtime.settings.max_upload_bytes)
+        return await run_in_threadpool(lambda: kbs.add_documents(runtime, p, kb_id, files=files))
+    body = await read_json(request, DocumentsBatch)
+    assert isinstance(body, DocumentsBatch)
+    records = [r.model_dump() for r in body.documents]
+    return await run_in_threadpool(lambda: kbs.add_documents(runtime, p, kb_id, records=records))
+
+
+@router.post("/kbs/{kb_id}/sources", status_code=202)
+def add_source(kb_id: str, body: WebSource, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    kbs.get(runtime, p, kb_id)
+    raise InvalidInput("web sources are not supported by this build yet; upload files or text records")
+
+
+@router.post("/kbs/{kb_id}/refresh", status_code=202)
+def refresh(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    kbs.get(runtime, p, kb_id)
+    raise InvalidInput("this knowledge base has no web sources to refresh")
+
+
+@router.get("/kbs/{kb_id}/documents")
+def list_documents(
+    kb_id: str,
+    runtime: RuntimeDep,
+    p: PrincipalDep,
+    status: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    return kbs.list_documents(runtime, p, kb_id, status=status, limit=limit, offset=offset)
+
+
+@router.get("/documents/{document_id}")
+def get_document(document_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    return kbs.get_document(runtime, p, document_id)
+
+
+@router.get("/documents/{document_id}/chunks")
+def list_chunks(
+    document_id: str,
+    runtime: RuntimeDep,
+    p: PrincipalDep,
+    limit: int = Query(1000, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    return kbs.list_chunks(runtime, p, document_id, limit=limit, offset=offset)

@@ -1,0 +1,25 @@
+"""Search and feedback endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from lorebase.api.deps import PrincipalDep, RuntimeDep
+from lorebase.api.schemas.requests import FeedbackRequest, SearchRequest
+from lorebase.services import search
+
+router = APIRouter(prefix="/api/v1", tags=["search"])
+
+
+@router.post("/kbs/{kb_id}/search")
+def search_kb(kb_id: str, body: SearchRequest, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    return search.search(
+        runtime, p, kb_id, body.query, mode=body.mode, top_k=body.top_k, filters=body.filters
+    )
+
+
+@router.post("/queries/{query_id}/feedback")
+def feedback(query_id: str, body: FeedbackRequest, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    return search.feedback(runtime, p, query_id, body.feedback, body.comment)

@@ -1,0 +1,52 @@
+"""create_app(): the FastAPI app. The lifespan builds the runtime once and, in the embedded
+mode, starts the worker threads; shutdown drains them (jobs checkpoint and release leases)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from lorebase import __version__
+from lorebase.api import errors
+from lorebase.api.routes import drafts, health, kbs, pipelines, search
+from lorebase.runtime import Runtime, embedder_info
+from lorebase.settings import Settings, get_settings
+
+log = logging.getLogger("lorebase")
+
+
+def create_app(settings: Settings | None = None, *, workers: int | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    n_workers = settings.workers if workers is None else workers
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings)
+        runtime.store(settings.vector_store, embedder_info(settings.embedder)[0])  # store tables exist
+        app.state.runtime = runtime
+        if n_workers > 0 and settings.executor == "embedded":
+            from lorebase.pipeline.runner import build_executor
+
+            executor = build_executor(runtime, concurrency=n_workers, name="serve")
+            executor.start()
+            runtime.executor = executor
+        try:
+            yield
+        finally:
+            if runtime.executor is not None:
+                runtime.executor.stop(drain=True, timeout=30)
+            runtime.close()
+
+    app = FastAPI(
+        title="lorebase",
+        version=__version__,
+        description="Documents and websites into searchable knowledge bases, built by durable background jobs.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (health, drafts, kbs, search, pipelines):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,292 @@
+"""The ``lorebase`` command line (DESIGN.md §8). Commands call the same services as the API."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from lorebase.cli import common
+from lorebase.cli.common import console, err_console
+from lorebase.errors import LorebaseError
+from lorebase.settings import get_settings
+
+app = typer.Typer(
+    help="lorebase: documents and websites into searchable knowledge bases.", no_args_is_help=True
+)
+kb_app = typer.Typer(help="Manage knowledge bases.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+
+Workspace = Annotated[str | None, typer.Option("--workspace", "-w", help="Workspace to act in (local mode).")]
+
+
+def _run(fn: Any) -> Any:
+    try:
+        return fn()
+    except LorebaseError as exc:
+        common.fail(exc)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Embedded worker threads (0: API only).")] = None,
+) -> None:
+    """Run the API with embedded workers (migrations are applied first)."""
+    import uvicorn
+
+    from lorebase.app import create_app
+    from lorebase.services.auth import create_key, has_any_key
+
+    common.setup_logging()
+    settings = get_settings()
+    host, port = host or settings.host, port or settings.port
+    rt = common.runtime(settings)
+    if not has_any_key(rt.db):
+        key, _ = create_key(rt.db, workspace="default", name="first key")
+        console.print(f"[bold green]Created the first API key[/] (shown once, keep it):\n\n    {key}\n")
+        console.print(f"Try: curl -H 'Authorization: Bearer {key}' http://{host}:{port}/api/v1/kbs\n")
+    rt.close()
+    uvicorn.run(create_app(settings, workers=workers), host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker threads in this process.")] = 2,
+) -> None:
+    """Run background jobs from the shared database until SIGTERM/SIGINT (which drains)."""
+    from lorebase.pipeline.runner import build_executor
+
+    common.setup_logging()
+    rt = common.runtime()
+    executor = build_executor(rt, concurrency=concurrency, name="worker")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    executor.start()
+    console.print(f"worker started with {concurrency} threads on {rt.settings.resolved_database_url}")
+    stop.wait()
+    console.print("draining: running jobs checkpoint and release their leases")
+    executor.stop(drain=True, timeout=60)
+    rt.close()
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Files or folders.")],
+    kb: Annotated[str, typer.Option("--kb", help="Knowledge base name (created when new).")],
+    strategy: Annotated[str | None, typer.Option(help="Chunking strategy: recursive or structure.")] = None,
+    chunk_size: Annotated[int | None, typer.Option(help="Chunk size in model tokens.")] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the pipeline to the end.")] = True,
+    workers: Annotated[int, typer.Option(help="Worker threads this command runs while it waits.")] = 2,
+    workspace: Workspace = None,
+) -> None:
+    """Create or extend a knowledge base from files and folders, with a live progress bar."""
+    from lorebase.cli.ingest import ingest as do_ingest
+
+    common.setup_logging()
+    chunking: dict[str, Any] = {}
+    if strategy:
+        chunking["strategy"] = strategy
+    if chunk_size:
+        chunking["chunk_size"] = chunk_size
+    config = {"chunking": chunking} if chunking else None
+    rt = common.runtime()
+    result = _run(
+        lambda: do_ingest(
+            rt, common.principal(rt, workspace), paths, kb_name=kb, config=config, wait=wait, workers=workers
+        )
+    )
+    state = result["pipeline"]
+    console.print(f"pipeline {state['id']}: [bold]{state['status']}[/] — {state.get('message') or ''}")
+    rt.close()
+    if state["status"] in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    kb: Annotated[str, typer.Option("--kb", help="Knowledge base name or id.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many results.")] = 5,
+    mode: Annotated[str, typer.Option(help="hybrid, vector or keyword.")] = "hybrid",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    workspace: Workspace = None,
+) -> None:
+    """Print ranked results for a query."""
+    from lorebase.services import search as search_service
+
+    rt = common.runtime()
+    p = common.principal(rt, workspace)
+    kb_row = _run(lambda: common.resolve_kb(rt, p, kb))
+    result = _run(lambda: search_service.search(rt, p, kb_row["id"], query, mode=mode, top_k=top_k))  # type: ignore[arg-type]
+    if as_json:
+        console.print_json(json.dumps(result, default=str))
+        return
+    table = Table(title=f"{mode} search in {kb_row['name']}: {query}")
+    for col in ("#", "score", "document", "section", "text"):
+        table.add_column(col, overflow="fold")
+    for i, r in enumerate(result["results"], 1):
+        doc = r["title"] or r["filename"] or r["external_id"] or r["document_id"]
+        text = r["text"][:200] + ("…" if len(r["text"]) > 200 else "")
+        table.add_row(str(i), f"{r['score']:.4f}", str(doc), " > ".join(r["section"]), text)
+    console.print(table)
+
+
+@kb_app.command("list")
+def kb_list(workspace: Workspace = None) -> None:
+    """List knowledge bases."""
+    from lorebase.services import kbs
+
+    rt = common.runtime()
+    data = kbs.list_kbs(rt, common.principal(rt, workspace), limit=1000)
+    table = Table(title=f"{data['total']} knowledge bases")
+    for col in ("id", "name", "status", "documents", "indexed", "failed", "chunks"):
+        table.add_column(col)
+    for kb in data["items"]:
+        c = kb["counts"]
+        table.add_row(
+            kb["id"],
+            kb["name"],
+            kb["status"],
+            *(str(c[k]) for k in ("documents", "indexed", "failed", "chunks")),
+        )
+    console.print(table)
+
+
+@kb_app.command("show")
+def kb_show(name: Annotated[str, typer.Argument(help="Name or id.")], workspace: Workspace = None) -> None:
+    """Show one knowledge base as JSON."""
+    rt = common.runtime()
+    kb = _run(lambda: common.resolve_kb(rt, common.principal(rt, workspace), name))
+    console.print_json(json.dumps(kb, default=str))
+
+
+@kb_app.command("delete")
+def kb_delete(
+    name: Annotated[str, typer.Argument(help="Name or id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    workspace: Workspace = None,
+) -> None:
+    """Delete a knowledge base with its documents, chunks and vectors."""
+    from lorebase.services import kbs
+
+    rt = common.runtime()
+    p = common.principal(rt, workspace)
+    kb = _run(lambda: common.resolve_kb(rt, p, name))
+    if not yes:
+        typer.confirm(f"Delete {kb['name']} ({kb['counts']['documents']} documents)?", abort=True)
+    _run(lambda: kbs.delete_kb(rt, p, kb["id"]))
+    console.print(f"deleted {kb['name']}")
+
+
+@app.command()
+def jobs(
+    status: Annotated[
+        str | None, typer.Option(help="pending, running, succeeded, failed, cancelled or dead.")
+    ] = None,
+    retry: Annotated[str | None, typer.Option(help="Retry this dead or failed job id.")] = None,
+    limit: Annotated[int, typer.Option(help="How many rows.")] = 50,
+    workspace: Workspace = None,
+) -> None:
+    """Inspect jobs; retry dead ones."""
+    from lorebase.services import jobs as job_service
+
+    rt = common.runtime()
+    p = common.principal(rt, workspace)
+    if retry:
+        job = _run(lambda: job_service.retry_job(rt, p, retry))
+        console.print(f"job {job['id']} is {job['status']} again")
+        return
+    data = _run(lambda: job_service.list_jobs(rt, p, status=status, kb_id=None, limit=limit, offset=0))
+    stats = job_service.queue_stats(rt, p)
+    table = Table(
+        title=f"{data['total']} jobs — pending {stats['pending']}, running {stats['running']}, dead {stats['dead']}"
+    )
+    for col in ("id", "type", "status", "attempts", "document", "last error"):
+        table.add_column(col, overflow="fold")
+    for j in data["items"]:
+        table.add_row(
+            j["id"],
+            j["type"],
+            j["status"],
+            f"{j['attempts']}/{j['max_attempts']}",
+            j["document_id"] or "",
+            (j["last_error"] or "")[:120],
+        )
+    console.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    workspace: Annotated[str, typer.Option(help="Workspace (created when new).")] = "default",
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+) -> None:
+    """Print a new API key (shown once)."""
+    from lorebase.services.auth import create_key
+
+    rt = common.runtime()
+    key, row = create_key(rt.db, workspace=workspace, name=name)
+    err_console.print(f"created key {row.prefix}… in workspace {workspace!r} (shown once):")
+    print(key)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations."""
+    rt = common.runtime()
+    console.print(f"database at head: {rt.settings.resolved_database_url}")
+
+
+@app.command("eval")
+def evaluate(
+    kb: Annotated[str, typer.Option("--kb", help="Knowledge base name or id.")],
+    queries: Annotated[str, typer.Option(help="BEIR queries.jsonl")],
+    qrels: Annotated[str, typer.Option(help="BEIR qrels .tsv")],
+    corpus: Annotated[
+        str | None, typer.Option(help="BEIR corpus.jsonl: build the KB from it when missing.")
+    ] = None,
+    modes: Annotated[str, typer.Option(help="Comma-separated modes.")] = "vector,keyword,hybrid",
+    limit: Annotated[
+        int | None, typer.Option(help="Evaluate only the first N queries that have judgements.")
+    ] = None,
+    workspace: Workspace = None,
+) -> None:
+    """nDCG@10, recall@10 and recall@100 of a KB on BEIR-format queries and qrels."""
+    from lorebase.cli.evaluate import run_eval
+
+    common.setup_logging()
+    rt = common.runtime()
+    p = common.principal(rt, workspace)
+    report = _run(
+        lambda: run_eval(
+            rt, p, kb=kb, queries=queries, qrels=qrels, corpus=corpus, modes=modes.split(","), limit=limit
+        )
+    )
+    table = Table(title=f"retrieval quality of {kb} ({report['queries']} queries)")
+    for col in ("mode", "nDCG@10", "recall@10", "recall@100", "ms/query"):
+        table.add_column(col)
+    for mode, m in report["modes"].items():
+        table.add_row(
+            mode,
+            f"{m['ndcg@10']:.4f}",
+            f"{m['recall@10']:.4f}",
+            f"{m['recall@100']:.4f}",
+            f"{m['ms_per_query']:.1f}",
+        )
+    console.print(table)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    app()

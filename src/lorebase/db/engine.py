@@ -1,0 +1,108 @@
+"""Engine and session factory.
+
+SQLite (the embedded default) gets WAL, a busy timeout, foreign keys, the sqlite-vec
+extension, and ``BEGIN IMMEDIATE`` for write transactions: a deferred transaction that later
+upgrades to a write lock can fail with SQLITE_BUSY without waiting, which would surface as
+spurious errors under concurrent workers. Read-only sessions use a deferred ``BEGIN`` so that
+searches never wait for writers (WAL readers see a consistent snapshot).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def _sqlite_module() -> Any:
+    """The stdlib module when it can load extensions, else pysqlite3 (same API, bundled SQLite)."""
+    probe = sqlite3.connect(":memory:")
+    try:
+        if hasattr(probe, "enable_load_extension"):
+            return sqlite3
+    finally:
+        probe.close()
+    import pysqlite3.dbapi2 as pysqlite3  # type: ignore[import-not-found]
+
+    return pysqlite3
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        module=_sqlite_module(),
+        connect_args={"timeout": 30, "check_same_thread": False},
+        pool_size=10,
+        max_overflow=20,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        import sqlite_vec
+
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see module docstring)
+        dbapi_conn.enable_load_extension(True)
+        sqlite_vec.load(dbapi_conn)
+        dbapi_conn.enable_load_extension(False)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = "DEFERRED" if conn.get_execution_options().get("lorebase_readonly") else "IMMEDIATE"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+class Database:
+    """Owns the engine; hands out short transactions. Built once per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._write = sessionmaker(self.engine, expire_on_commit=False)
+        self._read = sessionmaker(
+            self.engine.execution_options(lorebase_readonly=True), expire_on_commit=False
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return is_sqlite(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        with self._write() as s, s.begin():
+            yield s
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A read-only snapshot (deferred transaction on SQLite); never commits.
+
+        Closing (not rolling back) ends the transaction and leaves loaded objects readable.
+        """
+        with self._read() as s:
+            yield s
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,326 @@
+"""Job table semantics: enqueue, claim, lease, heartbeat, fenced transitions, retry, dead letters.
+
+The job row is the only source of truth. A claim takes a lease (owner + expiry) and bumps
+``attempts``; every later write by that worker is *fenced* on ``(id, attempts, lease_owner,
+status='running')`` so a worker whose lease was taken over changes nothing. Execution is
+at-least-once; handlers make their effects idempotent.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from lorebase.db.engine import Database
+from lorebase.db.models import Job, Pipeline, new_id, utcnow
+from lorebase.errors import LeaseLost
+from lorebase.settings import JobSettings
+
+#: pipelines in these states hand out no new work
+_HELD = ("paused", "cancelling", "cancelled")
+FINAL_JOB_STATES = ("succeeded", "failed", "cancelled", "dead")
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """What a worker holds while it runs a job; ``attempts`` + ``owner`` are its fencing token."""
+
+    id: str
+    type: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    owner: str
+    workspace_id: str
+    pipeline_id: str | None
+    kb_id: str | None
+    document_id: str | None
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+
+
+def backoff_delay(attempts: int, cfg: JobSettings, retry_after: float | None = None) -> float:
+    """Exponential backoff with 'equal jitter'; a server's Retry-After wins when it is longer."""
+    ceiling = min(cfg.backoff_max_seconds, cfg.backoff_base_seconds * (2 ** max(0, attempts - 1)))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cfg.backoff_max_seconds))
+    return delay
+
+
+class JobQueue:
+    def __init__(self, db: Database, cfg: JobSettings) -> None:
+        self.db = db
+        self.cfg = cfg
+        self._listeners: list[Any] = []
+
+    # -- wake-ups ---------------------------------------------------------------------------
+    def add_listener(self, callback: Any) -> None:
+        """``callback()`` is called after work is enqueued in this process (wakes idle workers)."""
+        self._listeners.append(callback)
+
+    def notify(self) -> None:
+        for cb in list(self._listeners):
+            cb()
+
+    # -- enqueue ----------------------------------------------------------------------------
+    def enqueue(
+        self,
+        session: Session,
+        *,
+        type: str,
+        workspace_id: str,
+        payload: dict[str, Any] | None = None,
+        pipeline_id: str | None = None,
+        kb_id: str | None = None,
+        document_id: str | None = None,
+        priority: int = 0,
+        dedupe_key: str | None = None,
+        concurrency_key: str | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+    ) -> str | None:
+        """Insert a pending job in the caller's transaction; returns its id, or None when a pending
+        job with the same ``dedupe_key`` already exists (that one will do the work)."""
+        row = self.job_row(
+            type=type,
+            workspace_id=workspace_id,
+            payload=payload,
+            pipeline_id=pipeline_id,
+            kb_id=kb_id,
+            document_id=document_id,
+            priority=priority,
+            dedupe_key=dedupe_key,
+            concurrency_key=concurrency_key,
+            run_at=run_at,
+            max_attempts=max_attempts,
+        )
+        if dedupe_key is None:
+            session.execute(insert(Job), [row])
+            return str(row["id"])
+        ins = pg_insert(Job) if session.get_bind().dialect.name == "postgresql" else sqlite_insert(Job)
+        stmt = ins.values(**row).on_conflict_do_nothing(
+            index_elements=["dedupe_key"],
+            index_where=and_(Job.status == "pending", Job.dedupe_key.is_not(None)),
+        )
+        result = session.execute(stmt)
+        return str(row["id"]) if result.rowcount else None  # type: ignore[attr-defined]
+
+    def job_row(self, *, type: str, workspace_id: str, **kw: Any) -> dict[str, Any]:
+        """A complete row for bulk inserts (``session.execute(insert(Job), rows)``)."""
+        now = utcnow()
+        return {
+            "id": new_id(),
+            "type": type,
+            "workspace_id": workspace_id,
+            "payload": kw.get("payload") or {},
+            "pipeline_id": kw.get("pipeline_id"),
+            "kb_id": kw.get("kb_id"),
+            "document_id": kw.get("document_id"),
+            "priority": kw.get("priority") or 0,
+            "dedupe_key": kw.get("dedupe_key"),
+            "concurrency_key": kw.get("concurrency_key"),
+            "status": "pending",
+            "attempts": 0,
+            "max_attempts": kw.get("max_attempts") or self.cfg.max_attempts,
+            "run_at": kw.get("run_at") or now,
+            "checkpoint": {},
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    # -- claim ------------------------------------------------------------------------------
+    def claim(self, owner: str, types: tuple[str, ...] | None = None) -> ClaimedJob | None:
+        """Take the most urgent runnable job: highest priority, then oldest ``run_at``.
+
+        Skips jobs of paused/cancelling pipelines and jobs whose ``concurrency_key`` is held by a
+        running job (one embedder loop per pipeline, for example).
+        """
+        now = utcnow()
+        busy = select(Job.concurrency_key).where(Job.status == "running", Job.concurrency_key.is_not(None))
+        held = select(Pipeline.id).where(Pipeline.status.in_(_HELD))
+        candidate = (
+            select(Job.id)
+            .where(
+                Job.status == "pending",
+                Job.run_at <= now,
+                or_(Job.pipeline_id.is_(None), Job.pipeline_id.not_in(held)),
+                or_(Job.concurrency_key.is_(None), Job.concurrency_key.not_in(busy)),
+            )
+            .order_by(Job.priority.desc(), Job.run_at, Job.created_at)
+            .limit(1)
+        )
+        if types:
+            candidate = candidate.where(Job.type.in_(types))
+        with self.db.session() as s:
+            if s.get_bind().dialect.name == "postgresql":
+                candidate = candidate.with_for_update(skip_locked=True)
+            job_id = s.execute(candidate).scalar()
+            if job_id is None:
+                return None
+            lease_until = now + timedelta(seconds=self.cfg.lease_seconds)
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == "pending")
+                .values(
+                    status="running",
+                    attempts=Job.attempts + 1,
+                    lease_owner=owner,
+                    lease_expires_at=lease_until,
+                    heartbeat_at=now,
+                    started_at=func.coalesce(Job.started_at, now),
+                    updated_at=now,
+                )
+                .returning(
+                    Job.id,
+                    Job.type,
+                    Job.payload,
+                    Job.attempts,
+                    Job.max_attempts,
+                    Job.workspace_id,
+                    Job.pipeline_id,
+                    Job.kb_id,
+                    Job.document_id,
+                    Job.checkpoint,
+                )
+            ).first()
+            if result is None:
+                return None
+            if result.pipeline_id:
+                s.execute(
+                    update(Pipeline)
+                    .where(Pipeline.id == result.pipeline_id, Pipeline.status == "queued")
+                    .values(status="running", started_at=now, updated_at=now)
+                )
+            return ClaimedJob(
+                id=result.id,
+                type=result.type,
+                payload=dict(result.payload or {}),
+                attempts=result.attempts,
+                max_attempts=result.max_attempts,
+                owner=owner,
+                workspace_id=result.workspace_id,
+                pipeline_id=result.pipeline_id,
+                kb_id=result.kb_id,
+                document_id=result.document_id,
+                checkpoint=dict(result.checkpoint or {}),
+            )
+
+    # -- fenced writes ----------------------------------------------------------------------
+    @staticmethod
+    def _fence(job: ClaimedJob) -> Any:
+        return and_(
+            Job.id == job.id,
+            Job.attempts == job.attempts,
+            Job.lease_owner == job.owner,
+            Job.status == "running",
+        )
+
+    def fence(self, session: Session, job: ClaimedJob) -> None:
+        """Prove ownership inside the caller's transaction (and renew the lease), or raise LeaseLost.
+
+        Called first in every transaction a job writes in: on SQLite the transaction already holds
+        the write lock, on PostgreSQL the row lock taken here holds until commit, so the reaper
+        cannot take the lease between this check and the job's writes.
+        """
+        now = utcnow()
+        result = session.execute(
+            update(Job)
+            .where(self._fence(job))
+            .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=self.cfg.lease_seconds))
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLost(f"job {job.id} attempt {job.attempts} no longer owned by {job.owner}")
+
+    def heartbeat(self, job: ClaimedJob) -> bool:
+        """Renew the lease; False when it was lost (taken over, cancelled or finished elsewhere)."""
+        try:
+            with self.db.session() as s:
+                self.fence(s, job)
+            return True
+        except LeaseLost:
+            return False
+
+    def save_checkpoint(self, session: Session, job: ClaimedJob, checkpoint: dict[str, Any]) -> None:
+        session.execute(update(Job).where(self._fence(job)).values(checkpoint=checkpoint))
+
+    def _finish(self, session: Session, job: ClaimedJob, **values: Any) -> None:
+        now = utcnow()
+        values.setdefault("lease_owner", None)
+        values.setdefault("lease_expires_at", None)
+        values["updated_at"] = now
+        result = session.execute(update(Job).where(self._fence(job)).values(**values))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise LeaseLost(f"job {job.id} attempt {job.attempts} no longer owned by {job.owner}")
+
+    def succeed(self, session: Session, job: ClaimedJob) -> None:
+        self._finish(session, job, status="succeeded", finished_at=utcnow(), last_error=None, error_kind=None)
+
+    def fail(self, session: Session, job: ClaimedJob, error: str, *, kind: str = "permanent") -> None:
+        self._finish(session, job, status="failed", finished_at=utcnow(), last_error=error, error_kind=kind)
+
+    def retry_later(
+        self, session: Session, job: ClaimedJob, error: str, *, retry_after: float | None = None
+    ) -> tuple[str, float]:
+        """Back to ``pending`` after a backoff, or ``dead`` once ``max_attempts`` are spent."""
+        if job.attempts >= job.max_attempts:
+            self._finish(
+                session, job, status="dead", finished_at=utcnow(), last_error=error, error_kind="transient"
+            )
+            return "dead", 0.0
+        delay = backoff_delay(job.attempts, self.cfg, retry_after)
+        self._finish(
+            session,
+            job,
+            status="pending",
+            run_at=utcnow() + timedelta(seconds=delay),
+            last_error=error,
+            error_kind="transient",
+        )
+        return "pending", delay
+
+    def release(self, session: Session, job: ClaimedJob) -> None:
+        """Give the job back untouched (pause, drain): this attempt does not count."""
+        self._finish(session, job, status="pending", attempts=job.attempts - 1, run_at=utcnow())
+
+    def cancel_running(self, session: Session, job: ClaimedJob, reason: str = "cancelled") -> None:
+        self._finish(session, job, status="cancelled", finished_at=utcnow(), last_error=reason)
+
+    # -- maintenance ------------------------------------------------------------------------
+    def reap(self) -> list[str]:
+        """Return running jobs whose lease expired to ``pending`` (or ``dead`` when out of attempts).
+
+        The lease, not elapsed time, decides: a slow job that heartbeats is never reaped.
+        Returns the pipeline ids touched, so callers can re-check them.
+        """
+        now = utcnow()
+        with self.db.session() as s:
+            expired = s.execute(
+                select(Job.id, Job.attempts, Job.max_attempts, Job.pipeline_id).where(
+                    Job.status == "running", Job.lease_expires_at < now
+                )
+            ).all()
+            for row in expired:
+                dead = row.attempts >= row.max_attempts
+                s.execute(
+                    update(Job)
+                    .where(Job.id == row.id, Job.attempts == row.attempts, Job.status == "running")
+                    .where(Job.lease_expires_at < now)
+                    .values(
+                        status="dead" if dead else "pending",
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        run_at=now,
+                        finished_at=now if dead else None,
+                        last_error="worker lost (lease expired)",
+                        error_kind="transient",
+                        updated_at=now,
+                    )
+                )
+            return sorted({r.pipeline_id for r in expired if r.pipeline_id})

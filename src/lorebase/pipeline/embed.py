@@ -1,0 +1,63 @@
+"""The embed stage: vectors for texts through a cache keyed by (model, text hash).
+
+Unchanged text is never embedded twice: the cache is consulted first and only misses reach
+the model. New cache rows are returned to the caller so they commit in the same transaction
+as the vectors they describe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from lorebase.adapters.embedders.protocol import Embedder
+from lorebase.db.models import EmbeddingCache
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(slots=True)
+class Embedded:
+    vectors: np.ndarray
+    #: (text hash, vector bytes) for texts the model embedded now (cache misses)
+    new_cache_rows: list[tuple[str, bytes]]
+    #: index into the input of each text the model embedded now
+    encoded: list[int]
+
+
+def embed_with_cache(session: Session, embedder: Embedder, texts: list[str]) -> Embedded:
+    hashes = [text_hash(t) for t in texts]
+    cached: dict[str, bytes] = {}
+    unique = list(dict.fromkeys(hashes))
+    for i in range(0, len(unique), 500):
+        rows = session.execute(
+            select(EmbeddingCache.text_hash, EmbeddingCache.vector).where(
+                EmbeddingCache.model_id == embedder.model_id,
+                EmbeddingCache.text_hash.in_(unique[i : i + 500]),
+            )
+        ).all()
+        cached.update({r[0]: r[1] for r in rows})
+    vectors = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
+    misses: dict[str, list[int]] = {}
+    for i, h in enumerate(hashes):
+        if h in cached:
+            vectors[i] = np.frombuffer(cached[h], dtype=np.float32)
+        else:
+            misses.setdefault(h, []).append(i)
+    new_rows: list[tuple[str, bytes]] = []
+    encoded: list[int] = []
+    if misses:
+        order = list(misses)
+        fresh = embedder.embed([texts[misses[h][0]] for h in order])
+        for h, vec in zip(order, fresh, strict=True):
+            for i in misses[h]:
+                vectors[i] = vec
+            encoded.append(misses[h][0])
+            new_rows.append((h, np.asarray(vec, dtype=np.float32).tobytes()))
+    return Embedded(vectors=vectors, new_cache_rows=new_rows, encoded=encoded)

@@ -1,0 +1,140 @@
+"""The ``embed_chunks`` job: embed a pipeline's pending chunks in batches that span documents,
+and write vectors, keyword entries, chunk states, cache rows and counters in one transaction
+per batch. Re-running is harmless: only chunks still pending are written, upserts by pk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from lorebase.adapters.stores.protocol import IndexEntry, Store
+from lorebase.db.models import Chunk, Document, EmbeddingCache, KnowledgeBase, Pipeline, utcnow
+from lorebase.errors import PermanentError
+from lorebase.jobs.context import JobContext
+from lorebase.pipeline.embed import Embedded, embed_with_cache
+from lorebase.services import pipelines as pipeline_service
+
+
+class EmbedChunks:
+    def run(self, ctx: JobContext) -> None:
+        runtime = ctx.runtime
+        pipeline_id = ctx.job.payload["pipeline_id"]
+        with runtime.db.read_session() as s:
+            kb = s.execute(
+                select(KnowledgeBase)
+                .join(Pipeline, Pipeline.kb_id == KnowledgeBase.id)
+                .where(Pipeline.id == pipeline_id)
+            ).scalar_one_or_none()
+            if kb is None:
+                raise PermanentError("the knowledge base was deleted")
+            kb_id, config = kb.id, kb.config
+        embedder = runtime.kb_embedder(config)
+        store = runtime.kb_store(config)
+        batch_size = runtime.settings.embed_batch_size
+        while True:
+            ctx.check_control()
+            with runtime.db.read_session() as s:
+                rows = s.execute(
+                    select(
+                        Chunk.pk,
+                        Chunk.embed_text,
+                        Chunk.content,
+                        Chunk.document_id,
+                        Chunk.meta,
+                        Document.title,
+                    )
+                    .join(Document, Document.id == Chunk.document_id)
+                    .where(Document.pipeline_id == pipeline_id, Chunk.embedded.is_(False))
+                    .order_by(Chunk.pk)
+                    .limit(batch_size)
+                ).all()
+                if not rows:
+                    return
+                result = embed_with_cache(s, embedder, [r.embed_text for r in rows])
+            with ctx.transaction() as s:
+                write_batch(s, store, embedder.model_id, kb_id, pipeline_id, rows, result)
+
+    def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
+        """The embedder gave up: the documents waiting on it fail, their siblings stay indexed."""
+        pipeline_id = ctx.job.payload["pipeline_id"]
+        waiting = select(Chunk.document_id).where(Chunk.embedded.is_(False))
+        session.execute(
+            update(Document)
+            .where(
+                Document.pipeline_id == pipeline_id, Document.status == "embedding", Document.id.in_(waiting)
+            )
+            .values(
+                status="failed", error=f"embedding failed: {message}", error_kind=kind, updated_at=utcnow()
+            )
+        )
+
+
+def write_batch(
+    s: Session, store: Store, model_id: str, kb_id: str, pipeline_id: str, rows: list[Any], result: Embedded
+) -> None:
+    pks = [r.pk for r in rows]
+    still = set(s.execute(select(Chunk.pk).where(Chunk.pk.in_(pks), Chunk.embedded.is_(False))).scalars())
+    entries = [
+        IndexEntry(
+            pk=r.pk,
+            kb_id=kb_id,
+            vector=result.vectors[i],
+            text=r.content,
+            title=r.title or "",
+            section=" > ".join((r.meta or {}).get("section") or []),
+        )
+        for i, r in enumerate(rows)
+        if r.pk in still
+    ]
+    store.upsert(s, entries)
+    if still:
+        s.execute(update(Chunk).where(Chunk.pk.in_(list(still))).values(embedded=True))
+    if result.new_cache_rows:
+        ins = (
+            pg_insert(EmbeddingCache)
+            if s.get_bind().dialect.name == "postgresql"
+            else sqlite_insert(EmbeddingCache)
+        )
+        now = utcnow()
+        s.execute(
+            ins.values(
+                [
+                    {"model_id": model_id, "text_hash": h, "vector": v, "created_at": now}
+                    for h, v in result.new_cache_rows
+                ]
+            ).on_conflict_do_nothing()
+        )
+    encoded_now = sum(1 for i in result.encoded if rows[i].pk in still)
+    s.execute(
+        update(Pipeline)
+        .where(Pipeline.id == pipeline_id)
+        .values(
+            chunks_embedded=Pipeline.chunks_embedded + encoded_now,
+            chunks_indexed=Pipeline.chunks_indexed + len(entries),
+            phase="embedding",
+            updated_at=utcnow(),
+        )
+    )
+    doc_ids = list({r.document_id for r in rows})
+    pending_docs = select(Chunk.document_id).where(Chunk.document_id.in_(doc_ids), Chunk.embedded.is_(False))
+    s.execute(
+        update(Document)
+        .where(
+            and_(Document.id.in_(doc_ids), Document.status == "embedding", Document.id.not_in(pending_docs))
+        )
+        .values(status="indexed", indexed_at=utcnow(), updated_at=utcnow())
+    )
+    pipeline_service.refresh_progress(s, pipeline_id)
+
+
+def count_pending(s: Session, pipeline_id: str) -> int:
+    return s.execute(
+        select(func.count())
+        .select_from(Chunk)
+        .join(Document, Document.id == Chunk.document_id)
+        .where(Document.pipeline_id == pipeline_id, Chunk.embedded.is_(False))
+    ).scalar_one()

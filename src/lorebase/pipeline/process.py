@@ -1,0 +1,172 @@
+"""The ``process_document`` job: read → parse → chunk → save chunks (pending embedding).
+
+Saving replaces the document's chunks in one transaction: chunk ids are deterministic
+(document id + index + content hash), so unchanged chunks keep their rows and vectors, stale
+ones are deleted with their index entries, and only new ones wait for the embedder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
+
+from lorebase.adapters.parsers.registry import parse_bytes
+from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, utcnow
+from lorebase.errors import LorebaseError, NotFound, PermanentError
+from lorebase.jobs.context import JobContext
+from lorebase.pipeline.chunk import chunk
+from lorebase.pipeline.types import ChunkDraft, ParsedDocument
+from lorebase.runtime import embedder_info
+from lorebase.services.config import chunking_of
+from lorebase.services.documents import EMBED_JOB, EMBED_PRIORITY, fail_document
+
+_CHUNK_NS = uuid.UUID("6f1c1f3e-52a1-4c1e-9d7a-2f4c8f0b1a77")
+#: at most this many tokens of title/section go in front of a chunk's text for embedding
+PREFIX_TOKENS = 48
+
+
+def chunk_id(document_id: str, index: int, content_hash: str) -> str:
+    return str(uuid.uuid5(_CHUNK_NS, f"{document_id}:{index}:{content_hash}"))
+
+
+def embed_text(title: str | None, section: list[str] | None, text: str) -> str:
+    """What the embedder reads: title and section path give a chunk its context."""
+    head = " > ".join(p for p in [title or "", *(section or [])] if p)
+    if len(head) > PREFIX_TOKENS * 5:
+        head = head[: PREFIX_TOKENS * 5]
+    return f"{head}\n\n{text}" if head else text
+
+
+class ProcessDocument:
+    def run(self, ctx: JobContext) -> None:
+        runtime = ctx.runtime
+        doc_id = ctx.job.payload["document_id"]
+        ctx.check_control()
+        with ctx.transaction() as s:
+            doc, kb = _load(s, doc_id)
+            if doc.status in ("indexed", "skipped", "cancelled") and doc.pipeline_id != ctx.job.pipeline_id:
+                return  # a newer pipeline owns this document now
+            doc.status = "parsing"
+            blob_key, media_type, filename, title = doc.blob_key, doc.media_type, doc.filename, doc.title
+            config = kb.config
+        if blob_key is None or media_type is None:
+            raise PermanentError("the document has no stored content")
+        data = runtime.blobs.get(blob_key)
+        parsed = _parse(data, media_type, filename)
+        spec = config["embedding"]["model"]
+        _, max_tokens = embedder_info(spec)
+        tokenizer = runtime.embedder(spec).tokenizer()
+        drafts = chunk(parsed, chunking_of(config), tokenizer, max_tokens=max_tokens)
+        if not drafts:
+            raise PermanentError("no extractable text in this document")
+        title = title or parsed.title or filename
+        ctx.check_control()
+        with ctx.transaction() as s:
+            doc, kb = _load(s, doc_id)
+            pending = save_chunks(s, runtime, kb, doc, drafts, title=title, parsed=parsed)
+            if pending:
+                doc.status = "embedding"
+                runtime.queue.enqueue(
+                    s,
+                    type=EMBED_JOB,
+                    workspace_id=doc.workspace_id,
+                    pipeline_id=ctx.job.pipeline_id,
+                    kb_id=doc.kb_id,
+                    payload={"pipeline_id": ctx.job.pipeline_id},
+                    priority=EMBED_PRIORITY,
+                    dedupe_key=f"embed:{ctx.job.pipeline_id}",
+                    concurrency_key=f"embed:{ctx.job.pipeline_id}",
+                )
+            else:
+                doc.status, doc.indexed_at = "indexed", utcnow()
+        runtime.queue.notify()
+
+    def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
+        fail_document(session, ctx.job.payload["document_id"], message, kind)
+
+
+def _load(s: Session, doc_id: str) -> tuple[Document, KnowledgeBase]:
+    row = s.execute(
+        select(Document, KnowledgeBase)
+        .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
+        .where(Document.id == doc_id)
+    ).first()
+    if row is None:
+        raise PermanentError("the document was deleted")
+    return row[0], row[1]
+
+
+def _parse(data: bytes, media_type: str, filename: str | None) -> ParsedDocument:
+    try:
+        return parse_bytes(data, media_type, filename)
+    except NotFound:
+        raise PermanentError("the uploaded file is missing from storage") from None
+    except LorebaseError as exc:
+        raise PermanentError(exc.message) from None
+    except Exception as exc:  # parsers are deterministic: an unexpected error will not go away
+        raise PermanentError(
+            f"could not parse {filename or media_type}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def save_chunks(
+    s: Session,
+    runtime: Any,
+    kb: KnowledgeBase,
+    doc: Document,
+    drafts: list[ChunkDraft],
+    *,
+    title: str | None,
+    parsed: ParsedDocument,
+) -> int:
+    """Replace the document's chunks; returns how many new chunks wait for embedding."""
+    wanted: list[dict[str, Any]] = []
+    for i, d in enumerate(drafts):
+        h = hashlib.sha256(d.text.encode()).hexdigest()
+        meta = dict(d.metadata)
+        if doc.source_url:
+            meta.setdefault("url", doc.source_url)
+        wanted.append(
+            {
+                "id": chunk_id(doc.id, i, h),
+                "document_id": doc.id,
+                "kb_id": doc.kb_id,
+                "workspace_id": doc.workspace_id,
+                "chunk_index": i,
+                "content": d.text,
+                "embed_text": embed_text(title, meta.get("section"), d.text),
+                "token_count": d.token_count,
+                "content_hash": h,
+                "meta": meta,
+                "embedded": False,
+                "created_at": utcnow(),
+            }
+        )
+    existing = dict(s.execute(select(Chunk.id, Chunk.pk).where(Chunk.document_id == doc.id)).tuples().all())
+    keep = {w["id"] for w in wanted} & set(existing)
+    stale = [pk for cid, pk in existing.items() if cid not in keep]
+    if stale:
+        runtime.kb_store(kb.config).delete(s, kb.id, stale)
+        for i in range(0, len(stale), 500):
+            s.execute(Chunk.__table__.delete().where(Chunk.pk.in_(stale[i : i + 500])))
+    fresh = [w for w in wanted if w["id"] not in keep]
+    if fresh:
+        s.execute(insert(Chunk), fresh)
+    pending = s.execute(
+        select(func.count()).select_from(Chunk).where(Chunk.document_id == doc.id, Chunk.embedded.is_(False))
+    ).scalar_one()
+    doc.title = title
+    doc.chunk_count = len(wanted)
+    doc.page_count = parsed.page_count
+    doc.error = doc.error_kind = None
+    if doc.pipeline_id:
+        s.execute(
+            update(Pipeline)
+            .where(Pipeline.id == doc.pipeline_id)
+            .values(chunks_created=Pipeline.chunks_created + len(fresh), updated_at=utcnow())
+        )
+    return pending

@@ -1,0 +1,42 @@
+"""Wires job types to their handlers and builds executors; the one place that knows them all."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from lorebase.jobs.context import Handler
+from lorebase.jobs.executor import EmbeddedExecutor
+from lorebase.pipeline.index import EmbedChunks
+from lorebase.pipeline.process import ProcessDocument
+from lorebase.services import drafts, pipelines
+from lorebase.services.documents import EMBED_JOB, PROCESS_JOB
+
+if TYPE_CHECKING:
+    from lorebase.runtime import Runtime
+
+HANDLERS: dict[str, Handler] = {PROCESS_JOB: ProcessDocument(), EMBED_JOB: EmbedChunks()}
+
+
+class _Maintenance:
+    """Periodic chores beside the reaper: settle stranded pipelines, purge expired drafts."""
+
+    def __init__(self) -> None:
+        self._last_purge = 0.0
+
+    def __call__(self, runtime: Runtime) -> None:
+        pipelines.sweep(runtime)
+        if time.monotonic() - self._last_purge > 300:
+            drafts.purge_expired(runtime)
+            self._last_purge = time.monotonic()
+
+
+def build_executor(runtime: Runtime, *, concurrency: int, name: str = "worker") -> EmbeddedExecutor:
+    return EmbeddedExecutor(
+        runtime,
+        HANDLERS,
+        concurrency=concurrency,
+        name=name,
+        on_settle=pipelines.settle,
+        maintenance=_Maintenance(),
+    )

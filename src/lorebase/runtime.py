@@ -1,0 +1,94 @@
+"""The process-wide container: settings, database, queue, blobs, embedders and stores.
+
+Built once (in the app's lifespan, the worker command, or the CLI) and handed to services and
+job handlers, so that the same code runs behind HTTP, the CLI and the workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from lorebase.adapters.blobs.local import LocalBlobStore
+from lorebase.adapters.blobs.protocol import BlobStore
+from lorebase.adapters.embedders.local import LOCAL_MODELS, LocalEmbedder
+from lorebase.adapters.embedders.protocol import Embedder
+from lorebase.adapters.stores.protocol import Store
+from lorebase.adapters.stores.sqlite import SqliteStore
+from lorebase.db.engine import Database
+from lorebase.db.migrate import upgrade
+from lorebase.errors import InvalidInput
+from lorebase.jobs.queue import JobQueue
+from lorebase.settings import Settings
+
+#: stores this build can run, by name
+AVAILABLE_STORES = ("sqlite",)
+
+
+def embedder_info(spec: str) -> tuple[int, int]:
+    """(dimensions, max_tokens) of an embedder spec without loading it; InvalidInput if unknown."""
+    kind, _, name = spec.partition(":")
+    if kind == "local" and name in LOCAL_MODELS:
+        return LOCAL_MODELS[name]
+    raise InvalidInput(
+        f"unknown embedding model {spec!r}; available: {', '.join('local:' + m for m in LOCAL_MODELS)}"
+    )
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.resolved_database_url)
+        if migrate:
+            upgrade(self.db.engine)
+        self.queue = JobQueue(self.db, settings.jobs)
+        self.blobs: BlobStore = LocalBlobStore(settings.blob_dir)
+        self._embedders: dict[str, Embedder] = {}
+        self._query_embedders: dict[str, Embedder] = {}
+        self._stores: dict[tuple[str, int], Store] = {}
+        self._lock = threading.Lock()
+        self.events: Any = None  # live events bus (filled by later work); None means polling only
+        self.executor: Any = None  # the embedded executor, when this process runs one
+
+    def embedder(self, spec: str | None = None) -> Embedder:
+        spec = spec or self.settings.embedder
+        with self._lock:
+            if spec not in self._embedders:
+                embedder_info(spec)
+                self._embedders[spec] = LocalEmbedder(spec.partition(":")[2])
+            return self._embedders[spec]
+
+    def query_embedder(self, spec: str | None = None) -> Embedder:
+        """A second model instance for queries, so searches never wait behind an ingestion batch."""
+        spec = spec or self.settings.embedder
+        with self._lock:
+            if spec not in self._query_embedders:
+                embedder_info(spec)
+                self._query_embedders[spec] = LocalEmbedder(spec.partition(":")[2], slot="query")
+            return self._query_embedders[spec]
+
+    def store(self, name: str | None, dimensions: int) -> Store:
+        name = name or self.settings.vector_store
+        if name not in AVAILABLE_STORES:
+            raise InvalidInput(
+                f"vector store {name!r} is not available; available: {', '.join(AVAILABLE_STORES)}"
+            )
+        with self._lock:
+            key = (name, dimensions)
+            if key not in self._stores:
+                store = SqliteStore(dimensions)
+                with self.db.session() as s:
+                    store.ensure_schema(s)
+                self._stores[key] = store
+            return self._stores[key]
+
+    def kb_store(self, config: dict[str, Any]) -> Store:
+        dims, _ = embedder_info(config["embedding"]["model"])
+        return self.store(config["store"]["type"], dims)
+
+    def kb_embedder(self, config: dict[str, Any]) -> Embedder:
+        return self.embedder(config["embedding"]["model"])
+
+    def close(self) -> None:
+        self.db.dispose()

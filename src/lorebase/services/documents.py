@@ -1,0 +1,247 @@
+"""Turning source items (uploaded files, text records) into documents and processing jobs.
+
+Used by finalize (a new KB) and by ``POST /kbs/{id}/documents`` (an existing one) alike.
+Upsert rule: a record whose ``external_id`` already exists in the KB with the same content is
+``skipped`` (nothing re-embedded); changed content re-processes that document only, and its
+unchanged chunks keep their ids and vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from lorebase.adapters.parsers.registry import detect_media_type
+from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, new_id, utcnow
+from lorebase.errors import InvalidInput, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from lorebase.runtime import Runtime
+
+PROCESS_JOB = "process_document"
+EMBED_JOB = "embed_chunks"
+INTERACTIVE_PRIORITY = 10  # uploads and records from people outrank bulk work (crawls)
+EMBED_PRIORITY = 20  # the embedder loop first: it is the bottleneck, keep it fed and busy
+
+
+@dataclass(slots=True)
+class SourceItem:
+    """One future document: its bytes are already in the blob store under ``blob_key``."""
+
+    source_type: str
+    blob_key: str
+    media_type: str
+    content_hash: str
+    size_bytes: int
+    filename: str | None = None
+    title: str | None = None
+    external_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SourceItem:
+        return cls(**{k: data.get(k) for k in cls.__slots__ if k in data})  # type: ignore[attr-defined]
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+
+
+def sanitize_filename(name: str | None) -> str:
+    """Keep only a display name: last path component, no control or path characters, ≤ 255 chars."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = re.split(r"[\\/]", name)[-1]
+    name = _UNSAFE.sub("_", name).strip(" .")
+    return name[:255] or "upload"
+
+
+def store_file(runtime: Runtime, data: bytes, filename: str | None, declared: str | None) -> SourceItem:
+    if len(data) > runtime.settings.max_upload_bytes:
+        raise PayloadTooLarge(f"file exceeds the {runtime.settings.max_upload_bytes} byte limit")
+    name = sanitize_filename(filename)
+    media_type = detect_media_type(data, name, declared)
+    key = runtime.blobs.put(data)
+    return SourceItem(
+        source_type="file",
+        blob_key=key,
+        media_type=media_type,
+        content_hash=key,
+        size_bytes=len(data),
+        filename=name,
+        title=None,
+    )
+
+
+def store_text_record(runtime: Runtime, record: dict[str, Any], index: int) -> SourceItem:
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput(f"documents[{index}].text must be a non-empty string")
+    title = record.get("title")
+    external_id = record.get("external_id")
+    metadata = record.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput(f"documents[{index}].metadata must be an object")
+    data = text.encode("utf-8")
+    key = runtime.blobs.put(data)
+    digest = hashlib.sha256(f"{title or ''}\x00".encode() + data).hexdigest()
+    return SourceItem(
+        source_type="text",
+        blob_key=key,
+        media_type="text/plain",
+        content_hash=digest,
+        size_bytes=len(data),
+        title=str(title) if title is not None else None,
+        external_id=str(external_id) if external_id is not None else None,
+        metadata=metadata,
+    )
+
+
+def check_unique_external_ids(items: list[SourceItem]) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.external_id is None:
+            continue
+        if item.external_id in seen:
+            raise InvalidInput(f"external_id {item.external_id!r} appears twice in one request")
+        seen.add(item.external_id)
+
+
+def start_pipeline(
+    session: Session,
+    runtime: Runtime,
+    kb: KnowledgeBase,
+    items: list[SourceItem],
+    *,
+    kind: str = "ingest",
+    priority: int = INTERACTIVE_PRIORITY,
+) -> tuple[Pipeline, list[dict[str, Any]]]:
+    """Create a pipeline, upsert documents and enqueue their jobs, all in the caller's transaction.
+
+    Returns the pipeline and, per item, ``{id, external_id, filename, status}`` where status is
+    ``pending`` (will be processed) or ``skipped`` (unchanged).
+    """
+    check_unique_external_ids(items)
+    now = utcnow()
+    pipeline = Pipeline(id=new_id(), kb_id=kb.id, workspace_id=kb.workspace_id, kind=kind, created_at=now)
+    session.add(pipeline)
+    existing = _existing(session, kb, items)
+    new_rows: list[dict[str, Any]] = []
+    to_process: list[str] = []
+    outcome: list[dict[str, Any]] = []
+    for item in items:
+        doc = existing.get(_key(item))
+        if (
+            doc is not None
+            and doc.content_hash == item.content_hash
+            and doc.status not in ("failed", "cancelled")
+        ):
+            if item.metadata and item.metadata != doc.meta:
+                doc.meta = item.metadata
+            outcome.append(_summary(doc.id, item, "skipped"))
+            continue
+        if doc is not None:  # changed (or failed before): re-process in place
+            doc.blob_key, doc.media_type, doc.content_hash = item.blob_key, item.media_type, item.content_hash
+            doc.size_bytes, doc.title, doc.pipeline_id = item.size_bytes, item.title, pipeline.id
+            doc.status, doc.error, doc.error_kind = "pending", None, None
+            if item.metadata:
+                doc.meta = item.metadata
+            to_process.append(doc.id)
+            outcome.append(_summary(doc.id, item, "pending"))
+            continue
+        doc_id = new_id()
+        new_rows.append(_row(doc_id, kb, pipeline.id, item, now))
+        to_process.append(doc_id)
+        outcome.append(_summary(doc_id, item, "pending"))
+    pipeline.documents_total = len(to_process)
+    pipeline.documents_skipped = len(items) - len(to_process)
+    session.flush()
+    if new_rows:
+        session.execute(insert(Document), new_rows)
+    jobs = [
+        runtime.queue.job_row(
+            type=PROCESS_JOB,
+            workspace_id=kb.workspace_id,
+            pipeline_id=pipeline.id,
+            kb_id=kb.id,
+            document_id=doc_id,
+            payload={"document_id": doc_id},
+            priority=priority,
+        )
+        for doc_id in to_process
+    ]
+    if jobs:
+        session.execute(insert(Job), jobs)
+    if kb.status != "processing" and to_process and kb.status == "failed":
+        kb.status = "processing"
+    return pipeline, outcome
+
+
+def _key(item: SourceItem) -> tuple[str, str]:
+    if item.external_id is not None:
+        return ("ext", item.external_id)
+    return ("file", f"{item.filename}\x00{item.content_hash}")
+
+
+def _existing(
+    session: Session, kb: KnowledgeBase, items: list[SourceItem]
+) -> dict[tuple[str, str], Document]:
+    ext_ids = [i.external_id for i in items if i.external_id is not None]
+    hashes = [i.content_hash for i in items if i.external_id is None]
+    found: dict[tuple[str, str], Document] = {}
+    for i in range(0, len(ext_ids), 500):
+        q = select(Document).where(Document.kb_id == kb.id, Document.external_id.in_(ext_ids[i : i + 500]))
+        for doc in session.execute(q).scalars():
+            found[("ext", doc.external_id or "")] = doc
+    for i in range(0, len(hashes), 500):
+        q = select(Document).where(
+            Document.kb_id == kb.id,
+            Document.external_id.is_(None),
+            Document.content_hash.in_(hashes[i : i + 500]),
+        )
+        for doc in session.execute(q).scalars():
+            found[("file", f"{doc.filename}\x00{doc.content_hash}")] = doc
+    return found
+
+
+def _row(doc_id: str, kb: KnowledgeBase, pipeline_id: str, item: SourceItem, now: Any) -> dict[str, Any]:
+    return {
+        "id": doc_id,
+        "kb_id": kb.id,
+        "workspace_id": kb.workspace_id,
+        "pipeline_id": pipeline_id,
+        "source_id": item.source_id,
+        "external_id": item.external_id,
+        "source_type": item.source_type,
+        "filename": item.filename,
+        "media_type": item.media_type,
+        "blob_key": item.blob_key,
+        "size_bytes": item.size_bytes,
+        "title": item.title,
+        "content_hash": item.content_hash,
+        "status": "pending",
+        "chunk_count": 0,
+        "meta": item.metadata or {},
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _summary(doc_id: str, item: SourceItem, status: str) -> dict[str, Any]:
+    return {"id": doc_id, "external_id": item.external_id, "filename": item.filename, "status": status}
+
+
+def fail_document(session: Session, document_id: str, message: str, kind: str) -> None:
+    session.execute(
+        update(Document)
+        .where(Document.id == document_id, Document.status.not_in(("indexed", "skipped", "cancelled")))
+        .values(status="failed", error=message, error_kind=kind, updated_at=utcnow())
+    )

@@ -1,0 +1,318 @@
+"""KB drafts: everything a user sets up before a KB exists. Drafts never write KB, document or
+chunk rows; uploads are kept in the blob store and referenced from the draft's JSON."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from lorebase.adapters.parsers.registry import parse_bytes
+from lorebase.db.models import Draft, KnowledgeBase, new_id, utcnow
+from lorebase.errors import InvalidInput, LorebaseError, NotFound
+from lorebase.pipeline.chunk import chunk
+from lorebase.runtime import AVAILABLE_STORES, embedder_info
+from lorebase.services.auth import Principal
+from lorebase.services.config import chunking_of, deep_merge, merged_config, parse_config
+from lorebase.services.documents import SourceItem, start_pipeline, store_file, store_text_record
+
+if TYPE_CHECKING:
+    from lorebase.runtime import Runtime
+
+#: rough cost model for estimates: chunks embedded per second on a 2-core CPU, bytes per token
+EMBED_CHUNKS_PER_SECOND = 20.0
+BYTES_PER_TOKEN = 4.5
+
+
+def _expiry(runtime: Runtime) -> Any:
+    return utcnow() + timedelta(hours=runtime.settings.draft_ttl_hours)
+
+
+def to_dict(draft: Draft) -> dict[str, Any]:
+    return {
+        "id": draft.id,
+        "name": draft.name,
+        "description": draft.description,
+        "config": draft.config,
+        "sources": [_public_source(s) for s in draft.sources],
+        "created_at": draft.created_at,
+        "updated_at": draft.updated_at,
+        "expires_at": draft.expires_at,
+    }
+
+
+def _public_source(src: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in src.items() if k not in ("items",)}
+    if src["type"] == "text":
+        out["documents"] = [
+            {"external_id": i.get("external_id"), "title": i.get("title"), "size_bytes": i.get("size_bytes")}
+            for i in src.get("items", [])
+        ]
+    if src["type"] == "file":
+        item = src["items"][0]
+        out.update(filename=item["filename"], media_type=item["media_type"], size_bytes=item["size_bytes"])
+    return out
+
+
+def create(
+    runtime: Runtime, p: Principal, *, name: str, description: str | None, config: dict[str, Any] | None
+) -> dict[str, Any]:
+    cfg = merged_config(runtime.settings, config)
+    with runtime.db.session() as s:
+        draft = Draft(
+            workspace_id=p.workspace_id,
+            name=name,
+            description=description,
+            config=cfg,
+            expires_at=_expiry(runtime),
+        )
+        s.add(draft)
+        s.flush()
+        return to_dict(draft)
+
+
+def _load(s: Session, p: Principal, draft_id: str) -> Draft:
+    draft = s.execute(
+        select(Draft).where(Draft.id == draft_id, Draft.workspace_id == p.workspace_id)
+    ).scalar_one_or_none()
+    if draft is None or draft.expires_at <= utcnow():
+        raise NotFound(f"draft {draft_id} not found (or expired)")
+    return draft
+
+
+def _touch(runtime: Runtime, draft: Draft) -> None:
+    draft.updated_at = utcnow()
+    draft.expires_at = _expiry(runtime)
+
+
+def get(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
+    with runtime.db.read_session() as s:
+        return to_dict(_load(s, p, draft_id))
+
+
+def patch(
+    runtime: Runtime,
+    p: Principal,
+    draft_id: str,
+    *,
+    name: str | None,
+    description: str | None,
+    config: dict[str, Any] | None,
+) -> dict[str, Any]:
+    with runtime.db.session() as s:
+        draft = _load(s, p, draft_id)
+        if name is not None:
+            draft.name = name
+        if description is not None:
+            draft.description = description
+        if config:
+            draft.config = parse_config(deep_merge(draft.config, config)).model_dump()
+        _touch(runtime, draft)
+        return to_dict(draft)
+
+
+def remove(runtime: Runtime, p: Principal, draft_id: str) -> None:
+    with runtime.db.session() as s:
+        s.delete(_load(s, p, draft_id))
+
+
+def _append(
+    runtime: Runtime, p: Principal, draft_id: str, sources: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    with runtime.db.session() as s:
+        draft = _load(s, p, draft_id)
+        draft.sources = [*draft.sources, *sources]
+        _touch(runtime, draft)
+    return [_public_source(src) for src in sources]
+
+
+def add_files(
+    runtime: Runtime, p: Principal, draft_id: str, files: list[tuple[str | None, str | None, bytes]]
+) -> list[dict[str, Any]]:
+    """``files``: (filename, declared content type, bytes). One source per file."""
+    get(runtime, p, draft_id)  # 404 before storing anything
+    if not files:
+        raise InvalidInput("no files in the request (multipart field 'files')")
+    sources = []
+    for filename, declared, data in files:
+        item = store_file(runtime, data, filename, declared)
+        sources.append(
+            {"id": new_id(), "type": "file", "created_at": utcnow().isoformat(), "items": [item.to_json()]}
+        )
+    return _append(runtime, p, draft_id, sources)
+
+
+def add_text(
+    runtime: Runtime, p: Principal, draft_id: str, documents: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    get(runtime, p, draft_id)
+    if not documents:
+        raise InvalidInput("a text source needs at least one document")
+    items = [store_text_record(runtime, rec, i) for i, rec in enumerate(documents)]
+    src = {
+        "id": new_id(),
+        "type": "text",
+        "created_at": utcnow().isoformat(),
+        "items": [i.to_json() for i in items],
+    }
+    return _append(runtime, p, draft_id, [src])
+
+
+def remove_source(runtime: Runtime, p: Principal, draft_id: str, source_id: str) -> None:
+    with runtime.db.session() as s:
+        draft = _load(s, p, draft_id)
+        kept = [src for src in draft.sources if src["id"] != source_id]
+        if len(kept) == len(draft.sources):
+            raise NotFound(f"source {source_id} not found in draft {draft_id}")
+        draft.sources = kept
+        _touch(runtime, draft)
+
+
+def _items(draft_sources: list[dict[str, Any]]) -> list[SourceItem]:
+    out = []
+    for src in draft_sources:
+        for raw in src.get("items", []):
+            item = SourceItem.from_json(raw)
+            item.source_id = src["id"]
+            out.append(item)
+    return out
+
+
+def preview(
+    runtime: Runtime, p: Principal, draft_id: str, *, source_id: str | None, limit: int
+) -> dict[str, Any]:
+    """Real chunks of one source item, made exactly as the pipeline will; nothing is saved."""
+    draft = get(runtime, p, draft_id)
+    with runtime.db.read_session() as s:
+        sources = _load(s, p, draft_id).sources
+    if source_id is not None:
+        sources = [src for src in sources if src["id"] == source_id]
+        if not sources:
+            raise NotFound(f"source {source_id} not found in draft {draft_id}")
+    items = _items(sources)
+    if not items:
+        raise InvalidInput("the draft has no sources to preview")
+    cfg = draft["config"]
+    _, max_tokens = embedder_info(cfg["embedding"]["model"])
+    tokenizer = runtime.embedder(cfg["embedding"]["model"]).tokenizer()
+    item = items[0]
+    try:
+        parsed = parse_bytes(runtime.blobs.get(item.blob_key), item.media_type, item.filename)
+    except LorebaseError as exc:
+        raise InvalidInput(
+            f"cannot preview {item.filename or item.external_id or 'source'}: {exc.message}"
+        ) from None
+    chunks = chunk(parsed, chunking_of(cfg), tokenizer, max_tokens=max_tokens)
+    return {
+        "source_id": item.source_id,
+        "title": item.title or parsed.title or item.filename,
+        "total_chunks": len(chunks),
+        "chunks": [
+            {"text": c.text, "token_count": c.token_count, "metadata": c.metadata} for c in chunks[:limit]
+        ],
+    }
+
+
+def validate_draft(runtime: Runtime, draft: Draft) -> dict[str, Any]:
+    errors: list[dict[str, str]] = []
+    warnings: list[dict[str, str]] = []
+    cfg = draft.config
+    items = _items(draft.sources)
+    if not items:
+        errors.append({"field": "sources", "message": "add at least one source (files or text records)"})
+    max_tokens = None
+    try:
+        _, max_tokens = embedder_info(cfg["embedding"]["model"])
+    except InvalidInput as exc:
+        errors.append({"field": "config.embedding.model", "message": exc.message})
+    if cfg["store"]["type"] not in AVAILABLE_STORES:
+        errors.append(
+            {
+                "field": "config.store.type",
+                "message": f"unknown vector store {cfg['store']['type']!r}; available: "
+                + ", ".join(AVAILABLE_STORES),
+            }
+        )
+    size, overlap = cfg["chunking"]["chunk_size"], cfg["chunking"]["chunk_overlap"]
+    if max_tokens is not None and size > max_tokens:
+        errors.append(
+            {
+                "field": "config.chunking.chunk_size",
+                "message": f"chunk_size {size} exceeds the embedding model's maximum of {max_tokens} tokens",
+            }
+        )
+    if overlap * 2 >= size:
+        errors.append(
+            {
+                "field": "config.chunking.chunk_overlap",
+                "message": "chunk_overlap must be under half of chunk_size",
+            }
+        )
+    elif overlap == 0:
+        warnings.append(
+            {
+                "field": "config.chunking.chunk_overlap",
+                "message": "no overlap: context may be cut mid-thought",
+            }
+        )
+    if size < 64:
+        warnings.append(
+            {"field": "config.chunking.chunk_size", "message": "chunks under 64 tokens often retrieve poorly"}
+        )
+    total_bytes = sum(i.size_bytes for i in items)
+    est_chunks = max(len(items), math.ceil(total_bytes / BYTES_PER_TOKEN / max(1, size - overlap)))
+    if total_bytes > 200 * 1024 * 1024:
+        warnings.append(
+            {"field": "sources", "message": "more than 200 MB of sources: expect a long first build"}
+        )
+    minutes = round(est_chunks / EMBED_CHUNKS_PER_SECOND / 60 + 0.05 * math.ceil(len(items) / 50), 1)
+    return {
+        "is_valid": not errors,
+        "errors": errors,
+        "warnings": warnings,
+        "estimated_chunks": est_chunks,
+        "estimated_duration_minutes": max(0.1, minutes),
+    }
+
+
+def validate(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
+    with runtime.db.read_session() as s:
+        return validate_draft(runtime, _load(s, p, draft_id))
+
+
+def finalize(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
+    """One transaction: KB ``processing``, documents ``pending``, pipeline ``queued``, jobs, draft gone."""
+    with runtime.db.session() as s:
+        draft = _load(s, p, draft_id)
+        report = validate_draft(runtime, draft)
+        if not report["is_valid"]:
+            raise InvalidInput("the draft is not valid", details=report["errors"], code="draft_invalid")
+        kb = KnowledgeBase(
+            id=new_id(),
+            workspace_id=p.workspace_id,
+            name=draft.name,
+            description=draft.description,
+            config=draft.config,
+            status="processing",
+            created_by=p.key_id,
+        )
+        s.add(kb)
+        s.flush()
+        pipeline, _ = start_pipeline(s, runtime, kb, _items(draft.sources))
+        s.execute(delete(Draft).where(Draft.id == draft.id))
+        result = {
+            "kb_id": kb.id,
+            "pipeline_id": pipeline.id,
+            "status": "processing",
+            "estimated_completion_minutes": report["estimated_duration_minutes"],
+        }
+    runtime.queue.notify()
+    return result
+
+
+def purge_expired(runtime: Runtime) -> int:
+    with runtime.db.session() as s:
+        return s.execute(delete(Draft).where(Draft.expires_at <= utcnow())).rowcount  # type: ignore[attr-defined]

@@ -1,0 +1,291 @@
+"""Pipeline executions: progress, settling when work ends, and cancel / pause / resume / retry.
+
+Counts of documents are derived from the documents themselves (never drift); chunk counters
+are incremented in the same transactions that write the chunks and vectors.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, utcnow
+from lorebase.errors import Conflict, NotFound
+from lorebase.services.auth import Principal
+
+if TYPE_CHECKING:
+    from lorebase.runtime import Runtime
+
+FINAL_PIPELINE = ("completed", "completed_with_errors", "failed", "cancelled")
+FINAL_DOC = ("indexed", "failed", "skipped", "cancelled")
+ACTIVE_JOB = ("pending", "running")
+
+
+def _doc_counts(s: Session, pipeline_id: str) -> dict[str, int]:
+    rows = s.execute(
+        select(Document.status, func.count())
+        .where(Document.pipeline_id == pipeline_id)
+        .group_by(Document.status)
+    ).all()
+    return {status: n for status, n in rows}
+
+
+def refresh_progress(s: Session, pipeline_id: str) -> None:
+    """Recompute document counts, progress (0-99 until settled), phase and message."""
+    p = s.get(Pipeline, pipeline_id)
+    if p is None or p.status in FINAL_PIPELINE:
+        return
+    counts = _doc_counts(s, pipeline_id)
+    total = max(p.documents_total, sum(counts.values()), 1)
+    final = sum(counts.get(k, 0) for k in FINAL_DOC)
+    parsed = final + counts.get("embedding", 0)
+    p.documents_done = final
+    p.documents_failed = counts.get("failed", 0)
+    share_parsed = parsed / total
+    share_embedded = (
+        (p.chunks_indexed / p.chunks_created) * share_parsed if p.chunks_created else final / total
+    )
+    p.progress = min(99, int(100 * (0.25 * share_parsed + 0.75 * min(1.0, share_embedded))))
+    if parsed < total:
+        p.phase = "processing"
+    else:
+        p.phase = "embedding"
+    p.message = (
+        f"Processed {parsed} of {p.documents_total} documents; "
+        f"indexed {p.chunks_indexed} of {p.chunks_created} chunks"
+    )
+    p.updated_at = utcnow()
+
+
+def settle(runtime: Runtime, pipeline_id: str) -> None:
+    """When no job of the pipeline is pending or running, give it (and its KB) a final state."""
+    with runtime.db.session() as s:
+        p = s.get(Pipeline, pipeline_id)
+        if p is None or p.status in FINAL_PIPELINE:
+            return
+        active = s.execute(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.pipeline_id == pipeline_id, Job.status.in_(ACTIVE_JOB))
+        ).scalar_one()
+        if active or p.status == "paused":
+            refresh_progress(s, pipeline_id)
+            return
+        _close_leftovers(s, p)
+        counts = _doc_counts(s, pipeline_id)
+        failed, indexed = counts.get("failed", 0), counts.get("indexed", 0)
+        now = utcnow()
+        if p.status == "cancelling":
+            p.status = "cancelled"
+        elif failed == 0:
+            p.status = "completed"
+        elif indexed > 0:
+            p.status = "completed_with_errors"
+        else:
+            p.status = "failed"
+            p.error = f"all {failed} documents failed"
+        p.documents_done = sum(counts.get(k, 0) for k in FINAL_DOC)
+        p.documents_failed = failed
+        p.progress, p.phase, p.finished_at, p.updated_at = 100, "done", now, now
+        p.started_at = p.started_at or now
+        p.message = (
+            f"{p.status.replace('_', ' ')}: {indexed} indexed, {failed} failed, "
+            f"{p.documents_skipped} unchanged; {p.chunks_indexed} chunks indexed"
+        )
+        _settle_kb(s, p.kb_id, now)
+
+
+def _close_leftovers(s: Session, p: Pipeline) -> None:
+    """Documents still mid-way when all jobs have ended: cancelled, or failed with their job's error."""
+    open_docs = select(Document.id).where(Document.pipeline_id == p.id, Document.status.not_in(FINAL_DOC))
+    if p.status == "cancelling":
+        s.execute(
+            update(Document)
+            .where(Document.id.in_(open_docs))
+            .values(status="cancelled", error="cancelled by request", updated_at=utcnow())
+        )
+        return
+    for doc_id in s.execute(open_docs).scalars().all():
+        job = s.execute(
+            select(Job.last_error, Job.error_kind)
+            .where(Job.document_id == doc_id, Job.pipeline_id == p.id)
+            .order_by(Job.updated_at.desc())
+            .limit(1)
+        ).first()
+        message = (
+            job.last_error if job and job.last_error else "processing stopped before this document finished"
+        )
+        s.execute(
+            update(Document)
+            .where(Document.id == doc_id)
+            .values(
+                status="failed", error=message, error_kind=(job.error_kind if job else None) or "transient"
+            )
+        )
+
+
+def _settle_kb(s: Session, kb_id: str, now: datetime) -> None:
+    kb = s.get(KnowledgeBase, kb_id)
+    if kb is None or kb.status != "processing":
+        return
+    busy = s.execute(
+        select(func.count())
+        .select_from(Pipeline)
+        .where(Pipeline.kb_id == kb_id, Pipeline.status.not_in(FINAL_PIPELINE))
+    ).scalar_one()
+    if busy:
+        return
+    indexed = s.execute(
+        select(func.count())
+        .select_from(Document)
+        .where(Document.kb_id == kb_id, Document.status == "indexed")
+    ).scalar_one()
+    if indexed:
+        kb.status, kb.processed_at, kb.error = "ready", now, None
+    else:
+        kb.status, kb.error = "failed", "no document could be indexed"
+
+
+def sweep(runtime: Runtime) -> None:
+    """Settle every unfinished pipeline whose jobs have all ended (after crashes, for instance)."""
+    with runtime.db.read_session() as s:
+        ids = (
+            s.execute(select(Pipeline.id).where(Pipeline.status.in_(("queued", "running", "cancelling"))))
+            .scalars()
+            .all()
+        )
+    for pid in ids:
+        settle(runtime, pid)
+
+
+# -- reads ------------------------------------------------------------------------------------
+
+COUNT_FIELDS = (
+    "pages_discovered",
+    "pages_fetched",
+    "pages_skipped",
+    "documents_total",
+    "documents_done",
+    "documents_failed",
+    "documents_skipped",
+    "chunks_created",
+    "chunks_embedded",
+    "chunks_indexed",
+)
+
+
+def to_dict(p: Pipeline) -> dict[str, Any]:
+    eta = None
+    if p.status not in FINAL_PIPELINE and p.started_at and 0 < p.progress < 100:
+        elapsed = (utcnow() - p.started_at).total_seconds()
+        eta = round(elapsed * (100 - p.progress) / p.progress, 1)
+    return {
+        "id": p.id,
+        "kb_id": p.kb_id,
+        "kind": p.kind,
+        "status": p.status,
+        "phase": p.phase,
+        "progress": p.progress,
+        "counts": {k: getattr(p, k) for k in COUNT_FIELDS},
+        "message": p.message,
+        "error": p.error,
+        "created_at": p.created_at,
+        "started_at": p.started_at,
+        "finished_at": p.finished_at,
+        "eta_seconds": eta,
+    }
+
+
+def _load(s: Session, p: Principal, pipeline_id: str) -> Pipeline:
+    row = s.execute(
+        select(Pipeline).where(Pipeline.id == pipeline_id, Pipeline.workspace_id == p.workspace_id)
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"pipeline {pipeline_id} not found")
+    return row
+
+
+def get(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
+    with runtime.db.read_session() as s:
+        return to_dict(_load(s, p, pipeline_id))
+
+
+# -- control ----------------------------------------------------------------------------------
+
+
+def cancel(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
+    """Pending jobs are cancelled now; running ones stop at their next batch boundary."""
+    with runtime.db.session() as s:
+        row = _load(s, p, pipeline_id)
+        if row.status in FINAL_PIPELINE:
+            raise Conflict(f"pipeline is already {row.status}")
+        row.status = "cancelling"
+        s.execute(
+            update(Job)
+            .where(Job.pipeline_id == pipeline_id, Job.status == "pending")
+            .values(status="cancelled", finished_at=utcnow(), last_error="cancelled by request")
+        )
+    settle(runtime, pipeline_id)
+    return get(runtime, p, pipeline_id)
+
+
+def pause(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
+    with runtime.db.session() as s:
+        row = _load(s, p, pipeline_id)
+        if row.status not in ("queued", "running"):
+            raise Conflict(f"only a queued or running pipeline can be paused (it is {row.status})")
+        row.status, row.message = "paused", "paused by request; finished work is kept"
+    return get(runtime, p, pipeline_id)
+
+
+def resume(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
+    with runtime.db.session() as s:
+        row = _load(s, p, pipeline_id)
+        if row.status != "paused":
+            raise Conflict(f"only a paused pipeline can be resumed (it is {row.status})")
+        row.status = "running"
+    runtime.queue.notify()
+    settle(runtime, pipeline_id)
+    return get(runtime, p, pipeline_id)
+
+
+def retry(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
+    """Re-run the pipeline's failed documents (dead and failed jobs alike)."""
+    from lorebase.services.documents import INTERACTIVE_PRIORITY, PROCESS_JOB
+
+    with runtime.db.session() as s:
+        row = _load(s, p, pipeline_id)
+        if row.status not in FINAL_PIPELINE:
+            raise Conflict(f"the pipeline is still {row.status}; retry once it has ended")
+        failed = (
+            s.execute(
+                select(Document).where(
+                    Document.pipeline_id == pipeline_id, Document.status.in_(("failed", "cancelled"))
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if not failed:
+            raise Conflict("the pipeline has no failed or cancelled documents to retry")
+        for doc in failed:
+            doc.status, doc.error, doc.error_kind = "pending", None, None
+            runtime.queue.enqueue(
+                s,
+                type=PROCESS_JOB,
+                workspace_id=row.workspace_id,
+                pipeline_id=row.id,
+                kb_id=row.kb_id,
+                document_id=doc.id,
+                payload={"document_id": doc.id},
+                priority=INTERACTIVE_PRIORITY,
+            )
+        row.status, row.finished_at, row.error, row.progress = "running", None, None, 0
+        kb = s.get(KnowledgeBase, row.kb_id)
+        if kb is not None and kb.status == "failed":
+            kb.status = "processing"
+    runtime.queue.notify()
+    return get(runtime, p, pipeline_id)

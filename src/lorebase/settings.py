@@ -1,0 +1,126 @@
+"""One settings object for the whole service, read from ``LOREBASE_*`` variables and ``.env``.
+
+Nested concerns are separate models; their variables join keys with ``__``
+(``LOREBASE_JOBS__LEASE_SECONDS=30``). Every field says what it is for; ``docs/configuration.md``
+is checked against these descriptions by a test, so a new setting cannot go undocumented.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class JobSettings(BaseModel):
+    """How background jobs are leased, retried and polled."""
+
+    lease_seconds: float = Field(
+        30.0, gt=0, description="How long a claimed job is owned before the reaper may take it back."
+    )
+    heartbeat_seconds: float = Field(
+        10.0, gt=0, description="How often a running job renews its lease (must be well under the lease)."
+    )
+    max_attempts: int = Field(
+        5, ge=1, description="Attempts before a job that keeps failing transiently ends `dead`."
+    )
+    backoff_base_seconds: float = Field(
+        2.0, gt=0, description="First retry delay; doubles per attempt, with jitter."
+    )
+    backoff_max_seconds: float = Field(300.0, gt=0, description="Upper bound of a retry delay.")
+    poll_seconds: float = Field(
+        0.5, gt=0, description="How often an idle worker looks for work written by other processes."
+    )
+    reap_seconds: float = Field(
+        5.0, gt=0, description="How often a worker returns expired leases to `pending`."
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_under_lease(self) -> JobSettings:
+        if self.heartbeat_seconds * 2 > self.lease_seconds:
+            raise ValueError("jobs.heartbeat_seconds must be at most half of jobs.lease_seconds")
+        return self
+
+
+class ChunkingSettings(BaseModel):
+    """Defaults for new knowledge bases (a draft's config overrides them)."""
+
+    strategy: Literal["recursive", "structure"] = Field("recursive", description="Default chunking strategy.")
+    chunk_size: int = Field(200, ge=16, description="Default chunk size in the embedding model's tokens.")
+    chunk_overlap: int = Field(20, ge=0, description="Default overlap between consecutive chunks, in tokens.")
+
+
+class CrawlSettings(BaseModel):
+    """Web crawling (web sources)."""
+
+    allow_private_networks: bool = Field(
+        False,
+        description="Allow crawling loopback/private addresses (intranet docs, tests). Off by default (SSRF).",
+    )
+
+
+class Settings(BaseSettings):
+    """Root settings. Environment variables win over ``.env``; defaults run the embedded mode."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOREBASE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    data_dir: Path = Field(
+        Path("./lorebase-data"), description="Where the embedded database, uploads and caches live."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default is a SQLite file in the data dir. `postgresql+psycopg://…` scales out.",
+    )
+    redis_url: str | None = Field(
+        None, description="Enables Redis drafts, events and the Celery broker (scaled mode)."
+    )
+    executor: Literal["embedded", "celery", "rq"] = Field("embedded", description="Who runs background jobs.")
+    vector_store: Literal["sqlite", "pgvector", "qdrant", "chroma"] = Field(
+        "sqlite", description="Default vector + keyword store for new knowledge bases."
+    )
+    embedder: str = Field(
+        "local:all-MiniLM-L6-v2", description="Default embedding model: `local:<name>` or `openai:<model>`."
+    )
+    openai_base_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible embeddings endpoint."
+    )
+    openai_api_key: str | None = Field(None, description="API key for the OpenAI-compatible endpoint.")
+    api_key: str | None = Field(None, description="The key the CLI sends to a server.")
+    server_url: str | None = Field(
+        None, description="When set, CLI commands talk to this running server instead of the local data dir."
+    )
+    host: str = Field("127.0.0.1", description="Address `lorebase serve` listens on.")
+    port: int = Field(8000, description="Port `lorebase serve` listens on.")
+    workers: int = Field(2, ge=0, description="Embedded worker threads started by `serve` (0: API only).")
+    public_url: str | None = Field(None, description="Base URL used in links the API returns (tracking_url).")
+    draft_ttl_hours: float = Field(24.0, gt=0, description="Drafts expire this long after their last change.")
+    max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Largest accepted upload, per file.")
+    embed_batch_size: int = Field(
+        64, ge=1, description="Chunks per embedding batch (batches span documents)."
+    )
+    jobs: JobSettings = Field(default_factory=JobSettings, description="Job leases, retries and polling.")
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Chunking defaults.")
+    crawl: CrawlSettings = Field(default_factory=CrawlSettings, description="Web crawling.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'lorebase.db'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
