@@ -54,7 +54,7 @@ def ingest(
     quiet: bool = False,
 ) -> dict[str, Any]:
     files = collect(paths)
-    payload = [(f.name, None, f.read_bytes()) for f in files]
+    payload: list[tuple[str | None, str | None, bytes]] = [(f.name, None, f.read_bytes()) for f in files]
     existing = kbs.find_by_name(rt, p, kb_name)
     if existing is None:
         draft = drafts.create(rt, p, name=kb_name, description=None, config=config)

@@ -28,7 +28,7 @@ def _sqlite_module() -> Any:
             return sqlite3
     finally:
         probe.close()
-    import pysqlite3.dbapi2 as pysqlite3  # type: ignore[import-not-found]
+    import pysqlite3.dbapi2 as pysqlite3
 
     return pysqlite3
 

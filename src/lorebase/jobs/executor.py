@@ -8,6 +8,7 @@ asks running jobs to checkpoint at their next batch boundary and release their l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -140,26 +141,24 @@ class EmbeddedExecutor:
                 queue.succeed(s, job)
         except LeaseLost:
             log.info("job %s attempt %s lost its lease; another worker owns it", job.id, job.attempts)
-        except Interrupted:
-            self._guard(lambda: self._interrupted(job, stop.reason))
-        except PermanentError:
-            self._guard(lambda: self._failed(handler, ctx, describe(exc), "permanent"))
-        except TransientError:
-            self._guard(lambda: self._transient(handler, ctx, describe(exc), exc.retry_after))
-        except Exception:  # unknown: treat as transient, bounded by max_attempts
+        except Interrupted as stop:
+            with contextlib.suppress(LeaseLost):
+                self._interrupted(job, stop.reason)
+        except PermanentError as exc:
+            with contextlib.suppress(LeaseLost):
+                self._failed(handler, ctx, describe(exc), "permanent")
+        except TransientError as exc:
+            with contextlib.suppress(LeaseLost):
+                self._transient(handler, ctx, describe(exc), exc.retry_after)
+        except Exception as exc:  # unknown: treat as transient, bounded by max_attempts
             log.error("job %s (%s) crashed:\n%s", job.id, job.type, traceback.format_exc())
-            self._guard(lambda: self._transient(handler, ctx, f"{type(exc).__name__}: {describe(exc)}", None))
+            with contextlib.suppress(LeaseLost):
+                self._transient(handler, ctx, f"{type(exc).__name__}: {describe(exc)}", None)
         finally:
             with self._active_lock:
                 self._active.pop(job.id, None)
         if job.pipeline_id:
             self._settle(job.pipeline_id)
-
-    def _guard(self, action: Callable[[], None]) -> None:
-        try:
-            action()
-        except LeaseLost:
-            pass
 
     def _interrupted(self, job: ClaimedJob, reason: str) -> None:
         with self.runtime.db.session() as s:

@@ -56,7 +56,7 @@ class EmbedChunks:
                     return
                 result = embed_with_cache(s, embedder, [r.embed_text for r in rows])
             with ctx.transaction() as s:
-                write_batch(s, store, embedder.model_id, kb_id, pipeline_id, rows, result)
+                write_batch(s, store, embedder.model_id, kb_id, pipeline_id, list(rows), result)
 
     def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
         """The embedder gave up: the documents waiting on it fail, their siblings stay indexed."""

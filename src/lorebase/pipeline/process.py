@@ -11,7 +11,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.parsers.registry import parse_bytes
@@ -152,7 +152,7 @@ def save_chunks(
     if stale:
         runtime.kb_store(kb.config).delete(s, kb.id, stale)
         for i in range(0, len(stale), 500):
-            s.execute(Chunk.__table__.delete().where(Chunk.pk.in_(stale[i : i + 500])))
+            s.execute(delete(Chunk).where(Chunk.pk.in_(stale[i : i + 500])))
     fresh = [w for w in wanted if w["id"] not in keep]
     if fresh:
         s.execute(insert(Chunk), fresh)

@@ -106,7 +106,7 @@ def delete_kb(runtime: Runtime, p: Principal, kb_id: str) -> None:
         runtime.kb_store(kb.config).delete_kb(s, kb.id)
         s.execute(delete(Job).where(Job.kb_id == kb.id))
         for model in (Chunk, Document, Pipeline, QueryLog, Source):
-            s.execute(delete(model).where(model.kb_id == kb.id))  # type: ignore[attr-defined]
+            s.execute(delete(model).where(model.kb_id == kb.id))
         s.delete(kb)
 
 

@@ -15,21 +15,20 @@ from lorebase.services import drafts
 
 router = APIRouter(prefix="/api/v1/kb-drafts", tags=["drafts"])
 
+MULTIPART_FILES: dict[str, Any] = {
+    "schema": {
+        "type": "object",
+        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+        "required": ["files"],
+    }
+}
 SOURCES_BODY = {
     "requestBody": {
         "content": {
             "application/json": {
                 "schema": {"oneOf": [TextSource.model_json_schema(), WebSource.model_json_schema()]}
             },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                    "required": ["files"],
-                }
-            },
+            "multipart/form-data": MULTIPART_FILES,
         },
         "required": True,
     }

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
-from lorebase.api.routes.drafts import SOURCES_BODY
+from lorebase.api.routes.drafts import MULTIPART_FILES
 from lorebase.api.schemas.requests import DocumentsBatch, WebSource
 from lorebase.api.uploads import is_multipart, read_files, read_json
 from lorebase.errors import InvalidInput
@@ -20,7 +20,7 @@ DOCUMENTS_BODY = {
     "requestBody": {
         "content": {
             "application/json": {"schema": DocumentsBatch.model_json_schema()},
-            "multipart/form-data": SOURCES_BODY["requestBody"]["content"]["multipart/form-data"],
+            "multipart/form-data": MULTIPART_FILES,
         },
         "required": True,
     }
