@@ -112,7 +112,7 @@ def test_sizes_hold_for_a_tokenizer_that_counts_paragraph_breaks() -> None:
     assert count_tokens(bpe, ["river\n\nlake"]) > [sum(count_tokens(bpe, ["river", "lake"]))]
     blocks = [Block(kind="paragraph", text=w) for w in ["river", "lake", "sea", "banks"] * 50]
     for strategy in ("recursive", "structure"):
-        cfg = ChunkingConfig(strategy=strategy, chunk_size=60, chunk_overlap=10)  # type: ignore[arg-type]
+        cfg = ChunkingConfig(strategy=strategy, chunk_size=60, chunk_overlap=10)
         chunks = chunk(ParsedDocument(None, blocks), cfg, bpe, max_tokens=256)
         assert_well_formed(chunks, bpe, 60)
         assert "".join(c.text for c in chunks).count("river") >= 50

@@ -111,7 +111,6 @@ def run_eval(
                 .join(Document, Document.id == Chunk.document_id)
                 .where(Chunk.kb_id == kb_id)
             )
-            .tuples()
             .all()
         )
         for mode in modes:

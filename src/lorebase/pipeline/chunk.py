@@ -33,6 +33,7 @@ from tokenizers import Tokenizer
 
 from lorebase.pipeline.types import Block, ChunkDraft, ChunkingConfig, ParsedDocument
 
+_SPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"[.!?;:\u3002\uff01\uff1f]['\")\]]*\s+|\n+")
 
 
@@ -97,60 +98,69 @@ class _Chunker:
             located.append((block, text, tuple(t for _, t, _ in stack), anchor))
 
         encoded = self._encode([text for _, text, _, _ in located])
-        out: list[_Piece | list[_Piece]] = []
-        to_split: list[tuple[int, list[str]]] = []
+        groups: list[list[_Piece]] = []  # one group per block; several pieces for a cut block
+        to_cut: list[tuple[int, _Piece, list[str]]] = []
         headings_before = 0  # tokens of the headings right before this block
         for (block, text, section, anchor), (tokens, starts) in zip(located, encoded, strict=True):
-            heading = block.kind == "heading"
+            piece = _Piece(text, tokens, starts, block.page, section, anchor, block.kind == "heading")
             # Room kept for the headings that open the chunk, so a heading is never left alone.
             reserve = min(headings_before, self.size // 2)
-            headings_before = headings_before + tokens if heading else 0
+            headings_before = headings_before + tokens if piece.heading else 0
             if tokens <= self.size - reserve:
-                out.append(_Piece(text, tokens, starts, block.page, section, anchor, heading))
+                groups.append([piece])
                 continue
-            # Cut so that a piece plus an overlap tail (or the headings) still fits a chunk.
+            # Cut so that a part plus an overlap tail (or the headings) still fits a chunk.
             capacity = self.size - max(self.overlap, reserve)
-            parts = [p.strip() for p in self._splitter(capacity).chunks(text)]
-            out.append([_Piece("", 0, (), block.page, section, anchor, heading)])
-            to_split.append((len(out) - 1, [p for p in parts if p]))
-        flat_parts = [p for _, parts in to_split for p in parts]
-        encoded_parts = iter(self._encode(flat_parts))
-        for index, parts in to_split:
-            template = out[index][0]  # type: ignore[index]
-            out[index] = [
-                replace(template, text=part, tokens=tokens, starts=starts)
-                for part, (tokens, starts) in zip(parts, encoded_parts, strict=False)
+            parts = [p.strip() for p in self._splitter(capacity).chunks(text) if p.strip()]
+            to_cut.append((len(groups), piece, parts))
+            groups.append([])
+        encoded_parts = self._encode([part for _, _, parts in to_cut for part in parts])
+        position = 0
+        for index, piece, parts in to_cut:
+            counted = encoded_parts[position : position + len(parts)]
+            position += len(parts)
+            groups[index] = [
+                replace(piece, text=part, tokens=tokens, starts=starts)
+                for part, (tokens, starts) in zip(parts, counted, strict=True)
             ]
-        return [p for item in out for p in (item if isinstance(item, list) else [item])]
+        return [piece for group in groups for piece in group]
 
     # -- overlap -------------------------------------------------------------------------------
 
     def _suffix(self, piece: _Piece, budget: int, *, sentence_only: bool) -> _Piece | None:
         """The end of ``piece`` with at most ``budget`` tokens, starting at a sentence or word.
 
-        ``sentence_only`` (when whole pieces were already taken) refuses a word-level cut: a
-        few words torn from the middle of a sentence or a code line only add noise.
+        A sentence start is preferred when it keeps at least half the budget. ``sentence_only``
+        (when whole pieces were already taken) refuses a word-level cut: a few words torn from
+        the middle of a sentence or a code line only add noise.
         """
-        if budget <= 0 or not piece.starts:
+        if budget <= 0 or len(piece.starts) <= budget:
             return None
         text, starts = piece.text, piece.starts
-        cut = starts[max(0, len(starts) - budget)]
-        if cut > 0 and not text[cut - 1].isspace():  # mid-word: move to the next word
-            space = re.search(r"\s+", text[cut:])
+        lowest = starts[len(starts) - budget]  # no cut may start before this character
+        sentence = next(
+            (m.end() for m in _SENTENCE_END.finditer(text, max(0, lowest - 4)) if m.end() >= lowest), None
+        )
+        if sentence is not None and sentence >= len(text):
+            sentence = None
+        if sentence_only or (
+            sentence is not None and len(starts) - bisect_left(starts, sentence) >= budget // 2
+        ):
+            if sentence is None:
+                return None
+            cut = sentence
+        elif lowest > 0 and not text[lowest - 1].isspace():  # mid-word: move to the next word
+            space = _SPACE.search(text, lowest)
             if space is None:
                 return None
-            cut += space.end()
-        sentence = _SENTENCE_END.search(text, cut) if cut > 0 else None
-        if sentence and sentence.end() < len(text):
-            if sentence_only or len(starts) - bisect_left(starts, sentence.end()) >= budget // 2:
-                cut = sentence.end()
-        elif sentence_only and cut > 0 and not _SENTENCE_END.match(text, cut - 1):
-            return None
+            cut = space.end()
+        else:
+            cut = lowest
         first = bisect_left(starts, cut)
         tokens = len(starts) - first
-        if tokens <= 0 or tokens > budget or not text[cut:].strip():
+        if tokens <= 0 or not text[cut:].strip():
             return None
-        shifted = tuple(s - cut for s in starts[first:])
+        shifted = tuple(start - cut for start in starts[first:])
         return replace(piece, text=text[cut:], tokens=tokens, starts=shifted, heading=False, tail=True)
 
     def _tail(self, previous: list[_Piece], budget: int) -> list[_Piece]:

@@ -63,7 +63,7 @@ class ProcessDocument:
         drafts = chunk(parsed, chunking_of(config), tokenizer, max_tokens=max_tokens)
         if not drafts:
             raise PermanentError("no extractable text in this document")
-        title = title or parsed.title or filename
+        title = title or parsed.title or _leading_heading(parsed) or filename
         ctx.check_control()
         with ctx.transaction() as s:
             doc, kb = _load(s, doc_id)
@@ -87,6 +87,12 @@ class ProcessDocument:
 
     def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
         fail_document(session, ctx.job.payload["document_id"], message, kind)
+
+
+def _leading_heading(parsed: ParsedDocument) -> str | None:
+    """A document that opens with a top-level heading is titled by it (DOCX/HTML without metadata)."""
+    first = parsed.blocks[0] if parsed.blocks else None
+    return first.text.strip() if first and first.kind == "heading" and first.level == 1 else None
 
 
 def _load(s: Session, doc_id: str) -> tuple[Document, KnowledgeBase]:
@@ -146,7 +152,7 @@ def save_chunks(
                 "created_at": utcnow(),
             }
         )
-    existing = dict(s.execute(select(Chunk.id, Chunk.pk).where(Chunk.document_id == doc.id)).tuples().all())
+    existing = dict(s.execute(select(Chunk.id, Chunk.pk).where(Chunk.document_id == doc.id)).all())
     keep = {w["id"] for w in wanted} & set(existing)
     stale = [pk for cid, pk in existing.items() if cid not in keep]
     if stale:

@@ -55,7 +55,6 @@ def to_dict(s: Session, kb: KnowledgeBase) -> dict[str, Any]:
         s.execute(
             select(Document.status, func.count()).where(Document.kb_id == kb.id).group_by(Document.status)
         )
-        .tuples()
         .all()
     )
     chunks = s.execute(

@@ -294,6 +294,25 @@ def test_small_html_page_drops_navigation_around_main() -> None:
     assert doc.title == "Notes"
 
 
+def test_html_heading_anchor_comes_from_its_section_and_permalink_marks_are_dropped() -> None:
+    page = (
+        "<html><body><div role='main'><section id='installing'><a href='src'>Source</a>"
+        "<h2>Installing<a class='headerlink' href='#installing'>\u00b6</a></h2><p>Run the installer.</p>"
+        "<a href='#x'>\u00a7</a></section></div></body></html>"
+    )
+    doc = HtmlParser().parse(page.encode())
+    assert [(b.kind, b.text, b.anchor) for b in doc.blocks] == [
+        ("paragraph", "Source", None),
+        ("heading", "Installing", "installing"),
+        ("paragraph", "Run the installer.", None),
+    ]
+
+
+def test_html_source_line_breaks_are_spaces_but_br_breaks_lines() -> None:
+    doc = HtmlParser().parse(b"<p>one\ntwo<br>three</p>")
+    assert doc.blocks[0].text == "one two\nthree"
+
+
 def test_html_without_charset_is_read_as_utf8() -> None:
     doc = HtmlParser().parse("<p>Café crème — naïve</p>".encode())
     assert doc.blocks[0].text == "Café crème — naïve"

@@ -35,6 +35,7 @@ from .html_dom import (
     decode_html,
     dom_blocks,
     flat,
+    has_words,
     heading_anchors,
     heading_key,
     inline_text,
@@ -72,7 +73,7 @@ def _xml_list_lines(el: Any, depth: int) -> list[str]:
             lead = marker if i == 0 else " " * len(marker)
             lines.append("  " * depth + first_indent + lead + line)
         for nested in item.iter("list"):
-            if nested.getparent() is item or nested.xpath("count(ancestor::list)") == depth + 1:
+            if next(nested.iterancestors("list"), None) is el:  # direct sub-list, not a deeper one
                 lines.extend(_xml_list_lines(nested, depth + 1))
     return lines
 
@@ -97,12 +98,12 @@ class _XmlWalker:
     def flush(self) -> None:
         text = collapse("".join(self.buf))
         self.buf.clear()
-        if text:
+        if has_words(text):
             self.blocks.append(Block(kind="paragraph", text=text))
 
     def add(self, block: Block) -> None:
         self.flush()
-        if block.text.strip():
+        if block.text.strip() if block.kind == "code" else has_words(block.text):
             self.blocks.append(block)
 
     def walk_children(self, el: Any) -> None:
@@ -194,15 +195,13 @@ class HtmlParser:
         container, explicit = main_container(root)
         strip_boilerplate(container, explicit)
         fallback = dom_blocks(container)
-        extracted = _trafilatura_blocks(text, anchors)
-
-        dom_len, extracted_len = _text_len(fallback), _text_len(extracted)
-        use_dom = (
-            not extracted
-            or dom_len < SMALL_PAGE_CHARS
-            or (explicit and extracted_len < MIN_SHARE_OF_MAIN * dom_len)
-        )
-        blocks = fallback if use_dom and fallback else extracted
+        dom_len = _text_len(fallback)
+        if fallback and dom_len < SMALL_PAGE_CHARS:
+            blocks = fallback  # trafilatura would only flatten it (see the module docstring)
+        else:
+            extracted = _trafilatura_blocks(text, anchors)
+            lost_main = explicit and _text_len(extracted) < MIN_SHARE_OF_MAIN * dom_len
+            blocks = fallback if fallback and (not extracted or lost_main) else extracted
         if not blocks:
             raise PermanentError("no extractable text: the HTML page has no main content")
         if title is None:

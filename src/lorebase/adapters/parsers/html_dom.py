@@ -68,6 +68,11 @@ def flat(text: str | None) -> str:
     return (text or "").replace("\r", " ").replace("\n", " ")
 
 
+def has_words(text: str) -> bool:
+    """False for leftovers such as "§", "¶" or "·" that carry nothing to search for."""
+    return any(ch.isalnum() for ch in text)
+
+
 def clean_heading(text: str) -> str:
     """Heading text without permalink marks ("Install¶", "§Examples") and line breaks."""
     return collapse(text).replace("\n", " ").strip(_HEADING_MARKS)
@@ -106,7 +111,8 @@ def heading_anchor(h: Any) -> str | None:
         return str(prev.get("id") or prev.get("name"))
     parent = h.getparent()
     if parent is not None and parent.get("id") and parent.tag in ("section", "div", "article"):
-        first = next((c for c in parent if isinstance(c.tag, str)), None)
+        # <section id="install"><a>Source</a><h2>Install</h2>: the section's first heading
+        first = next((c for c in parent if isinstance(c.tag, str) and c.tag in HEADING_TAGS), None)
         if first is h:
             return str(parent.get("id"))
     return None
@@ -176,13 +182,6 @@ def inline_text(el: Any, *, skip: tuple[str, ...] = ()) -> str:
     return collapse("".join(parts))
 
 
-def _parent_list(el: Any) -> Any:
-    node = el.getparent()
-    while node is not None and node.tag not in ("ul", "ol", "dl"):
-        node = node.getparent()
-    return node
-
-
 def _list_lines(el: Any, depth: int) -> list[str]:
     ordered = el.tag == "ol"
     try:
@@ -204,7 +203,7 @@ def _list_lines(el: Any, depth: int) -> list[str]:
         for i, line in enumerate(own.split("\n") if own else []):
             lines.append("  " * depth + (marker if i == 0 else " " * len(marker)) + line)
         for nested in li.iter("ul", "ol", "dl"):
-            if _parent_list(nested) is el:
+            if next(nested.iterancestors("ul", "ol", "dl"), None) is el:  # direct sub-list only
                 lines.extend(_list_lines(nested, depth + 1))
     return lines
 
@@ -228,12 +227,12 @@ class _Walker:
     def flush(self) -> None:
         text = collapse("".join(self.buf))
         self.buf.clear()
-        if text:
+        if has_words(text):
             self.blocks.append(Block(kind="paragraph", text=text))
 
     def add(self, kind: Any, text: str, **kw: Any) -> None:
         self.flush()
-        if text.strip():
+        if text.strip() if kind == "code" else has_words(text):
             self.blocks.append(Block(kind=kind, text=text, **kw))
 
     def walk(self, el: Any) -> None:

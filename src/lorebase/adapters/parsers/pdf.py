@@ -79,7 +79,7 @@ class PdfParser:
                 finally:
                     page.close()
             return title, pages
-        except pdfium.PdfiumError as exc:
+        except (pdfium.PdfiumError, ValueError, UnicodeError) as exc:
             raise PermanentError(f"could not read PDF: {_reason(exc)}") from exc
         finally:
             doc.close()

@@ -1,0 +1,77 @@
+"""Shared fixtures: real SQLite files in a temp dir, the real embedding model, real workers.
+
+``settings`` uses short leases so that crash-recovery tests do not wait 30 s for a reaper.
+``api`` is a FastAPI TestClient running the app's lifespan (so the embedded worker threads
+run in-process); ``auth`` holds a real API key's header for it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from lorebase.app import create_app  # noqa: E402
+from lorebase.runtime import Runtime  # noqa: E402
+from lorebase.services.auth import Principal, create_key, local_principal  # noqa: E402
+from lorebase.settings import JobSettings, Settings  # noqa: E402
+
+FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    jobs = JobSettings(
+        lease_seconds=4.0, heartbeat_seconds=1.0, poll_seconds=0.1, reap_seconds=0.5,
+        backoff_base_seconds=0.2, backoff_max_seconds=2.0, max_attempts=3,
+    )
+    return Settings(data_dir=data_dir, jobs=jobs, _env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def principal(runtime: Runtime) -> Principal:
+    return local_principal(runtime.db, "default")
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, workers=2)) as client:
+        yield client
+
+
+@pytest.fixture
+def auth(api: TestClient) -> dict[str, str]:
+    key, _ = create_key(api.app.state.runtime.db, workspace="default")  # type: ignore[attr-defined]
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_pipeline(client: TestClient, headers: dict[str, str], pipeline_id: str, timeout: float = 300) -> dict[str, Any]:
+    """Poll a pipeline as a client would until it reaches a final state."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get(f"/api/v1/pipelines/{pipeline_id}", headers=headers)
+        assert r.status_code == 200, r.text
+        state = r.json()
+        if state["status"] in FINAL:
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"pipeline {pipeline_id} did not finish in {timeout}s: {state}")
