@@ -19,18 +19,23 @@ from fastapi.testclient import TestClient
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from lorebase.app import create_app  # noqa: E402
-from lorebase.runtime import Runtime  # noqa: E402
-from lorebase.services.auth import Principal, create_key, local_principal  # noqa: E402
-from lorebase.settings import JobSettings, Settings  # noqa: E402
+from lorebase.app import create_app
+from lorebase.runtime import Runtime
+from lorebase.services.auth import Principal, create_key, local_principal
+from lorebase.settings import JobSettings, Settings
 
 FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     jobs = JobSettings(
-        lease_seconds=4.0, heartbeat_seconds=1.0, poll_seconds=0.1, reap_seconds=0.5,
-        backoff_base_seconds=0.2, backoff_max_seconds=2.0, max_attempts=3,
+        lease_seconds=4.0,
+        heartbeat_seconds=1.0,
+        poll_seconds=0.1,
+        reap_seconds=0.5,
+        backoff_base_seconds=0.2,
+        backoff_max_seconds=2.0,
+        max_attempts=3,
     )
     return Settings(data_dir=data_dir, jobs=jobs, _env_file=None, **overrides)  # type: ignore[call-arg]
 
@@ -64,7 +69,9 @@ def auth(api: TestClient) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def wait_pipeline(client: TestClient, headers: dict[str, str], pipeline_id: str, timeout: float = 300) -> dict[str, Any]:
+def wait_pipeline(
+    client: TestClient, headers: dict[str, str], pipeline_id: str, timeout: float = 300
+) -> dict[str, Any]:
     """Poll a pipeline as a client would until it reaches a final state."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

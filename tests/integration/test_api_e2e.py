@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi.testclient import TestClient
+
 from conftest import wait_pipeline
 from factories import docx_bytes, html_page, pdf_bytes
-from fastapi.testclient import TestClient
 
 PDF = pdf_bytes(
     [
@@ -19,7 +20,10 @@ DOCX = docx_bytes(
     "Coffee roasting",
     [
         ("Green beans", "Unroasted coffee beans are green and smell grassy."),
-        ("First crack", "At about 196 degrees Celsius the beans pop audibly: roasters call this the first crack."),
+        (
+            "First crack",
+            "At about 196 degrees Celsius the beans pop audibly: roasters call this the first crack.",
+        ),
     ],
     table=[["Roast", "Temperature"], ["Light", "205 C"], ["Dark", "225 C"]],
 )
@@ -33,12 +37,23 @@ HTML = html_page(
     "Where an oceanic plate slides beneath a continental plate, deep trenches and volcanic arcs form.",
 )
 RECORDS = [
-    {"external_id": "lighthouse", "title": "Lighthouses", "text": "A Fresnel lens lets a lighthouse beam be seen from over 20 nautical miles away."},
-    {"external_id": "sourdough", "title": "Sourdough", "text": "Sourdough bread rises thanks to wild yeast and lactobacilli living in the starter."},
+    {
+        "external_id": "lighthouse",
+        "title": "Lighthouses",
+        "text": "A Fresnel lens lets a lighthouse beam be seen from over 20 nautical miles away.",
+    },
+    {
+        "external_id": "sourdough",
+        "title": "Sourdough",
+        "text": "Sourdough bread rises thanks to wild yeast and lactobacilli living in the starter.",
+    },
 ]
 FILES = [
     ("files", ("glaciers.pdf", PDF, "application/pdf")),
-    ("files", ("coffee.docx", DOCX, "application/vnd.openxmlformats-officedocument.wordprocessingml.document")),
+    (
+        "files",
+        ("coffee.docx", DOCX, "application/vnd.openxmlformats-officedocument.wordprocessingml.document"),
+    ),
     ("files", ("bees.md", MARKDOWN, "text/markdown")),
     ("files", ("tectonics.html", HTML, "text/html")),
 ]
@@ -51,15 +66,25 @@ QUESTIONS = {  # question -> the one document that answers it
 }
 
 
-def _finalized_kb(api: TestClient, auth: dict[str, str], files: list[Any], records: list[dict[str, Any]]) -> dict[str, Any]:
-    r = api.post("/api/v1/kb-drafts", json={"name": "e2e", "config": {"chunking": {"strategy": "structure"}}}, headers=auth)
+def _finalized_kb(
+    api: TestClient, auth: dict[str, str], files: list[Any], records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    r = api.post(
+        "/api/v1/kb-drafts",
+        json={"name": "e2e", "config": {"chunking": {"strategy": "structure"}}},
+        headers=auth,
+    )
     assert r.status_code == 201, r.text
     draft = r.json()
     assert draft["config"]["chunking"] == {"strategy": "structure", "chunk_size": 200, "chunk_overlap": 20}
     r = api.post(f"/api/v1/kb-drafts/{draft['id']}/sources", files=files, headers=auth)
     assert r.status_code == 201, r.text
     if records:
-        r = api.post(f"/api/v1/kb-drafts/{draft['id']}/sources", json={"type": "text", "documents": records}, headers=auth)
+        r = api.post(
+            f"/api/v1/kb-drafts/{draft['id']}/sources",
+            json={"type": "text", "documents": records},
+            headers=auth,
+        )
         assert r.status_code == 201, r.text
     r = api.post(f"/api/v1/kb-drafts/{draft['id']}/finalize", headers=auth)
     assert r.status_code == 202, r.text
@@ -77,8 +102,15 @@ def _doc_ids(api: TestClient, auth: dict[str, str], kb_id: str) -> dict[str, str
 def test_draft_to_search_across_every_format(api: TestClient, auth: dict[str, str]) -> None:
     r = api.post("/api/v1/kb-drafts", json={"name": "formats"}, headers=auth)
     draft_id = r.json()["id"]
-    r = api.patch(f"/api/v1/kb-drafts/{draft_id}", json={"config": {"chunking": {"strategy": "structure"}}}, headers=auth)
-    assert r.json()["config"]["chunking"]["strategy"] == "structure" and r.json()["config"]["chunking"]["chunk_size"] == 200
+    r = api.patch(
+        f"/api/v1/kb-drafts/{draft_id}",
+        json={"config": {"chunking": {"strategy": "structure"}}},
+        headers=auth,
+    )
+    assert (
+        r.json()["config"]["chunking"]["strategy"] == "structure"
+        and r.json()["config"]["chunking"]["chunk_size"] == 200
+    )
     r = api.post(f"/api/v1/kb-drafts/{draft_id}/sources", files=FILES, headers=auth)
     assert [s["media_type"] for s in r.json()["sources"]] == [
         "application/pdf",
@@ -87,9 +119,13 @@ def test_draft_to_search_across_every_format(api: TestClient, auth: dict[str, st
         "text/html",
     ]
     pdf_source = r.json()["sources"][0]["id"]
-    api.post(f"/api/v1/kb-drafts/{draft_id}/sources", json={"type": "text", "documents": RECORDS}, headers=auth)
+    api.post(
+        f"/api/v1/kb-drafts/{draft_id}/sources", json={"type": "text", "documents": RECORDS}, headers=auth
+    )
 
-    preview = api.post(f"/api/v1/kb-drafts/{draft_id}/preview", json={"source_id": pdf_source}, headers=auth).json()
+    preview = api.post(
+        f"/api/v1/kb-drafts/{draft_id}/preview", json={"source_id": pdf_source}, headers=auth
+    ).json()
     assert [c["metadata"]["page"] for c in preview["chunks"]][:1] == [1]
     assert "Aletsch" in " ".join(c["text"] for c in preview["chunks"])
     report = api.post(f"/api/v1/kb-drafts/{draft_id}/validate", headers=auth).json()
@@ -110,34 +146,64 @@ def test_draft_to_search_across_every_format(api: TestClient, auth: dict[str, st
     assert pdf_doc["page_count"] == 2 and pdf_doc["status"] == "indexed"
     for question, expected in QUESTIONS.items():
         for mode in ("vector", "keyword", "hybrid"):
-            r = api.post(f"/api/v1/kbs/{kb_id}/search", json={"query": question, "mode": mode, "top_k": 3}, headers=auth)
+            r = api.post(
+                f"/api/v1/kbs/{kb_id}/search",
+                json={"query": question, "mode": mode, "top_k": 3},
+                headers=auth,
+            )
             assert r.status_code == 200, r.text
             top = r.json()["results"][0]
             assert top["document_id"] == ids[expected], (mode, question, r.json()["results"])
     r = api.post(f"/api/v1/kbs/{kb_id}/search", json={"query": "first crack", "mode": "hybrid"}, headers=auth)
     hit = r.json()["results"][0]
-    assert hit["filename"] == "coffee.docx" and hit["title"] == "Coffee roasting" and "First crack" in hit["section"]
-    fb = api.post(f"/api/v1/queries/{r.json()['query_id']}/feedback", json={"feedback": "positive"}, headers=auth)
+    assert (
+        hit["filename"] == "coffee.docx"
+        and hit["title"] == "Coffee roasting"
+        and "First crack" in hit["section"]
+    )
+    fb = api.post(
+        f"/api/v1/queries/{r.json()['query_id']}/feedback", json={"feedback": "positive"}, headers=auth
+    )
     assert fb.status_code == 200
 
 
 def test_search_filters_restrict_results_to_matching_documents(api: TestClient, auth: dict[str, str]) -> None:
     records = [
         {"external_id": "en", "title": "Rain", "text": "Rain falls from clouds.", "metadata": {"lang": "en"}},
-        {"external_id": "de", "title": "Regen", "text": "Rain (Regen) falls from clouds.", "metadata": {"lang": "de"}},
+        {
+            "external_id": "de",
+            "title": "Regen",
+            "text": "Rain (Regen) falls from clouds.",
+            "metadata": {"lang": "de"},
+        },
     ]
     body = _finalized_kb(api, auth, [("files", ("bees.md", MARKDOWN, "text/markdown"))], records)
     wait_pipeline(api, auth, body["pipeline_id"])
-    for filters, expected in (({"lang": "de"}, {"de"}), ({"metadata.lang": ["en"]}, {"en"}), ({"external_id": "en"}, {"en"})):
-        r = api.post(f"/api/v1/kbs/{body['kb_id']}/search", json={"query": "rain clouds", "filters": filters}, headers=auth)
+    for filters, expected in (
+        ({"lang": "de"}, {"de"}),
+        ({"metadata.lang": ["en"]}, {"en"}),
+        ({"external_id": "en"}, {"en"}),
+    ):
+        r = api.post(
+            f"/api/v1/kbs/{body['kb_id']}/search",
+            json={"query": "rain clouds", "filters": filters},
+            headers=auth,
+        )
         assert {x["external_id"] for x in r.json()["results"]} == expected
-    r = api.post(f"/api/v1/kbs/{body['kb_id']}/search", json={"query": "rain", "filters": {"bad key!": 1}}, headers=auth)
+    r = api.post(
+        f"/api/v1/kbs/{body['kb_id']}/search",
+        json={"query": "rain", "filters": {"bad key!": 1}},
+        headers=auth,
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
 
 
 def test_corrupt_pdf_fails_alone_and_the_kb_is_ready(api: TestClient, auth: dict[str, str]) -> None:
     corrupt = PDF[: len(PDF) // 3]  # a real PDF cut short
-    files = [("files", ("broken.pdf", corrupt, "application/pdf")), ("files", ("bees.md", MARKDOWN, "text/markdown"))]
+    files = [
+        ("files", ("broken.pdf", corrupt, "application/pdf")),
+        ("files", ("bees.md", MARKDOWN, "text/markdown")),
+    ]
     body = _finalized_kb(api, auth, files, RECORDS[:1])
     state = wait_pipeline(api, auth, body["pipeline_id"])
     assert state["status"] == "completed_with_errors"
@@ -159,7 +225,10 @@ def test_reposting_the_same_batch_embeds_nothing_and_a_changed_record_alone_is_r
     kb_id = body["kb_id"]
     batch = {"documents": [dict(r) for r in RECORDS]}
     first = api.post(f"/api/v1/kbs/{kb_id}/documents", json=batch, headers=auth)
-    assert first.status_code == 202 and [d["status"] for d in first.json()["documents"]] == ["pending", "pending"]
+    assert first.status_code == 202 and [d["status"] for d in first.json()["documents"]] == [
+        "pending",
+        "pending",
+    ]
     s1 = wait_pipeline(api, auth, first.json()["pipeline_id"])
     chunks_before = api.get(f"/api/v1/kbs/{kb_id}", headers=auth).json()["counts"]["chunks"]
     assert s1["counts"]["chunks_embedded"] == 2
@@ -170,7 +239,12 @@ def test_reposting_the_same_batch_embeds_nothing_and_a_changed_record_alone_is_r
     assert s2["status"] == "completed" and s2["counts"]["chunks_embedded"] == 0
     assert api.get(f"/api/v1/kbs/{kb_id}", headers=auth).json()["counts"]["chunks"] == chunks_before
 
-    changed = {"documents": [dict(RECORDS[0]), {**RECORDS[1], "text": "Sourdough needs a starter fed with flour and water every day."}]}
+    changed = {
+        "documents": [
+            dict(RECORDS[0]),
+            {**RECORDS[1], "text": "Sourdough needs a starter fed with flour and water every day."},
+        ]
+    }
     third = api.post(f"/api/v1/kbs/{kb_id}/documents", json=changed, headers=auth)
     assert [d["status"] for d in third.json()["documents"]] == ["skipped", "pending"]
     s3 = wait_pipeline(api, auth, third.json()["pipeline_id"])
@@ -179,5 +253,11 @@ def test_reposting_the_same_batch_embeds_nothing_and_a_changed_record_alone_is_r
     sourdough = third.json()["documents"][1]["id"]
     chunks = api.get(f"/api/v1/documents/{sourdough}/chunks", headers=auth).json()["items"]
     assert [c["text"] for c in chunks] == [changed["documents"][1]["text"]]
-    r = api.post(f"/api/v1/kbs/{kb_id}/search", json={"query": "wild yeast lactobacilli", "mode": "keyword"}, headers=auth)
-    assert all(x["document_id"] != sourdough for x in r.json()["results"])  # the old text is gone from the index
+    r = api.post(
+        f"/api/v1/kbs/{kb_id}/search",
+        json={"query": "wild yeast lactobacilli", "mode": "keyword"},
+        headers=auth,
+    )
+    assert all(
+        x["document_id"] != sourdough for x in r.json()["results"]
+    )  # the old text is gone from the index

@@ -110,8 +110,7 @@ def run_eval(
                 select(Chunk.pk, Document.external_id)
                 .join(Document, Document.id == Chunk.document_id)
                 .where(Chunk.kb_id == kb_id)
-            )
-            .all()
+            ).all()
         )
         for mode in modes:
             totals = {"ndcg@10": 0.0, "recall@10": 0.0, "recall@100": 0.0}

@@ -250,6 +250,29 @@ class JobQueue:
     def save_checkpoint(self, session: Session, job: ClaimedJob, checkpoint: dict[str, Any]) -> None:
         session.execute(update(Job).where(self._fence(job)).values(checkpoint=checkpoint))
 
+    @staticmethod
+    def _pending_twin(session: Session, job_id: str) -> str | None:
+        """Another *pending* job with this job's dedupe key: it will do the same work.
+
+        A job going back to ``pending`` while such a twin exists is closed as superseded instead
+        (at most one pending job per dedupe key, enforced by a partial unique index)."""
+        key = session.execute(select(Job.dedupe_key).where(Job.id == job_id)).scalar()
+        if key is None:
+            return None
+        return session.execute(
+            select(Job.id).where(Job.dedupe_key == key, Job.status == "pending", Job.id != job_id).limit(1)
+        ).scalar()
+
+    def _back_to_pending(self, session: Session, job: ClaimedJob, **values: Any) -> str:
+        twin = self._pending_twin(session, job.id)
+        if twin is not None:
+            self._finish(
+                session, job, status="cancelled", finished_at=utcnow(), last_error=f"superseded by job {twin}"
+            )
+            return "superseded"
+        self._finish(session, job, status="pending", **values)
+        return "pending"
+
     def _finish(self, session: Session, job: ClaimedJob, **values: Any) -> None:
         now = utcnow()
         values.setdefault("lease_owner", None)
@@ -275,19 +298,14 @@ class JobQueue:
             )
             return "dead", 0.0
         delay = backoff_delay(job.attempts, self.cfg, retry_after)
-        self._finish(
-            session,
-            job,
-            status="pending",
-            run_at=utcnow() + timedelta(seconds=delay),
-            last_error=error,
-            error_kind="transient",
+        outcome = self._back_to_pending(
+            session, job, run_at=utcnow() + timedelta(seconds=delay), last_error=error, error_kind="transient"
         )
-        return "pending", delay
+        return outcome, delay
 
     def release(self, session: Session, job: ClaimedJob) -> None:
         """Give the job back untouched (pause, drain): this attempt does not count."""
-        self._finish(session, job, status="pending", attempts=job.attempts - 1, run_at=utcnow())
+        self._back_to_pending(session, job, attempts=job.attempts - 1, run_at=utcnow())
 
     def cancel_running(self, session: Session, job: ClaimedJob, reason: str = "cancelled") -> None:
         self._finish(session, job, status="cancelled", finished_at=utcnow(), last_error=reason)
@@ -308,17 +326,21 @@ class JobQueue:
             ).all()
             for row in expired:
                 dead = row.attempts >= row.max_attempts
+                twin = None if dead else self._pending_twin(s, row.id)
+                status = "dead" if dead else ("cancelled" if twin else "pending")
                 s.execute(
                     update(Job)
                     .where(Job.id == row.id, Job.attempts == row.attempts, Job.status == "running")
                     .where(Job.lease_expires_at < now)
                     .values(
-                        status="dead" if dead else "pending",
+                        status=status,
                         lease_owner=None,
                         lease_expires_at=None,
                         run_at=now,
-                        finished_at=now if dead else None,
-                        last_error="worker lost (lease expired)",
+                        finished_at=None if status == "pending" else now,
+                        last_error=f"worker lost (lease expired); superseded by job {twin}"
+                        if twin
+                        else "worker lost (lease expired)",
                         error_kind="transient",
                         updated_at=now,
                     )

@@ -9,7 +9,8 @@ over ``"\\n\\n"`` joins (such a chunk is split again).
 
 Structure comes first: whole blocks are packed together, and only a block larger than a chunk
 is cut, by ``semantic_text_splitter`` at paragraph, sentence and word boundaries. Overlap is
-the tail of the previous chunk (cut at a sentence or word start) carried into the next one.
+the tail of the previous chunk (cut at a sentence or word start) carried into the next one;
+``page``/``pages`` describe the chunk's own text, not that carried-over tail.
 
 Two strategies:
 

@@ -63,9 +63,7 @@ def queue_stats(runtime: Runtime, p: Principal) -> dict[str, Any]:
     hour_ago = now - timedelta(hours=1)
     with runtime.db.read_session() as s:
         scoped = Job.workspace_id == p.workspace_id
-        by_status = dict(
-            s.execute(select(Job.status, func.count()).where(scoped).group_by(Job.status)).all()
-        )
+        by_status = dict(s.execute(select(Job.status, func.count()).where(scoped).group_by(Job.status)).all())
         owners = s.execute(
             select(func.count(func.distinct(Job.lease_owner))).where(
                 Job.status == "running", Job.lease_expires_at > now

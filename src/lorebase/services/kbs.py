@@ -54,8 +54,7 @@ def to_dict(s: Session, kb: KnowledgeBase) -> dict[str, Any]:
     by_status = dict(
         s.execute(
             select(Document.status, func.count()).where(Document.kb_id == kb.id).group_by(Document.status)
-        )
-        .all()
+        ).all()
     )
     chunks = s.execute(
         select(func.count()).select_from(Chunk).where(Chunk.kb_id == kb.id, Chunk.embedded.is_(True))

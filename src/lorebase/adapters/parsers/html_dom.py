@@ -32,12 +32,11 @@ _BOILERPLATE_TAGS = {"div", "section", "ul", "ol", "span", "header", "aside", "n
 _CONTAINER_TAGS = {
     "html", "body", "main", "article", "section", "div", "header", "blockquote", "figure", "figcaption",
     "details", "summary", "center", "address", "fieldset", "form", "hgroup", "li", "dd", "dt", "td", "th",
-    "span",
 }  # fmt: skip
 _CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>")
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
-_HEADING_MARKS = "¶#§🔗\u00b6 \t\n"
+_HEADING_MARKS = "¶#§🔗 \t\n"
 
 
 def decode_html(data: bytes) -> str:
@@ -256,7 +255,7 @@ class _Walker:
         elif tag == "hr":
             self.flush()
         elif tag:
-            block = tag in _CONTAINER_TAGS and tag != "span"
+            block = tag in _CONTAINER_TAGS
             if block:
                 self.flush()
             self.buf.append(flat(el.text))

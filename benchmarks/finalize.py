@@ -1,0 +1,192 @@
+"""Finalize latency: p50/p99 of ``POST /api/v1/kb-drafts/{id}/finalize`` for a 100-source draft.
+
+DESIGN.md section 1 promises finalize is synchronous and fast (under 100 ms): it creates the
+KB, one pending document per source item, the pipeline and the jobs, and deletes the draft.
+
+Setup: a real ``lorebase serve`` (uvicorn) in a subprocess on a free loopback port, with
+``LOREBASE_DATA_DIR`` pointing at a fresh temp dir and ``--workers 0`` by default (API only,
+so background processing does not compete with the measured requests); ``--workers 2`` runs
+the embedded workers in the server too, which then process every finalized KB while later
+finalize calls are timed. The API key comes from ``lorebase keys create`` on the same data
+dir. Every run builds a new draft with ``--sources`` sources: half uploaded small files
+(alternately ``.md`` and ``.txt``, one multipart request) and half text records (one JSON
+request); only the finalize call is timed, client-side with ``httpx`` around the request.
+One warm-up finalize (not counted) precedes the timed runs.
+
+Prints one JSON line on stdout; progress goes to stderr.
+
+    .venv/bin/python benchmarks/finalize.py [--sources 100] [--runs 30] [--workers 0] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CORPUS = Path("/work/shared/eval/scifact/corpus.jsonl")
+
+
+def log(*args: Any) -> None:
+    print("[finalize]", *args, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (p99 of 30 runs is the largest but none: rank ceil(0.99*30)=30)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def load_abstracts(n: int) -> list[dict[str, str]]:
+    out = []
+    with CORPUS.open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row["text"].strip():
+                out.append({"title": row["title"], "text": row["text"]})
+            if len(out) == n:
+                break
+    return out
+
+
+def build_draft(client: httpx.Client, run: int, n_sources: int, abstracts: list[dict[str, str]]) -> str:
+    r = client.post("/api/v1/kb-drafts", json={"name": f"bench-finalize-{run}"})
+    r.raise_for_status()
+    draft = r.json()["id"]
+    n_files = n_sources // 2
+    n_records = n_sources - n_files
+    files = []
+    for i in range(n_files):
+        a = abstracts[i % len(abstracts)]
+        # unique content per run and file, so nothing is deduplicated
+        if i % 2 == 0:
+            body = f"# {a['title']}\n\n## Abstract\n\n{a['text']}\n\n(run {run}, file {i})\n"
+            files.append(("files", (f"doc-{run}-{i}.md", body.encode(), "text/markdown")))
+        else:
+            body = f"{a['title']}\n\n{a['text']}\n\n(run {run}, file {i})\n"
+            files.append(("files", (f"doc-{run}-{i}.txt", body.encode(), "text/plain")))
+    if files:
+        r = client.post(f"/api/v1/kb-drafts/{draft}/sources", files=files)
+        r.raise_for_status()
+    if n_records:
+        docs = [
+            {
+                "external_id": f"rec-{run}-{j}",
+                "title": abstracts[(n_files + j) % len(abstracts)]["title"],
+                "text": f"{abstracts[(n_files + j) % len(abstracts)]['text']} (run {run}, record {j})",
+            }
+            for j in range(n_records)
+        ]
+        r = client.post(f"/api/v1/kb-drafts/{draft}/sources", json={"type": "text", "documents": docs})
+        r.raise_for_status()
+    return draft
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sources", type=int, default=100, help="sources per draft (half files, half records)")
+    ap.add_argument("--runs", type=int, default=None, help="timed finalize calls (default 30; --smoke: 5)")
+    ap.add_argument("--workers", type=int, default=0, help="embedded workers in the server (default 0)")
+    ap.add_argument("--smoke", action="store_true", help="a quick run (5 runs)")
+    args = ap.parse_args()
+    runs = args.runs or (5 if args.smoke else 30)
+
+    abstracts = load_abstracts(args.sources)
+    with tempfile.TemporaryDirectory(prefix="lorebase-bench-finalize-") as tmp:
+        env = {
+            **os.environ,
+            "LOREBASE_DATA_DIR": str(Path(tmp) / "data"),
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        for var in ("LOREBASE_SERVER_URL", "LOREBASE_API_KEY", "LOREBASE_DATABASE_URL", "LOREBASE_REDIS_URL"):
+            env.pop(var, None)  # the CLI must work on this data dir, not on a configured server
+        key = subprocess.run(
+            [str(BIN / "lorebase"), "keys", "create", "--name", "bench"],
+            env=env, cwd=tmp, capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]
+        port = free_port()
+        server_log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
+        server = subprocess.Popen(
+            [str(BIN / "lorebase"), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)],
+            env=env, cwd=tmp, stdout=server_log, stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+                deadline = time.monotonic() + 60
+                while True:
+                    if server.poll() is not None:
+                        raise SystemExit(f"server exited: {(Path(tmp) / 'server.log').read_text()}")
+                    try:
+                        if client.get("/healthz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise SystemExit("server did not start in 60 s")
+                    time.sleep(0.1)
+                log(f"server on {base}, workers={args.workers}; {runs} runs of {args.sources} sources")
+
+                latencies: list[float] = []
+                for run in range(runs + 1):  # run 0 warms up the server and is not counted
+                    draft = build_draft(client, run, args.sources, abstracts)
+                    t0 = time.perf_counter()
+                    r = client.post(f"/api/v1/kb-drafts/{draft}/finalize")
+                    ms = (time.perf_counter() - t0) * 1000
+                    if r.status_code != 202:
+                        raise SystemExit(f"finalize answered {r.status_code}: {r.text}")
+                    kb = client.get(f"/api/v1/kbs/{r.json()['kb_id']}").json()
+                    docs = kb.get("counts", {}).get("documents")
+                    if docs != args.sources:
+                        raise SystemExit(f"finalize made {docs} documents, {args.sources} expected: {kb}")
+                    if run == 0:
+                        log(f"warm-up finalize {ms:.1f} ms (not counted)")
+                        continue
+                    latencies.append(ms)
+                    log(f"run {run}/{runs}: {ms:.1f} ms")
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            server_log.close()
+
+    out = {
+        "sources": args.sources,
+        "source_mix": f"{args.sources // 2} files (.md/.txt) + {args.sources - args.sources // 2} text records",
+        "runs": runs,
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "max_ms": round(max(latencies), 1),
+        "min_ms": round(min(latencies), 1),
+        "mean_ms": round(statistics.mean(latencies), 1),
+        "workers": args.workers,
+    }
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Ingestion throughput: lorebase end-to-end vs. the bare embedding model, side by side.
+
+Builds N chunk-sized texts (180-190 model tokens each) from SciFact abstracts and measures,
+in one process and on the same texts:
+
+* raw: ``SentenceTransformer.encode(texts, batch_size=32, normalize_embeddings=True)`` on a
+  warmed-up model (only the encode call is timed);
+* e2e: the same texts posted as title-less text records to a KB draft through the HTTP API of
+  an in-process app (TestClient with lifespan, 2 embedded workers, fresh data dir so the
+  embedding cache is cold); timed from just before ``finalize`` to the poll (every 0.1 s) that
+  sees the pipeline ``completed``. lorebase's model is loaded and warmed before finalize, so
+  model load time is excluded (it is reported separately as ``lorebase_model_load_seconds``).
+
+raw and e2e alternate (raw, e2e, raw, e2e, ... ``--repeats`` pairs) and medians are reported.
+Prints one JSON line on stdout; progress goes to stderr.
+
+    .venv/bin/python benchmarks/ingest.py [--chunks N] [--repeats R] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+CORPUS = Path("/work/shared/eval/scifact/corpus.jsonl")
+MODEL = "all-MiniLM-L6-v2"
+MAX_TOKENS = 190  # each text stays under the KB's default chunk_size (200), so one record = one chunk
+MIN_TOKENS = 180
+FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+
+
+def log(*args: Any) -> None:
+    print("[ingest]", *args, file=sys.stderr, flush=True)
+
+
+# -- texts ---------------------------------------------------------------------------------------
+def build_texts(n: int) -> list[str]:
+    """N distinct texts of MIN_TOKENS..MAX_TOKENS tokens: consecutive word windows of SciFact
+    abstracts, cut at the last sentence end in range when there is one, else at a word."""
+    from lorebase.adapters.embedders.local import load_tokenizer
+
+    tok = load_tokenizer(MODEL)
+    texts: list[str] = []
+    seen: set[str] = set()
+    with CORPUS.open(encoding="utf-8") as f:
+        for line in f:
+            words = json.loads(line)["text"].split()
+            if not words:
+                continue
+            counts = [len(e.ids) for e in tok.encode_batch(words, add_special_tokens=False)]
+            start = 0
+            while start < len(words):
+                total, end, best, best_sentence = 0, start, None, None
+                while end < len(words) and total + counts[end] <= MAX_TOKENS:
+                    total += counts[end]
+                    end += 1
+                    if total >= MIN_TOKENS:
+                        best = end
+                        if _SENTENCE_END.search(words[end - 1]):
+                            best_sentence = end
+                cut = best_sentence or best
+                if cut is None:
+                    break  # the rest of this abstract is too short for a full chunk
+                text = " ".join(words[start:cut])
+                start = cut
+                if text in seen:
+                    continue
+                real = len(tok.encode(text, add_special_tokens=False).ids)
+                if MIN_TOKENS <= real <= MAX_TOKENS:
+                    seen.add(text)
+                    texts.append(text)
+                    if len(texts) == n:
+                        return texts
+    raise SystemExit(f"the corpus gave only {len(texts)} texts, {n} wanted")
+
+
+# -- raw -----------------------------------------------------------------------------------------
+def load_raw_model() -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    from lorebase.adapters.embedders.local import LOCAL_MODELS, _model_dir
+
+    model = SentenceTransformer(str(_model_dir(MODEL)), device="cpu")
+    model.max_seq_length = LOCAL_MODELS[MODEL][1]  # same as lorebase's LocalEmbedder
+    return model
+
+
+def run_raw(model: Any, texts: list[str]) -> float:
+    t0 = time.perf_counter()
+    vectors = model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+    elapsed = time.perf_counter() - t0
+    assert len(vectors) == len(texts)
+    return elapsed
+
+
+# -- end to end ----------------------------------------------------------------------------------
+def run_e2e(texts: list[str], warm_texts: list[str], workers: int) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+    from sqlalchemy import select
+
+    from lorebase.app import create_app
+    from lorebase.db.models import Chunk
+    from lorebase.services.auth import create_key
+    from lorebase.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="lorebase-bench-ingest-") as tmp:
+        settings = Settings(data_dir=Path(tmp) / "data", _env_file=None)  # type: ignore[call-arg]
+        with TestClient(create_app(settings, workers=workers)) as client:
+            runtime = client.app.state.runtime  # type: ignore[attr-defined]
+            key, _ = create_key(runtime.db, workspace="default")
+            h = {"Authorization": f"Bearer {key}"}
+
+            # lorebase loads its model lazily: load and run it once now, so the timed part
+            # measures throughput, not start-up (embed() alone does not touch the cache)
+            t0 = time.perf_counter()
+            embedder = runtime.embedder()
+            embedder.warm_up()
+            load_s = time.perf_counter() - t0
+            embedder.embed(warm_texts)
+            embedder.tokenizer()
+
+            r = client.post("/api/v1/kb-drafts", json={"name": "bench-ingest"}, headers=h)
+            r.raise_for_status()
+            draft = r.json()["id"]
+            docs = [{"external_id": f"t{i}", "text": t} for i, t in enumerate(texts)]
+            r = client.post(f"/api/v1/kb-drafts/{draft}/sources", json={"type": "text", "documents": docs}, headers=h)
+            r.raise_for_status()
+
+            t0 = time.perf_counter()
+            r = client.post(f"/api/v1/kb-drafts/{draft}/finalize", headers=h)
+            r.raise_for_status()
+            finalize_ms = (time.perf_counter() - t0) * 1000
+            pipeline_id = r.json()["pipeline_id"]
+            deadline = time.monotonic() + max(600.0, len(texts))
+            while True:
+                p = client.get(f"/api/v1/pipelines/{pipeline_id}", headers=h).json()
+                if p["status"] in FINAL:
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"pipeline did not finish: {p}")
+                time.sleep(0.1)
+            elapsed = time.perf_counter() - t0
+            if p["status"] != "completed":
+                raise SystemExit(f"pipeline ended {p['status']}: {p}")
+
+            # the embedder read exactly the raw texts (no title/section prefix), one chunk each
+            with runtime.db.read_session() as s:
+                embedded_texts = list(s.execute(select(Chunk.embed_text)).scalars())
+            same_input = sorted(embedded_texts) == sorted(texts)
+    return {
+        "seconds": elapsed,
+        "counts": p["counts"],
+        "finalize_ms": finalize_ms,
+        "load_s": load_s,
+        "same_input": same_input,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chunks", type=int, default=None, help="number of texts (default 500; --smoke: 60)")
+    ap.add_argument("--repeats", type=int, default=1, help="raw/e2e pairs, alternated (default 1)")
+    ap.add_argument("--workers", type=int, default=2, help="embedded worker threads (default 2)")
+    ap.add_argument("--smoke", action="store_true", help="a quick run (60 texts)")
+    args = ap.parse_args()
+    n = args.chunks or (60 if args.smoke else 500)
+
+    t0 = time.perf_counter()
+    texts = build_texts(n + 8)
+    texts, warm_texts = texts[:n], texts[n:]
+    from lorebase.adapters.embedders.local import load_tokenizer
+
+    tok = load_tokenizer(MODEL)
+    lens = [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
+    log(f"{n} texts, {min(lens)}-{max(lens)} tokens (mean {statistics.mean(lens):.1f}) in {time.perf_counter() - t0:.1f}s")
+
+    t0 = time.perf_counter()
+    model = load_raw_model()
+    raw_load_s = time.perf_counter() - t0
+    model.encode(warm_texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+    log(f"raw model loaded in {raw_load_s:.1f}s and warmed up")
+
+    raw_s: list[float] = []
+    e2e: list[dict[str, Any]] = []
+    for i in range(args.repeats):
+        raw_s.append(run_raw(model, texts))
+        log(f"pair {i + 1}/{args.repeats}: raw {raw_s[-1]:.2f}s = {n / raw_s[-1]:.1f} chunks/s")
+        e2e.append(run_e2e(texts, warm_texts, args.workers))
+        r = e2e[-1]
+        log(
+            f"pair {i + 1}/{args.repeats}: e2e {r['seconds']:.2f}s = {n / r['seconds']:.1f} chunks/s "
+            f"(finalize {r['finalize_ms']:.0f} ms, model load {r['load_s']:.1f}s excluded, counts {r['counts']})"
+        )
+
+    raw_med = statistics.median(raw_s)
+    e2e_med = statistics.median(r["seconds"] for r in e2e)
+    created = [r["counts"].get("chunks_created") for r in e2e]
+    out = {
+        "raw_chunks_per_s": round(n / raw_med, 2),
+        "e2e_chunks_per_s": round(n / e2e_med, 2),
+        "ratio": round(raw_med / e2e_med, 3),
+        "chunks": n,
+        "chunks_created": created[0] if len(set(created)) == 1 else created,
+        "chunks_ok": all(c == n for c in created) and all(r["same_input"] for r in e2e),
+        "e2e_seconds": round(e2e_med, 3),
+        "raw_seconds": round(raw_med, 3),
+        "repeats": args.repeats,
+        "workers": args.workers,
+        "tokens_min": min(lens),
+        "tokens_max": max(lens),
+        "finalize_ms": round(statistics.median(r["finalize_ms"] for r in e2e), 1),
+        "lorebase_model_load_seconds": round(e2e[0]["load_s"], 3),  # first e2e: later ones reuse the process-wide model
+        "e2e_seconds_all": [round(r["seconds"], 3) for r in e2e],
+        "raw_seconds_all": [round(s, 3) for s in raw_s],
+    }
+    if not out["chunks_ok"]:
+        log("WARNING: chunks_created != chunks or the embedder input differed from the raw texts")
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

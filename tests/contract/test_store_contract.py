@@ -1,0 +1,350 @@
+"""The vector + keyword store contract (``lorebase.adapters.stores.protocol.Store``).
+
+``StoreContract`` holds the cases every backend must pass; a backend's test class subclasses it
+and overrides the ``db`` fixture (the database whose sessions the store writes in) and the
+``store`` fixture (a store with ``dimensions`` dimensions and its schema in place). Entries are
+written in ``db.session()`` and read back in ``db.read_session()``, as the application does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from lorebase.adapters.stores.protocol import Hit, IndexEntry, Store
+from lorebase.adapters.stores.sqlite import SqliteStore
+from lorebase.db.engine import Database
+from lorebase.runtime import Runtime
+
+KB = "kb-a"
+OTHER_KB = "kb-b"
+
+FTS_SYNTAX_QUERIES = [
+    '"',
+    '"zymurgy',
+    "zymurgy*",
+    "*",
+    "zymurgy AND",
+    "AND",
+    "OR",
+    "NOT zymurgy",
+    "NEAR(",
+    "NEAR(zymurgy",
+    "-",
+    "-zymurgy",
+    ":",
+    "content:zymurgy",
+    "^zymurgy",
+    "(zymurgy",
+    "zymurgy)",
+    "{content title}: zymurgy",
+    "zymurgy + malt",
+    "'; DROP TABLE chunks_fts; --",
+]
+
+
+class StoreContract:
+    """Behaviour every store backend must show. Subclasses override ``db`` and ``store``."""
+
+    dimensions = 8
+
+    @pytest.fixture
+    def db(self) -> Database:
+        raise NotImplementedError("a backend's test class provides the database")
+
+    @pytest.fixture
+    def store(self, db: Database) -> Store:
+        raise NotImplementedError("a backend's test class provides the store")
+
+    # -- helpers --------------------------------------------------------------------------------
+    def entry(
+        self, pk: int, vector: Sequence[float] | np.ndarray, text: str = "", kb_id: str = KB, title: str = ""
+    ) -> IndexEntry:
+        return IndexEntry(
+            pk=pk, kb_id=kb_id, vector=np.asarray(vector, dtype=np.float32), text=text, title=title
+        )
+
+    def unit(self, i: int, scale: float = 1.0) -> np.ndarray:
+        v = np.zeros(self.dimensions, dtype=np.float32)
+        v[i] = scale
+        return v
+
+    def upsert(self, db: Database, store: Store, entries: Sequence[IndexEntry]) -> None:
+        with db.session() as s:
+            store.upsert(s, entries)
+
+    def vsearch(
+        self,
+        db: Database,
+        store: Store,
+        vector: np.ndarray,
+        k: int = 10,
+        kb_id: str = KB,
+        allowed: Sequence[int] | None = None,
+    ) -> list[Hit]:
+        with db.read_session() as s:
+            return store.vector_search(s, kb_id, np.asarray(vector, dtype=np.float32), k, allowed)
+
+    def ksearch(
+        self,
+        db: Database,
+        store: Store,
+        query: str,
+        k: int = 10,
+        kb_id: str = KB,
+        allowed: Sequence[int] | None = None,
+    ) -> list[Hit]:
+        with db.read_session() as s:
+            return store.keyword_search(s, kb_id, query, k, allowed)
+
+    def count(self, db: Database, store: Store, kb_id: str = KB) -> int:
+        with db.read_session() as s:
+            return store.count(s, kb_id)
+
+    def corpus(self, db: Database, store: Store) -> None:
+        """Ten documents about rivers; one also mentions a rare word."""
+        rng = np.random.default_rng(7)
+        texts = [f"The river number {i} flows slowly through the green valley to the sea." for i in range(10)]
+        texts[6] = "The river carries barley to the brewery where zymurgy is practised."
+        self.upsert(
+            db, store, [self.entry(i + 1, rng.normal(size=self.dimensions), t) for i, t in enumerate(texts)]
+        )
+
+    # -- protocol ---------------------------------------------------------------------------------
+    def test_satisfies_store_protocol(self, store: Store) -> None:
+        assert isinstance(store, Store)
+        assert isinstance(store.name, str) and store.name
+
+    def test_ensure_schema_is_idempotent_and_keeps_entries(self, db: Database, store: Store) -> None:
+        self.upsert(db, store, [self.entry(1, self.unit(0), "kept")])
+        with db.session() as s:
+            store.ensure_schema(s)
+        assert self.count(db, store) == 1
+        assert [h.pk for h in self.ksearch(db, store, "kept")] == [1]
+
+    # -- vector search ----------------------------------------------------------------------------
+    def test_vector_search_returns_nearest_first_with_cosine_similarity_scores(
+        self, db: Database, store: Store
+    ) -> None:
+        rng = np.random.default_rng(42)
+        # vectors of very different norms: a dot-product or L2 ranking would differ from cosine
+        vectors = rng.normal(size=(40, self.dimensions)) * rng.uniform(0.1, 50, size=(40, 1))
+        pks = list(range(101, 141))
+        self.upsert(db, store, [self.entry(pk, v, f"doc {pk}") for pk, v in zip(pks, vectors, strict=True)])
+        query = rng.normal(size=self.dimensions) * 3.0
+
+        hits = self.vsearch(db, store, query, k=10)
+
+        v32 = vectors.astype(np.float32)
+        q32 = query.astype(np.float32)
+        cosine = (v32 @ q32) / (np.linalg.norm(v32, axis=1) * np.linalg.norm(q32))
+        order = np.argsort(-cosine)[:10]
+        assert [h.pk for h in hits] == [pks[i] for i in order]
+        for hit, i in zip(hits, order, strict=True):
+            assert hit.score == pytest.approx(float(cosine[i]), abs=1e-5)
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+
+    def test_vector_search_exact_match_scores_one_and_opposite_minus_one(
+        self, db: Database, store: Store
+    ) -> None:
+        self.upsert(
+            db,
+            store,
+            [
+                self.entry(1, self.unit(0, 2.0)),
+                self.entry(2, self.unit(0, -5.0)),
+                self.entry(3, self.unit(1)),
+            ],
+        )
+        hits = self.vsearch(db, store, self.unit(0, 0.5), k=3)
+        assert [h.pk for h in hits] == [1, 3, 2]
+        assert [h.score for h in hits] == pytest.approx([1.0, 0.0, -1.0], abs=1e-5)
+
+    def test_vector_search_returns_at_most_k(self, db: Database, store: Store) -> None:
+        self.upsert(db, store, [self.entry(i + 1, self.unit(i)) for i in range(6)])
+        assert len(self.vsearch(db, store, self.unit(0), k=2)) == 2
+        assert len(self.vsearch(db, store, self.unit(0), k=100)) == 6
+
+    def test_search_of_empty_kb_returns_nothing(self, db: Database, store: Store) -> None:
+        assert self.vsearch(db, store, self.unit(0)) == []
+        assert self.ksearch(db, store, "anything") == []
+        assert self.count(db, store) == 0
+
+    # -- upsert / delete --------------------------------------------------------------------------
+    def test_upsert_of_existing_pk_replaces_the_entry(self, db: Database, store: Store) -> None:
+        self.upsert(
+            db, store, [self.entry(1, self.unit(0), "alpha original"), self.entry(2, self.unit(2), "other")]
+        )
+        self.upsert(db, store, [self.entry(1, self.unit(1), "bravo replacement")])
+
+        assert self.count(db, store) == 2
+        hits = self.vsearch(db, store, self.unit(1), k=10)
+        assert sorted(h.pk for h in hits) == [1, 2]  # no duplicate hit for pk 1
+        assert hits[0].pk == 1 and hits[0].score == pytest.approx(1.0, abs=1e-5)
+        assert all(h.score < 0.5 for h in self.vsearch(db, store, self.unit(0))), "old vector still indexed"
+        assert self.ksearch(db, store, "alpha") == []
+        assert [h.pk for h in self.ksearch(db, store, "bravo")] == [1]
+
+    def test_upsert_is_idempotent(self, db: Database, store: Store) -> None:
+        entries = [self.entry(i + 1, self.unit(i), f"text {i}") for i in range(4)]
+        self.upsert(db, store, entries)
+        self.upsert(db, store, entries)
+        assert self.count(db, store) == 4
+        assert len(self.ksearch(db, store, "text")) == 4
+
+    def test_upsert_of_nothing_is_a_no_op(self, db: Database, store: Store) -> None:
+        self.upsert(db, store, [])
+        assert self.count(db, store) == 0
+
+    def test_delete_removes_entries_and_ignores_unknown_pks(self, db: Database, store: Store) -> None:
+        self.upsert(db, store, [self.entry(i + 1, self.unit(i), f"word{i} shared") for i in range(4)])
+        with db.session() as s:
+            store.delete(s, KB, [2, 3, 999])
+
+        assert self.count(db, store) == 2
+        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(1))) == [1, 4]
+        assert sorted(h.pk for h in self.ksearch(db, store, "shared")) == [1, 4]
+        assert self.ksearch(db, store, "word1") == []
+        with db.session() as s:
+            store.delete(s, KB, [])  # nothing to do
+        assert self.count(db, store) == 2
+
+    def test_delete_kb_removes_only_that_kb(self, db: Database, store: Store) -> None:
+        self.upsert(db, store, [self.entry(i + 1, self.unit(i), "apple pie", kb_id=KB) for i in range(3)])
+        self.upsert(
+            db, store, [self.entry(i + 11, self.unit(i), "apple pie", kb_id=OTHER_KB) for i in range(2)]
+        )
+        with db.session() as s:
+            store.delete_kb(s, KB)
+
+        assert self.count(db, store, KB) == 0
+        assert self.vsearch(db, store, self.unit(0), kb_id=KB) == []
+        assert self.ksearch(db, store, "apple", kb_id=KB) == []
+        assert self.count(db, store, OTHER_KB) == 2
+        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(0), kb_id=OTHER_KB)) == [11, 12]
+        assert sorted(h.pk for h in self.ksearch(db, store, "apple", kb_id=OTHER_KB)) == [11, 12]
+
+    # -- scoping and filters ----------------------------------------------------------------------
+    def test_other_kbs_entries_are_never_returned_even_when_identical(
+        self, db: Database, store: Store
+    ) -> None:
+        v = self.unit(3)
+        self.upsert(db, store, [self.entry(1, v, "identical twin text", kb_id=KB)])
+        self.upsert(db, store, [self.entry(pk, v, "identical twin text", kb_id=OTHER_KB) for pk in (2, 3, 4)])
+
+        assert [h.pk for h in self.vsearch(db, store, v, k=10, kb_id=KB)] == [1]
+        assert [h.pk for h in self.ksearch(db, store, "identical twin", k=10, kb_id=KB)] == [1]
+        assert sorted(h.pk for h in self.vsearch(db, store, v, k=10, kb_id=OTHER_KB)) == [2, 3, 4]
+        assert self.vsearch(db, store, v, kb_id="kb-unknown") == []
+        assert self.ksearch(db, store, "identical", kb_id="kb-unknown") == []
+        # filtering on another KB's pks does not leak them either
+        assert self.vsearch(db, store, v, kb_id=KB, allowed=[2, 3]) == []
+        assert self.ksearch(db, store, "identical", kb_id=KB, allowed=[2, 3]) == []
+
+    def test_allowed_restricts_results_before_taking_top_k(self, db: Database, store: Store) -> None:
+        # 1..4 are near the query, 5..8 far from it; `allowed` names only far ones
+        near = [self.entry(i, self.unit(0) + 0.1 * self.unit(i), f"common near{i}") for i in range(1, 5)]
+        far = [self.entry(i, -self.unit(0) + 0.1 * self.unit(i - 4), f"common far{i}") for i in range(5, 9)]
+        self.upsert(db, store, near + far)
+
+        vhits = self.vsearch(db, store, self.unit(0), k=2, allowed=[6, 7, 8])
+        assert len(vhits) == 2 and {h.pk for h in vhits} <= {6, 7, 8}
+        khits = self.ksearch(db, store, "common", k=10, allowed=[2, 6])
+        assert sorted(h.pk for h in khits) == [2, 6]
+        assert self.vsearch(db, store, self.unit(0), allowed=[]) == []
+        assert self.ksearch(db, store, "common", allowed=[]) == []
+        assert self.vsearch(db, store, self.unit(0), allowed=[12345]) == []
+
+    # -- keyword search ---------------------------------------------------------------------------
+    def test_keyword_search_ranks_document_with_rare_query_term_first(
+        self, db: Database, store: Store
+    ) -> None:
+        self.corpus(db, store)
+        hits = self.ksearch(db, store, "river zymurgy", k=10)
+        assert hits[0].pk == 7
+        assert len(hits) == 10  # any of the terms matches (OR semantics)
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+        assert hits[0].score > hits[1].score
+
+    def test_keyword_search_matches_word_forms(self, db: Database, store: Store) -> None:
+        self.corpus(db, store)
+        assert self.ksearch(db, store, "Rivers FLOWING", k=3)[0].pk in range(1, 11)
+        assert [h.pk for h in self.ksearch(db, store, "ZYMURGY", k=3)] == [7]
+
+    @pytest.mark.parametrize("query", FTS_SYNTAX_QUERIES)
+    def test_keyword_search_treats_fts_syntax_as_plain_text(
+        self, db: Database, store: Store, query: str
+    ) -> None:
+        self.corpus(db, store)
+        hits = self.ksearch(db, store, query, k=5)
+        assert isinstance(hits, list)
+        assert all(isinstance(h, Hit) and 1 <= h.pk <= 10 for h in hits)
+        if "zymurgy" in query:
+            assert hits and hits[0].pk == 7
+        assert self.count(db, store) == 10  # and nothing was executed
+
+    @pytest.mark.parametrize("query", ["", "   ", "?!", "...", "the of and", "THE"])
+    def test_keyword_search_of_empty_or_stop_word_query_does_not_fail(
+        self, db: Database, store: Store, query: str
+    ) -> None:
+        self.corpus(db, store)
+        hits = self.ksearch(db, store, query, k=5)
+        assert isinstance(hits, list) and len(hits) <= 5
+        if not any(c.isalnum() for c in query):
+            assert hits == []
+
+    def test_keyword_search_returns_at_most_k(self, db: Database, store: Store) -> None:
+        self.corpus(db, store)
+        assert len(self.ksearch(db, store, "river", k=3)) == 3
+
+    # -- counting and transactions ----------------------------------------------------------------
+    def test_count_is_per_kb(self, db: Database, store: Store) -> None:
+        self.upsert(
+            db, store, [self.entry(i + 1, self.unit(i % self.dimensions), kb_id=KB) for i in range(5)]
+        )
+        self.upsert(db, store, [self.entry(i + 50, self.unit(0), kb_id=OTHER_KB) for i in range(3)])
+        assert self.count(db, store, KB) == 5
+        assert self.count(db, store, OTHER_KB) == 3
+        assert self.count(db, store, "kb-unknown") == 0
+
+    def test_rolled_back_transaction_leaves_no_entries(self, db: Database, store: Store) -> None:
+        with pytest.raises(RuntimeError, match="abort"), db.session() as s:
+            store.upsert(s, [self.entry(1, self.unit(0), "ghost entry")])
+            assert store.count(s, KB) == 1  # visible inside the transaction
+            raise RuntimeError("abort")
+
+        assert self.count(db, store) == 0
+        assert self.vsearch(db, store, self.unit(0)) == []
+        assert self.ksearch(db, store, "ghost") == []
+
+    def test_rolled_back_delete_keeps_entries(self, db: Database, store: Store) -> None:
+        self.upsert(
+            db, store, [self.entry(1, self.unit(0), "survivor"), self.entry(2, self.unit(1), "survivor")]
+        )
+        with pytest.raises(RuntimeError, match="abort"), db.session() as s:
+            store.delete(s, KB, [1])
+            store.delete_kb(s, KB)
+            raise RuntimeError("abort")
+
+        assert self.count(db, store) == 2
+        assert sorted(h.pk for h in self.ksearch(db, store, "survivor")) == [1, 2]
+        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(0))) == [1, 2]
+
+
+class TestSqliteStore(StoreContract):
+    """sqlite-vec + FTS5 in the runtime's own SQLite file."""
+
+    @pytest.fixture
+    def db(self, runtime: Runtime) -> Database:
+        return runtime.db
+
+    @pytest.fixture
+    def store(self, db: Database) -> Store:
+        store = SqliteStore(dimensions=self.dimensions)
+        with db.session() as s:
+            store.ensure_schema(s)
+        return store
