@@ -825,13 +825,6 @@ class BrokenFailureHook(CountingHandler):
         raise RuntimeError("on_failure blew up")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: any non-LeaseLost exception raised while recording a job's outcome (here from "
-    "on_failure; equally an OperationalError in succeed/fail/retry_later) propagates out of "
-    "EmbeddedExecutor.run_job and _work_loop (executor.py:106, 138-157) and kills the worker thread for good",
-)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_executor_worker_survives_a_failing_on_failure_hook(
     runtime: Runtime, executors: list[EmbeddedExecutor]

@@ -103,7 +103,11 @@ class EmbeddedExecutor:
                 self._wake.wait(cfg.poll_seconds)
                 self._wake.clear()
                 continue
-            self.run_job(job)
+            try:
+                self.run_job(job)
+            except Exception:  # bookkeeping failed (database down, broken hook): the reaper recovers the job
+                log.exception("job %s (%s): could not record its outcome", job.id, job.type)
+                self._stop.wait(cfg.poll_seconds)
 
     def _heartbeat_loop(self, _name: str) -> None:
         cfg = self.runtime.settings.jobs

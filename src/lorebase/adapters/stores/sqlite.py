@@ -123,6 +123,7 @@ class SqliteStore:
         )
 
     def upsert(self, session: Session, entries: Sequence[IndexEntry]) -> None:
+        entries = list({e.pk: e for e in entries}.values())  # the last entry for a pk wins
         if not entries:
             return
         pks = [e.pk for e in entries]
@@ -158,9 +159,9 @@ class SqliteStore:
     def vector_search(
         self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None = None
     ) -> list[Hit]:
-        if allowed is not None and not allowed:
-            return []
-        k = max(1, min(int(k), 4096))  # vec0 caps k at 4096
+        if (allowed is not None and not allowed) or k <= 0 or not np.any(vector):
+            return []  # nothing allowed, nothing asked, or a zero vector (no direction to compare)
+        k = min(int(k), 4096)  # vec0 caps k at 4096
         where = ""
         if allowed is not None:
             where = " AND rowid IN (" + ",".join(str(int(p)) for p in allowed) + ")"
