@@ -35,8 +35,30 @@ def embedder_info(spec: str) -> tuple[int, int]:
     )
 
 
+def check_supported(settings: Settings) -> None:
+    """Refuse settings that belong to pieces not in this build, rather than silently ignore them."""
+    problems = []
+    if settings.executor != "embedded":
+        problems.append(f"LOREBASE_EXECUTOR={settings.executor}: only 'embedded' is available in this build")
+    if not settings.resolved_database_url.startswith("sqlite"):
+        problems.append("LOREBASE_DATABASE_URL: only SQLite databases are supported in this build")
+    if settings.redis_url:
+        problems.append("LOREBASE_REDIS_URL: Redis is not used by this build; unset it")
+    if settings.vector_store not in AVAILABLE_STORES:
+        problems.append(
+            f"LOREBASE_VECTOR_STORE={settings.vector_store}: available: {', '.join(AVAILABLE_STORES)}"
+        )
+    try:
+        embedder_info(settings.embedder)
+    except InvalidInput as exc:
+        problems.append(f"LOREBASE_EMBEDDER: {exc.message}")
+    if problems:
+        raise InvalidInput("unsupported configuration: " + "; ".join(problems))
+
+
 class Runtime:
     def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+        check_supported(settings)
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)

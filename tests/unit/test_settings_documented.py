@@ -1,0 +1,62 @@
+"""Every setting is documented in the README's configuration table (a missing row fails here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from lorebase.errors import InvalidInput
+from lorebase.runtime import check_supported
+from lorebase.settings import JobSettings, Settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _variables(model: type[BaseModel], prefix: str = "LOREBASE_") -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(_variables(ann, f"{prefix}{name.upper()}__"))
+        else:
+            assert field.description, f"{prefix}{name.upper()} has no description"
+            out.append(f"{prefix}{name.upper()}")
+    return out
+
+
+def test_every_setting_has_a_row_in_the_readme_configuration_table() -> None:
+    text = README.read_text()
+    missing = [v for v in _variables(Settings) if f"| `{v}` |" not in text]
+    assert missing == []
+
+
+def test_nested_settings_are_read_from_double_underscore_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOREBASE_JOBS__LEASE_SECONDS", "60")
+    monkeypatch.setenv("LOREBASE_CHUNKING__CHUNK_SIZE", "128")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.jobs.lease_seconds == 60 and s.chunking.chunk_size == 128
+
+
+def test_a_heartbeat_slower_than_half_the_lease_is_refused() -> None:
+    with pytest.raises(ValueError, match="heartbeat"):
+        JobSettings(lease_seconds=10, heartbeat_seconds=6)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("executor", "celery", "LOREBASE_EXECUTOR"),
+        ("database_url", "postgresql+psycopg://localhost/x", "LOREBASE_DATABASE_URL"),
+        ("redis_url", "redis://127.0.0.1:6379/0", "LOREBASE_REDIS_URL"),
+        ("vector_store", "qdrant", "LOREBASE_VECTOR_STORE"),
+        ("embedder", "openai:text-embedding-3-small", "LOREBASE_EMBEDDER"),
+    ],
+)
+def test_settings_for_pieces_not_in_this_build_are_refused_clearly(
+    tmp_path: Path, field: str, value: str, needle: str
+) -> None:
+    s = Settings(data_dir=tmp_path, _env_file=None, **{field: value})  # type: ignore[call-arg]
+    with pytest.raises(InvalidInput, match=needle):
+        check_supported(s)
