@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from lorebase import __version__
 from lorebase.api import errors
 from lorebase.api.routes import drafts, health, kbs, pipelines, search
-from lorebase.runtime import Runtime, embedder_info
+from lorebase.runtime import Runtime
 from lorebase.settings import Settings, get_settings
 
 log = logging.getLogger("lorebase")
@@ -25,7 +25,6 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings)
-        runtime.store(settings.vector_store, embedder_info(settings.embedder)[0])  # store tables exist
         app.state.runtime = runtime
         if n_workers > 0 and settings.executor == "embedded":
             from lorebase.pipeline.runner import build_executor

@@ -72,6 +72,9 @@ class Runtime:
         self._lock = threading.Lock()
         self.events: Any = None  # live events bus (filled by later work); None means polling only
         self.executor: Any = None  # the embedded executor, when this process runs one
+        # The store's tables exist before any transaction needs them: creating them lazily from
+        # inside another write transaction would wait on SQLite's lock held by that transaction.
+        self.store(settings.vector_store, embedder_info(settings.embedder)[0])
 
     def embedder(self, spec: str | None = None) -> Embedder:
         spec = spec or self.settings.embedder

@@ -65,7 +65,16 @@ def sanitize_filename(name: str | None) -> str:
     return name[:255] or "upload"
 
 
-def store_file(runtime: Runtime, data: bytes, filename: str | None, declared: str | None) -> SourceItem:
+def store_file(
+    runtime: Runtime,
+    data: bytes,
+    filename: str | None,
+    declared: str | None,
+    *,
+    external_id: str | None = None,
+) -> SourceItem:
+    """Store an upload. With an ``external_id`` (the CLI passes the file's relative path) a changed
+    file replaces its earlier version; without one, files are matched by name and content."""
     if len(data) > runtime.settings.max_upload_bytes:
         raise PayloadTooLarge(f"file exceeds the {runtime.settings.max_upload_bytes} byte limit")
     name = sanitize_filename(filename)
@@ -79,6 +88,7 @@ def store_file(runtime: Runtime, data: bytes, filename: str | None, declared: st
         size_bytes=len(data),
         filename=name,
         title=None,
+        external_id=external_id,
     )
 
 

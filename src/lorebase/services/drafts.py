@@ -130,15 +130,19 @@ def _append(
 
 
 def add_files(
-    runtime: Runtime, p: Principal, draft_id: str, files: list[tuple[str | None, str | None, bytes]]
+    runtime: Runtime,
+    p: Principal,
+    draft_id: str,
+    files: list[tuple[str | None, str | None, bytes]],
+    external_ids: list[str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """``files``: (filename, declared content type, bytes). One source per file."""
     get(runtime, p, draft_id)  # 404 before storing anything
     if not files:
         raise InvalidInput("no files in the request (multipart field 'files')")
     sources = []
-    for filename, declared, data in files:
-        item = store_file(runtime, data, filename, declared)
+    for (filename, declared, data), ext in zip(files, external_ids or [None] * len(files), strict=True):
+        item = store_file(runtime, data, filename, declared, external_id=ext)
         sources.append(
             {"id": new_id(), "type": "file", "created_at": utcnow().isoformat(), "items": [item.to_json()]}
         )

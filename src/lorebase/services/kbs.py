@@ -115,6 +115,7 @@ def add_documents(
     *,
     records: list[dict[str, Any]] | None = None,
     files: list[tuple[str | None, str | None, bytes]] | None = None,
+    external_ids: list[str | None] | None = None,
 ) -> dict[str, Any]:
     get(runtime, p, kb_id)  # 404 before storing anything
     items = []
@@ -123,7 +124,11 @@ def add_documents(
             raise InvalidInput("documents must not be empty")
         items = [store_text_record(runtime, rec, i) for i, rec in enumerate(records)]
     elif files:
-        items = [store_file(runtime, data, name, ctype) for name, ctype, data in files]
+        ids = external_ids or [None] * len(files)
+        items = [
+            store_file(runtime, d, name, ctype, external_id=x)
+            for (name, ctype, d), x in zip(files, ids, strict=True)
+        ]
     else:
         raise InvalidInput("send JSON {documents:[...]} or multipart files in the field 'files'")
     with runtime.db.session() as s:

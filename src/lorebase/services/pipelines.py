@@ -66,6 +66,12 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
         p = s.get(Pipeline, pipeline_id)
         if p is None or p.status in FINAL_PIPELINE:
             return
+        if p.status == "cancelling":  # jobs that went back to pending after the cancel (reaped, retried)
+            s.execute(
+                update(Job)
+                .where(Job.pipeline_id == pipeline_id, Job.status == "pending")
+                .values(status="cancelled", finished_at=utcnow(), last_error="cancelled by request")
+            )
         active = s.execute(
             select(func.count())
             .select_from(Job)

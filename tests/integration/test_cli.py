@@ -1,0 +1,283 @@
+"""The ``lorebase`` command line on a local data dir, run in-process with Typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from conftest import make_settings
+from lorebase.cli.main import app
+from lorebase.db.models import Document, QueryLog
+from lorebase.runtime import Runtime
+from lorebase.services.auth import authenticate, local_principal
+from lorebase.settings import get_settings
+
+BEES = "# Honeybees\n\nForager bees perform a waggle dance to tell their sisters where the flowers are.\n"
+GLACIERS = "# Glaciers\n\nThe Aletsch glacier in Switzerland is the largest glacier in the Alps.\n"
+GLACIERS_EDITED = (
+    "# Glaciers\n\nThe Perito Moreno glacier in Patagonia is still advancing into Lake Argentino.\n"
+)
+
+
+class Cli:
+    """Runs ``lorebase`` commands against one data dir, as a user's shell would."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.runner = CliRunner()
+        self.env = {
+            "LOREBASE_DATA_DIR": str(data_dir),
+            "LOREBASE_API_KEY": None,
+            "LOREBASE_SERVER_URL": None,
+            "COLUMNS": "200",
+        }
+
+    def __call__(self, *args: str) -> Result:
+        get_settings.cache_clear()  # settings are cached per process; each command reads the env anew
+        try:
+            return self.runner.invoke(app, list(args), env=self.env)
+        finally:
+            get_settings.cache_clear()
+
+    def ok(self, *args: str) -> Result:
+        result = self(*args)
+        assert result.exit_code == 0, (args, result.output, result.exception)
+        return result
+
+    def runtime(self) -> Runtime:
+        return Runtime(make_settings(self.data_dir))
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    yield Cli(tmp_path / "data")
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "bees.md").write_text(BEES)
+    (docs / "glaciers.md").write_text(GLACIERS)
+    (docs / "firmware.bin").write_bytes(b"\x7fELF\x02\x01" + b"\x00" * 64)
+    return docs
+
+
+def _last_json(output: str) -> dict[str, Any]:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _kb(cli: Cli, name: str) -> dict[str, Any]:
+    return json.loads(cli.ok("kb", "show", name).stdout)
+
+
+def test_ingest_a_folder_builds_a_kb_and_ignores_unsupported_files(cli: Cli, folder: Path) -> None:
+    result = cli.ok("ingest", str(folder), "--kb", "notes")
+    assert "created knowledge base notes" in result.stdout and "from 2 files" in result.stdout
+    assert "completed" in result.stdout
+    kb = _kb(cli, "notes")
+    assert kb["name"] == "notes" and kb["status"] == "ready"
+    assert kb["counts"] == {"documents": 2, "indexed": 2, "failed": 0, "chunks": 2}
+
+
+def test_ingest_again_reprocesses_only_the_changed_file(cli: Cli, folder: Path) -> None:
+    cli.ok("ingest", str(folder), "--kb", "notes")
+    (folder / "glaciers.md").write_text(GLACIERS_EDITED)
+    result = cli.ok("ingest", str(folder), "--kb", "notes")
+    assert "adding 2 files to notes (1 unchanged)" in result.stdout
+    kb = _kb(cli, "notes")
+    rt = cli.runtime()
+    try:
+        with rt.db.read_session() as s:
+            docs = s.execute(
+                select(Document.filename, Document.pipeline_id, Document.status).order_by(Document.created_at)
+            ).all()
+    finally:
+        rt.close()
+    reprocessed = [d.filename for d in docs if d.pipeline_id == kb["latest_pipeline_id"]]
+    assert reprocessed == ["glaciers.md"]
+    assert all(d.status == "indexed" for d in docs)
+
+
+def test_ingest_again_replaces_the_old_version_of_a_changed_file(cli: Cli, folder: Path) -> None:
+    cli.ok("ingest", str(folder), "--kb", "notes")
+    (folder / "glaciers.md").write_text(GLACIERS_EDITED)
+    cli.ok("ingest", str(folder), "--kb", "notes")
+    found = json.loads(
+        cli.ok("search", "--kb", "notes", "Aletsch glacier Switzerland", "--json", "--mode", "keyword").stdout
+    )
+    assert [r["text"] for r in found["results"] if "Aletsch" in r["text"]] == []
+    assert _kb(cli, "notes")["counts"]["documents"] == 2
+
+
+def test_search_json_ranks_the_right_file_first(cli: Cli, folder: Path) -> None:
+    cli.ok("ingest", str(folder), "--kb", "notes")
+    for query, expected in (
+        ("how do bees tell each other where flowers are", "bees.md"),
+        ("largest glacier in the Alps", "glaciers.md"),
+    ):
+        result = cli.ok("search", "--kb", "notes", query, "--json")
+        body = json.loads(result.stdout)
+        assert body["query"] == query and body["mode"] == "hybrid"
+        assert body["results"][0]["filename"] == expected
+        assert body["results"][0]["text"] in (BEES + GLACIERS)
+
+
+def test_kb_list_and_show_by_name_or_id(cli: Cli, folder: Path) -> None:
+    cli.ok("ingest", str(folder), "--kb", "notes")
+    listed = cli.ok("kb", "list").stdout
+    assert "1 knowledge bases" in listed and "notes" in listed and "ready" in listed
+    kb = _kb(cli, "notes")
+    assert kb["counts"]["documents"] == 2 and kb["config"]["chunking"]["chunk_size"] == 200
+    assert _kb(cli, kb["id"])["id"] == kb["id"]
+    assert kb["id"] in listed
+    missing = cli("kb", "show", "nope")
+    assert missing.exit_code == 1 and "no knowledge base named 'nope'" in missing.stderr
+
+
+def test_kb_delete_yes_removes_the_kb_and_its_documents(cli: Cli, folder: Path) -> None:
+    cli.ok("ingest", str(folder), "--kb", "notes")
+    deleted = cli.ok("kb", "delete", "notes", "--yes")
+    assert "deleted notes" in deleted.stdout
+    assert "0 knowledge bases" in cli.ok("kb", "list").stdout
+    missing = cli("kb", "show", "notes")
+    assert missing.exit_code == 1 and "no knowledge base named 'notes'" in missing.stderr
+    rt = cli.runtime()
+    try:
+        with rt.db.read_session() as s:
+            assert s.execute(select(func.count()).select_from(Document)).scalar_one() == 0
+    finally:
+        rt.close()
+
+
+def test_kb_delete_without_yes_asks_and_keeps_the_kb_when_refused(cli: Cli, folder: Path) -> None:
+    cli.ok("ingest", str(folder), "--kb", "notes")
+    result = cli.runner.invoke(app, ["kb", "delete", "notes"], input="n\n", env=cli.env)
+    assert result.exit_code == 1 and "Delete notes (2 documents)?" in result.output
+    assert _kb(cli, "notes")["status"] == "ready"
+
+
+def test_keys_create_prints_a_key_that_authenticates_to_the_workspace(cli: Cli) -> None:
+    result = cli.ok("keys", "create", "--workspace", "team")
+    key = result.stdout.strip()
+    assert key.startswith("lb_") and "\n" not in key
+    assert "team" in result.stderr
+    rt = cli.runtime()
+    try:
+        principal = authenticate(rt.db, key)
+        assert principal.workspace_id == local_principal(rt.db, "team").workspace_id
+        assert principal.workspace_id != local_principal(rt.db, "default").workspace_id
+    finally:
+        rt.close()
+
+
+def test_ingest_of_a_missing_path_exits_1_with_a_clear_message(cli: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    result = cli("ingest", str(missing), "--kb", "notes")
+    assert result.exit_code == 1
+    assert f"{missing}: no such file or folder" in result.stderr
+    assert "Traceback" not in result.output
+    assert "0 knowledge bases" in cli.ok("kb", "list").stdout
+
+
+def test_ingest_of_a_folder_without_supported_files_exits_1(cli: Cli, tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = cli("ingest", str(junk), "--kb", "notes")
+    assert result.exit_code == 1 and "no supported files" in result.stderr
+
+
+def test_jobs_lists_the_jobs_of_the_workspace(cli: Cli, folder: Path) -> None:
+    assert "0 jobs" in cli.ok("jobs").stdout
+    cli.ok("ingest", str(folder), "--kb", "notes")
+    out = cli.ok("jobs", "--status", "succeeded").stdout
+    assert "process_document" in out and "pending 0, running 0, dead 0" in out
+    bad = cli("jobs", "--status", "exploded")
+    assert bad.exit_code == 1 and "unknown status 'exploded'" in bad.stderr
+
+
+CORPUS = [
+    {
+        "_id": "d1",
+        "title": "Honeybees",
+        "text": "Forager honeybees perform a waggle dance to show where nectar is.",
+    },
+    {"_id": "d2", "title": "Glaciers", "text": "The Aletsch glacier is the largest glacier in the Alps."},
+    {"_id": "d3", "title": "Coffee", "text": "Coffee beans pop audibly at the first crack while roasting."},
+    {
+        "_id": "d4",
+        "title": "Lighthouses",
+        "text": "A Fresnel lens lets a lighthouse beam reach far out to sea.",
+    },
+    {
+        "_id": "d5",
+        "title": "Sourdough",
+        "text": "Sourdough rises thanks to wild yeast living in the starter.",
+    },
+]
+QUERIES = [
+    {"_id": "q1", "text": CORPUS[1]["text"]},  # identical to a document's text
+    {"_id": "q2", "text": "waggle dance of forager honeybees"},
+    {"_id": "q3", "text": "Fresnel lens lighthouse beam"},
+    {"_id": "q4", "text": "a query without judgements"},
+]
+QRELS = "query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td1\t1\nq3\td4\t2\n"
+
+
+def test_eval_builds_the_kb_from_a_beir_corpus_and_reports_every_mode(cli: Cli, tmp_path: Path) -> None:
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    (beir / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in CORPUS))
+    (beir / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUERIES))
+    (beir / "qrels.tsv").write_text(QRELS)
+    args = [
+        "eval",
+        "--kb",
+        "tiny",
+        "--queries",
+        str(beir / "queries.jsonl"),
+        "--qrels",
+        str(beir / "qrels.tsv"),
+    ]
+
+    result = cli.ok(*args, "--corpus", str(beir / "corpus.jsonl"))
+    report = _last_json(result.stdout)
+    assert report["queries"] == 3 and set(report["modes"]) == {"vector", "keyword", "hybrid"}
+    for mode, m in report["modes"].items():
+        assert set(m) >= {"ndcg@10", "recall@10", "recall@100", "ms_per_query"}, mode
+        assert 0.0 <= m["ndcg@10"] <= 1.0 and m["recall@10"] <= m["recall@100"] <= 1.0
+    assert report["modes"]["hybrid"]["recall@10"] == 1.0
+    assert report["modes"]["hybrid"]["ndcg@10"] == 1.0  # each query's document ranks first
+    assert report["modes"]["keyword"]["ndcg@10"] == 1.0
+    assert _kb(cli, "tiny")["counts"]["documents"] == 5
+
+    again = _last_json(cli.ok(*args, "--modes", "keyword").stdout)  # the KB exists: no rebuild
+    assert again["kb_id"] == report["kb_id"] and set(again["modes"]) == {"keyword"}
+    assert again["modes"]["keyword"] == {
+        **report["modes"]["keyword"],
+        "ms_per_query": again["modes"]["keyword"]["ms_per_query"],
+    }
+    rt = cli.runtime()
+    try:
+        with rt.db.read_session() as s:
+            assert s.execute(select(func.count()).select_from(QueryLog)).scalar_one() == 0
+    finally:
+        rt.close()
+
+
+def test_eval_of_a_missing_kb_without_corpus_exits_1(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "q.jsonl").write_text(json.dumps(QUERIES[0]) + "\n")
+    (tmp_path / "r.tsv").write_text(QRELS)
+    result = cli(
+        "eval", "--kb", "nope", "--queries", str(tmp_path / "q.jsonl"), "--qrels", str(tmp_path / "r.tsv")
+    )
+    assert result.exit_code == 1 and "pass --corpus" in result.stderr
