@@ -121,19 +121,41 @@ def main() -> None:
         }
         for var in ("LOREBASE_SERVER_URL", "LOREBASE_API_KEY", "LOREBASE_DATABASE_URL", "LOREBASE_REDIS_URL"):
             env.pop(var, None)  # the CLI must work on this data dir, not on a configured server
-        key = subprocess.run(
-            [str(BIN / "lorebase"), "keys", "create", "--name", "bench"],
-            env=env, cwd=tmp, capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
+        key = (
+            subprocess.run(
+                [str(BIN / "lorebase"), "keys", "create", "--name", "bench"],
+                env=env,
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         port = free_port()
         server_log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
         server = subprocess.Popen(
-            [str(BIN / "lorebase"), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers)],
-            env=env, cwd=tmp, stdout=server_log, stderr=subprocess.STDOUT,
+            [
+                str(BIN / "lorebase"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(args.workers),
+            ],
+            env=env,
+            cwd=tmp,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+            with httpx.Client(
+                base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60
+            ) as client:
                 deadline = time.monotonic() + 60
                 while True:
                     if server.poll() is not None:

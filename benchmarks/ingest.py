@@ -137,7 +137,9 @@ def run_e2e(texts: list[str], warm_texts: list[str], workers: int) -> dict[str, 
             r.raise_for_status()
             draft = r.json()["id"]
             docs = [{"external_id": f"t{i}", "text": t} for i, t in enumerate(texts)]
-            r = client.post(f"/api/v1/kb-drafts/{draft}/sources", json={"type": "text", "documents": docs}, headers=h)
+            r = client.post(
+                f"/api/v1/kb-drafts/{draft}/sources", json={"type": "text", "documents": docs}, headers=h
+            )
             r.raise_for_status()
 
             t0 = time.perf_counter()
@@ -186,7 +188,9 @@ def main() -> None:
 
     tok = load_tokenizer(MODEL)
     lens = [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
-    log(f"{n} texts, {min(lens)}-{max(lens)} tokens (mean {statistics.mean(lens):.1f}) in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"{n} texts, {min(lens)}-{max(lens)} tokens (mean {statistics.mean(lens):.1f}) in {time.perf_counter() - t0:.1f}s"
+    )
 
     t0 = time.perf_counter()
     model = load_raw_model()
@@ -223,7 +227,9 @@ def main() -> None:
         "tokens_min": min(lens),
         "tokens_max": max(lens),
         "finalize_ms": round(statistics.median(r["finalize_ms"] for r in e2e), 1),
-        "lorebase_model_load_seconds": round(e2e[0]["load_s"], 3),  # first e2e: later ones reuse the process-wide model
+        "lorebase_model_load_seconds": round(
+            e2e[0]["load_s"], 3
+        ),  # first e2e: later ones reuse the process-wide model
         "e2e_seconds_all": [round(r["seconds"], 3) for r in e2e],
         "raw_seconds_all": [round(s, 3) for s in raw_s],
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
@@ -21,6 +22,7 @@ from lorebase.jobs.context import JobContext
 from lorebase.pipeline.chunk import chunk
 from lorebase.pipeline.types import ChunkDraft, ParsedDocument
 from lorebase.runtime import embedder_info
+from lorebase.services import pipelines as pipeline_service
 from lorebase.services.config import chunking_of
 from lorebase.services.documents import EMBED_JOB, EMBED_PRIORITY, fail_document
 
@@ -41,69 +43,130 @@ def embed_text(title: str | None, section: list[str] | None, text: str) -> str:
     return f"{head}\n\n{text}" if head else text
 
 
+@dataclass(slots=True)
+class _Prepared:
+    doc_id: str
+    parsed: ParsedDocument
+    drafts: list[ChunkDraft]
+    title: str | None
+
+
 class ProcessDocument:
+    """Parse, chunk and save a group of documents (one, or several small ones batched by finalize).
+
+    Grouping small documents amortises the per-job costs (claim, fencing, settling) that would
+    otherwise compete with the embedder for the CPU. Failure stays per document: a permanent
+    error fails its document only; a transient one retries the group, which is idempotent.
+    """
+
     def run(self, ctx: JobContext) -> None:
         runtime = ctx.runtime
-        doc_id = ctx.job.payload["document_id"]
+        ids = document_ids(ctx.job.payload)
         ctx.check_control()
         with ctx.transaction() as s:
-            doc, kb = _load(s, doc_id)
-            if doc.status in ("indexed", "skipped", "cancelled") and doc.pipeline_id != ctx.job.pipeline_id:
-                return  # a newer pipeline owns this document now
-            doc.status = "parsing"
-            blob_key, media_type, filename, title = doc.blob_key, doc.media_type, doc.filename, doc.title
-            config = kb.config
-        if blob_key is None or media_type is None:
-            raise PermanentError("the document has no stored content")
-        data = runtime.blobs.get(blob_key)
-        parsed = _parse(data, media_type, filename)
-        spec = config["embedding"]["model"]
-        _, max_tokens = embedder_info(spec)
-        tokenizer = runtime.embedder(spec).tokenizer()
-        drafts = chunk(parsed, chunking_of(config), tokenizer, max_tokens=max_tokens)
-        if not drafts:
-            raise PermanentError("no extractable text in this document")
-        title = title or parsed.title or _leading_heading(parsed) or filename
+            rows = s.execute(
+                select(Document, KnowledgeBase)
+                .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
+                .where(Document.id.in_(ids))
+            ).all()
+            work = []
+            for doc, kb in rows:
+                if doc.pipeline_id != ctx.job.pipeline_id:
+                    continue  # a newer pipeline owns this document now
+                doc.status = "parsing"
+                work.append((doc.id, doc.blob_key, doc.media_type, doc.filename, doc.title, kb.config))
+        prepared: list[_Prepared] = []
+        failed: list[tuple[str, str]] = []
+        for doc_id, blob_key, media_type, filename, title, config in work:
+            try:
+                prepared.append(self._prepare(runtime, doc_id, blob_key, media_type, filename, title, config))
+            except PermanentError as exc:
+                if len(work) == 1:
+                    raise  # a job of one document fails with it (and shows as a failed job)
+                failed.append((doc_id, exc.message))
         ctx.check_control()
         with ctx.transaction() as s:
-            doc, kb = _load(s, doc_id)
-            pending = save_chunks(s, runtime, kb, doc, drafts, title=title, parsed=parsed)
-            if pending:
-                doc.status = "embedding"
+            for doc_id, message in failed:
+                fail_document(s, doc_id, message, "permanent")
+            waiting = False
+            for item in prepared:
+                row = s.execute(
+                    select(Document, KnowledgeBase)
+                    .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
+                    .where(Document.id == item.doc_id)
+                ).first()
+                if row is None:
+                    continue  # deleted meanwhile
+                doc, kb = row
+                if save_chunks(s, runtime, kb, doc, item.drafts, title=item.title, parsed=item.parsed):
+                    doc.status = "embedding"
+                    waiting = True
+                else:
+                    doc.status, doc.indexed_at = "indexed", utcnow()
+            if waiting:
                 runtime.queue.enqueue(
                     s,
                     type=EMBED_JOB,
-                    workspace_id=doc.workspace_id,
+                    workspace_id=ctx.job.workspace_id,
                     pipeline_id=ctx.job.pipeline_id,
-                    kb_id=doc.kb_id,
+                    kb_id=ctx.job.kb_id,
                     payload={"pipeline_id": ctx.job.pipeline_id},
                     priority=EMBED_PRIORITY,
                     dedupe_key=f"embed:{ctx.job.pipeline_id}",
                     concurrency_key=f"embed:{ctx.job.pipeline_id}",
                 )
-            else:
-                doc.status, doc.indexed_at = "indexed", utcnow()
+            if ctx.job.pipeline_id:
+                pipeline_service.refresh_progress(s, ctx.job.pipeline_id)
         runtime.queue.notify()
 
+    @staticmethod
+    def _prepare(
+        runtime: Any,
+        doc_id: str,
+        blob_key: str | None,
+        media_type: str | None,
+        filename: str | None,
+        title: str | None,
+        config: dict[str, Any],
+    ) -> _Prepared:
+        if blob_key is None or media_type is None:
+            raise PermanentError("the document has no stored content")
+        try:
+            data = runtime.blobs.get(blob_key)
+        except NotFound:
+            raise PermanentError("the uploaded file is missing from storage") from None
+        parsed = _parse(data, media_type, filename)
+        spec = config["embedding"]["model"]
+        _, max_tokens = embedder_info(spec)
+        drafts = chunk(parsed, chunking_of(config), runtime.embedder(spec).tokenizer(), max_tokens=max_tokens)
+        if not drafts:
+            raise PermanentError("no extractable text in this document")
+        title = title or parsed.title or _leading_heading(parsed) or filename
+        return _Prepared(doc_id=doc_id, parsed=parsed, drafts=drafts, title=title)
+
     def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
-        fail_document(session, ctx.job.payload["document_id"], message, kind)
+        """The group failed as a whole: its documents not yet past parsing fail with its error."""
+        session.execute(
+            update(Document)
+            .where(
+                Document.id.in_(document_ids(ctx.job.payload)),
+                Document.pipeline_id == ctx.job.pipeline_id,
+                Document.status.in_(("pending", "fetching", "parsing", "chunking")),
+            )
+            .values(status="failed", error=message, error_kind=kind, updated_at=utcnow())
+        )
+
+
+def document_ids(payload: dict[str, Any]) -> list[str]:
+    """``{"document_ids": [...]}`` for groups, ``{"document_id": ...}`` for one."""
+    ids = payload.get("document_ids")
+    return list(ids) if ids else [payload["document_id"]]
 
 
 def _leading_heading(parsed: ParsedDocument) -> str | None:
     """A document that opens with a top-level heading is titled by it (DOCX/HTML without metadata)."""
     first = parsed.blocks[0] if parsed.blocks else None
     return first.text.strip() if first and first.kind == "heading" and first.level == 1 else None
-
-
-def _load(s: Session, doc_id: str) -> tuple[Document, KnowledgeBase]:
-    row = s.execute(
-        select(Document, KnowledgeBase)
-        .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
-        .where(Document.id == doc_id)
-    ).first()
-    if row is None:
-        raise PermanentError("the document was deleted")
-    return row[0], row[1]
 
 
 def _parse(data: bytes, media_type: str, filename: str | None) -> ParsedDocument:

@@ -28,6 +28,9 @@ PROCESS_JOB = "process_document"
 EMBED_JOB = "embed_chunks"
 INTERACTIVE_PRIORITY = 10  # uploads and records from people outrank bulk work (crawls)
 EMBED_PRIORITY = 20  # the embedder loop first: it is the bottleneck, keep it fed and busy
+#: small documents are parsed in groups (one job each) so per-job costs do not starve the embedder
+GROUP_MAX_DOCUMENTS = 16
+GROUP_MAX_BYTES = 512 * 1024
 
 
 @dataclass(slots=True)
@@ -146,7 +149,7 @@ def start_pipeline(
     session.add(pipeline)
     existing = _existing(session, kb, items)
     new_rows: list[dict[str, Any]] = []
-    to_process: list[str] = []
+    to_process: list[tuple[str, int]] = []
     outcome: list[dict[str, Any]] = []
     for item in items:
         doc = existing.get(_key(item))
@@ -165,12 +168,12 @@ def start_pipeline(
             doc.status, doc.error, doc.error_kind = "pending", None, None
             if item.metadata:
                 doc.meta = item.metadata
-            to_process.append(doc.id)
+            to_process.append((doc.id, item.size_bytes))
             outcome.append(_summary(doc.id, item, "pending"))
             continue
         doc_id = new_id()
         new_rows.append(_row(doc_id, kb, pipeline.id, item, now))
-        to_process.append(doc_id)
+        to_process.append((doc_id, item.size_bytes))
         outcome.append(_summary(doc_id, item, "pending"))
     pipeline.documents_total = len(to_process)
     pipeline.documents_skipped = len(items) - len(to_process)
@@ -183,17 +186,34 @@ def start_pipeline(
             workspace_id=kb.workspace_id,
             pipeline_id=pipeline.id,
             kb_id=kb.id,
-            document_id=doc_id,
-            payload={"document_id": doc_id},
+            document_id=group[0] if len(group) == 1 else None,
+            payload={"document_id": group[0]} if len(group) == 1 else {"document_ids": group},
             priority=priority,
         )
-        for doc_id in to_process
+        for group in group_documents(to_process)
     ]
     if jobs:
         session.execute(insert(Job), jobs)
     if kb.status != "processing" and to_process and kb.status == "failed":
         kb.status = "processing"
     return pipeline, outcome
+
+
+def group_documents(docs: list[tuple[str, int]]) -> list[list[str]]:
+    """Consecutive documents in groups of at most GROUP_MAX_DOCUMENTS and GROUP_MAX_BYTES;
+    a document over the byte cap gets a job of its own."""
+    groups: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for doc_id, nbytes in docs:
+        if current and (len(current) >= GROUP_MAX_DOCUMENTS or size + nbytes > GROUP_MAX_BYTES):
+            groups.append(current)
+            current, size = [], 0
+        current.append(doc_id)
+        size += nbytes
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _key(item: SourceItem) -> tuple[str, str]:

@@ -61,7 +61,17 @@ def refresh_progress(s: Session, pipeline_id: str) -> None:
 
 
 def settle(runtime: Runtime, pipeline_id: str) -> None:
-    """When no job of the pipeline is pending or running, give it (and its KB) a final state."""
+    """When no job of the pipeline is pending or running, give it (and its KB) a final state.
+
+    Called after every job, so the common case (work remains) is a cheap read that writes nothing;
+    progress is kept current by the jobs themselves.
+    """
+    with runtime.db.read_session() as s:
+        status = s.execute(select(Pipeline.status).where(Pipeline.id == pipeline_id)).scalar()
+        if status is None or status in FINAL_PIPELINE or status == "paused":
+            return
+        if status != "cancelling" and _active_jobs(s, pipeline_id):
+            return
     with runtime.db.session() as s:
         p = s.get(Pipeline, pipeline_id)
         if p is None or p.status in FINAL_PIPELINE:
@@ -72,12 +82,7 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
                 .where(Job.pipeline_id == pipeline_id, Job.status == "pending")
                 .values(status="cancelled", finished_at=utcnow(), last_error="cancelled by request")
             )
-        active = s.execute(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.pipeline_id == pipeline_id, Job.status.in_(ACTIVE_JOB))
-        ).scalar_one()
-        if active or p.status == "paused":
+        if _active_jobs(s, pipeline_id) or p.status == "paused":
             refresh_progress(s, pipeline_id)
             return
         _close_leftovers(s, p)
@@ -102,6 +107,14 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
             f"{p.documents_skipped} unchanged; {p.chunks_indexed} chunks indexed"
         )
         _settle_kb(s, p.kb_id, now)
+
+
+def _active_jobs(s: Session, pipeline_id: str) -> int:
+    return s.execute(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.pipeline_id == pipeline_id, Job.status.in_(ACTIVE_JOB))
+    ).scalar_one()
 
 
 def _close_leftovers(s: Session, p: Pipeline) -> None:
