@@ -31,18 +31,26 @@ class Embedded:
     encoded: list[int]
 
 
-def embed_with_cache(session: Session, embedder: Embedder, texts: list[str]) -> Embedded:
-    hashes = [text_hash(t) for t in texts]
+def cached_vectors(session: Session, model_id: str, texts: list[str]) -> dict[str, bytes]:
+    """Cache rows for these texts, by text hash (a short read; no model call)."""
+    unique = list(dict.fromkeys(text_hash(t) for t in texts))
     cached: dict[str, bytes] = {}
-    unique = list(dict.fromkeys(hashes))
     for i in range(0, len(unique), 500):
         rows = session.execute(
             select(EmbeddingCache.text_hash, EmbeddingCache.vector).where(
-                EmbeddingCache.model_id == embedder.model_id,
-                EmbeddingCache.text_hash.in_(unique[i : i + 500]),
+                EmbeddingCache.model_id == model_id, EmbeddingCache.text_hash.in_(unique[i : i + 500])
             )
         ).all()
         cached.update({r[0]: r[1] for r in rows})
+    return cached
+
+
+def embed_with_cache(embedder: Embedder, texts: list[str], cached: dict[str, bytes]) -> Embedded:
+    """Vectors for ``texts``: cached ones reused, the rest (each distinct text once) from the model.
+
+    Runs outside any transaction: encoding takes seconds and must not pin a database snapshot.
+    """
+    hashes = [text_hash(t) for t in texts]
     vectors = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
     misses: dict[str, list[int]] = {}
     for i, h in enumerate(hashes):

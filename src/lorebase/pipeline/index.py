@@ -15,7 +15,7 @@ from lorebase.adapters.stores.protocol import IndexEntry, Store
 from lorebase.db.models import Chunk, Document, EmbeddingCache, KnowledgeBase, Pipeline, utcnow
 from lorebase.errors import PermanentError
 from lorebase.jobs.context import JobContext
-from lorebase.pipeline.embed import Embedded, embed_with_cache
+from lorebase.pipeline.embed import Embedded, cached_vectors, embed_with_cache
 from lorebase.services import pipelines as pipeline_service
 
 
@@ -54,7 +54,9 @@ class EmbedChunks:
                 ).all()
                 if not rows:
                     return
-                result = embed_with_cache(s, embedder, [r.embed_text for r in rows])
+                texts = [r.embed_text for r in rows]
+                cached = cached_vectors(s, embedder.model_id, texts)
+            result = embed_with_cache(embedder, texts, cached)
             with ctx.transaction() as s:
                 write_batch(s, store, embedder.model_id, kb_id, pipeline_id, list(rows), result)
 
