@@ -54,8 +54,11 @@ def serve(
     rt = common.runtime(settings)
     if not has_any_key(rt.db):
         key, _ = create_key(rt.db, workspace="default", name="first key")
-        console.print(f"[bold green]Created the first API key[/] (shown once, keep it):\n\n    {key}\n")
-        console.print(f"Try: curl -H 'Authorization: Bearer {key}' http://{host}:{port}/api/v1/kbs\n")
+        # plain print: a key must never be wrapped across lines
+        print(f"Created the first API key (shown once, keep it):\n\n    {key}\n", flush=True)
+        print(f"Try: curl -H 'Authorization: Bearer {key}' http://{host}:{port}/api/v1/kbs\n", flush=True)
+    else:
+        print("API keys exist in this data dir; `lorebase keys create` makes another.", flush=True)
     rt.close()
     uvicorn.run(create_app(settings, workers=workers), host=host, port=port, log_level="info")
 
