@@ -10,6 +10,7 @@ searches never wait for writers (WAL readers see a consistent snapshot).
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,7 @@ class Database:
         self._read = sessionmaker(
             self.engine.execution_options(lorebase_readonly=True), expire_on_commit=False
         )
+        self._writer_lock = threading.RLock() if is_sqlite(self.engine) else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -91,8 +93,19 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A write transaction: committed on success, rolled back on any exception."""
-        with self._write() as s, s.begin():
+        """A write transaction: committed on success, rolled back on any exception.
+
+        On SQLite, writers in this process also queue on a process-wide lock: SQLite's own busy
+        handler waits by sleeping with backoff (up to 100 ms a nap), so under steady worker writes a
+        short API transaction could wait far longer than the lock is held. Waiting on a Python lock
+        wakes the next writer as soon as the previous one commits. Other processes still meet at
+        SQLite's lock.
+        """
+        if self._writer_lock is None:
+            with self._write() as s, s.begin():
+                yield s
+            return
+        with self._writer_lock, self._write() as s, s.begin():
             yield s
 
     @contextmanager

@@ -318,6 +318,14 @@ class JobQueue:
         Returns the pipeline ids touched, so callers can re-check them.
         """
         now = utcnow()
+        with self.db.read_session() as s:  # the common case: nothing expired, nothing to write
+            if (
+                s.execute(
+                    select(Job.id).where(Job.status == "running", Job.lease_expires_at < now).limit(1)
+                ).first()
+                is None
+            ):
+                return []
         with self.db.session() as s:
             expired = s.execute(
                 select(Job.id, Job.attempts, Job.max_attempts, Job.pipeline_id).where(
