@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.parsers.registry import parse_bytes
@@ -88,19 +88,17 @@ class ProcessDocument:
         with ctx.transaction() as s:
             for doc_id, message in failed:
                 fail_document(s, doc_id, message, "permanent")
-            waiting = False
-            for item in prepared:
-                row = s.execute(
-                    select(Document, KnowledgeBase)
-                    .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
-                    .where(Document.id == item.doc_id)
-                ).first()
-                if row is None:
-                    continue  # deleted meanwhile
-                doc, kb = row
-                if save_chunks(s, runtime, kb, doc, item.drafts, title=item.title, parsed=item.parsed):
+            by_id = {item.doc_id: item for item in prepared}
+            rows = s.execute(
+                select(Document, KnowledgeBase)
+                .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
+                .where(Document.id.in_(list(by_id)))
+            ).all()  # documents deleted meanwhile are simply absent
+            items = [(doc, kb, by_id[doc.id]) for doc, kb in rows]
+            waiting = save_chunks(s, runtime, items)
+            for doc, _, _ in items:
+                if doc.id in waiting:
                     doc.status = "embedding"
-                    waiting = True
                 else:
                     doc.status, doc.indexed_at = "indexed", utcnow()
             if waiting:
@@ -182,24 +180,15 @@ def _parse(data: bytes, media_type: str, filename: str | None) -> ParsedDocument
         ) from None
 
 
-def save_chunks(
-    s: Session,
-    runtime: Any,
-    kb: KnowledgeBase,
-    doc: Document,
-    drafts: list[ChunkDraft],
-    *,
-    title: str | None,
-    parsed: ParsedDocument,
-) -> int:
-    """Replace the document's chunks; returns how many new chunks wait for embedding."""
-    wanted: list[dict[str, Any]] = []
+def _chunk_rows(doc: Document, drafts: list[ChunkDraft], title: str | None) -> list[dict[str, Any]]:
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
     for i, d in enumerate(drafts):
         h = hashlib.sha256(d.text.encode()).hexdigest()
         meta = dict(d.metadata)
         if doc.source_url:
             meta.setdefault("url", doc.source_url)
-        wanted.append(
+        rows.append(
             {
                 "id": chunk_id(doc.id, i, h),
                 "document_id": doc.id,
@@ -212,30 +201,52 @@ def save_chunks(
                 "content_hash": h,
                 "meta": meta,
                 "embedded": False,
-                "created_at": utcnow(),
+                "created_at": now,
             }
         )
-    existing = dict(s.execute(select(Chunk.id, Chunk.pk).where(Chunk.document_id == doc.id)).all())
-    keep = {w["id"] for w in wanted} & set(existing)
-    stale = [pk for cid, pk in existing.items() if cid not in keep]
+    return rows
+
+
+def save_chunks(s: Session, runtime: Any, items: list[tuple[Document, KnowledgeBase, _Prepared]]) -> set[str]:
+    """Replace the chunks of several documents in a handful of statements.
+
+    Chunks whose id (document, index, content hash) is unchanged keep their rows and vectors;
+    stale ones leave the store and the table; new ones are inserted pending. Returns the ids of
+    the documents that now wait for the embedder.
+    """
+    if not items:
+        return set()
+    wanted: dict[str, list[dict[str, Any]]] = {
+        doc.id: _chunk_rows(doc, item.drafts, item.title) for doc, _, item in items
+    }
+    existing = s.execute(
+        select(Chunk.id, Chunk.pk, Chunk.document_id, Chunk.embedded).where(
+            Chunk.document_id.in_(list(wanted))
+        )
+    ).all()
+    wanted_ids = {row["id"] for rows in wanted.values() for row in rows}
+    keep = {r.id for r in existing if r.id in wanted_ids}
+    stale = [r.pk for r in existing if r.id not in keep]
     if stale:
+        kb = items[0][1]  # a group's documents share their KB
         runtime.kb_store(kb.config).delete(s, kb.id, stale)
         for i in range(0, len(stale), 500):
             s.execute(delete(Chunk).where(Chunk.pk.in_(stale[i : i + 500])))
-    fresh = [w for w in wanted if w["id"] not in keep]
+    fresh = [row for rows in wanted.values() for row in rows if row["id"] not in keep]
     if fresh:
         s.execute(insert(Chunk), fresh)
-    pending = s.execute(
-        select(func.count()).select_from(Chunk).where(Chunk.document_id == doc.id, Chunk.embedded.is_(False))
-    ).scalar_one()
-    doc.title = title
-    doc.chunk_count = len(wanted)
-    doc.page_count = parsed.page_count
-    doc.error = doc.error_kind = None
-    if doc.pipeline_id:
+    waiting = {row["document_id"] for row in fresh}
+    waiting |= {r.document_id for r in existing if r.id in keep and not r.embedded}
+    for doc, _, item in items:
+        doc.title = item.title
+        doc.chunk_count = len(wanted[doc.id])
+        doc.page_count = item.parsed.page_count
+        doc.error = doc.error_kind = None
+    pipeline_id = items[0][0].pipeline_id
+    if pipeline_id and fresh:
         s.execute(
             update(Pipeline)
-            .where(Pipeline.id == doc.pipeline_id)
+            .where(Pipeline.id == pipeline_id)
             .values(chunks_created=Pipeline.chunks_created + len(fresh), updated_at=utcnow())
         )
-    return pending
+    return waiting
