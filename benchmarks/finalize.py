@@ -37,7 +37,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CORPUS = Path("/work/shared/eval/scifact/corpus.jsonl")
+CORPUS = (
+    Path(__file__).resolve().parents[2] / "shared" / "eval" / "scifact" / "corpus.jsonl"
+)  # ../shared beside the repo
 
 
 def log(*args: Any) -> None:

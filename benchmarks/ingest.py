@@ -35,7 +35,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-CORPUS = Path("/work/shared/eval/scifact/corpus.jsonl")
+CORPUS = (
+    Path(__file__).resolve().parents[2] / "shared" / "eval" / "scifact" / "corpus.jsonl"
+)  # ../shared beside the repo
 MODEL = "all-MiniLM-L6-v2"
 MAX_TOKENS = 190  # each text stays under the KB's default chunk_size (200), so one record = one chunk
 MIN_TOKENS = 180
