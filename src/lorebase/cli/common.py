@@ -29,7 +29,13 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def runtime(settings: Settings | None = None) -> Runtime:
-    return Runtime(settings or get_settings())
+    settings = settings or get_settings()
+    if settings.server_url:
+        raise SystemExit(
+            "error: LOREBASE_SERVER_URL is set, but talking to a remote server is not in this build yet; "
+            "unset it to work on the local data dir"
+        )
+    return Runtime(settings)
 
 
 def principal(rt: Runtime, workspace: str | None) -> Principal:
