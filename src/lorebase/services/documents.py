@@ -194,7 +194,7 @@ def start_pipeline(
     ]
     if jobs:
         session.execute(insert(Job), jobs)
-    if kb.status != "processing" and to_process and kb.status == "failed":
+    if to_process and kb.status == "failed":  # new work can rescue a KB that had nothing indexed
         kb.status = "processing"
     return pipeline, outcome
 

@@ -189,9 +189,9 @@ def preview(
     runtime: Runtime, p: Principal, draft_id: str, *, source_id: str | None, limit: int
 ) -> dict[str, Any]:
     """Real chunks of one source item, made exactly as the pipeline will; nothing is saved."""
-    draft = get(runtime, p, draft_id)
     with runtime.db.read_session() as s:
-        sources = _load(s, p, draft_id).sources
+        row = _load(s, p, draft_id)
+        sources, cfg = row.sources, row.config
     if source_id is not None:
         sources = [src for src in sources if src["id"] == source_id]
         if not sources:
@@ -199,7 +199,6 @@ def preview(
     items = _items(sources)
     if not items:
         raise InvalidInput("the draft has no sources to preview")
-    cfg = draft["config"]
     _, max_tokens = embedder_info(cfg["embedding"]["model"])
     tokenizer = runtime.embedder(cfg["embedding"]["model"]).tokenizer()
     item = items[0]
