@@ -82,3 +82,30 @@ def wait_pipeline(
             return state
         time.sleep(0.2)
     raise AssertionError(f"pipeline {pipeline_id} did not finish in {timeout}s: {state}")
+
+
+def finalize_draft(
+    client: TestClient,
+    headers: dict[str, str],
+    *,
+    files: list[Any] | None = None,
+    records: list[dict[str, Any]] | None = None,
+    name: str = "kb",
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Draft → sources (multipart files, text records) → finalize, as a client would.
+
+    Returns the 202 body with the draft's id added as ``draft_id``."""
+    r = client.post("/api/v1/kb-drafts", json={"name": name, "config": config}, headers=headers)
+    assert r.status_code == 201, r.text
+    draft_id = r.json()["id"]
+    if files:
+        r = client.post(f"/api/v1/kb-drafts/{draft_id}/sources", files=files, headers=headers)
+        assert r.status_code == 201, r.text
+    if records:
+        body = {"type": "text", "documents": records}
+        r = client.post(f"/api/v1/kb-drafts/{draft_id}/sources", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+    r = client.post(f"/api/v1/kb-drafts/{draft_id}/finalize", headers=headers)
+    assert r.status_code == 202, r.text
+    return {**r.json(), "draft_id": draft_id}

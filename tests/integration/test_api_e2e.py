@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from conftest import wait_pipeline
+from conftest import finalize_draft, wait_pipeline
 from factories import docx_bytes, html_page, pdf_bytes
 
 PDF = pdf_bytes(
@@ -69,28 +69,13 @@ QUESTIONS = {  # question -> the one document that answers it
 def _finalized_kb(
     api: TestClient, auth: dict[str, str], files: list[Any], records: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    r = api.post(
-        "/api/v1/kb-drafts",
-        json={"name": "e2e", "config": {"chunking": {"strategy": "structure"}}},
-        headers=auth,
+    body = finalize_draft(
+        api, auth, files=files, records=records, name="e2e", config={"chunking": {"strategy": "structure"}}
     )
-    assert r.status_code == 201, r.text
-    draft = r.json()
-    assert draft["config"]["chunking"] == {"strategy": "structure", "chunk_size": 200, "chunk_overlap": 20}
-    r = api.post(f"/api/v1/kb-drafts/{draft['id']}/sources", files=files, headers=auth)
-    assert r.status_code == 201, r.text
-    if records:
-        r = api.post(
-            f"/api/v1/kb-drafts/{draft['id']}/sources",
-            json={"type": "text", "documents": records},
-            headers=auth,
-        )
-        assert r.status_code == 201, r.text
-    r = api.post(f"/api/v1/kb-drafts/{draft['id']}/finalize", headers=auth)
-    assert r.status_code == 202, r.text
-    body = r.json()
     assert body["status"] == "processing" and body["tracking_url"].endswith(body["pipeline_id"])
-    assert api.get(f"/api/v1/kb-drafts/{draft['id']}", headers=auth).status_code == 404
+    assert api.get(f"/api/v1/kb-drafts/{body['draft_id']}", headers=auth).status_code == 404
+    kb = api.get(f"/api/v1/kbs/{body['kb_id']}", headers=auth).json()
+    assert kb["config"]["chunking"] == {"strategy": "structure", "chunk_size": 200, "chunk_overlap": 20}
     return body
 
 

@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from conftest import FINAL, make_settings, wait_pipeline
+from conftest import FINAL, finalize_draft, make_settings, wait_pipeline
 from factories import pdf_bytes
 from lorebase.app import create_app
 from lorebase.db.models import Chunk, Document, Job, Pipeline, QueryLog
@@ -55,30 +55,6 @@ def batched_api(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
 
 def _db(api: TestClient) -> Any:
     return api.app.state.runtime.db  # type: ignore[attr-defined]
-
-
-def _finalize(
-    api: TestClient,
-    auth: dict[str, str],
-    *,
-    records: list[dict[str, Any]] | None = None,
-    files: list[Any] | None = None,
-    name: str = "kb",
-) -> dict[str, Any]:
-    draft = api.post("/api/v1/kb-drafts", json={"name": name}, headers=auth).json()
-    if files:
-        r = api.post(f"/api/v1/kb-drafts/{draft['id']}/sources", files=files, headers=auth)
-        assert r.status_code == 201, r.text
-    if records:
-        r = api.post(
-            f"/api/v1/kb-drafts/{draft['id']}/sources",
-            json={"type": "text", "documents": records},
-            headers=auth,
-        )
-        assert r.status_code == 201, r.text
-    r = api.post(f"/api/v1/kb-drafts/{draft['id']}/finalize", headers=auth)
-    assert r.status_code == 202, r.text
-    return r.json()
 
 
 def _wait_indexed(
@@ -134,7 +110,7 @@ def test_cancel_mid_embedding_keeps_what_was_indexed_searchable_and_cancels_the_
 ) -> None:
     api, auth = batched_api
     records = _records(120)
-    body = _finalize(api, auth, records=records)
+    body = finalize_draft(api, auth, records=records)
     kb_id, pipeline_id = body["kb_id"], body["pipeline_id"]
     _wait_indexed(api, auth, pipeline_id, 8, created=120)
 
@@ -197,7 +173,7 @@ def test_pause_stops_indexing_and_resume_completes_like_a_clean_run(
 ) -> None:
     api, auth = batched_api
     records = _records(60)
-    body = _finalize(api, auth, records=records, name="paused")
+    body = finalize_draft(api, auth, records=records, name="paused")
     kb_id, pipeline_id = body["kb_id"], body["pipeline_id"]
     _wait_indexed(api, auth, pipeline_id, 8, created=60)
 
@@ -222,7 +198,7 @@ def test_pause_stops_indexing_and_resume_completes_like_a_clean_run(
     assert set(_doc_statuses(api, auth, kb_id)) == {"indexed"}
     assert api.post(f"/api/v1/pipelines/{pipeline_id}/resume", headers=auth).status_code == 409
 
-    clean = _finalize(api, auth, records=records, name="clean")  # embeddings come from the cache
+    clean = finalize_draft(api, auth, records=records, name="clean")  # embeddings come from the cache
     clean_state = wait_pipeline(api, auth, clean["pipeline_id"], timeout=180)
     assert clean_state["status"] == "completed"
     assert state["counts"]["chunks_indexed"] == clean_state["counts"]["chunks_indexed"]
@@ -253,7 +229,7 @@ def test_retry_is_409_while_running_and_afterwards_requeues_the_failed_document(
         ("files", ("broken.pdf", CORRUPT_PDF, "application/pdf")),
         ("files", ("tides.md", MARKDOWN, "text/markdown")),
     ]
-    body = _finalize(api, auth, files=files)
+    body = finalize_draft(api, auth, files=files)
     kb_id, pipeline_id = body["kb_id"], body["pipeline_id"]
     r = api.post(f"/api/v1/pipelines/{pipeline_id}/retry", headers=auth)  # queued or running
     assert r.status_code == 409 and r.json()["error"]["code"] == "conflict", r.text
@@ -289,14 +265,14 @@ def test_retry_is_409_while_running_and_afterwards_requeues_the_failed_document(
 
 
 def test_retry_of_a_pipeline_without_failures_is_409(api: TestClient, auth: dict[str, str]) -> None:
-    body = _finalize(api, auth, files=[("files", ("tides.md", MARKDOWN, "text/markdown"))])
+    body = finalize_draft(api, auth, files=[("files", ("tides.md", MARKDOWN, "text/markdown"))])
     assert wait_pipeline(api, auth, body["pipeline_id"])["status"] == "completed"
     r = api.post(f"/api/v1/pipelines/{body['pipeline_id']}/retry", headers=auth)
     assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
 
 
 def test_queue_reports_the_documented_keys(api: TestClient, auth: dict[str, str]) -> None:
-    body = _finalize(api, auth, files=[("files", ("broken.pdf", CORRUPT_PDF, "application/pdf"))])
+    body = finalize_draft(api, auth, files=[("files", ("broken.pdf", CORRUPT_PDF, "application/pdf"))])
     assert wait_pipeline(api, auth, body["pipeline_id"])["status"] == "failed"
     r = api.get("/api/v1/queue", headers=auth)
     assert r.status_code == 200, r.text
@@ -320,8 +296,8 @@ def test_queue_reports_the_documented_keys(api: TestClient, auth: dict[str, str]
 def test_deleting_a_kb_removes_its_documents_chunks_vectors_and_keywords_only(
     api: TestClient, auth: dict[str, str]
 ) -> None:
-    doomed = _finalize(api, auth, records=_records(3), name="doomed")
-    kept = _finalize(api, auth, files=[("files", ("tides.md", MARKDOWN, "text/markdown"))], name="kept")
+    doomed = finalize_draft(api, auth, records=_records(3), name="doomed")
+    kept = finalize_draft(api, auth, files=[("files", ("tides.md", MARKDOWN, "text/markdown"))], name="kept")
     for body in (doomed, kept):
         assert wait_pipeline(api, auth, body["pipeline_id"])["status"] == "completed"
     kb_id = doomed["kb_id"]
