@@ -27,17 +27,21 @@ from lorebase.settings import JobSettings, Settings
 FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
 
 
-def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    jobs = JobSettings(
-        lease_seconds=4.0,
-        heartbeat_seconds=1.0,
-        poll_seconds=0.1,
-        reap_seconds=0.5,
-        backoff_base_seconds=0.2,
-        backoff_max_seconds=2.0,
-        max_attempts=3,
+def make_settings(data_dir: Path, *, jobs: dict[str, Any] | None = None, **overrides: Any) -> Settings:
+    """Test settings: short leases and backoff (``jobs`` overrides single job settings)."""
+    job_settings = JobSettings(
+        **{
+            "lease_seconds": 4.0,
+            "heartbeat_seconds": 1.0,
+            "poll_seconds": 0.1,
+            "reap_seconds": 0.5,
+            "backoff_base_seconds": 0.2,
+            "backoff_max_seconds": 2.0,
+            "max_attempts": 3,
+            **(jobs or {}),
+        }
     )
-    return Settings(data_dir=data_dir, jobs=jobs, _env_file=None, **overrides)  # type: ignore[call-arg]
+    return Settings(data_dir=data_dir, jobs=job_settings, _env_file=None, **overrides)  # type: ignore[call-arg]
 
 
 @pytest.fixture

@@ -19,13 +19,14 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from conftest import make_settings
 from lorebase.db.models import Job, KnowledgeBase, Pipeline, Workspace, utcnow
 from lorebase.errors import LeaseLost, PermanentError, TransientError
 from lorebase.jobs.context import JobContext
 from lorebase.jobs.executor import EmbeddedExecutor
 from lorebase.jobs.queue import FINAL_JOB_STATES, ClaimedJob, backoff_delay
 from lorebase.runtime import Runtime
-from lorebase.settings import JobSettings, Settings
+from lorebase.settings import JobSettings
 
 WS = "ws-test"
 T = TypeVar("T")
@@ -702,16 +703,8 @@ def test_executor_treats_unexpected_exceptions_as_transient(
 @pytest.fixture
 def short_lease_runtime(tmp_path: Path) -> Iterator[Runtime]:
     """Like ``runtime`` but with a 1.5 s lease, so outliving 3 leases fits in a few seconds."""
-    jobs = JobSettings(
-        lease_seconds=1.5,
-        heartbeat_seconds=0.3,
-        poll_seconds=0.05,
-        reap_seconds=0.2,
-        backoff_base_seconds=0.2,
-        backoff_max_seconds=2.0,
-        max_attempts=3,
-    )
-    rt = Runtime(Settings(data_dir=tmp_path / "short-lease", jobs=jobs, _env_file=None))
+    jobs = {"lease_seconds": 1.5, "heartbeat_seconds": 0.3, "poll_seconds": 0.05, "reap_seconds": 0.2}
+    rt = Runtime(make_settings(tmp_path / "short-lease", jobs=jobs))
     yield rt
     rt.close()
 

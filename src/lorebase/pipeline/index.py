@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -131,12 +131,3 @@ def write_batch(
         .values(status="indexed", indexed_at=utcnow(), updated_at=utcnow())
     )
     pipeline_service.refresh_progress(s, pipeline_id)
-
-
-def count_pending(s: Session, pipeline_id: str) -> int:
-    return s.execute(
-        select(func.count())
-        .select_from(Chunk)
-        .join(Document, Document.id == Chunk.document_id)
-        .where(Document.pipeline_id == pipeline_id, Chunk.embedded.is_(False))
-    ).scalar_one()
