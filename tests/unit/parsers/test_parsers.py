@@ -257,9 +257,20 @@ def test_empty_markdown_has_no_extractable_text() -> None:
 # -- HTML ----------------------------------------------------------------------------------------
 
 
-def test_html_keeps_main_content_structure_and_drops_boilerplate() -> None:
-    doc = HtmlParser().parse(BIG_PAGE.encode())
-    assert doc.metadata["extractor"] == "trafilatura"  # large page: the trafilatura path is under test
+#: the same page without an author-declared main element (div soup, as on many sites)
+BIG_PAGE_NO_MAIN = BIG_PAGE.replace("<main><article>", '<div class="content"><div>').replace(
+    "</article></main>", "</div></div>"
+)
+
+
+@pytest.mark.parametrize(
+    ("page", "extractor"),
+    [(BIG_PAGE, "dom"), (BIG_PAGE_NO_MAIN, "trafilatura")],
+    ids=["explicit-main-dom-walk", "div-soup-trafilatura"],
+)
+def test_html_keeps_main_content_structure_and_drops_boilerplate(page: str, extractor: str) -> None:
+    doc = HtmlParser().parse(page.encode())
+    assert doc.metadata["extractor"] == extractor
     text = doc.text
     for junk in ("Home", "Sidebar link", "Copyright 2024", "script content", "Elsewhere"):
         assert junk not in text

@@ -12,9 +12,12 @@ it loses heading ids, and it has two failure modes that the page's own DOM does 
 * on pages with an author-declared ``<main>`` / ``[role=main]`` / single ``<article>`` it
   sometimes drops large parts of it (rustdoc's method docs).
 
-So both are computed and the DOM walk of the main element (navigation, sidebars, footers,
-scripts and forms removed) wins when trafilatura found nothing, when the page is small, or when
-trafilatura kept under half of an explicit main element. Heading anchors in the trafilatura
+So the DOM walk of the main element (navigation, sidebars, footers, scripts and forms removed)
+is taken as is when the author declared one (``<main>``, ``[role=main]``, a single
+``<article>``: every documentation generator does) or when the page is small; it is also about
+ten times faster than trafilatura, which matters to a crawler (the Python docs: 530 pages parse
+in ~4 s instead of ~36 s). Otherwise trafilatura runs, and the DOM walk still wins when
+trafilatura found nothing. Heading anchors in the trafilatura
 result are recovered by matching heading text against the page's headings.
 """
 
@@ -49,8 +52,6 @@ log = logging.getLogger(__name__)
 
 #: below this many characters of main text a page is "small": the DOM walk is used
 SMALL_PAGE_CHARS = 1500
-#: trafilatura must keep at least this share of an explicit <main> element's text
-MIN_SHARE_OF_MAIN = 0.5
 
 _BLOCK_TAGS = {"head", "p", "list", "table", "code", "quote", "div", "main"}
 
@@ -196,12 +197,13 @@ class HtmlParser:
         strip_boilerplate(container, explicit)
         fallback = dom_blocks(container)
         dom_len = _text_len(fallback)
-        if fallback and dom_len < SMALL_PAGE_CHARS:
-            blocks = fallback  # trafilatura would only flatten it (see the module docstring)
+        if fallback and (explicit or dom_len < SMALL_PAGE_CHARS):
+            # an author-declared main element is taken as is (faster, keeps every heading id);
+            # trafilatura would only flatten a small page (see the module docstring)
+            blocks = fallback
         else:
             extracted = _trafilatura_blocks(text, anchors)
-            lost_main = explicit and _text_len(extracted) < MIN_SHARE_OF_MAIN * dom_len
-            blocks = fallback if fallback and (not extracted or lost_main) else extracted
+            blocks = fallback if fallback and not extracted else extracted
         if not blocks:
             raise PermanentError("no extractable text: the HTML page has no main content")
         if title is None:
