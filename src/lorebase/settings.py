@@ -60,6 +60,28 @@ class CrawlSettings(BaseModel):
         False,
         description="Allow crawling loopback/private addresses (intranet docs, tests). Off by default (SSRF).",
     )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names and CIDRs the crawler may reach even when private "
+        "(e.g. `wiki.corp,10.20.0.0/16`).",
+    )
+    user_agent: str = Field(
+        "lorebase/0.1 (+https://github.com/lorebase/lorebase)",
+        description="User-Agent of the crawler; robots.txt rules for `lorebase` apply to it.",
+    )
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest a single page request may take (connect + download)."
+    )
+    max_page_bytes: int = Field(
+        20 * 1024 * 1024, gt=0, description="Largest page or linked file the crawler downloads."
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Fetch attempts per page on transient errors (timeouts, 429, 5xx)."
+    )
+    firecrawl_url: str | None = Field(
+        None, description="Base URL of a Firecrawl API for sources with `crawl.engine: firecrawl`."
+    )
+    firecrawl_api_key: str | None = Field(None, description="API key sent to the Firecrawl API.")
 
 
 class Settings(BaseSettings):

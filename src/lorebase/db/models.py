@@ -131,6 +131,44 @@ class Source(Base):
     last_refreshed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class CrawlPage(Base):
+    """The crawl frontier of a web source, kept across runs.
+
+    A row per URL (normalised) the crawler has discovered. ``run_id`` is the pipeline that last
+    queued it; a page is ``queued`` until that run fetched it, so a crawl that stops (pause,
+    crash, restart) resumes with the rows still queued and never fetches finished pages again.
+    ``etag`` / ``last_modified`` / ``content_hash`` make the next refresh conditional, and
+    ``links`` keeps the page's in-scope links so an unchanged page still leads to its children.
+    """
+
+    __tablename__ = "crawl_pages"
+    __table_args__ = (
+        UniqueConstraint("source_id", "url_hash", name="uq_crawl_page_source_url"),
+        Index("ix_crawl_pages_frontier", "source_id", "run_id", "status", "depth"),
+        Index("ix_crawl_pages_content", "source_id", "content_hash"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_id: Mapped[str] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
+    kb_id: Mapped[str] = mapped_column(String(36), index=True)
+    workspace_id: Mapped[str] = mapped_column(String(36))
+    url: Mapped[str] = mapped_column(Text)
+    url_hash: Mapped[str] = mapped_column(String(64))
+    depth: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(12), default="queued")
+    run_id: Mapped[str] = mapped_column(String(36))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime | None] = mapped_column(default=None)
+    http_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    etag: Mapped[str | None] = mapped_column(Text, default=None)
+    last_modified: Mapped[str | None] = mapped_column(Text, default=None)
+    content_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    document_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    links: Mapped[list[Any]] = mapped_column(default=list)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    fetched_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Document(Base):
     __tablename__ = "documents"
     __table_args__ = (

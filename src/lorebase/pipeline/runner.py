@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from lorebase.crawl.job import CRAWL_JOB, CrawlSource
 from lorebase.jobs.context import Handler
 from lorebase.jobs.executor import EmbeddedExecutor
 from lorebase.pipeline.index import EmbedChunks
@@ -15,7 +16,11 @@ from lorebase.services.documents import EMBED_JOB, PROCESS_JOB
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
 
-HANDLERS: dict[str, Handler] = {PROCESS_JOB: ProcessDocument(), EMBED_JOB: EmbedChunks()}
+HANDLERS: dict[str, Handler] = {
+    PROCESS_JOB: ProcessDocument(),
+    EMBED_JOB: EmbedChunks(),
+    CRAWL_JOB: CrawlSource(),
+}
 
 
 class _Maintenance:

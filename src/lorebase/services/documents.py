@@ -14,11 +14,11 @@ import unicodedata
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.parsers.registry import detect_media_type
-from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, new_id, utcnow
+from lorebase.db.models import Chunk, Document, Job, KnowledgeBase, Pipeline, new_id, utcnow
 from lorebase.errors import InvalidInput, PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class SourceItem:
     external_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     source_id: str | None = None
+    source_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -144,9 +145,32 @@ def start_pipeline(
     ``pending`` (will be processed) or ``skipped`` (unchanged).
     """
     check_unique_external_ids(items)
-    now = utcnow()
-    pipeline = Pipeline(id=new_id(), kb_id=kb.id, workspace_id=kb.workspace_id, kind=kind, created_at=now)
+    pipeline = new_pipeline(session, kb, kind=kind)
+    outcome = add_items(session, runtime, kb, pipeline, items, priority=priority)
+    return pipeline, outcome
+
+
+def new_pipeline(session: Session, kb: KnowledgeBase, *, kind: str) -> Pipeline:
+    pipeline = Pipeline(
+        id=new_id(), kb_id=kb.id, workspace_id=kb.workspace_id, kind=kind, created_at=utcnow()
+    )
     session.add(pipeline)
+    session.flush()
+    return pipeline
+
+
+def add_items(
+    session: Session,
+    runtime: Runtime,
+    kb: KnowledgeBase,
+    pipeline: Pipeline,
+    items: list[SourceItem],
+    *,
+    priority: int = INTERACTIVE_PRIORITY,
+) -> list[dict[str, Any]]:
+    """Upsert documents for ``items`` into a running pipeline and enqueue their processing jobs
+    (the crawler calls this batch by batch as pages arrive)."""
+    now = utcnow()
     existing = _existing(session, kb, items)
     new_rows: list[dict[str, Any]] = []
     to_process: list[tuple[str, int]] = []
@@ -166,6 +190,8 @@ def start_pipeline(
             doc.blob_key, doc.media_type, doc.content_hash = item.blob_key, item.media_type, item.content_hash
             doc.size_bytes, doc.title, doc.pipeline_id = item.size_bytes, item.title, pipeline.id
             doc.status, doc.error, doc.error_kind = "pending", None, None
+            if item.source_url:
+                doc.source_url = item.source_url
             if item.metadata:
                 doc.meta = item.metadata
             to_process.append((doc.id, item.size_bytes))
@@ -175,8 +201,8 @@ def start_pipeline(
         new_rows.append(_row(doc_id, kb, pipeline.id, item, now))
         to_process.append((doc_id, item.size_bytes))
         outcome.append(_summary(doc_id, item, "pending"))
-    pipeline.documents_total = len(to_process)
-    pipeline.documents_skipped = len(items) - len(to_process)
+    pipeline.documents_total = (pipeline.documents_total or 0) + len(to_process)
+    pipeline.documents_skipped = (pipeline.documents_skipped or 0) + len(items) - len(to_process)
     session.flush()
     if new_rows:
         session.execute(insert(Document), new_rows)
@@ -196,7 +222,7 @@ def start_pipeline(
         session.execute(insert(Job), jobs)
     if to_process and kb.status == "failed":  # new work can rescue a KB that had nothing indexed
         kb.status = "processing"
-    return pipeline, outcome
+    return outcome
 
 
 def group_documents(docs: list[tuple[str, int]]) -> list[list[str]]:
@@ -250,6 +276,7 @@ def _row(doc_id: str, kb: KnowledgeBase, pipeline_id: str, item: SourceItem, now
         "workspace_id": kb.workspace_id,
         "pipeline_id": pipeline_id,
         "source_id": item.source_id,
+        "source_url": item.source_url,
         "external_id": item.external_id,
         "source_type": item.source_type,
         "filename": item.filename,
@@ -276,3 +303,55 @@ def fail_document(session: Session, document_id: str, message: str, kind: str) -
         .where(Document.id == document_id, Document.status.not_in(("indexed", "skipped", "cancelled")))
         .values(status="failed", error=message, error_kind=kind, updated_at=utcnow())
     )
+
+
+def record_failed_page(
+    session: Session,
+    kb: KnowledgeBase,
+    pipeline: Pipeline,
+    *,
+    source_id: str,
+    url: str,
+    message: str,
+    kind: str,
+) -> str:
+    """A web page that could not be fetched still gets its document, ``failed`` with the reason
+    (an earlier good version of the page stays searchable until the page is gone for good)."""
+    doc = session.execute(
+        select(Document).where(Document.kb_id == kb.id, Document.external_id == url)
+    ).scalar_one_or_none()
+    now = utcnow()
+    if doc is None:
+        doc = Document(
+            id=new_id(),
+            kb_id=kb.id,
+            workspace_id=kb.workspace_id,
+            source_id=source_id,
+            external_id=url,
+            source_type="web",
+            source_url=url,
+            chunk_count=0,
+            meta={},
+            created_at=now,
+        )
+        session.add(doc)
+        pipeline.documents_total = (pipeline.documents_total or 0) + 1
+    elif doc.pipeline_id != pipeline.id:
+        pipeline.documents_total = (pipeline.documents_total or 0) + 1
+    doc.pipeline_id = pipeline.id
+    doc.status, doc.error, doc.error_kind, doc.updated_at = "failed", message, kind, now
+    session.flush()
+    return doc.id
+
+
+def remove_documents(session: Session, runtime: Runtime, kb: KnowledgeBase, document_ids: list[str]) -> int:
+    """Take documents out of a KB: their vectors and keyword entries, chunks and rows."""
+    if not document_ids:
+        return 0
+    pks = list(session.execute(select(Chunk.pk).where(Chunk.document_id.in_(document_ids))).scalars())
+    if pks:
+        runtime.kb_store(kb.config).delete(session, kb.id, pks)
+        for i in range(0, len(pks), 500):
+            session.execute(delete(Chunk).where(Chunk.pk.in_(pks[i : i + 500])))
+    result = session.execute(delete(Document).where(Document.kb_id == kb.id, Document.id.in_(document_ids)))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.parsers.registry import parse_bytes
+from lorebase.crawl.preview import fetch_one
 from lorebase.db.models import Draft, KnowledgeBase, new_id, utcnow
 from lorebase.errors import InvalidInput, LorebaseError, NotFound
 from lorebase.pipeline.chunk import chunk
@@ -18,6 +19,7 @@ from lorebase.runtime import AVAILABLE_STORES, embedder_info
 from lorebase.services.auth import Principal
 from lorebase.services.config import chunking_of, deep_merge, merged_config, parse_config
 from lorebase.services.documents import SourceItem, start_pipeline, store_file, store_text_record
+from lorebase.services.sources import create_source, validate_web_source
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -165,6 +167,20 @@ def add_text(
     return _append(runtime, p, draft_id, [src])
 
 
+def add_web(
+    runtime: Runtime, p: Principal, draft_id: str, url: str, crawl: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """A website to crawl at finalize; the URL and options are checked now."""
+    normalized, options = validate_web_source(runtime, url, crawl)
+    return _append(
+        runtime, p, draft_id, [{"id": new_id(), "type": "web", "url": normalized, "crawl": options}]
+    )
+
+
+def _web_sources(draft_sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [src for src in draft_sources if src.get("type") == "web"]
+
+
 def remove_source(runtime: Runtime, p: Principal, draft_id: str, source_id: str) -> None:
     with runtime.db.session() as s:
         draft = _load(s, p, draft_id)
@@ -197,10 +213,10 @@ def preview(
         if not sources:
             raise NotFound(f"source {source_id} not found in draft {draft_id}")
     items = _items(sources)
+    if not items and _web_sources(sources):
+        return _preview_web(runtime, _web_sources(sources)[0], cfg, limit)
     if not items:
         raise InvalidInput("the draft has no sources to preview")
-    _, max_tokens = embedder_info(cfg["embedding"]["model"])
-    tokenizer = runtime.embedder(cfg["embedding"]["model"]).tokenizer()
     item = items[0]
     try:
         parsed = parse_bytes(runtime.blobs.get(item.blob_key), item.media_type, item.filename)
@@ -208,10 +224,38 @@ def preview(
         raise InvalidInput(
             f"cannot preview {item.filename or item.external_id or 'source'}: {exc.message}"
         ) from None
+    return _preview_chunks(
+        runtime, cfg, parsed, limit, source_id=item.source_id, title=item.title or item.filename
+    )
+
+
+def _preview_web(runtime: Runtime, src: dict[str, Any], cfg: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The start page of a web source, fetched now (through the SSRF guard) and chunked."""
+    result = fetch_one(runtime, src["url"])
+    if result.outcome != "ok" or result.body is None or result.media_type is None:
+        raise InvalidInput(f"cannot preview {src['url']}: {result.error or result.outcome}")
+    try:
+        parsed = parse_bytes(result.body, result.media_type, None)
+    except LorebaseError as exc:
+        raise InvalidInput(f"cannot preview {src['url']}: {exc.message}") from None
+    return _preview_chunks(runtime, cfg, parsed, limit, source_id=src["id"], title=src["url"])
+
+
+def _preview_chunks(
+    runtime: Runtime,
+    cfg: dict[str, Any],
+    parsed: Any,
+    limit: int,
+    *,
+    source_id: str | None,
+    title: str | None,
+) -> dict[str, Any]:
+    _, max_tokens = embedder_info(cfg["embedding"]["model"])
+    tokenizer = runtime.embedder(cfg["embedding"]["model"]).tokenizer()
     chunks = chunk(parsed, chunking_of(cfg), tokenizer, max_tokens=max_tokens)
     return {
-        "source_id": item.source_id,
-        "title": item.title or parsed.title or item.filename,
+        "source_id": source_id,
+        "title": parsed.title or title,
         "total_chunks": len(chunks),
         "chunks": [
             {"text": c.text, "token_count": c.token_count, "metadata": c.metadata} for c in chunks[:limit]
@@ -224,8 +268,11 @@ def validate_draft(runtime: Runtime, draft: Draft) -> dict[str, Any]:
     warnings: list[dict[str, str]] = []
     cfg = draft.config
     items = _items(draft.sources)
-    if not items:
-        errors.append({"field": "sources", "message": "add at least one source (files or text records)"})
+    web = _web_sources(draft.sources)
+    if not items and not web:
+        errors.append(
+            {"field": "sources", "message": "add at least one source (files, web URLs or text records)"}
+        )
     max_tokens = None
     try:
         _, max_tokens = embedder_info(cfg["embedding"]["model"])
@@ -267,6 +314,10 @@ def validate_draft(runtime: Runtime, draft: Draft) -> dict[str, Any]:
         )
     total_bytes = sum(i.size_bytes for i in items)
     est_chunks = max(len(items), math.ceil(total_bytes / BYTES_PER_TOKEN / max(1, size - overlap)))
+    # a web page holds ~8 KB of text on average: a guess until the crawl has seen the site
+    est_chunks += sum(
+        math.ceil(src["crawl"]["max_pages"] * 8192 / BYTES_PER_TOKEN / max(1, size - overlap)) for src in web
+    )
     if total_bytes > 200 * 1024 * 1024:
         warnings.append(
             {"field": "sources", "message": "more than 200 MB of sources: expect a long first build"}
@@ -305,6 +356,8 @@ def finalize(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
         s.add(kb)
         s.flush()
         pipeline, _ = start_pipeline(s, runtime, kb, _items(draft.sources))
+        for src in _web_sources(draft.sources):
+            create_source(s, runtime, kb, pipeline, src["url"], src["crawl"], source_id=src["id"])
         s.execute(delete(Draft).where(Draft.id == draft.id))
         result = {
             "kb_id": kb.id,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from lorebase.db.models import Chunk, Document, Job, KnowledgeBase, Pipeline, QueryLog, Source
+from lorebase.db.models import Chunk, CrawlPage, Document, Job, KnowledgeBase, Pipeline, QueryLog, Source
 from lorebase.errors import InvalidInput, NotFound
 from lorebase.services.auth import Principal
 from lorebase.services.documents import start_pipeline, store_file, store_text_record
@@ -103,7 +103,7 @@ def delete_kb(runtime: Runtime, p: Principal, kb_id: str) -> None:
         kb = load(s, p, kb_id)
         runtime.kb_store(kb.config).delete_kb(s, kb.id)
         s.execute(delete(Job).where(Job.kb_id == kb.id))
-        for model in (Chunk, Document, Pipeline, QueryLog, Source):
+        for model in (Chunk, Document, Pipeline, QueryLog, CrawlPage, Source):
             s.execute(delete(model).where(model.kb_id == kb.id))
         s.delete(kb)
 

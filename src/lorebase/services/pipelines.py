@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 FINAL_PIPELINE = ("completed", "completed_with_errors", "failed", "cancelled")
 FINAL_DOC = ("indexed", "failed", "skipped", "cancelled")
 ACTIVE_JOB = ("pending", "running")
+CRAWL_JOB = "crawl_source"
 
 
 def _doc_counts(s: Session, pipeline_id: str) -> dict[str, int]:
@@ -49,15 +50,33 @@ def refresh_progress(s: Session, pipeline_id: str) -> None:
         (p.chunks_indexed / p.chunks_created) * share_parsed if p.chunks_created else final / total
     )
     p.progress = min(99, int(100 * (0.25 * share_parsed + 0.75 * min(1.0, share_embedded))))
-    if parsed < total:
+    crawling = bool(p.pages_discovered) and _crawling(s, pipeline_id)
+    if crawling:
+        p.phase = "crawling"
+        # the total is still growing: the crawl is worth a third of the bar until it ends
+        p.progress = min(p.progress, int(33 * p.pages_fetched / max(p.pages_discovered, 1)))
+    elif parsed < total:
         p.phase = "processing"
     else:
         p.phase = "embedding"
+    pages = ""
+    if p.pages_discovered:
+        pages = f"Fetched {p.pages_fetched} of {p.pages_discovered} pages ({p.pages_skipped} skipped); "
     p.message = (
-        f"Processed {parsed} of {p.documents_total} documents; "
+        f"{pages}Processed {parsed} of {p.documents_total} documents; "
         f"indexed {p.chunks_indexed} of {p.chunks_created} chunks"
     )
     p.updated_at = utcnow()
+
+
+def _crawling(s: Session, pipeline_id: str) -> bool:
+    return bool(
+        s.execute(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.pipeline_id == pipeline_id, Job.type == CRAWL_JOB, Job.status.in_(ACTIVE_JOB))
+        ).scalar_one()
+    )
 
 
 def settle(runtime: Runtime, pipeline_id: str) -> None:

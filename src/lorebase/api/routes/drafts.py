@@ -10,7 +10,6 @@ from starlette.concurrency import run_in_threadpool
 from lorebase.api.deps import PrincipalDep, RuntimeDep
 from lorebase.api.schemas.requests import DraftCreate, DraftPatch, PreviewRequest, TextSource, WebSource
 from lorebase.api.uploads import is_multipart, read_files, read_json
-from lorebase.errors import InvalidInput
 from lorebase.services import drafts
 
 router = APIRouter(prefix="/api/v1/kb-drafts", tags=["drafts"])
@@ -68,7 +67,8 @@ async def add_sources(
         return {"sources": sources}
     body = await read_json(request, TextSource, WebSource)
     if isinstance(body, WebSource):
-        raise InvalidInput("web sources are not supported by this build yet; upload files or text records")
+        sources = await run_in_threadpool(drafts.add_web, runtime, p, draft_id, body.url, body.crawl)
+        return {"sources": sources}
     assert isinstance(body, TextSource)
     records = [r.model_dump() for r in body.documents]
     sources = await run_in_threadpool(drafts.add_text, runtime, p, draft_id, records)

@@ -11,8 +11,7 @@ from lorebase.api.deps import PrincipalDep, RuntimeDep
 from lorebase.api.routes.drafts import MULTIPART_FILES
 from lorebase.api.schemas.requests import DocumentsBatch, WebSource
 from lorebase.api.uploads import is_multipart, read_files, read_json
-from lorebase.errors import InvalidInput
-from lorebase.services import kbs
+from lorebase.services import kbs, sources
 
 router = APIRouter(prefix="/api/v1", tags=["knowledge bases"])
 
@@ -58,14 +57,12 @@ async def add_documents(kb_id: str, request: Request, runtime: RuntimeDep, p: Pr
 
 @router.post("/kbs/{kb_id}/sources", status_code=202)
 def add_source(kb_id: str, body: WebSource, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
-    kbs.get(runtime, p, kb_id)
-    raise InvalidInput("web sources are not supported by this build yet; upload files or text records")
+    return sources.add_to_kb(runtime, p, kb_id, body.url, body.crawl)
 
 
 @router.post("/kbs/{kb_id}/refresh", status_code=202)
 def refresh(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
-    kbs.get(runtime, p, kb_id)
-    raise InvalidInput("this knowledge base has no web sources to refresh")
+    return sources.refresh(runtime, p, kb_id)
 
 
 @router.get("/kbs/{kb_id}/documents")

@@ -1,0 +1,1 @@
+"""Web sources: the crawler, its network guard and its adapters."""

@@ -1,0 +1,85 @@
+"""What a fetched HTML page tells the crawler: its links, its canonical URL, its meta robots.
+
+Only the crawler's needs: content extraction happens later in the ``process_document`` job with
+the HTML parser, so this pass is a cheap lxml parse that reads ``<a href>``, ``<base>``,
+``<link rel=canonical>`` and ``<meta name=robots>``.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import lxml.html
+from lxml import etree
+
+from .urls import normalize_url
+
+#: what the crawler turns into documents; anything else it meets is skipped
+PAGE_TYPES = ("text/html", "application/xhtml+xml")
+FILE_TYPES = (
+    "application/pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+)
+DOCUMENT_TYPES = PAGE_TYPES + FILE_TYPES
+
+
+@dataclass(slots=True)
+class PageLinks:
+    links: list[str] = field(default_factory=list)
+    canonical: str | None = None
+    noindex: bool = False
+    nofollow: bool = False
+
+
+def looks_like_document(url: str) -> bool:
+    """Worth fetching: an extension-less path or one whose type is a page, PDF or DOCX.
+
+    Images, stylesheets, scripts, archives, source files and the like are never requested.
+    """
+    path = urlsplit(url).path
+    ext = posixpath.splitext(path)[1].lower()
+    if not ext or ext in (".html", ".htm", ".xhtml", ".php", ".asp", ".aspx", ".jsp", ".cgi"):
+        return True
+    guessed, _ = mimetypes.guess_type(f"x{ext}", strict=False)
+    if guessed is None:
+        return True  # unknown extensions (``/v1.2``, ``/page.en``) are usually pages
+    return guessed in DOCUMENT_TYPES
+
+
+def page_links(body: bytes, url: str) -> PageLinks:
+    """Links (normalised, absolute, in document order, each once), canonical and robots meta."""
+    out = PageLinks()
+    try:
+        root = lxml.html.document_fromstring(body)
+    except (etree.ParserError, ValueError):
+        return out
+    base = url
+    for el in root.iter("base"):
+        href = el.get("href")
+        if href:
+            base = normalize_url(href, url) or url
+        break
+    for el in root.iter("meta"):
+        if (el.get("name") or "").lower() in ("robots", "lorebase"):
+            content = (el.get("content") or "").lower()
+            out.noindex = out.noindex or "noindex" in content or "none" in content
+            out.nofollow = out.nofollow or "nofollow" in content or "none" in content
+    for el in root.iter("link"):
+        if "canonical" in (el.get("rel") or "").lower().split() and el.get("href"):
+            out.canonical = normalize_url(el.get("href") or "", base)
+            break
+    if out.nofollow:
+        return out
+    seen: set[str] = set()
+    for el in root.iter("a", "area"):
+        href = el.get("href")
+        if not href or "nofollow" in (el.get("rel") or "").lower().split():
+            continue
+        link = normalize_url(href.strip(), base)
+        if link and link not in seen:
+            seen.add(link)
+            out.links.append(link)
+    return out
