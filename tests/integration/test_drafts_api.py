@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
@@ -193,15 +194,51 @@ def test_removing_an_unknown_source_is_404(api: TestClient, auth: dict[str, str]
     assert len(api.get(f"/api/v1/kb-drafts/{draft['id']}", headers=auth).json()["sources"]) == 1
 
 
-def test_a_web_source_is_refused_with_a_clear_422(api: TestClient, auth: dict[str, str]) -> None:
+def test_a_web_source_is_normalised_and_gets_the_documented_crawl_defaults(
+    api: TestClient, auth: dict[str, str]
+) -> None:
     draft = _draft(api, auth)
     r = api.post(
         f"/api/v1/kb-drafts/{draft['id']}/sources",
-        json={"type": "web", "url": "https://example.com/docs"},
+        json={
+            "type": "web",
+            "url": "HTTPS://Example.com:443/docs/?utm_source=x#intro",
+            "crawl": {"max_pages": 7},
+        },
         headers=auth,
     )
+    assert r.status_code == 201, r.text
+    (source,) = r.json()["sources"]
+    assert source["type"] == "web" and source["url"] == "https://example.com/docs"
+    crawl = source["crawl"]
+    assert crawl["max_pages"] == 7 and crawl["max_depth"] == 3 and crawl["same_domain"] is True
+    assert crawl["use_sitemap"] is True and crawl["respect_robots"] is True and crawl["engine"] == "builtin"
+    stored = api.get(f"/api/v1/kb-drafts/{draft['id']}", headers=auth).json()["sources"]
+    assert [s["id"] for s in stored] == [source["id"]]
+    report = api.post(f"/api/v1/kb-drafts/{draft['id']}/validate", headers=auth).json()
+    assert report["is_valid"] is True and report["estimated_duration_minutes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"type": "web", "url": "ftp://example.com/file"}, "http"),
+        ({"type": "web", "url": "not a url"}, "http"),
+        ({"type": "web", "url": "http://127.0.0.1:8080/admin"}, "loopback"),
+        ({"type": "web", "url": "http://169.254.169.254/latest/meta-data/"}, "link-local"),
+        ({"type": "web", "url": "https://example.com", "crawl": {"max_pages": 0}}, "crawl.max_pages"),
+        ({"type": "web", "url": "https://example.com", "crawl": {"maxPages": 5}}, "crawl.maxPages"),
+        ({"type": "web", "url": "https://example.com", "crawl": {"engine": "firecrawl"}}, "FIRECRAWL_URL"),
+    ],
+    ids=["ftp", "garbage", "loopback", "metadata-ip", "zero-pages", "unknown-option", "firecrawl-unset"],
+)
+def test_a_bad_web_source_is_refused_with_a_clear_422_and_nothing_is_added(
+    api: TestClient, auth: dict[str, str], body: dict[str, Any], needle: str
+) -> None:
+    draft = _draft(api, auth)
+    r = api.post(f"/api/v1/kb-drafts/{draft['id']}/sources", json=body, headers=auth)
     err = _error(r, 422, "invalid_input")
-    assert "web" in err["message"].lower()
+    assert needle.lower() in err["message"].lower(), err
     assert api.get(f"/api/v1/kb-drafts/{draft['id']}", headers=auth).json()["sources"] == []
 
 

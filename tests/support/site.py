@@ -33,8 +33,16 @@ class _Handler(SimpleHTTPRequestHandler):
         path = urlsplit(self.path).path
         with site.lock:
             site.requests.append(path)
+            site.log.append((time.monotonic(), path, dict(self.headers.items())))
+            failure = site.fail_once.pop(path, None)
         if site.latency:
             time.sleep(site.latency)
+        if failure is not None:
+            self.send_response(failure)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if path in site.redirects:
             self.send_response(301)
             self.send_header("Location", site.redirects[path])
@@ -93,6 +101,10 @@ class StaticSite:
         self.etags = etags
         self.redirects = dict(redirects or {})
         self.requests: list[str] = []
+        #: (monotonic time, path, request headers) of every request, in arrival order
+        self.log: list[tuple[float, str, dict[str, str]]] = []
+        #: path -> HTTP status answered once (with ``Retry-After: 1``) before serving normally
+        self.fail_once: dict[str, int] = {}
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"site": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(self.root)))

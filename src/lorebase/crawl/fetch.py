@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 import httpx
 
@@ -45,30 +46,41 @@ class FetchResult:
 
 
 class HostGate:
-    """At most ``concurrency`` requests in flight to a host, and starts spaced by ``delay``."""
+    """Politeness towards one host: at most ``concurrency`` requests in flight and, while a
+    delay applies (``delay_seconds``, robots.txt ``Crawl-delay``, a 429/503 ``Retry-After``),
+    one request at a time with ``delay`` seconds between the end of one and the start of the
+    next. Measuring from the end (not from the previous start) keeps the promise at the
+    server's side even when a request of ours leaves late (a busy event loop, a slow answer).
+    """
 
     def __init__(self, concurrency: int, delay: float) -> None:
         self.sem = asyncio.Semaphore(concurrency)
         self.delay = delay
-        self._next_start = 0.0
+        self._last_end = float("-inf")
+        self._not_before = 0.0
         self._lock = asyncio.Lock()
 
-    async def __aenter__(self) -> None:
-        await self.sem.acquire()
-        if self.delay > 0:
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self.sem:
+            if self.delay <= 0 and self._not_before <= time.monotonic():
+                try:
+                    yield
+                finally:  # a delay learnt meanwhile (robots.txt) counts from this request too
+                    self._last_end = max(self._last_end, time.monotonic())
+                return
             async with self._lock:
-                now = time.monotonic()
-                wait = self._next_start - now
-                self._next_start = max(now, self._next_start) + self.delay
-            if wait > 0:
-                await asyncio.sleep(wait)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.sem.release()
+                wait = max(self._last_end + self.delay, self._not_before) - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                try:
+                    yield
+                finally:
+                    self._last_end = time.monotonic()
 
     def back_off(self, seconds: float) -> None:
         """The host asked us to slow down (429/503 Retry-After): no new request before then."""
-        self._next_start = max(self._next_start, time.monotonic() + seconds)
+        self._not_before = max(self._not_before, time.monotonic() + seconds)
 
 
 RobotsLookup = Callable[[str], Awaitable[Robots]]
@@ -118,10 +130,12 @@ class Fetcher:
             host = urlsplit(current).netloc
             gate = self.gate(host)
             try:
-                async with gate, self.client.stream("GET", current, headers=headers) as resp:
+                async with gate.slot(), self.client.stream("GET", current, headers=headers) as resp:
                     if resp.is_redirect and resp.headers.get("location"):
-                        target = normalize_url(resp.headers["location"], current)
-                        if target is None:
+                        # follow the raw location (``/docs`` -> ``/docs/`` is a hop, not a loop);
+                        # the normalised form only decides whether it may be followed at all
+                        target = urldefrag(urljoin(current, resp.headers["location"].strip()))[0]
+                        if normalize_url(target) is None:
                             return FetchResult(
                                 url,
                                 "failed",
@@ -147,7 +161,7 @@ class Fetcher:
         except BlockedAddress as exc:
             return FetchResult(url, "failed", final_url=current, error=exc.message)
         if current != url:
-            reason = self.scope(current)
+            reason = self.scope(normalize_url(current) or current)
             if reason:
                 return FetchResult(
                     url, "skipped", final_url=current, error=f"redirects to {current}: {reason}"

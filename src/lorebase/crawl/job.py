@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -60,8 +60,8 @@ BULK_PRIORITY = 5
 COMMIT_EVERY_PAGES = 16
 COMMIT_EVERY_SECONDS = 1.0
 MAX_SITEMAPS = 20
-#: pages the crawler keeps as work done this run (fetched counts; skipped counts)
-FETCHED = ("fetched", "unchanged", "gone")
+#: pipeline counters: ``pages_fetched`` counts pages that got an HTTP answer this run;
+#: ``pages_skipped`` those that led to no processing (robots, duplicates, noindex, unchanged)
 SKIPPED = ("skipped", "unchanged")
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -183,13 +183,13 @@ class Crawl:
         try:
             for _ in range(5):
                 precheck_url(current, self.policy)
-                async with self.gate(urlsplit(current).netloc):
+                async with self.gate(urlsplit(current).netloc).slot():
                     resp = await asyncio.wait_for(
                         self.client.get(current), self.settings.request_timeout_seconds
                     )
                 if resp.is_redirect and resp.headers.get("location"):
-                    nxt = normalize_url(resp.headers["location"], current)
-                    if nxt is None:
+                    nxt = urldefrag(urljoin(current, resp.headers["location"].strip()))[0]
+                    if normalize_url(nxt) is None:
                         return None, None
                     current = nxt
                     continue
@@ -234,7 +234,14 @@ class Crawl:
             s.execute(
                 update(CrawlPage)
                 .where(CrawlPage.source_id == self.source_id, CrawlPage.run_id != self.run_id)
-                .values(run_id=self.run_id, status="queued", attempts=0, not_before=None, error=None)
+                .values(
+                    run_id=self.run_id,
+                    status="queued",
+                    attempts=0,
+                    not_before=None,
+                    error=None,
+                    http_status=None,
+                )
             )
             self._insert_pages(s, [(self.start, 0)])
             self._insert_pages(
@@ -274,7 +281,9 @@ class Crawl:
             while True:
                 if want_more and len(in_flight) < target:
                     busy = {ref.id for ref in in_flight.values()} | {ref.id for ref, _ in results}
-                    refs = self._next_pages(target - len(in_flight) + len(busy), busy)
+                    refs = await asyncio.to_thread(
+                        self._next_pages, target - len(in_flight) + len(busy), busy
+                    )
                     for ref in refs[: target - len(in_flight)]:
                         task = asyncio.ensure_future(
                             self.fetcher.fetch(ref.url, etag=ref.etag, last_modified=ref.last_modified)
@@ -283,13 +292,13 @@ class Crawl:
                     want_more = bool(refs)
                 if not in_flight:
                     if results:
-                        self._commit(results)
+                        await asyncio.to_thread(self._commit, results)
                         results, last_commit, want_more = [], time.monotonic(), True
                         continue
-                    wait = self._next_retry_in()
+                    wait = await asyncio.to_thread(self._next_retry_in)
                     if wait is None:
                         return  # the frontier is empty: the crawl is done
-                    self.ctx.check_control()
+                    await asyncio.to_thread(self.ctx.check_control)
                     await asyncio.sleep(min(wait, 1.0))
                     want_more = True
                     continue
@@ -298,9 +307,10 @@ class Crawl:
                     results.append((in_flight.pop(task), task.result()))
                 due = time.monotonic() - last_commit >= COMMIT_EVERY_SECONDS
                 if results and (len(results) >= COMMIT_EVERY_PAGES or due or not in_flight):
-                    self._commit(results)
+                    # database work runs in a thread: fetches in flight go on meanwhile
+                    await asyncio.to_thread(self._commit, results)
                     results, last_commit, want_more = [], time.monotonic(), True
-                    self.ctx.check_control()
+                    await asyncio.to_thread(self.ctx.check_control)
         finally:
             for task in in_flight:
                 task.cancel()
@@ -395,7 +405,8 @@ class Crawl:
             return self._fetched(s, page, result, discovered)
         if outcome == "not_modified":
             page.status = "unchanged"
-            discovered.extend((link, page.depth + 1) for link in page.links or [])
+            if page.depth < self.options.max_depth:  # its links, as stored when it last changed
+                discovered.extend((link, page.depth + 1) for link in page.links or [])
             return None
         if outcome == "skipped":
             page.status, page.error = "skipped", result.error
@@ -539,20 +550,18 @@ class Crawl:
         s.execute(insert_fn(CrawlPage).values(rows).on_conflict_do_nothing())
 
     def _update_counters(self, s: Session) -> None:
-        counts = dict(
-            s.execute(
-                select(CrawlPage.status, func.count())
-                .where(CrawlPage.source_id == self.source_id, CrawlPage.run_id == self.run_id)
-                .group_by(CrawlPage.status)
-            ).all()
-        )
+        rows = s.execute(
+            select(CrawlPage.status, CrawlPage.http_status.is_not(None), func.count())
+            .where(CrawlPage.source_id == self.source_id, CrawlPage.run_id == self.run_id)
+            .group_by(CrawlPage.status, CrawlPage.http_status.is_not(None))
+        ).all()
         apply_page_counts(
             s,
             self.ctx,
             {
-                "discovered": sum(counts.values()),
-                "fetched": sum(counts.get(k, 0) for k in FETCHED),
-                "skipped": sum(counts.get(k, 0) for k in SKIPPED),
+                "discovered": sum(n for _, _, n in rows),
+                "fetched": sum(n for _, answered, n in rows if answered),
+                "skipped": sum(n for status, _, n in rows if status in SKIPPED),
             },
         )
 

@@ -112,7 +112,8 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
             p.status = "cancelled"
         elif failed == 0:
             p.status = "completed"
-        elif indexed > 0:
+        elif indexed > 0 or p.documents_skipped or p.kind == "refresh":
+            # some documents made it, or were already there unchanged: the KB serves them
             p.status = "completed_with_errors"
         else:
             p.status = "failed"
@@ -121,8 +122,11 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
         p.documents_failed = failed
         p.progress, p.phase, p.finished_at, p.updated_at = 100, "done", now, now
         p.started_at = p.started_at or now
+        pages = ""
+        if p.pages_discovered:
+            pages = f"{p.pages_fetched} of {p.pages_discovered} pages fetched, {p.pages_skipped} skipped; "
         p.message = (
-            f"{p.status.replace('_', ' ')}: {indexed} indexed, {failed} failed, "
+            f"{p.status.replace('_', ' ')}: {pages}{indexed} indexed, {failed} failed, "
             f"{p.documents_skipped} unchanged; {p.chunks_indexed} chunks indexed"
         )
         _settle_kb(s, p.kb_id, now)
