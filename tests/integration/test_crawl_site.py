@@ -3,6 +3,7 @@ URLs, duplicates, linked files, broken links, retries, refresh and the Firecrawl
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 from pathlib import Path
@@ -193,12 +194,10 @@ def test_a_small_site_is_crawled_within_scope_politely_and_refreshed_incremental
             assert hits[never] == 0, never
         # no page is fetched twice (the 503 page once more, after its Retry-After)
         assert {p: n for p, n in hits.items() if n > 1} == {"/flaky.html": 2}, hits
-        # Crawl-delay: the crawler spaces its request starts by the delay; arrivals at the server
-        # carry some client-side jitter, hence the tolerance on single gaps (unpaced: ~0.01 s)
+        # Crawl-delay: consecutive requests reach the server at least the delay apart (unpaced: ~0.01 s)
         starts = [t for t, path, _ in site.log]
-        gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert min(gaps) >= CRAWL_DELAY * 0.98, gaps
-        assert starts[-1] - starts[0] >= CRAWL_DELAY * (len(starts) - 1) * 0.97, gaps
 
         # why pages were skipped is recorded on the frontier
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
