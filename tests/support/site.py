@@ -93,6 +93,7 @@ class StaticSite:
         latency: float = 0.0,
         etags: bool = True,
         redirects: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.root = Path(root)
         self.sitemap = sitemap
@@ -107,9 +108,9 @@ class StaticSite:
         self.fail_once: dict[str, int] = {}
         self.lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"site": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(self.root)))
+        self.server = ThreadingHTTPServer((host, 0), partial(handler, directory=str(self.root)))
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"http://{host}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def start(self) -> StaticSite:

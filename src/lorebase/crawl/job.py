@@ -46,7 +46,7 @@ from lorebase.services.documents import (
 )
 
 from .fetch import Fetcher, FetchResult, HostGate
-from .guard import AddressPolicy, guarded_client
+from .guard import AddressPolicy, BlockedAddress, blocked_cause, guarded_client, precheck_url
 from .links import PAGE_TYPES, looks_like_document, page_links
 from .options import CrawlOptions, parse_options
 from .robots import Robots, parse_sitemap, robots_from_response
@@ -167,7 +167,10 @@ class Crawl:
         return await task
 
     async def _load_robots(self, origin: str, host: str) -> Robots:
-        status, body = await self._get_small(f"{origin}/robots.txt", max_bytes=512 * 1024)
+        try:
+            status, body = await self._get_small(f"{origin}/robots.txt", max_bytes=512 * 1024)
+        except BlockedAddress:
+            return Robots()  # the page request is refused by the guard too, with that error on it
         robots = robots_from_response(status, body)
         delay = robots.crawl_delay
         if delay:
@@ -176,8 +179,8 @@ class Crawl:
         return robots
 
     async def _get_small(self, url: str, *, max_bytes: int) -> tuple[int | None, bytes | None]:
-        """A guarded GET for robots.txt and sitemaps (redirects followed, each hop re-checked)."""
-        from .guard import BlockedAddress, precheck_url
+        """A guarded GET for robots.txt and sitemaps (redirects followed, each hop re-checked);
+        raises BlockedAddress when the guard refuses a hop, (None, None) when unreachable."""
 
         current = url
         try:
@@ -195,9 +198,14 @@ class Crawl:
                     continue
                 body = resp.content
                 return resp.status_code, (body if len(body) <= max_bytes else None)
-        except (BlockedAddress, TimeoutError, OSError) as exc:
+        except BlockedAddress as exc:
+            raise blocked_cause(exc) or exc from None
+        except (TimeoutError, OSError) as exc:
             log.info("could not fetch %s: %s", url, exc)
         except Exception as exc:  # httpx errors and the like: treated as unreachable
+            blocked = blocked_cause(exc)
+            if blocked is not None:
+                raise blocked from None
             log.info("could not fetch %s: %s", url, exc)
         return None, None
 
@@ -262,7 +270,10 @@ class Crawl:
             if url in seen or not same_host(url, self.start):
                 continue
             seen.add(url)
-            status, body = await self._get_small(url, max_bytes=50 * 1024 * 1024)
+            try:
+                status, body = await self._get_small(url, max_bytes=50 * 1024 * 1024)
+            except BlockedAddress:
+                continue
             if status != 200 or not body:
                 continue
             found = parse_sitemap(body, url)
