@@ -8,6 +8,7 @@ The allowed site is served on 127.0.0.2 and allow-listed by address
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -62,10 +63,8 @@ def traps() -> Iterator[list[_Trap]]:
     """A trap on 127.0.0.1 and, on the same port when the machine has IPv6, one on ::1."""
     v4 = _Trap(socket.AF_INET, "127.0.0.1", 0)
     servers = [v4]
-    try:
+    with contextlib.suppress(OSError):
         servers.append(_Trap(socket.AF_INET6, "::1", v4.server_address[1]))
-    except OSError:
-        pass
     for srv in servers:
         threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield servers
