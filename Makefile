@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 SCIFACT ?= ../shared/eval/scifact
 
-.PHONY: install install-dev serve test lint format eval bench smoke clean
+.PHONY: install install-dev serve test lint format eval bench smoke clean test-site
+PYDOCS := /usr/share/doc/python3.11/html
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,8 +30,19 @@ install-dev: $(DEV_STAMP)
 serve: $(STAMP)  ## install and run the API + embedded workers on http://127.0.0.1:8000
 	$(BIN)/lorebase serve
 
-test: $(DEV_STAMP)  ## install and run the test suite
+test: $(DEV_STAMP) test-site  ## install and run the test suite
 	$(BIN)/pytest -q
+
+# The crawl tests serve Debian's python3.11-doc (530 real HTML pages) on loopback. Installed when
+# apt can be used without a password; otherwise those tests skip (and fail under CI=true).
+test-site:
+	@if [ ! -d $(PYDOCS) ]; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+		if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
+			echo "installing python3.11-doc for the crawl tests"; \
+			$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3.11-doc >/dev/null; \
+		else echo "note: python3.11-doc is missing and apt-get is not usable here: the crawl tests will skip"; fi; \
+	fi
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -48,6 +60,7 @@ eval: $(STAMP)  ## SciFact train queries: builds the KB on first run (~10 min on
 bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/finalize.py
+	$(BIN)/python benchmarks/crawl.py
 
 smoke: $(STAMP)  ## the shared HTTP contract check against a live server
 	bash .ci/contract-smoke

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import make_settings
 from lorebase.cli.main import app
-from lorebase.db.models import Document, QueryLog
+from lorebase.db.models import Document, Pipeline, QueryLog, Source
 from lorebase.runtime import Runtime
 from lorebase.services.auth import authenticate, local_principal
 from lorebase.settings import get_settings
@@ -281,3 +281,45 @@ def test_eval_of_a_missing_kb_without_corpus_exits_1(cli: Cli, tmp_path: Path) -
         "eval", "--kb", "nope", "--queries", str(tmp_path / "q.jsonl"), "--qrels", str(tmp_path / "r.tsv")
     )
     assert result.exit_code == 1 and "pass --corpus" in result.stderr
+
+
+def test_ingest_a_url_crawls_it_and_ingesting_it_again_refreshes_only_changes(cli: Cli, tmp_path: Path) -> None:
+    from support.site import serve
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    page = "<html><head><title>{t}</title></head><body><main><h1>{t}</h1><p>{p}</p>{a}</main></body></html>"
+    (site_dir / "index.html").write_text(
+        page.format(t="Bees", p=BEES.splitlines()[2], a='<a href="glaciers.html">glaciers</a>')
+    )
+    (site_dir / "glaciers.html").write_text(page.format(t="Glaciers", p=GLACIERS.splitlines()[2], a=""))
+    cli.env["LOREBASE_CRAWL__ALLOW_PRIVATE_NETWORKS"] = "true"
+    with serve(site_dir) as site:
+        result = cli.ok("ingest", f"{site.url}/index.html", "--kb", "web", "--max-depth", "1")
+        assert "from 1 website" in result.stdout and "completed" in result.stdout
+        shown = cli.ok("kb", "show", "web").stdout
+        assert json.loads(shown)["counts"] == {"documents": 2, "indexed": 2, "failed": 0, "chunks": 2}, shown
+        top = json.loads(cli.ok("search", "--kb", "web", "largest glacier in the Alps", "--json").stdout)
+        assert top["results"][0]["url"] == f"{site.url}/glaciers.html"
+
+        import time
+
+        time.sleep(1.1)  # Last-Modified has one-second resolution
+        (site_dir / "glaciers.html").write_text(
+            page.format(t="Glaciers", p=GLACIERS_EDITED.splitlines()[2], a="")
+        )
+        result = cli.ok("ingest", f"{site.url}/index.html", "--kb", "web")
+        assert f"refreshing {site.url}/index.html" in result.stdout
+    rt = cli.runtime()
+    try:
+        with rt.db.read_session() as s:
+            pipeline = s.execute(
+                select(Pipeline).where(Pipeline.kind == "crawl").order_by(Pipeline.created_at.desc()).limit(1)
+            ).scalar_one()
+            sources = s.execute(select(func.count()).select_from(Source)).scalar_one()
+    finally:
+        rt.close()
+    assert sources == 1  # the same website, refreshed, not added twice
+    assert pipeline.documents_total == 1 and pipeline.chunks_embedded == 1  # only the edited page
+    top = json.loads(cli.ok("search", "--kb", "web", "Perito Moreno glacier", "--json").stdout)
+    assert "Perito Moreno" in top["results"][0]["text"]

@@ -1,7 +1,9 @@
-"""``lorebase ingest``: files and folders into a KB (new or existing), following the pipeline."""
+"""``lorebase ingest``: files, folders and websites into a KB (new or existing), following the
+pipeline. A URL the KB already crawls is refreshed: only changed pages are re-processed."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,14 @@ from lorebase.cli.follow import follow
 from lorebase.errors import InvalidInput
 from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
-from lorebase.services import drafts, kbs, pipelines
+from lorebase.services import drafts, kbs, pipelines, sources
 from lorebase.services.auth import Principal
 
 SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"}
+
+
+def is_url(raw: str) -> bool:
+    return raw.lower().startswith(("http://", "https://"))
 
 
 def collect(paths: list[str]) -> list[tuple[Path, str]]:
@@ -23,8 +29,6 @@ def collect(paths: list[str]) -> list[tuple[Path, str]]:
     that ingesting an edited file again replaces the earlier version instead of adding a copy."""
     out: list[tuple[Path, str]] = []
     for raw in paths:
-        if raw.startswith(("http://", "https://")):
-            raise InvalidInput(f"{raw}: web sources are not supported by this build yet")
         path = Path(raw)
         if path.is_dir():
             found = sorted(
@@ -54,33 +58,56 @@ def ingest(
     wait: bool,
     workers: int,
     quiet: bool = False,
+    crawl: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    files = collect(paths)
+    urls = [raw for raw in paths if is_url(raw)]
+    files = collect([raw for raw in paths if not is_url(raw)]) if len(urls) < len(paths) else []
     payload: list[tuple[str | None, str | None, bytes]] = [(f.name, None, f.read_bytes()) for f, _ in files]
     external_ids: list[str | None] = [ext for _, ext in files]
     existing = kbs.find_by_name(rt, p, kb_name)
+    pipeline_ids: list[str] = []
     if existing is None:
         draft = drafts.create(rt, p, name=kb_name, description=None, config=config)
-        drafts.add_files(rt, p, draft["id"], payload, external_ids)
+        if files:
+            drafts.add_files(rt, p, draft["id"], payload, external_ids)
+        for url in urls:
+            drafts.add_web(rt, p, draft["id"], url, crawl)
         result = drafts.finalize(rt, p, draft["id"])
-        kb_id, pipeline_id = result["kb_id"], result["pipeline_id"]
+        kb_id = result["kb_id"]
+        pipeline_ids.append(result["pipeline_id"])
         if not quiet:
-            console.print(f"created knowledge base [bold]{kb_name}[/] ({kb_id}) from {len(files)} files")
+            what = ", ".join(x for x in (_count(len(files), "file"), _count(len(urls), "website")) if x)
+            console.print(f"created knowledge base [bold]{kb_name}[/] ({kb_id}) from {what}")
     else:
         kb_id = existing["id"]
-        added = kbs.add_documents(rt, p, kb_id, files=payload, external_ids=external_ids)
-        pipeline_id = added["pipeline_id"]
-        skipped = sum(1 for d in added["documents"] if d["status"] == "skipped")
-        if not quiet:
-            console.print(f"adding {len(files)} files to [bold]{kb_name}[/] ({skipped} unchanged)")
-    state = pipelines.get(rt, p, pipeline_id)
+        if files:
+            added = kbs.add_documents(rt, p, kb_id, files=payload, external_ids=external_ids)
+            pipeline_ids.append(added["pipeline_id"])
+            skipped = sum(1 for d in added["documents"] if d["status"] == "skipped")
+            if not quiet:
+                console.print(f"adding {len(files)} files to [bold]{kb_name}[/] ({skipped} unchanged)")
+        if urls:
+            crawled = sources.crawl_urls(rt, p, kb_id, urls, crawl)
+            pipeline_ids.append(crawled["pipeline_id"])
+            if not quiet:
+                for src in crawled["refreshed"]:
+                    console.print(
+                        f"refreshing {src['url']} in [bold]{kb_name}[/] (only changes are re-processed)"
+                    )
+                for src in crawled["added"]:
+                    console.print(f"crawling {src['url']} into [bold]{kb_name}[/]")
+    states = [pipelines.get(rt, p, pid) for pid in pipeline_ids]
     if wait:
         executor = build_executor(rt, concurrency=workers, name="cli") if workers > 0 else None
         if executor:
             executor.start()
         try:
-            state = follow(lambda: pipelines.get(rt, p, pipeline_id), quiet=quiet)
+            states = [follow(partial(pipelines.get, rt, p, pid), quiet=quiet) for pid in pipeline_ids]
         finally:
             if executor:
                 executor.stop(drain=True)
-    return {"kb_id": kb_id, "pipeline": state}
+    return {"kb_id": kb_id, "pipeline": states[-1], "pipelines": states}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}" if n else ""

@@ -86,15 +86,19 @@ def worker(
 
 @app.command()
 def ingest(
-    paths: Annotated[list[str], typer.Argument(help="Files or folders.")],
+    paths: Annotated[list[str], typer.Argument(help="Files, folders or http(s) URLs to crawl.")],
     kb: Annotated[str, typer.Option("--kb", help="Knowledge base name (created when new).")],
     strategy: Annotated[str | None, typer.Option(help="Chunking strategy: recursive or structure.")] = None,
     chunk_size: Annotated[int | None, typer.Option(help="Chunk size in model tokens.")] = None,
+    max_pages: Annotated[int | None, typer.Option(help="Crawl: pages fetched at most (100).")] = None,
+    max_depth: Annotated[int | None, typer.Option(help="Crawl: links followed from the URL (3).")] = None,
     wait: Annotated[bool, typer.Option(help="Follow the pipeline to the end.")] = True,
     workers: Annotated[int, typer.Option(help="Worker threads this command runs while it waits.")] = 2,
     workspace: Workspace = None,
 ) -> None:
-    """Create or extend a knowledge base from files and folders, with a live progress bar."""
+    """Create or extend a knowledge base from files, folders and websites, with a live progress bar.
+
+    A website the knowledge base already crawls is refreshed: only changed pages are re-processed."""
     from lorebase.cli.ingest import ingest as do_ingest
 
     common.setup_logging()
@@ -104,10 +108,18 @@ def ingest(
     if chunk_size:
         chunking["chunk_size"] = chunk_size
     config = {"chunking": chunking} if chunking else None
+    crawl = {k: v for k, v in (("max_pages", max_pages), ("max_depth", max_depth)) if v is not None}
     rt = common.runtime()
     result = _run(
         lambda: do_ingest(
-            rt, common.principal(rt, workspace), paths, kb_name=kb, config=config, wait=wait, workers=workers
+            rt,
+            common.principal(rt, workspace),
+            paths,
+            kb_name=kb,
+            config=config,
+            wait=wait,
+            workers=workers,
+            crawl=crawl or None,
         )
     )
     state = result["pipeline"]

@@ -117,6 +117,33 @@ def add_to_kb(
     return result
 
 
+def crawl_urls(
+    runtime: Runtime, p: Principal, kb_id: str, urls: list[str], crawl: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``lorebase ingest URL --kb NAME`` on an existing KB: a URL the KB already crawls is
+    refreshed (only changes re-processed), a new one becomes a new web source; one pipeline."""
+    checked = [validate_web_source(runtime, url, crawl) for url in urls]
+    with runtime.db.session() as s:
+        kb = load_kb(s, p, kb_id)
+        known = {
+            src.url: src
+            for src in s.execute(select(Source).where(Source.kb_id == kb.id, Source.type == "web")).scalars()
+        }
+        pipeline = new_pipeline(s, kb, kind="crawl")
+        refreshed, added = [], []
+        for url, options in checked:
+            if url in known:
+                enqueue_crawl(s, runtime, kb, pipeline, known[url])
+                refreshed.append(source_to_dict(known[url]))
+            else:
+                source = create_source(s, runtime, kb, pipeline, url, options)
+                known[url] = source
+                added.append(source_to_dict(source))
+        result = {"pipeline_id": pipeline.id, "refreshed": refreshed, "added": added}
+    runtime.queue.notify()
+    return result
+
+
 def refresh(runtime: Runtime, p: Principal, kb_id: str) -> dict[str, Any]:
     """Re-crawl every web source of the KB: only what changed is re-processed."""
     with runtime.db.session() as s:
