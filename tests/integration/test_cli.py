@@ -283,7 +283,9 @@ def test_eval_of_a_missing_kb_without_corpus_exits_1(cli: Cli, tmp_path: Path) -
     assert result.exit_code == 1 and "pass --corpus" in result.stderr
 
 
-def test_ingest_a_url_crawls_it_and_ingesting_it_again_refreshes_only_changes(cli: Cli, tmp_path: Path) -> None:
+def test_ingest_a_url_crawls_it_and_ingesting_it_again_refreshes_only_changes(
+    cli: Cli, tmp_path: Path
+) -> None:
     from support.site import serve
 
     site_dir = tmp_path / "site"

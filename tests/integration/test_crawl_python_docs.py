@@ -45,20 +45,28 @@ pytestmark = pytest.mark.slow
 def site_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not DOCS.is_dir():
         if os.environ.get("CI") == "true":
-            pytest.fail("python3.11-doc is not installed (apt-get install python3.11-doc); .ci/run installs it")
+            pytest.fail(
+                "python3.11-doc is not installed (apt-get install python3.11-doc); .ci/run installs it"
+            )
         pytest.skip("python3.11-doc is not installed (apt-get install python3.11-doc)")
     root = tmp_path_factory.mktemp("pydocs") / "html"
-    shutil.copytree(DOCS, root, ignore=shutil.ignore_patterns("_sources", "_downloads", "*.js", "*.inv", "*.gz"))
+    shutil.copytree(
+        DOCS, root, ignore=shutil.ignore_patterns("_sources", "_downloads", "*.js", "*.inv", "*.gz")
+    )
     return root
 
 
 def _edit(path: Path) -> None:
     html = path.read_text()
     assert '<div class="body" role="main">' in html
-    path.write_text(html.replace('<div class="body" role="main">', f'<div class="body" role="main"><p>{MARKER}</p>', 1))
+    path.write_text(
+        html.replace('<div class="body" role="main">', f'<div class="body" role="main"><p>{MARKER}</p>', 1)
+    )
 
 
-def test_the_python_docs_are_crawled_refreshed_and_refreshed_after_edits(tmp_path: Path, site_root: Path) -> None:
+def test_the_python_docs_are_crawled_refreshed_and_refreshed_after_edits(
+    tmp_path: Path, site_root: Path
+) -> None:
     settings = make_settings(tmp_path / "data", crawl={"allow_private_networks": True})
     with serve(site_root, sitemap=True) as site, TestClient(create_app(settings, workers=2)) as client:
         files = site.html_files()
@@ -112,12 +120,16 @@ def test_the_python_docs_are_crawled_refreshed_and_refreshed_after_edits(tmp_pat
         edited = wait_pipeline(client, h, edited_id, timeout=600)
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
         with runtime.db.read_session() as s:
-            touched = s.execute(select(Document.external_id, Document.status).where(Document.pipeline_id == edited_id))
+            touched = s.execute(
+                select(Document.external_id, Document.status).where(Document.pipeline_id == edited_id)
+            )
             reprocessed = {url.removeprefix(site.url): status for url, status in touched}
         assert reprocessed == {**dict.fromkeys(EDITED, "indexed"), BROKEN: "failed"}, reprocessed
         edited_chunks = sum(by_path[p]["chunk_count"] for p in EDITED)
         assert 0 < edited["counts"]["chunks_embedded"] <= edited_chunks + 3, edited  # only changed chunks
-        r = client.post(f"/api/v1/kbs/{kb_id}/search", json={"query": "Zanzibar otter sentinel", "top_k": 3}, headers=h)
+        r = client.post(
+            f"/api/v1/kbs/{kb_id}/search", json={"query": "Zanzibar otter sentinel", "top_k": 3}, headers=h
+        )
         assert {res["url"].removeprefix(site.url) for res in r.json()["results"]} == set(EDITED)
         print(
             f"python docs: first crawl {first_seconds:.0f} s ({counts['chunks_created']} chunks); "

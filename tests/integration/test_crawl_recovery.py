@@ -49,9 +49,9 @@ def _start(rt: Runtime, url: str) -> str:
 def _snapshot(rt: Runtime, base: str) -> dict[str, object]:
     with rt.db.read_session() as s:
         docs = s.execute(
-            select(Document.external_id, Document.status, Document.content_hash, Document.chunk_count).order_by(
-                Document.external_id
-            )
+            select(
+                Document.external_id, Document.status, Document.content_hash, Document.chunk_count
+            ).order_by(Document.external_id)
         ).all()
         chunks = s.execute(
             select(Document.external_id, Chunk.chunk_index, Chunk.content_hash, Chunk.embedded)
@@ -102,7 +102,9 @@ def _wait_final(rt: Runtime, pid: str, worker: subprocess.Popen[bytes], timeout:
     raise AssertionError(f"pipeline still {state} after {timeout} s")
 
 
-def test_sigkill_mid_crawl_then_restart_matches_an_uninterrupted_crawl(tmp_path: Path, site_root: Path) -> None:
+def test_sigkill_mid_crawl_then_restart_matches_an_uninterrupted_crawl(
+    tmp_path: Path, site_root: Path
+) -> None:
     with serve(site_root, latency=0.25) as site:
         start = f"{site.url}/tutorial/index.html"
         clean = Runtime(make_settings(tmp_path / "clean", crawl={"allow_private_networks": True}))

@@ -341,3 +341,77 @@ def _quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     from lorebase.crawl import firecrawl_job
 
     monkeypatch.setattr(firecrawl_job, "POLL_SECONDS", 0.2)
+
+
+def _flat_site(root: Path, n: int) -> None:
+    root.mkdir(parents=True)
+    links = "".join(f'<li><a href="p{i}.html">page {i}</a></li>' for i in range(n))
+    (root / "index.html").write_text(f"<html><body><main><h1>Index</h1><ul>{links}</ul></main></body></html>")
+    for i in range(n):
+        (root / f"p{i}.html").write_text(
+            f"<html><head><title>Page {i}</title></head><body><main><p>Page number {i} is about "
+            f"topic {i * 7919 % 1000}.</p></main></body></html>"
+        )
+
+
+def _wait_for(predicate: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_pause_mid_crawl_stops_fetching_and_resume_goes_on_without_refetching(tmp_path: Path) -> None:
+    _flat_site(tmp_path / "site", 14)
+    with serve(tmp_path / "site", latency=0.15) as site, _client(tmp_path) as client:
+        h = _key(client)
+        started = _finalize_web(client, h, f"{site.url}/index.html", {"concurrency": 1, "use_sitemap": False})
+        pid = started["pipeline_id"]
+
+        def fetched() -> int:
+            return int(client.get(f"/api/v1/pipelines/{pid}", headers=h).json()["counts"]["pages_fetched"])
+
+        _wait_for(lambda: fetched() >= 4)
+        assert client.post(f"/api/v1/pipelines/{pid}/pause", headers=h).status_code == 200
+        _wait_for(lambda: client.get(f"/api/v1/pipelines/{pid}", headers=h).json()["status"] == "paused")
+        time.sleep(0.5)  # the request in flight at the pause finishes
+        during = len(site.requests)
+        time.sleep(1.5)
+        assert len(site.requests) == during, "no page is fetched while the pipeline is paused"
+        assert fetched() < 15
+
+        assert client.post(f"/api/v1/pipelines/{pid}/resume", headers=h).status_code == 200
+        state = wait_pipeline(client, h, pid, timeout=120)
+        assert state["status"] == "completed", state
+        docs = _documents(client, h, started["kb_id"], site.url)
+        assert len(docs) == 15 and all(d["status"] == "indexed" for d in docs.values())
+        refetched = {p: n for p, n in site.hits().items() if n > 1 and p.endswith(".html")}
+        assert sum(n - 1 for n in refetched.values()) <= 1, refetched  # at most the one in flight
+
+
+def test_cancel_mid_crawl_stops_it_and_leaves_a_usable_kb(tmp_path: Path) -> None:
+    _flat_site(tmp_path / "site", 14)
+    with serve(tmp_path / "site", latency=0.15) as site, _client(tmp_path) as client:
+        h = _key(client)
+        started = _finalize_web(client, h, f"{site.url}/index.html", {"concurrency": 1, "use_sitemap": False})
+        pid, kb_id = started["pipeline_id"], started["kb_id"]
+        _wait_for(
+            lambda: client.get(f"/api/v1/pipelines/{pid}", headers=h).json()["counts"]["documents_done"] >= 3
+        )
+        assert client.post(f"/api/v1/pipelines/{pid}/cancel", headers=h).status_code == 200
+        state = wait_pipeline(client, h, pid, timeout=60)
+        assert state["status"] == "cancelled", state
+        time.sleep(0.5)
+        after = len(site.requests)
+        time.sleep(1.0)
+        assert len(site.requests) == after, "the crawl stopped"
+        docs = _documents(client, h, kb_id, site.url)
+        statuses = {d["status"] for d in docs.values()}
+        assert statuses <= {"indexed", "cancelled"} and "indexed" in statuses, statuses
+        assert len(docs) < 15
+        kb = client.get(f"/api/v1/kbs/{kb_id}", headers=h).json()
+        assert kb["status"] == "ready", kb
+        r = client.post(f"/api/v1/kbs/{kb_id}/search", json={"query": "page number 0", "top_k": 3}, headers=h)
+        assert r.status_code == 200 and r.json()["results"]

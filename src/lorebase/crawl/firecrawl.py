@@ -12,9 +12,10 @@ Protocol notes the crawl job must know (checked against Firecrawl's v1 status co
 * While the crawl is ``scraping``, ``next`` is present even when no further data exists yet, so
   following ``next`` only terminates once the status is final. Poll without ``next_url`` until
   the status is ``completed`` (or ``cancelled``), then follow ``next`` until it is absent.
-* Firecrawl builds ``next`` with ``https`` unless the server runs with ``ENV=local``; a
-  self-hosted instance served over plain ``http`` therefore hands out ``next`` URLs that fail
-  our same-origin check (a ``PermanentError`` that names both origins).
+* Firecrawl builds ``next`` with ``https`` unless the server runs with ``ENV=local``, so a
+  self-hosted instance served over plain ``http`` hands out ``https`` next URLs. A next URL on
+  the configured host is therefore followed on the configured scheme and port; one on another
+  host is refused (a ``PermanentError`` naming both), since the request would carry the key.
 
 Handlers run in worker threads, hence ``httpx.Client`` rather than an async client.
 """
@@ -295,13 +296,15 @@ class FirecrawlClient:
             url = self._base.join(next_url)
         except httpx.InvalidURL:
             raise PermanentError("Firecrawl returned a malformed next-page URL") from None
-        if _origin(url) != _origin(self._base) or url.userinfo:
+        if url.host.lower() != self._base.host.lower() or url.userinfo:
             theirs, ours = ("{}://{}:{}".format(*_origin(u)) for u in (url, self._base))
             raise PermanentError(
                 f"refusing to follow Firecrawl's next-page URL on {theirs}: it is not the configured "
-                f"Firecrawl origin {ours} and the request would carry the API key"
+                f"Firecrawl host {ours} and the request would carry the API key"
             )
-        return url
+        # same host: its path and query, on our scheme and port (a self-hosted Firecrawl behind
+        # plain http still builds ``https`` next URLs), so the key only goes where it is configured
+        return self._base.copy_with(path=url.path, query=url.query or None, fragment=None)
 
     # -- HTTP --------------------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from lorebase.db.models import CrawlPage, Document, KnowledgeBase, Pipeline, Source, utcnow
-from lorebase.errors import PermanentError
+from lorebase.errors import Interrupted, LeaseLost, PermanentError
 from lorebase.jobs.context import JobContext
 from lorebase.services import pipelines as pipeline_service
 from lorebase.services.documents import (
@@ -59,6 +59,7 @@ CRAWL_PRIORITY = 5  # bulk work: below interactive uploads (10) and the embedder
 BULK_PRIORITY = 5
 COMMIT_EVERY_PAGES = 16
 COMMIT_EVERY_SECONDS = 1.0
+CONTROL_EVERY_SECONDS = 0.25
 MAX_SITEMAPS = 20
 #: pipeline counters: ``pages_fetched`` counts pages that got an HTTP answer this run;
 #: ``pages_skipped`` those that led to no processing (robots, duplicates, noindex, unchanged)
@@ -285,11 +286,21 @@ class Crawl:
         assert self.fetcher is not None
         in_flight: dict[asyncio.Task[FetchResult], _Ref] = {}
         results: list[tuple[_Ref, FetchResult]] = []
-        last_commit = time.monotonic()
+        last_commit = last_check = time.monotonic()
         want_more = True
         target = max(4, self.options.concurrency * 2)
         try:
             while True:
+                if time.monotonic() - last_check >= CONTROL_EVERY_SECONDS:
+                    # pause / cancel / lost lease are noticed within a fraction of a second; what
+                    # was fetched already is saved first, so a resume does not fetch it again
+                    try:
+                        await asyncio.to_thread(self.ctx.check_control)
+                    except (Interrupted, LeaseLost):
+                        if results:
+                            await asyncio.to_thread(self._commit, results)
+                        raise
+                    last_check = time.monotonic()
                 if want_more and len(in_flight) < target:
                     busy = {ref.id for ref in in_flight.values()} | {ref.id for ref, _ in results}
                     refs = await asyncio.to_thread(
@@ -313,7 +324,9 @@ class Crawl:
                     await asyncio.sleep(min(wait, 1.0))
                     want_more = True
                     continue
-                done, _ = await asyncio.wait(in_flight, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    in_flight, timeout=CONTROL_EVERY_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
                     results.append((in_flight.pop(task), task.result()))
                 due = time.monotonic() - last_commit >= COMMIT_EVERY_SECONDS
@@ -321,7 +334,6 @@ class Crawl:
                     # database work runs in a thread: fetches in flight go on meanwhile
                     await asyncio.to_thread(self._commit, results)
                     results, last_commit, want_more = [], time.monotonic(), True
-                    await asyncio.to_thread(self.ctx.check_control)
         finally:
             for task in in_flight:
                 task.cancel()
