@@ -209,7 +209,7 @@ def test_a_web_source_is_normalised_and_gets_the_documented_crawl_defaults(
     )
     assert r.status_code == 201, r.text
     (source,) = r.json()["sources"]
-    assert source["type"] == "web" and source["url"] == "https://example.com/docs"
+    assert source["type"] == "web" and source["url"] == "https://example.com/docs/"  # the slash is kept
     crawl = source["crawl"]
     assert crawl["max_pages"] == 7 and crawl["max_depth"] == 3 and crawl["same_domain"] is True
     assert crawl["use_sitemap"] is True and crawl["respect_robots"] is True and crawl["engine"] == "builtin"

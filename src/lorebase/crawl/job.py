@@ -128,6 +128,7 @@ class Crawl:
         self.source_id = source_id
         self.kb_id = kb_id
         self.start = start
+        self.start_key = normalize_url(start) or start
         self.options = options
         self.run_id = ctx.job.pipeline_id or ""
         self.resolver = resolver
@@ -143,11 +144,12 @@ class Crawl:
     def out_of_scope(self, url: str) -> str | None:
         """Why ``url`` is not crawled (None: it is in scope)."""
         opts = self.options
+        url = normalize_url(url) or url
         if opts.same_domain and not same_host(url, self.start):
             return "another host (crawl.same_domain)"
         if opts.exclude and url_path_matches(url, opts.exclude):
             return "excluded by crawl.exclude"
-        if opts.include and url != self.start and not url_path_matches(url, opts.include):
+        if opts.include and url != self.start_key and not url_path_matches(url, opts.include):
             return "not matched by crawl.include"
         if not looks_like_document(url):
             return "not a page or document"
@@ -344,7 +346,14 @@ class Crawl:
         now = utcnow()
         with self.runtime.db.read_session() as s:
             rows = s.execute(
-                select(CrawlPage.id, CrawlPage.url, CrawlPage.depth, CrawlPage.etag, CrawlPage.last_modified)
+                select(
+                    CrawlPage.id,
+                    CrawlPage.url,
+                    CrawlPage.fetch_url,
+                    CrawlPage.depth,
+                    CrawlPage.etag,
+                    CrawlPage.last_modified,
+                )
                 .where(
                     CrawlPage.source_id == self.source_id,
                     CrawlPage.run_id == self.run_id,
@@ -354,7 +363,11 @@ class Crawl:
                 .order_by(CrawlPage.depth, CrawlPage.id)
                 .limit(limit)
             ).all()
-        return [_Ref(r.id, r.url, r.depth, r.etag, r.last_modified) for r in rows if r.id not in busy]
+        return [
+            _Ref(r.id, r.fetch_url or r.url, r.depth, r.etag, r.last_modified)
+            for r in rows
+            if r.id not in busy
+        ]
 
     def _next_retry_in(self) -> float | None:
         """Seconds until the earliest page waiting for a retry is due; None when none waits."""
@@ -473,7 +486,7 @@ class Crawl:
             if page.depth < self.options.max_depth:
                 discovered.extend((link, page.depth + 1) for link in in_scope)
             canonical = found.canonical
-            if canonical and canonical != page.url and self.out_of_scope(canonical) is None:
+            if canonical and normalize_url(canonical) != page.url and self.out_of_scope(canonical) is None:
                 reason = self._canonical_elsewhere(s, page, canonical)
                 if reason:
                     page.status, page.error = "skipped", reason
@@ -504,17 +517,18 @@ class Crawl:
             content_hash=digest,
             size_bytes=len(body),
             external_id=page.url,
-            source_url=page.url,
+            source_url=page.fetch_url or page.url,
             source_id=self.source_id,
             filename=_filename(page.url) if result.media_type not in PAGE_TYPES else None,
-            metadata={"url": page.url},
+            metadata={"url": page.fetch_url or page.url},
         )
 
     def _canonical_elsewhere(self, s: Session, page: CrawlPage, canonical: str) -> str | None:
         """The page names another URL as canonical: index that one (once) instead of this one."""
         row = s.execute(
             select(CrawlPage).where(
-                CrawlPage.source_id == self.source_id, CrawlPage.url_hash == url_hash(canonical)
+                CrawlPage.source_id == self.source_id,
+                CrawlPage.url_hash == url_hash(normalize_url(canonical) or canonical),
             )
         ).scalar_one_or_none()
         if row is None:
@@ -526,9 +540,11 @@ class Crawl:
 
     def _insert_pages(self, s: Session, pages: list[tuple[str, int]], *, cap: int | None = None) -> None:
         """Queue new URLs for this run (known ones are left alone), at most ``cap`` in the run."""
-        unique: dict[str, tuple[str, int]] = {}
-        for url, depth in pages:
-            unique.setdefault(url_hash(url), (url, depth))
+        unique: dict[str, tuple[str, str, int]] = {}
+        for fetch_url, depth in pages:
+            key = normalize_url(fetch_url)
+            if key is not None:
+                unique.setdefault(url_hash(key), (key, fetch_url, depth))
         if not unique:
             return
         known: set[str] = set()
@@ -541,7 +557,7 @@ class Crawl:
                     )
                 ).scalars()
             )
-        fresh = [(h, u, d) for h, (u, d) in unique.items() if h not in known]
+        fresh = [(h, u, f, d) for h, (u, f, d) in unique.items() if h not in known]
         if cap is not None:
             count = s.execute(
                 select(func.count())
@@ -558,6 +574,7 @@ class Crawl:
                 "kb_id": self.kb_id,
                 "workspace_id": self.ctx.job.workspace_id,
                 "url": u,
+                "fetch_url": f,
                 "url_hash": h,
                 "depth": d,
                 "status": "queued",
@@ -566,7 +583,7 @@ class Crawl:
                 "links": [],
                 "updated_at": now,
             }
-            for h, u, d in fresh
+            for h, u, f, d in fresh
         ]
         dialect = s.get_bind().dialect.name
         insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert

@@ -10,12 +10,12 @@ from __future__ import annotations
 import mimetypes
 import posixpath
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 import lxml.html
 from lxml import etree
 
-from .urls import normalize_url
+from .urls import fetch_form, normalize_url
 
 #: what the crawler turns into documents; anything else it meets is skipped
 PAGE_TYPES = ("text/html", "application/xhtml+xml")
@@ -24,6 +24,33 @@ FILE_TYPES = (
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
 )
 DOCUMENT_TYPES = PAGE_TYPES + FILE_TYPES
+
+
+#: extensions ``mimetypes`` may not know that are certainly not pages
+_BINARY_EXTENSIONS = frozenset(
+    [
+        ".zip",
+        ".tar",
+        ".tgz",
+        ".gz",
+        ".bz2",
+        ".xz",
+        ".zst",
+        ".7z",
+        ".rar",
+        ".exe",
+        ".dmg",
+        ".iso",
+        ".img",
+        ".whl",
+        ".jar",
+        ".bin",
+        ".msi",
+        ".deb",
+        ".rpm",
+        ".apk",
+    ]
+)
 
 
 @dataclass(slots=True)
@@ -43,14 +70,19 @@ def looks_like_document(url: str) -> bool:
     ext = posixpath.splitext(path)[1].lower()
     if not ext or ext in (".html", ".htm", ".xhtml", ".php", ".asp", ".aspx", ".jsp", ".cgi"):
         return True
-    guessed, _ = mimetypes.guess_type(f"x{ext}", strict=False)
+    if ext in _BINARY_EXTENSIONS:
+        return False
+    guessed, encoding = mimetypes.guess_type(f"x{ext}", strict=False)
+    if encoding is not None:
+        return False  # .gz, .bz2, .xz: compressed files, not pages
     if guessed is None:
         return True  # unknown extensions (``/v1.2``, ``/page.en``) are usually pages
     return guessed in DOCUMENT_TYPES
 
 
 def page_links(body: bytes, url: str) -> PageLinks:
-    """Links (normalised, absolute, in document order, each once), canonical and robots meta."""
+    """Links and the canonical URL (absolute, in their fetch form: see ``fetch_form``; each page
+    once, in document order) and the robots meta."""
     out = PageLinks()
     try:
         root = lxml.html.document_fromstring(body)
@@ -59,8 +91,8 @@ def page_links(body: bytes, url: str) -> PageLinks:
     base = url
     for el in root.iter("base"):
         href = el.get("href")
-        if href:
-            base = normalize_url(href, url) or url
+        if href:  # resolved, not normalised: the trailing slash of a directory base matters
+            base = urldefrag(urljoin(url, href.strip()))[0]
         break
     for el in root.iter("meta"):
         if (el.get("name") or "").lower() in ("robots", "lorebase"):
@@ -69,7 +101,7 @@ def page_links(body: bytes, url: str) -> PageLinks:
             out.nofollow = out.nofollow or "nofollow" in content or "none" in content
     for el in root.iter("link"):
         if "canonical" in (el.get("rel") or "").lower().split() and el.get("href"):
-            out.canonical = normalize_url(el.get("href") or "", base)
+            out.canonical = fetch_form(el.get("href") or "", base)
             break
     if out.nofollow:
         return out
@@ -78,8 +110,9 @@ def page_links(body: bytes, url: str) -> PageLinks:
         href = el.get("href")
         if not href or "nofollow" in (el.get("rel") or "").lower().split():
             continue
-        link = normalize_url(href.strip(), base)
-        if link and link not in seen:
-            seen.add(link)
+        link = fetch_form(href.strip(), base)
+        key = normalize_url(link) if link else None
+        if link and key and key not in seen:
+            seen.add(key)
             out.links.append(link)
     return out

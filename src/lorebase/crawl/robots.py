@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from lxml import etree
 from protego import Protego
 
-from .urls import normalize_url
+from .urls import fetch_form
 
 #: the product token that robots.txt groups name (``User-agent: lorebase``)
 ROBOTS_TOKEN = "lorebase"
@@ -85,7 +85,7 @@ def parse_sitemap(body: bytes, url: str) -> Sitemap:
     out = Sitemap()
     kind = etree.QName(root).localname
     for loc in root.iter("{*}loc"):
-        found = normalize_url((loc.text or "").strip(), url)
+        found = fetch_form((loc.text or "").strip(), url)
         if not found:
             continue
         (out.sitemaps if kind == "sitemapindex" else out.urls).append(found)

@@ -33,7 +33,7 @@ import string
 from fnmatch import fnmatchcase
 from urllib.parse import unquote, urljoin, urlsplit
 
-__all__ = ["TRACKING_PARAMS", "normalize_url", "same_host", "url_path_matches"]
+__all__ = ["TRACKING_PARAMS", "fetch_form", "normalize_url", "same_host", "url_path_matches"]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -58,6 +58,23 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
         return _normalize(urljoin(base, url.strip()) if base else url.strip())
     except ValueError:  # malformed netloc, port out of range, undecodable escapes (UnicodeError)
         return None
+
+
+def fetch_form(url: str, base: str | None = None) -> str | None:
+    """The URL to request: the canonical form, but with the trailing slash of a directory path
+    kept (``/docs/``), so that the server is asked exactly for what the link meant and relative
+    links on the page resolve as a browser would. ``normalize_url`` of it is the page's key."""
+    key = normalize_url(url, base)
+    if key is None:
+        return None
+    try:
+        path = urlsplit(urljoin(base, url.strip()) if base else url.strip()).path
+    except ValueError:
+        return key
+    parts = urlsplit(key)
+    if path.endswith("/") and parts.path != "/":
+        return parts._replace(path=parts.path + "/").geturl()
+    return key
 
 
 def url_path_matches(url: str, patterns: list[str]) -> bool:

@@ -151,7 +151,8 @@ class CrawlPage(Base):
     source_id: Mapped[str] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
     kb_id: Mapped[str] = mapped_column(String(36), index=True)
     workspace_id: Mapped[str] = mapped_column(String(36))
-    url: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(Text)  # the key: normalize_url(), one row per page
+    fetch_url: Mapped[str | None] = mapped_column(Text, default=None)  # what to request (fetch_form())
     url_hash: Mapped[str] = mapped_column(String(64))
     depth: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(12), default="queued")

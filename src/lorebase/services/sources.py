@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from lorebase.crawl.guard import AddressPolicy, BlockedAddress, precheck_url
 from lorebase.crawl.job import CRAWL_JOB, CRAWL_PRIORITY
 from lorebase.crawl.options import parse_options
-from lorebase.crawl.urls import normalize_url
+from lorebase.crawl.urls import fetch_form, normalize_url
 from lorebase.db.models import KnowledgeBase, Pipeline, Source, new_id, utcnow
 from lorebase.errors import InvalidInput
 from lorebase.services.auth import Principal
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 def validate_web_source(
     runtime: Runtime, url: str, crawl: dict[str, Any] | None
 ) -> tuple[str, dict[str, Any]]:
-    """The normalised start URL and the full options, or InvalidInput saying what is wrong."""
-    normalized = normalize_url(url.strip()) if isinstance(url, str) else None
+    """The start URL (normalised, see ``fetch_form``) and the full options, or InvalidInput."""
+    normalized = fetch_form(url.strip()) if isinstance(url, str) else None
     if normalized is None:
         raise InvalidInput(f"url must be an absolute http(s) URL with a host, not {str(url)[:200]!r}")
     settings = runtime.settings.crawl
@@ -126,18 +126,19 @@ def crawl_urls(
     with runtime.db.session() as s:
         kb = load_kb(s, p, kb_id)
         known = {
-            src.url: src
+            normalize_url(src.url or ""): src
             for src in s.execute(select(Source).where(Source.kb_id == kb.id, Source.type == "web")).scalars()
         }
         pipeline = new_pipeline(s, kb, kind="crawl")
         refreshed, added = [], []
         for url, options in checked:
-            if url in known:
-                enqueue_crawl(s, runtime, kb, pipeline, known[url])
-                refreshed.append(source_to_dict(known[url]))
+            key = normalize_url(url)
+            if key in known:
+                enqueue_crawl(s, runtime, kb, pipeline, known[key])
+                refreshed.append(source_to_dict(known[key]))
             else:
                 source = create_source(s, runtime, kb, pipeline, url, options)
-                known[url] = source
+                known[key] = source
                 added.append(source_to_dict(source))
         result = {"pipeline_id": pipeline.id, "refreshed": refreshed, "added": added}
     runtime.queue.notify()

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("kb_id", sa.String(length=36), nullable=False),
         sa.Column("workspace_id", sa.String(length=36), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("fetch_url", sa.Text(), nullable=True),
         sa.Column("url_hash", sa.String(length=64), nullable=False),
         sa.Column("depth", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(length=12), nullable=False),
