@@ -38,7 +38,8 @@ QUESTIONS = {
 EDITED = ["/library/json.html", "/tutorial/classes.html", "/howto/sorting.html"]
 MARKER = "Zanzibar-otter-sentinel paragraph added to this page by the refresh test."
 
-pytestmark = pytest.mark.slow
+#: the first crawl embeds ~19,000 chunks: about 16 minutes on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 @pytest.fixture(scope="module")
