@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urldefrag, urljoin, urlsplit
+from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -43,6 +43,7 @@ from lorebase.services.documents import (
     add_items,
     record_failed_page,
     remove_documents,
+    sanitize_filename,
 )
 
 from .fetch import Fetcher, FetchResult, HostGate
@@ -633,5 +634,6 @@ def _backoff(attempt: int, retry_after: float | None) -> float:
 
 
 def _filename(url: str) -> str | None:
-    name = urlsplit(url).path.rsplit("/", 1)[-1]
-    return name[:255] or None
+    """A display name for a linked file: the URL's last path segment, decoded and sanitised."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    return sanitize_filename(name) if name else None
