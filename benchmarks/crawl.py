@@ -122,12 +122,12 @@ async def _plain(urls: list[str], concurrency: int) -> dict[str, Any]:
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
             nbytes += len(r.content)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    return {"seconds": elapsed, "statuses": statuses, "bytes": nbytes}
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"seconds": elapsed, "cpu_seconds": cpu, "statuses": statuses, "bytes": nbytes}
 
 
 def run_plain(urls: list[str], concurrency: int) -> dict[str, Any]:
@@ -139,7 +139,8 @@ def _report(runtime: Any, pipeline_id: str) -> dict[str, Any]:
     """The pipeline's page counters and its documents by status (once, at the end)."""
     from sqlalchemy import func, select
 
-    from lorebase.db.models import Document, Pipeline
+    from lorebase.db.models import Document, Job, Pipeline
+    from lorebase.services.documents import PROCESS_JOB
 
     with runtime.db.read_session() as s:
         docs = dict(
@@ -152,7 +153,10 @@ def _report(runtime: Any, pipeline_id: str) -> dict[str, Any]:
         p = s.get(Pipeline, pipeline_id)
         assert p is not None
         pages = {"discovered": p.pages_discovered, "fetched": p.pages_fetched, "skipped": p.pages_skipped}
-    return {"documents": docs, "pages": pages}
+        process_jobs = s.execute(
+            select(func.count()).where(Job.pipeline_id == pipeline_id, Job.type == PROCESS_JOB)
+        ).scalar_one()
+    return {"documents": docs, "pages": pages, "process_jobs": process_jobs}
 
 
 # one statement on a plain sqlite3 connection: polling must not take the GIL from the crawl
@@ -210,7 +214,7 @@ def run_crawl(
                 crawl["include"] = include
             drafts.add_web(runtime, principal, draft["id"], f"{site_url}{start}", crawl)
 
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             pipeline_id = drafts.finalize(runtime, principal, draft["id"])["pipeline_id"]
             crawl_job_s: float | None = None
             deadline = time.monotonic() + 1800
@@ -221,7 +225,7 @@ def run_crawl(
                 if crawl_job_s is None and crawl_status in JOB_ENDED:
                     crawl_job_s = now
                 if crawl_job_s is not None and not open_jobs and not unparsed:
-                    elapsed = now
+                    elapsed, cpu = now, time.process_time() - cpu0
                     break
                 if time.monotonic() > deadline:
                     raise SystemExit(
@@ -236,12 +240,14 @@ def run_crawl(
     docs = report["documents"]
     return {
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "crawl_job_seconds": crawl_job_s,
         "crawl_job_status": crawl_status,
         "parsed": sum(docs.get(st, 0) for st in PARSED),
         "failed": docs.get("failed", 0),
         "documents": docs,
         "pages": report["pages"],
+        "process_jobs": report["process_jobs"],
     }
 
 
@@ -291,7 +297,7 @@ def main() -> None:
             r = plain[-1]
             log(
                 f"pair {i + 1}/{args.repeats}: plain {r['seconds']:.2f}s = "
-                f"{len(urls) / r['seconds']:.1f} pages/s (statuses {r['statuses']})"
+                f"{len(urls) / r['seconds']:.1f} pages/s, CPU {r['cpu_seconds']:.1f}s (statuses {r['statuses']})"
             )
             if r["statuses"] != {200: len(urls)} or r["bytes"] != sum(sizes.values()):
                 log(f"WARNING: plain fetch got {r['statuses']}, {r['bytes']} bytes")
@@ -299,7 +305,7 @@ def main() -> None:
             c = crawls[-1]
             log(
                 f"pair {i + 1}/{args.repeats}: crawl {c['seconds']:.2f}s = {c['parsed'] / c['seconds']:.1f} "
-                f"pages/s ({c['parsed']} parsed; crawl job {c['crawl_job_status']} after "
+                f"pages/s, CPU {c['cpu_seconds']:.1f}s ({c['parsed']} parsed; crawl job {c['crawl_job_status']} after "
                 f"{c['crawl_job_seconds']:.2f}s; pages {c['pages']}; documents {c['documents']})"
             )
     finally:
@@ -327,11 +333,20 @@ def main() -> None:
         # the crawl job alone (fetch, link extraction, commits; process jobs run beside it)
         "crawl_job_pages_per_s": round(last["pages"]["fetched"] / job_med, 2),
         "crawl_job_ratio": round(last["pages"]["fetched"] / job_med / plain_med, 3),
+        # CPU time of this process (all threads; the site server is another process) per page:
+        # steadier than wall time on a busy machine, and it shows where the gap comes from
+        "plain_cpu_ms_per_page": round(
+            1000 * statistics.median(r["cpu_seconds"] for r in plain) / len(paths), 2
+        ),
+        "crawl_cpu_ms_per_page": round(
+            1000 * statistics.median(c["cpu_seconds"] / max(1, c["parsed"]) for c in crawls), 2
+        ),
         "documents_parsed": last["parsed"],
         "documents_failed": last["failed"],
         "pages_discovered": last["pages"]["discovered"],
         "pages_fetched": last["pages"]["fetched"],
         "pages_skipped": last["pages"]["skipped"],
+        "process_jobs": last["process_jobs"],
         "section": section,
         "repeats": args.repeats,
         "plain_seconds_all": [round(r["seconds"], 3) for r in plain],

@@ -97,7 +97,7 @@ def test_the_python_docs_are_crawled_refreshed_and_refreshed_after_edits(
         assert "404" in by_path[BROKEN]["error"]
         counts = first["counts"]
         assert first["status"] == "completed_with_errors" and counts["documents_failed"] == 1, first
-        assert counts["pages_discovered"] == 531 and counts["chunks_embedded"] == counts["chunks_created"] > 0
+        assert counts["pages_discovered"] == 531 and counts["chunks_indexed"] == counts["chunks_created"] > 0
 
         for question, answers in QUESTIONS.items():
             r = client.post(f"/api/v1/kbs/{kb_id}/search", json={"query": question, "top_k": 5}, headers=h)

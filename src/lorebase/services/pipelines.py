@@ -124,7 +124,10 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
         p.started_at = p.started_at or now
         pages = ""
         if p.pages_discovered:
-            pages = f"{p.pages_fetched} of {p.pages_discovered} pages fetched, {p.pages_skipped} skipped; "
+            pages = (
+                f"{p.pages_fetched} of {p.pages_discovered} pages fetched, "
+                f"{p.pages_skipped} unchanged or skipped; "
+            )
         p.message = (
             f"{p.status.replace('_', ' ')}: {pages}{indexed} indexed, {failed} failed, "
             f"{p.documents_skipped} unchanged; {p.chunks_indexed} chunks indexed"
