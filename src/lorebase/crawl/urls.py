@@ -31,6 +31,7 @@ import ipaddress
 import re
 import string
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from urllib.parse import unquote, urljoin, urlsplit
 
 __all__ = ["TRACKING_PARAMS", "fetch_form", "normalize_url", "same_host", "url_path_matches"]
@@ -91,7 +92,9 @@ def same_host(a: str, b: str) -> bool:
     return urlsplit(norm_a).hostname == urlsplit(norm_b).hostname
 
 
+@lru_cache(maxsize=65536)
 def _normalize(url: str) -> str | None:
+    # cached: a site's pages link to the same URLs over and over (navigation, indexes)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS or not parts.hostname:
