@@ -23,7 +23,7 @@ from lorebase.adapters.parsers.registry import detect_media_type
 from lorebase.errors import UnsupportedMediaType
 
 from .guard import AddressPolicy, BlockedAddress, blocked_cause, precheck_url
-from .links import DOCUMENT_TYPES, FILE_TYPES, PAGE_TYPES
+from .links import DOCUMENT_TYPES, FILE_TYPES, PAGE_TYPES, PageLinks
 from .robots import Robots
 from .urls import normalize_url
 
@@ -43,6 +43,7 @@ class FetchResult:
     last_modified: str | None = None
     error: str | None = None
     retry_after: float | None = None
+    links: PageLinks | None = None  # an HTML page's links, read beside the fetch
 
 
 class HostGate:

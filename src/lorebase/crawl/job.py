@@ -285,10 +285,20 @@ class Crawl:
             urls.extend(found.urls)
         return urls
 
+    async def _fetch(self, ref: _Ref) -> FetchResult:
+        """Fetch a page and read its links in a thread, so the commit is database work only."""
+        assert self.fetcher is not None
+        result = await self.fetcher.fetch(ref.url, etag=ref.etag, last_modified=ref.last_modified)
+        if result.outcome == "ok" and result.body is not None and result.media_type in PAGE_TYPES:
+            result.links = await asyncio.to_thread(page_links, result.body, result.final_url or ref.url)
+        return result
+
     async def crawl(self) -> None:
         assert self.fetcher is not None
         in_flight: dict[asyncio.Task[FetchResult], _Ref] = {}
         results: list[tuple[_Ref, FetchResult]] = []
+        committing: list[tuple[_Ref, FetchResult]] = []
+        commit_task: asyncio.Future[None] | None = None
         last_commit = last_check = time.monotonic()
         want_more = True
         target = max(4, self.options.concurrency * 2)
@@ -300,22 +310,28 @@ class Crawl:
                     try:
                         await asyncio.to_thread(self.ctx.check_control)
                     except (Interrupted, LeaseLost):
+                        if commit_task is not None:
+                            await commit_task
+                            commit_task = None
                         if results:
                             await asyncio.to_thread(self._commit, results)
                         raise
                     last_check = time.monotonic()
+                if commit_task is not None and commit_task.done():
+                    commit_task.result()  # a failed commit (lost lease ...) stops the crawl here
+                    commit_task, committing, want_more = None, [], True
                 if want_more and len(in_flight) < target:
-                    busy = {ref.id for ref in in_flight.values()} | {ref.id for ref, _ in results}
+                    busy = {ref.id for ref, _ in [*results, *committing]} | {r.id for r in in_flight.values()}
                     refs = await asyncio.to_thread(
                         self._next_pages, target - len(in_flight) + len(busy), busy
                     )
                     for ref in refs[: target - len(in_flight)]:
-                        task = asyncio.ensure_future(
-                            self.fetcher.fetch(ref.url, etag=ref.etag, last_modified=ref.last_modified)
-                        )
-                        in_flight[task] = ref
+                        in_flight[asyncio.ensure_future(self._fetch(ref))] = ref
                     want_more = bool(refs)
                 if not in_flight:
+                    if commit_task is not None:
+                        await commit_task  # its pages may have discovered more
+                        continue
                     if results:
                         await asyncio.to_thread(self._commit, results)
                         results, last_commit, want_more = [], time.monotonic(), True
@@ -333,11 +349,14 @@ class Crawl:
                 for task in done:
                     results.append((in_flight.pop(task), task.result()))
                 due = time.monotonic() - last_commit >= COMMIT_EVERY_SECONDS
-                if results and (len(results) >= COMMIT_EVERY_PAGES or due or not in_flight):
-                    # database work runs in a thread: fetches in flight go on meanwhile
-                    await asyncio.to_thread(self._commit, results)
-                    results, last_commit, want_more = [], time.monotonic(), True
+                if commit_task is None and results and (len(results) >= COMMIT_EVERY_PAGES or due):
+                    # one commit at a time, in a thread: fetching goes on meanwhile
+                    committing, results = results, []
+                    commit_task = asyncio.ensure_future(asyncio.to_thread(self._commit, committing))
+                    last_commit = time.monotonic()
         finally:
+            if commit_task is not None:
+                await asyncio.gather(commit_task, return_exceptions=True)
             for task in in_flight:
                 task.cancel()
             if in_flight:
@@ -480,7 +499,7 @@ class Crawl:
         page.error = None
         noindex = False
         if result.media_type in PAGE_TYPES:
-            found = page_links(body, result.final_url or page.url)
+            found = result.links or page_links(body, result.final_url or page.url)
             noindex = found.noindex
             in_scope = [u for u in found.links if self.out_of_scope(u) is None]
             page.links = in_scope

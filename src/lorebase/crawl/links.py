@@ -106,11 +106,15 @@ def page_links(body: bytes, url: str) -> PageLinks:
     if out.nofollow:
         return out
     seen: set[str] = set()
+    hrefs: set[str] = set()
     for el in root.iter("a", "area"):
-        href = el.get("href")
-        if not href or "nofollow" in (el.get("rel") or "").lower().split():
+        href = (el.get("href") or "").strip()
+        if not href or href.startswith("#") or href in hrefs:
+            continue  # same-page anchors and repeated links (a page repeats most of its links)
+        if "nofollow" in (el.get("rel") or "").lower().split():
             continue
-        link = fetch_form(href.strip(), base)
+        hrefs.add(href)
+        link = fetch_form(href, base)
         key = normalize_url(link) if link else None
         if link and key and key not in seen:
             seen.add(key)
