@@ -67,10 +67,15 @@ def api(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
+def key_headers(client: TestClient, workspace: str = "default") -> dict[str, str]:
+    """A fresh API key of ``workspace`` on the app behind ``client``, as request headers."""
+    key, _ = create_key(client.app.state.runtime.db, workspace=workspace)  # type: ignore[attr-defined]
+    return {"Authorization": f"Bearer {key}"}
+
+
 @pytest.fixture
 def auth(api: TestClient) -> dict[str, str]:
-    key, _ = create_key(api.app.state.runtime.db, workspace="default")  # type: ignore[attr-defined]
-    return {"Authorization": f"Bearer {key}"}
+    return key_headers(api)
 
 
 def wait_pipeline(

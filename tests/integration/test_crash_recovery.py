@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, pipelines
 from lorebase.services.auth import local_principal
+from support.worker import start_worker
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact" / "corpus.jsonl"
 
@@ -62,24 +60,6 @@ def _snapshot(rt: Runtime) -> dict[str, object]:
     }
 
 
-def _worker(data_dir: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "LOREBASE_DATA_DIR": str(data_dir),
-        "LOREBASE_JOBS__LEASE_SECONDS": "3",
-        "LOREBASE_JOBS__HEARTBEAT_SECONDS": "1",
-        "LOREBASE_JOBS__REAP_SECONDS": "0.5",
-        "LOREBASE_JOBS__POLL_SECONDS": "0.1",
-        "LOREBASE_EMBED_BATCH_SIZE": "32",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "lorebase.cli.main", "worker", "--concurrency", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
 def test_sigkill_mid_batch_then_restart_matches_a_clean_run(tmp_path: Path) -> None:
     records = _records(160)
 
@@ -94,7 +74,7 @@ def test_sigkill_mid_batch_then_restart_matches_a_clean_run(tmp_path: Path) -> N
     data_dir = tmp_path / "crash"
     rt = Runtime(make_settings(data_dir, embed_batch_size=32))
     pid = _start(rt, records)
-    worker = _worker(data_dir)
+    worker = start_worker(data_dir, LOREBASE_EMBED_BATCH_SIZE="32")
     try:
         deadline = time.monotonic() + 180
         indexed = 0
@@ -115,7 +95,7 @@ def test_sigkill_mid_batch_then_restart_matches_a_clean_run(tmp_path: Path) -> N
             state = s.execute(select(Pipeline.status).where(Pipeline.id == pid)).scalar_one()
         assert running >= 1 and state == "running"  # a lease held by a dead process
 
-        worker = _worker(data_dir)
+        worker = start_worker(data_dir, LOREBASE_EMBED_BATCH_SIZE="32")
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             with rt.db.read_session() as s:

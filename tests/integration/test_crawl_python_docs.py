@@ -17,10 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from conftest import make_settings, wait_pipeline
+from conftest import key_headers, make_settings, wait_pipeline
 from lorebase.app import create_app
 from lorebase.db.models import Document
-from lorebase.services.auth import create_key
 from support.site import serve
 
 DOCS = Path("/usr/share/doc/python3.11/html")
@@ -72,8 +71,7 @@ def test_the_python_docs_are_crawled_refreshed_and_refreshed_after_edits(
     with serve(site_root, sitemap=True) as site, TestClient(create_app(settings, workers=2)) as client:
         files = site.html_files()
         assert len(files) == 530
-        key, _ = create_key(client.app.state.runtime.db, workspace="default")  # type: ignore[attr-defined]
-        h = {"Authorization": f"Bearer {key}"}
+        h = key_headers(client)
         draft = client.post("/api/v1/kb-drafts", json={"name": "python-docs"}, headers=h).json()["id"]
         source = {
             "type": "web",

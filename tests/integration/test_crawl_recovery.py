@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from lorebase.runtime import Runtime
 from lorebase.services import drafts, pipelines
 from lorebase.services.auth import local_principal
 from support.site import serve
+from support.worker import start_worker
 
 DOCS = Path("/usr/share/doc/python3.11/html")
 CONCURRENCY = 2
@@ -71,24 +71,6 @@ def _snapshot(rt: Runtime, base: str) -> dict[str, object]:
     }
 
 
-def _worker(data_dir: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "LOREBASE_DATA_DIR": str(data_dir),
-        "LOREBASE_CRAWL__ALLOW_PRIVATE_NETWORKS": "true",
-        "LOREBASE_JOBS__LEASE_SECONDS": "3",
-        "LOREBASE_JOBS__HEARTBEAT_SECONDS": "1",
-        "LOREBASE_JOBS__REAP_SECONDS": "0.5",
-        "LOREBASE_JOBS__POLL_SECONDS": "0.1",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "lorebase.cli.main", "worker", "--concurrency", "2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
 def _wait_final(rt: Runtime, pid: str, worker: subprocess.Popen[bytes], timeout: float) -> str:
     deadline = time.monotonic() + timeout
     state = ""
@@ -119,7 +101,7 @@ def test_sigkill_mid_crawl_then_restart_matches_an_uninterrupted_crawl(
         data_dir = tmp_path / "crash"
         rt = Runtime(make_settings(data_dir, crawl={"allow_private_networks": True}))
         pid = _start(rt, start)
-        worker = _worker(data_dir)
+        worker = start_worker(data_dir, LOREBASE_CRAWL__ALLOW_PRIVATE_NETWORKS="true")
         try:
             deadline = time.monotonic() + 120
             done = 0
@@ -151,7 +133,7 @@ def test_sigkill_mid_crawl_then_restart_matches_an_uninterrupted_crawl(
             assert crawl_running == 1  # a lease held by a dead process
             fetched_before = {p for p in site.requests if p.endswith(".html")}
 
-            worker = _worker(data_dir)
+            worker = start_worker(data_dir, LOREBASE_CRAWL__ALLOW_PRIVATE_NETWORKS="true")
             state = _wait_final(rt, pid, worker, timeout=300)
             assert state == "completed"
         finally:

@@ -13,11 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from conftest import make_settings, wait_pipeline
+from conftest import key_headers, make_settings, wait_pipeline
 from factories import docx_bytes, pdf_bytes
 from lorebase.app import create_app
 from lorebase.db.models import CrawlPage
-from lorebase.services.auth import create_key
 from support.firecrawl_server import FakeFirecrawl
 from support.site import serve
 
@@ -111,11 +110,6 @@ def _client(tmp_path: Path, **crawl: Any) -> TestClient:
     return TestClient(create_app(settings, workers=2))
 
 
-def _key(client: TestClient) -> dict[str, str]:
-    key, _ = create_key(client.app.state.runtime.db, workspace="default")  # type: ignore[attr-defined]
-    return {"Authorization": f"Bearer {key}"}
-
-
 def _finalize_web(
     client: TestClient,
     h: dict[str, str],
@@ -149,7 +143,7 @@ def test_a_small_site_is_crawled_within_scope_politely_and_refreshed_incremental
     build_site(root)
     with serve(root, robots=ROBOTS) as site, _client(tmp_path) as client:
         site.fail_once["/flaky.html"] = 503
-        h = _key(client)
+        h = key_headers(client)
         started = _finalize_web(
             client,
             h,
@@ -253,14 +247,14 @@ def test_max_pages_caps_the_crawl_and_include_exclude_globs_scope_it(tmp_path: P
     root = tmp_path / "site"
     build_site(root)
     with serve(root) as site, _client(tmp_path) as client:
-        h = _key(client)
+        h = key_headers(client)
         crawl = {"max_pages": 4, "exclude": ["/files/*", "*.docx"], "use_sitemap": False}
         started = _finalize_web(client, h, f"{site.url}/index.html", crawl)
         state = wait_pipeline(client, h, started["pipeline_id"], timeout=120)
         assert state["counts"]["pages_discovered"] == 4, state
         assert not any(p.startswith("/files/") for p in site.hits())
 
-        h2 = _key(client)
+        h2 = key_headers(client)
         only = _finalize_web(client, h2, f"{site.url}/index.html", {"include": ["/d*.html"], "max_depth": 1})
         wait_pipeline(client, h2, only["pipeline_id"], timeout=120)
         docs = _documents(client, h2, only["kb_id"], site.url)
@@ -317,7 +311,7 @@ def test_the_firecrawl_engine_feeds_the_same_pipeline_and_refreshes_incrementall
             tmp_path / "data", crawl={"firecrawl_url": base_url, "firecrawl_api_key": fake.api_key}
         )
         with TestClient(create_app(settings, workers=2)) as client:
-            h = _key(client)
+            h = key_headers(client)
             crawl = {"engine": "firecrawl", "max_pages": 50, "include": ["/docs/*"]}
             started = _finalize_web(client, h, "https://spa.example/docs/", crawl)
             state = wait_pipeline(client, h, started["pipeline_id"], timeout=120)
@@ -366,7 +360,7 @@ def _wait_for(predicate: Any, timeout: float = 60) -> None:
 def test_pause_mid_crawl_stops_fetching_and_resume_goes_on_without_refetching(tmp_path: Path) -> None:
     _flat_site(tmp_path / "site", 14)
     with serve(tmp_path / "site", latency=0.15) as site, _client(tmp_path) as client:
-        h = _key(client)
+        h = key_headers(client)
         started = _finalize_web(client, h, f"{site.url}/index.html", {"concurrency": 1, "use_sitemap": False})
         pid = started["pipeline_id"]
 
@@ -394,7 +388,7 @@ def test_pause_mid_crawl_stops_fetching_and_resume_goes_on_without_refetching(tm
 def test_cancel_mid_crawl_stops_it_and_leaves_a_usable_kb(tmp_path: Path) -> None:
     _flat_site(tmp_path / "site", 14)
     with serve(tmp_path / "site", latency=0.15) as site, _client(tmp_path) as client:
-        h = _key(client)
+        h = key_headers(client)
         started = _finalize_web(client, h, f"{site.url}/index.html", {"concurrency": 1, "use_sitemap": False})
         pid, kb_id = started["pipeline_id"], started["kb_id"]
         _wait_for(

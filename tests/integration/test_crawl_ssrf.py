@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import make_settings, wait_pipeline
+from conftest import key_headers, make_settings, wait_pipeline
 from lorebase.app import create_app
 from lorebase.crawl.guard import system_resolver
 from lorebase.crawl.job import CrawlSource
 from lorebase.crawl.urls import normalize_url
-from lorebase.services.auth import create_key
 from support.site import serve
 
 
@@ -121,8 +120,7 @@ def test_refused_addresses_fail_their_documents_before_any_connection(
         serve(root, host="127.0.0.2", redirects={"/go-internal": redirect_target}) as site,
         TestClient(create_app(settings, workers=2)) as client,
     ):
-        key, _ = create_key(client.app.state.runtime.db, workspace="default")  # type: ignore[attr-defined]
-        h = {"Authorization": f"Bearer {key}"}
+        h = key_headers(client)
         d = client.post("/api/v1/kb-drafts", json={"name": "ssrf"}, headers=h).json()["id"]
         body = {
             "type": "web",

@@ -13,6 +13,7 @@ import hashlib
 import time
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lorebase.db.models import Document, KnowledgeBase, Pipeline, Source, utcnow
@@ -33,7 +34,7 @@ def run_firecrawl(ctx: JobContext, source_id: str, kb_id: str, start: str, optio
     settings = ctx.runtime.settings.crawl
     if not settings.firecrawl_url:
         raise PermanentError("crawl.engine 'firecrawl' needs LOREBASE_CRAWL__FIRECRAWL_URL on the worker")
-    from .job import BULK_PRIORITY, apply_page_counts
+    from .job import CRAWL_PRIORITY, apply_page_counts  # job.py imports this module lazily
 
     with FirecrawlClient(
         settings.firecrawl_url, settings.firecrawl_api_key, timeout=settings.request_timeout_seconds
@@ -58,7 +59,7 @@ def run_firecrawl(ctx: JobContext, source_id: str, kb_id: str, start: str, optio
             batch = client.fetch(crawl_id, next_url=resume_at)
         while True:
             with ctx.transaction() as s:
-                _save_pages(s, ctx, kb_id, source_id, batch.pages, BULK_PRIORITY)
+                _save_pages(s, ctx, kb_id, source_id, batch.pages, CRAWL_PRIORITY)
                 ctx.save_checkpoint(s, {**ctx.job.checkpoint, "next": batch.next, "done": not batch.next})
                 if not batch.next:
                     source = s.get(Source, source_id)
@@ -140,8 +141,6 @@ def _save_pages(
 
 
 def _document_for(s: Session, kb_id: str, url: str) -> Document | None:
-    from sqlalchemy import select
-
     return s.execute(
         select(Document).where(Document.kb_id == kb_id, Document.external_id == url)
     ).scalar_one_or_none()

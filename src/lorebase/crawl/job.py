@@ -55,9 +55,7 @@ from .urls import normalize_url, same_host, url_path_matches
 
 log = logging.getLogger(__name__)
 
-CRAWL_JOB = "crawl_source"
-CRAWL_PRIORITY = 5  # bulk work: below interactive uploads (10) and the embedder (20)
-BULK_PRIORITY = 5
+CRAWL_PRIORITY = 5  # bulk work (the crawl and its pages): below uploads (10) and the embedder (20)
 COMMIT_EVERY_PAGES = 16
 COMMIT_EVERY_SECONDS = 1.0
 CONTROL_EVERY_SECONDS = 0.25
@@ -392,22 +390,13 @@ class Crawl:
     def _next_retry_in(self) -> float | None:
         """Seconds until the earliest page waiting for a retry is due; None when none waits."""
         with self.runtime.db.read_session() as s:
-            when = s.execute(
-                select(func.min(CrawlPage.not_before)).where(
+            queued, when = s.execute(
+                select(func.count(), func.min(CrawlPage.not_before)).where(
                     CrawlPage.source_id == self.source_id,
                     CrawlPage.run_id == self.run_id,
                     CrawlPage.status == "queued",
                 )
-            ).scalar()
-            queued = s.execute(
-                select(func.count())
-                .select_from(CrawlPage)
-                .where(
-                    CrawlPage.source_id == self.source_id,
-                    CrawlPage.run_id == self.run_id,
-                    CrawlPage.status == "queued",
-                )
-            ).scalar_one()
+            ).one()
         if not queued:
             return None
         if when is None:
@@ -435,7 +424,7 @@ class Crawl:
                     items.append((page, item))
             if items:
                 outcome = add_items(
-                    s, self.runtime, kb, pipeline, [item for _, item in items], priority=BULK_PRIORITY
+                    s, self.runtime, kb, pipeline, [item for _, item in items], priority=CRAWL_PRIORITY
                 )
                 for (page, _), out in zip(items, outcome, strict=True):
                     page.document_id = out["id"]

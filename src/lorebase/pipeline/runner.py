@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from lorebase.crawl.job import CRAWL_JOB, CrawlSource
+from lorebase.crawl.job import CrawlSource
 from lorebase.jobs.context import Handler
 from lorebase.jobs.executor import EmbeddedExecutor
 from lorebase.pipeline.index import EmbedChunks
 from lorebase.pipeline.process import ProcessDocument
 from lorebase.services import drafts, pipelines
-from lorebase.services.documents import EMBED_JOB, PROCESS_JOB
+from lorebase.services.documents import CRAWL_JOB, EMBED_JOB, PROCESS_JOB
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime

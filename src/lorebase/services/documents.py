@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 PROCESS_JOB = "process_document"
 EMBED_JOB = "embed_chunks"
+CRAWL_JOB = "crawl_source"
 INTERACTIVE_PRIORITY = 10  # uploads and records from people outrank bulk work (crawls)
 EMBED_PRIORITY = 20  # the embedder loop first: it is the bottleneck, keep it fed and busy
 #: small documents are parsed in groups (one job each) so per-job costs do not starve the embedder

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, utcnow
 from lorebase.errors import Conflict, NotFound
 from lorebase.services.auth import Principal
+from lorebase.services.documents import CRAWL_JOB
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 FINAL_PIPELINE = ("completed", "completed_with_errors", "failed", "cancelled")
 FINAL_DOC = ("indexed", "failed", "skipped", "cancelled")
 ACTIVE_JOB = ("pending", "running")
-CRAWL_JOB = "crawl_source"
 
 
 def _doc_counts(s: Session, pipeline_id: str) -> dict[str, int]:

@@ -13,13 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lorebase.crawl.guard import AddressPolicy, BlockedAddress, precheck_url
-from lorebase.crawl.job import CRAWL_JOB, CRAWL_PRIORITY
+from lorebase.crawl.job import CRAWL_PRIORITY
 from lorebase.crawl.options import parse_options
 from lorebase.crawl.urls import fetch_form, normalize_url
 from lorebase.db.models import KnowledgeBase, Pipeline, Source, new_id, utcnow
 from lorebase.errors import InvalidInput
 from lorebase.services.auth import Principal
-from lorebase.services.documents import new_pipeline
+from lorebase.services.documents import CRAWL_JOB, new_pipeline
 from lorebase.services.kbs import load as load_kb
 
 if TYPE_CHECKING:
