@@ -179,7 +179,7 @@ def run_crawl(
     site_url: str, start: str, include: list[str], concurrency: int, workers: int, warm_html: bytes
 ) -> dict[str, Any]:
     from lorebase.adapters.parsers.registry import parse_bytes
-    from lorebase.crawl.job import CRAWL_JOB
+    from lorebase.services.documents import CRAWL_JOB
     from lorebase.crawl.links import page_links
     from lorebase.jobs.executor import EmbeddedExecutor
     from lorebase.pipeline.runner import HANDLERS
