@@ -179,14 +179,13 @@ def run_crawl(
     site_url: str, start: str, include: list[str], concurrency: int, workers: int, warm_html: bytes
 ) -> dict[str, Any]:
     from lorebase.adapters.parsers.registry import parse_bytes
-    from lorebase.services.documents import CRAWL_JOB
     from lorebase.crawl.links import page_links
     from lorebase.jobs.executor import EmbeddedExecutor
     from lorebase.pipeline.runner import HANDLERS
     from lorebase.runtime import Runtime
     from lorebase.services import drafts, pipelines
     from lorebase.services.auth import local_principal
-    from lorebase.services.documents import PROCESS_JOB
+    from lorebase.services.documents import CRAWL_JOB, PROCESS_JOB
     from lorebase.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="lorebase-bench-crawl-") as tmp:
