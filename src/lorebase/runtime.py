@@ -19,6 +19,7 @@ from lorebase.db.engine import Database
 from lorebase.db.migrate import upgrade
 from lorebase.errors import InvalidInput
 from lorebase.jobs.queue import JobQueue
+from lorebase.pipeline.isolated import shared_pool
 from lorebase.settings import Settings
 
 #: stores this build can run, by name
@@ -66,6 +67,7 @@ class Runtime:
             upgrade(self.db.engine)
         self.queue = JobQueue(self.db, settings.jobs)
         self.blobs: BlobStore = LocalBlobStore(settings.blob_dir)
+        self.parse_pool = shared_pool(settings.jobs.parse_processes)
         self._embedders: dict[str, Embedder] = {}
         self._query_embedders: dict[str, Embedder] = {}
         self._stores: dict[tuple[str, int], Store] = {}

@@ -37,6 +37,12 @@ class JobSettings(BaseModel):
     reap_seconds: float = Field(
         5.0, gt=0, description="How often a worker returns expired leases to `pending`."
     )
+    parse_processes: int = Field(
+        2,
+        ge=0,
+        description="Processes that parse and chunk documents beside the worker threads, so "
+        "parsing does not hold their GIL (0: parse in the worker thread itself).",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_under_lease(self) -> JobSettings:

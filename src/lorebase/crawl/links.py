@@ -12,10 +12,11 @@ import posixpath
 from dataclasses import dataclass, field
 from urllib.parse import urldefrag, urljoin, urlsplit
 
-import lxml.html
 from lxml import etree
 
-from .urls import fetch_form, normalize_url
+from lorebase.adapters.parsers.html_dom import parse_dom
+
+from .urls import fetch_form, link_target
 
 #: what the crawler turns into documents; anything else it meets is skipped
 PAGE_TYPES = ("text/html", "application/xhtml+xml")
@@ -85,7 +86,7 @@ def page_links(body: bytes, url: str) -> PageLinks:
     once, in document order) and the robots meta."""
     out = PageLinks()
     try:
-        root = lxml.html.document_fromstring(body)
+        root = parse_dom(body)
     except (etree.ParserError, ValueError):
         return out
     base = url
@@ -114,9 +115,8 @@ def page_links(body: bytes, url: str) -> PageLinks:
         if "nofollow" in (el.get("rel") or "").lower().split():
             continue
         hrefs.add(href)
-        link = fetch_form(href, base)
-        key = normalize_url(link) if link else None
-        if link and key and key not in seen:
-            seen.add(key)
-            out.links.append(link)
+        target = link_target(href, base)
+        if target is not None and target[1] not in seen:
+            seen.add(target[1])
+            out.links.append(target[0])
     return out

@@ -34,7 +34,7 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from urllib.parse import unquote, urljoin, urlsplit
 
-__all__ = ["TRACKING_PARAMS", "fetch_form", "normalize_url", "same_host", "url_path_matches"]
+__all__ = ["TRACKING_PARAMS", "fetch_form", "link_target", "normalize_url", "same_host", "url_path_matches"]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -65,17 +65,45 @@ def fetch_form(url: str, base: str | None = None) -> str | None:
     """The URL to request: the canonical form, but with the trailing slash of a directory path
     kept (``/docs/``), so that the server is asked exactly for what the link meant and relative
     links on the page resolve as a browser would. ``normalize_url`` of it is the page's key."""
-    key = normalize_url(url, base)
+    try:
+        found = _target(urljoin(base, url.strip()) if base else url.strip())
+    except ValueError:
+        return None
+    return found[0] if found else None
+
+
+def link_target(href: str, base: str) -> tuple[str, str] | None:
+    """``(fetch_form, normalize_url)`` of a link ``href`` found on a page whose base URL is ``base``.
+
+    The crawler's hot path (a documentation page carries hundreds of links, mostly the same
+    ones as its neighbours): a relative reference resolves against the base's *directory* only,
+    so results are cached per (href, directory) and shared by every page of that directory.
+    """
+    href = href.strip()
+    if not href.startswith(("?", "#")) and base.count("/") >= 3:
+        base = base.partition("#")[0].partition("?")[0]
+        base = base[: base.rfind("/") + 1]
+    return _link_target(href, base)
+
+
+@lru_cache(maxsize=65536)
+def _link_target(href: str, base: str) -> tuple[str, str] | None:
+    try:
+        return _target(urljoin(base, href))
+    except ValueError:
+        return None
+
+
+def _target(url: str) -> tuple[str, str] | None:
+    """(fetch form, key) of an absolute URL; ValueError for a malformed one."""
+    key = _normalize(url)
     if key is None:
         return None
-    try:
-        path = urlsplit(urljoin(base, url.strip()) if base else url.strip()).path
-    except ValueError:
-        return key
-    parts = urlsplit(key)
-    if path.endswith("/") and parts.path != "/":
-        return parts._replace(path=parts.path + "/").geturl()
-    return key
+    if urlsplit(url).path.endswith("/"):
+        parts = urlsplit(key)
+        if parts.path != "/":
+            return parts._replace(path=parts.path + "/").geturl(), key
+    return key, key
 
 
 def url_path_matches(url: str, patterns: list[str]) -> bool:

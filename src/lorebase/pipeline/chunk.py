@@ -3,14 +3,13 @@
 Sizes are counted with the embedding model's own tokenizer (``add_special_tokens=False``),
 because a chunk the model silently truncates is a chunk whose tail can never be found.
 Every chunk's ``token_count`` is the real count of its final text and never exceeds the
-effective size ``min(cfg.chunk_size, max_tokens)``: packing works on per-block counts, and a
-final re-count of all chunks in one batch catches tokenizers whose counts are not additive
-over ``"\\n\\n"`` joins (such a chunk is split again).
+effective size ``min(cfg.chunk_size, max_tokens)``.
 
 Structure comes first: whole blocks are packed together, and only a block larger than a chunk
-is cut, by ``semantic_text_splitter`` at paragraph, sentence and word boundaries. Overlap is
-the tail of the previous chunk (cut at a sentence or word start) carried into the next one;
-``page``/``pages`` describe the chunk's own text, not that carried-over tail.
+is cut, at the last paragraph break, line break, sentence end or (failing those) word boundary
+that fits, found with the token offsets of the one ``encode_batch`` call over all blocks.
+Overlap is the tail of the previous chunk (cut at a sentence or word start) carried into the
+next one; ``page``/``pages`` describe the chunk's own text, not that carried-over tail.
 
 Two strategies:
 
@@ -18,25 +17,42 @@ Two strategies:
 * ``structure`` starts a new chunk at every heading (consecutive headings stay together), puts
   the heading line first, and never overlaps across sections.
 
-Cost: the blocks are tokenized in one ``encode_batch`` call, split pieces in a second and the
-final chunks in a third; tails are cut using token offsets, with no re-tokenization.
+Cost: one tokenizer pass. Cutting here by hand rather than with ``semantic_text_splitter``
+is the point: that library re-tokenizes candidate chunks while it searches for split points,
+and with a re-count of the final chunks it made chunking ~5x the cost of parsing a page. For
+*additive* tokenizers -- those that split on whitespace before anything else (BERT's WordPiece,
+``Whitespace``/``WhitespaceSplit`` pre-tokenizers), so that the tokens of ``a + " " + b`` are the
+tokens of ``a`` followed by those of ``b`` -- a part cut at whitespace, a tail and a
+``"\\n\\n"``-joined chunk are counted from the offsets already known. Anything else (a byte-level
+BPE, a cut in the middle of a word) is re-encoded, in one batch per round, and cut again if the
+real count came out larger.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
 from typing import Any
 
-from semantic_text_splitter import TextSplitter
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
 
 from lorebase.pipeline.types import Block, ChunkDraft, ChunkingConfig, ParsedDocument
 
 _SPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"[.!?;:\u3002\uff01\uff1f]['\")\]]*\s+|\n+")
+#: where an oversize block may be cut, best first (each match ends where the next part starts)
+_PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
+_LINE_BREAK = re.compile(r"\n\s*")
+_SENTENCE_BREAK = re.compile(r"[.!?;:\u3002\uff01\uff1f]['\")\]]*\s+")
+_ADDITIVE_PRE_TOKENIZERS = (
+    pre_tokenizers.BertPreTokenizer,
+    pre_tokenizers.Whitespace,
+    pre_tokenizers.WhitespaceSplit,
+)
+
+#: a text with its token count and the start offset of every token in it
+_Encoded = tuple[str, int, tuple[int, ...]]
 
 
 def count_tokens(tokenizer: Tokenizer, texts: list[str]) -> list[int]:
@@ -46,22 +62,32 @@ def count_tokens(tokenizer: Tokenizer, texts: list[str]) -> list[int]:
     return [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
-_SPLITTERS: dict[tuple[int, int], tuple[Tokenizer, TextSplitter]] = {}
-_SPLITTERS_LOCK = threading.Lock()
+def is_additive(tokenizer: Tokenizer) -> bool:
+    """Whether token counts add up over texts joined or cut at whitespace (see the module doc)."""
+    return isinstance(tokenizer.pre_tokenizer, _ADDITIVE_PRE_TOKENIZERS)
 
 
-def _shared_splitter(tokenizer: Tokenizer, capacity: int) -> TextSplitter:
-    """One splitter per (tokenizer, capacity) for the process: building one copies the whole
-    tokenizer (~15% of a crawl's CPU when it was built per document)."""
-    key = (id(tokenizer), capacity)
-    with _SPLITTERS_LOCK:
-        found = _SPLITTERS.get(key)
-        if found is None or found[0] is not tokenizer:  # the tokenizer is kept alive with it
-            found = _SPLITTERS[key] = (
-                tokenizer,
-                TextSplitter.from_huggingface_tokenizer(tokenizer, capacity),
-            )
-        return found[1]
+def _last_break(pattern: re.Pattern[str], text: str, floor: int, end: int) -> int | None:
+    """The end of the last match of ``pattern`` in ``text[:end]`` that ends after ``floor``."""
+    found = None
+    for match in pattern.finditer(text, max(0, floor - 8), end):
+        if match.end() > floor:
+            found = match.end()
+    return found
+
+
+def _cut_point(text: str, begin: int, floor: int, end: int) -> tuple[int, bool]:
+    """Where to end a part that starts at ``begin`` and must end by ``end``: the last paragraph
+    break, line break or sentence end past ``floor`` (half the room), else the last word
+    boundary. Returns the position and whether it is at whitespace (a clean cut)."""
+    for pattern in (_PARAGRAPH_BREAK, _LINE_BREAK, _SENTENCE_BREAK):
+        found = _last_break(pattern, text, floor, end)
+        if found is not None:
+            return found, True
+    found = _last_break(_SPACE, text, begin, end)
+    if found is not None:
+        return found, True
+    return end, False  # one "word" longer than the room: cut between two tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +111,75 @@ class _Chunker:
             raise ValueError(f"chunk size must be at least 1 token (got {self.size})")
         self.overlap = max(0, min(cfg.chunk_overlap, (self.size - 1) // 2))
         self.tokenizer = tokenizer
+        self.additive = is_additive(tokenizer)
         self.strategy = cfg.strategy
 
-    # -- pieces --------------------------------------------------------------------------------
+    # -- cutting -------------------------------------------------------------------------------
 
-    def _encode(self, texts: list[str]) -> list[tuple[int, tuple[int, ...]]]:
+    def _encode(self, texts: list[str]) -> list[_Encoded]:
         if not texts:
             return []
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
-        return [(len(e.ids), tuple(start for start, _ in e.offsets)) for e in encodings]
+        return [
+            (text, len(e.ids), tuple(start for start, _ in e.offsets))
+            for text, e in zip(texts, encodings, strict=True)
+        ]
 
-    def _splitter(self, capacity: int) -> TextSplitter:
-        return _shared_splitter(self.tokenizer, capacity)
+    def _cut(self, encoded: _Encoded, capacity: int) -> list[tuple[_Encoded, bool]]:
+        """``encoded`` in parts of at most ``capacity`` tokens, each with whether its count is
+        exact (else it must be re-encoded)."""
+        text, total, starts = encoded
+        parts: list[tuple[_Encoded, bool]] = []
+        lo, clean_start = 0, True
+        while total - lo > capacity:
+            begin, end = starts[lo], starts[lo + capacity]
+            cut, clean = _cut_point(text, begin, starts[lo + capacity // 2], end)
+            k = bisect_left(starts, cut, lo + 1, lo + capacity + 1)
+            if starts[k] == begin:  # several tokens from one character: keep them together
+                k = bisect_right(starts, begin, lo + 1)
+            stop = starts[k] if k < total else len(text)
+            exact = self.additive and clean and clean_start
+            part = text[begin:stop].rstrip() if exact else text[begin:stop].strip()
+            parts.append(((part, k - lo, tuple(s - begin for s in starts[lo:k])), exact))
+            lo, clean_start = k, clean
+        if lo < total:
+            begin = starts[lo]
+            part = text[begin:].strip()
+            parts.append(
+                ((part, total - lo, tuple(s - begin for s in starts[lo:])), self.additive and clean_start)
+            )
+        return [(p, exact) for p, exact in parts if p[0]]
+
+    def _fit(self, items: list[tuple[_Encoded, int]], depth: int = 0) -> list[list[_Encoded]]:
+        """Each (text, capacity) as parts of at most ``capacity`` tokens, with exact counts.
+
+        Inexact parts are re-encoded in one batch and those that came out too large are cut
+        again; every round works on strictly shorter texts, and a pathological tokenizer still
+        stops after a few rounds (its parts keep their real, possibly oversize, counts).
+        """
+        fitted: list[list[_Encoded]] = []
+        redo: list[tuple[int, int, int]] = []  # (item, part, capacity) to re-encode
+        for encoded, capacity in items:
+            if encoded[1] <= capacity:
+                fitted.append([encoded])
+                continue
+            row: list[_Encoded] = []
+            for cut, exact in self._cut(encoded, capacity):
+                if not exact:
+                    redo.append((len(fitted), len(row), capacity))
+                row.append(cut)
+            fitted.append(row)
+        if redo:
+            again = self._encode([fitted[item][at][0] for item, at, _ in redo])
+            if depth < 4:
+                refitted = self._fit(
+                    [(e, cap) for e, (_, _, cap) in zip(again, redo, strict=True)], depth + 1
+                )
+            else:
+                refitted = [[e] for e in again]
+            for (item, at, _), parts in reversed(list(zip(redo, refitted, strict=True))):
+                fitted[item][at : at + 1] = parts
+        return fitted
 
     def pieces(self, blocks: list[Block]) -> list[_Piece]:
         """Blocks with their section path, cut into pieces no larger than a chunk."""
@@ -115,32 +198,34 @@ class _Chunker:
             located.append((block, text, tuple(t for _, t, _ in stack), anchor))
 
         encoded = self._encode([text for _, text, _, _ in located])
-        groups: list[list[_Piece]] = []  # one group per block; several pieces for a cut block
-        to_cut: list[tuple[int, _Piece, list[str]]] = []
+        pieces: list[_Piece] = []
+        oversize: list[tuple[_Piece, _Encoded, int]] = []  # and where its parts go
         headings_before = 0  # tokens of the headings right before this block
-        for (block, text, section, anchor), (tokens, starts) in zip(located, encoded, strict=True):
+        for (block, text, section, anchor), (_, tokens, starts) in zip(located, encoded, strict=True):
             piece = _Piece(text, tokens, starts, block.page, section, anchor, block.kind == "heading")
             # Room kept for the headings that open the chunk, so a heading is never left alone.
             reserve = min(headings_before, self.size // 2)
             headings_before = headings_before + tokens if piece.heading else 0
             if tokens <= self.size - reserve:
-                groups.append([piece])
+                pieces.append(piece)
                 continue
             # Cut so that a part plus an overlap tail (or the headings) still fits a chunk.
-            capacity = self.size - max(self.overlap, reserve)
-            parts = [p.strip() for p in self._splitter(capacity).chunks(text) if p.strip()]
-            to_cut.append((len(groups), piece, parts))
-            groups.append([])
-        encoded_parts = self._encode([part for _, _, parts in to_cut for part in parts])
-        position = 0
-        for index, piece, parts in to_cut:
-            counted = encoded_parts[position : position + len(parts)]
-            position += len(parts)
-            groups[index] = [
-                replace(piece, text=part, tokens=tokens, starts=starts)
-                for part, (tokens, starts) in zip(parts, counted, strict=True)
-            ]
-        return [piece for group in groups for piece in group]
+            oversize.append((piece, (text, tokens, starts), self.size - max(self.overlap, reserve)))
+            pieces.append(piece)  # replaced by its parts below
+        if not oversize:
+            return pieces
+        fitted = iter(self._fit([(encoded, capacity) for _, encoded, capacity in oversize]))
+        cut = {id(piece) for piece, _, _ in oversize}
+        out: list[_Piece] = []
+        for piece in pieces:
+            if id(piece) not in cut:
+                out.append(piece)
+                continue
+            out.extend(
+                replace(piece, text=text, tokens=tokens, starts=starts)
+                for text, tokens, starts in next(fitted)
+            )
+        return out
 
     # -- overlap -------------------------------------------------------------------------------
 
@@ -240,6 +325,7 @@ class _Chunker:
     def drafts(self, packed: list[list[_Piece]]) -> list[ChunkDraft]:
         texts: list[str] = []
         metas: list[dict[str, Any]] = []
+        counts: list[int] = []  # exact for an additive tokenizer
         for group in packed:
             text = "\n\n".join(p.text for p in group).strip()
             if not text:
@@ -255,16 +341,19 @@ class _Chunker:
                 meta["pages"] = pages
             texts.append(text)
             metas.append(meta)
-        out: list[ChunkDraft] = []
-        for text, meta, tokens in zip(texts, metas, count_tokens(self.tokenizer, texts), strict=True):
-            if tokens <= self.size:
-                out.append(ChunkDraft(text=text, token_count=tokens, metadata=meta))
-                continue
-            # Non-additive tokenizer: the joined text came out larger; cut it once more.
-            parts = [p.strip() for p in self._splitter(self.size).chunks(text) if p.strip()]
-            for part, count in zip(parts, count_tokens(self.tokenizer, parts), strict=True):
-                out.append(ChunkDraft(text=part, token_count=count, metadata=dict(meta)))
-        return out
+            counts.append(sum(p.tokens for p in group))
+        if self.additive:  # the pieces' counts add up; nothing to re-encode
+            return [
+                ChunkDraft(text=text, token_count=tokens, metadata=meta)
+                for text, meta, tokens in zip(texts, metas, counts, strict=True)
+            ]
+        # Counts may not add up over the joins: re-count, and cut again what came out larger.
+        fitted = self._fit([(encoded, self.size) for encoded in self._encode(texts)])
+        return [
+            ChunkDraft(text=text, token_count=tokens, metadata=dict(meta))
+            for parts, meta in zip(fitted, metas, strict=True)
+            for text, tokens, _ in parts
+        ]
 
 
 def chunk(

@@ -15,12 +15,10 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, utcnow
-from lorebase.errors import LorebaseError, NotFound, PermanentError
+from lorebase.errors import NotFound, PermanentError
 from lorebase.jobs.context import JobContext
-from lorebase.pipeline.chunk import chunk
-from lorebase.pipeline.types import ChunkDraft, ParsedDocument
+from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
 from lorebase.runtime import embedder_info
 from lorebase.services import pipelines as pipeline_service
 from lorebase.services.config import chunking_of
@@ -46,7 +44,7 @@ def embed_text(title: str | None, section: list[str] | None, text: str) -> str:
 @dataclass(slots=True)
 class _Prepared:
     doc_id: str
-    parsed: ParsedDocument
+    page_count: int | None
     drafts: list[ChunkDraft]
     title: str | None
 
@@ -77,13 +75,13 @@ class ProcessDocument:
                 work.append((doc.id, doc.blob_key, doc.media_type, doc.filename, doc.title, kb.config))
         prepared: list[_Prepared] = []
         failed: list[tuple[str, str]] = []
-        for doc_id, blob_key, media_type, filename, title, config in work:
-            try:
-                prepared.append(self._prepare(runtime, doc_id, blob_key, media_type, filename, title, config))
-            except PermanentError as exc:
-                if len(work) == 1:
-                    raise  # a job of one document fails with it (and shows as a failed job)
-                failed.append((doc_id, exc.message))
+        for doc_id, outcome in zip([w[0] for w in work], self._prepare(runtime, work), strict=True):
+            if isinstance(outcome, _Prepared):
+                prepared.append(outcome)
+            elif len(work) == 1:
+                raise outcome  # a job of one document fails with it (and shows as a failed job)
+            else:
+                failed.append((doc_id, outcome.message))
         ctx.check_control()
         with ctx.transaction() as s:
             for doc_id, message in failed:
@@ -118,29 +116,37 @@ class ProcessDocument:
         runtime.queue.notify()
 
     @staticmethod
-    def _prepare(
-        runtime: Any,
-        doc_id: str,
-        blob_key: str | None,
-        media_type: str | None,
-        filename: str | None,
-        title: str | None,
-        config: dict[str, Any],
-    ) -> _Prepared:
-        if blob_key is None or media_type is None:
-            raise PermanentError("the document has no stored content")
-        try:
-            data = runtime.blobs.get(blob_key)
-        except NotFound:
-            raise PermanentError("the uploaded file is missing from storage") from None
-        parsed = _parse(data, media_type, filename)
-        spec = config["embedding"]["model"]
-        _, max_tokens = embedder_info(spec)
-        drafts = chunk(parsed, chunking_of(config), runtime.embedder(spec).tokenizer(), max_tokens=max_tokens)
-        if not drafts:
-            raise PermanentError("no extractable text in this document")
-        title = title or parsed.title or _leading_heading(parsed) or filename
-        return _Prepared(doc_id=doc_id, parsed=parsed, drafts=drafts, title=title)
+    def _prepare(runtime: Any, work: list[tuple[Any, ...]]) -> list[_Prepared | PermanentError]:
+        """Parse and chunk the documents (in parallel, in the parse pool); failures in place."""
+        outcomes: list[_Prepared | PermanentError | None] = []
+        todo: list[tuple[bytes, str, str | None, ChunkingConfig, str, int]] = []
+        for _, blob_key, media_type, filename, _, config in work:
+            try:
+                data = _load(runtime, blob_key, media_type)
+            except PermanentError as exc:
+                outcomes.append(exc)
+                continue
+            spec = config["embedding"]["model"]
+            _, max_tokens = embedder_info(spec)
+            todo.append((data, media_type, filename, chunking_of(config), spec, max_tokens))
+            outcomes.append(None)
+        done = iter(runtime.parse_pool.prepare_all(todo))
+        for position, (doc_id, _, _, filename, title, _) in enumerate(work):
+            if outcomes[position] is not None:
+                continue
+            result = next(done)
+            if isinstance(result, PermanentError):
+                outcomes[position] = result
+            elif not result.drafts:
+                outcomes[position] = PermanentError("no extractable text in this document")
+            else:
+                outcomes[position] = _Prepared(
+                    doc_id=doc_id,
+                    page_count=result.page_count,
+                    drafts=result.drafts,
+                    title=title or result.title or result.leading_heading or filename,
+                )
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
         """The group failed as a whole: its documents not yet past parsing fail with its error."""
@@ -161,23 +167,13 @@ def document_ids(payload: dict[str, Any]) -> list[str]:
     return list(ids) if ids else [payload["document_id"]]
 
 
-def _leading_heading(parsed: ParsedDocument) -> str | None:
-    """A document that opens with a top-level heading is titled by it (DOCX/HTML without metadata)."""
-    first = parsed.blocks[0] if parsed.blocks else None
-    return first.text.strip() if first and first.kind == "heading" and first.level == 1 else None
-
-
-def _parse(data: bytes, media_type: str, filename: str | None) -> ParsedDocument:
+def _load(runtime: Any, blob_key: str | None, media_type: str | None) -> bytes:
+    if blob_key is None or media_type is None:
+        raise PermanentError("the document has no stored content")
     try:
-        return parse_bytes(data, media_type, filename)
+        return runtime.blobs.get(blob_key)
     except NotFound:
         raise PermanentError("the uploaded file is missing from storage") from None
-    except LorebaseError as exc:
-        raise PermanentError(exc.message) from None
-    except Exception as exc:  # parsers are deterministic: an unexpected error will not go away
-        raise PermanentError(
-            f"could not parse {filename or media_type}: {type(exc).__name__}: {exc}"
-        ) from None
 
 
 def _chunk_rows(doc: Document, drafts: list[ChunkDraft], title: str | None) -> list[dict[str, Any]]:
@@ -240,7 +236,7 @@ def save_chunks(s: Session, runtime: Any, items: list[tuple[Document, KnowledgeB
     for doc, _, item in items:
         doc.title = item.title
         doc.chunk_count = len(wanted[doc.id])
-        doc.page_count = item.parsed.page_count
+        doc.page_count = item.page_count
         doc.error = doc.error_kind = None
     pipeline_id = items[0][0].pipeline_id
     if pipeline_id and fresh:
