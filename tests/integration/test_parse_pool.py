@@ -56,7 +56,7 @@ def test_a_bad_document_fails_alone_with_its_message(pool: ParsePool) -> None:
 
 def test_a_killed_parser_process_is_a_transient_error_and_the_pool_recovers(pool: ParsePool) -> None:
     pool.prepare_all([(page(1), "text/html", None, CFG, SPEC, 256)])  # the processes are up
-    children = list(pool._executor()._processes)  # noqa: SLF001  (the pids to kill)
+    children = list(pool._executor()._processes)
     assert children
 
     def kill_soon() -> None:
@@ -74,4 +74,4 @@ def test_a_killed_parser_process_is_a_transient_error_and_the_pool_recovers(pool
         assert not Path(f"/proc/{pid}").exists() or "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
     again = pool.prepare_all([(page(2), "text/html", "after.html", CFG, SPEC, 256)])
     assert isinstance(again[0], Prepared) and again[0].drafts
-    assert set(pool._executor()._processes).isdisjoint(children)  # noqa: SLF001
+    assert set(pool._executor()._processes).isdisjoint(children)
