@@ -19,7 +19,9 @@ CFG = ChunkingConfig(chunk_size=120, chunk_overlap=10)
 
 
 def page(n: int) -> bytes:
-    body = "".join(f"<h2 id='s{i}'>Section {i}</h2><p>{'Rivers carry water to the sea. ' * 30}</p>" for i in range(n))
+    body = "".join(
+        f"<h2 id='s{i}'>Section {i}</h2><p>{'Rivers carry water to the sea. ' * 30}</p>" for i in range(n)
+    )
     return f"<html><head><title>Rivers</title></head><body><main>{body}</main></body></html>".encode()
 
 
@@ -31,7 +33,10 @@ def pool() -> ParsePool:
 
 
 def test_pool_results_equal_in_thread_results(pool: ParsePool) -> None:
-    work = [(page(3), "text/html", "a.html", CFG, SPEC, 256), (page(5), "text/html", "b.html", CFG, SPEC, 256)]
+    work = [
+        (page(3), "text/html", "a.html", CFG, SPEC, 256),
+        (page(5), "text/html", "b.html", CFG, SPEC, 256),
+    ]
     in_pool = pool.prepare_all(work)
     in_thread = ParsePool(0).prepare_all(work)
     assert all(isinstance(p, Prepared) for p in in_pool)
@@ -71,7 +76,9 @@ def test_a_killed_parser_process_is_a_transient_error_and_the_pool_recovers(pool
         pool.prepare_all(big)
     killer.join()
     for pid in children:  # the dead processes are gone, not zombies left behind
-        assert not Path(f"/proc/{pid}").exists() or "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert (
+            not Path(f"/proc/{pid}").exists() or "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        )
     again = pool.prepare_all([(page(2), "text/html", "after.html", CFG, SPEC, 256)])
     assert isinstance(again[0], Prepared) and again[0].drafts
     assert set(pool._executor()._processes).isdisjoint(children)
