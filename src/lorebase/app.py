@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lorebase import __version__
-from lorebase.api import errors
+from lorebase.api import errors, idempotency
 from lorebase.api.routes import drafts, health, kbs, pipelines, search
 from lorebase.runtime import Runtime
 from lorebase.settings import Settings, get_settings
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
         lifespan=lifespan,
     )
     errors.install(app)
+    idempotency.install(app)
     for module in (health, drafts, kbs, search, pipelines):
         app.include_router(module.router)
     return app

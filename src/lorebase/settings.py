@@ -37,6 +37,15 @@ class JobSettings(BaseModel):
     reap_seconds: float = Field(
         5.0, gt=0, description="How often a worker returns expired leases to `pending`."
     )
+    max_running_per_pipeline: int = Field(
+        0, ge=0, description="Jobs of one pipeline running at once across all workers (0: no limit)."
+    )
+    max_running_per_workspace: int = Field(
+        0,
+        ge=0,
+        description="Jobs of one workspace running at once across all workers, so one tenant's "
+        "bulk ingestion cannot take every worker (0: no limit).",
+    )
     parse_processes: int = Field(
         2,
         ge=0,
@@ -134,6 +143,11 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings, description="Job leases, retries and polling.")
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Chunking defaults.")
     crawl: CrawlSettings = Field(default_factory=CrawlSettings, description="Web crawling.")
+    idempotency_ttl_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="How long an `Idempotency-Key` and the response it replays are kept, in seconds.",
+    )
 
     @field_validator("data_dir")
     @classmethod

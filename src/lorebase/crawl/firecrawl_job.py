@@ -69,7 +69,7 @@ def run_firecrawl(ctx: JobContext, source_id: str, kb_id: str, start: str, optio
             ctx.runtime.queue.notify()
             if not batch.next:
                 return
-            ctx.check_control()
+            ctx.check_control(resumable=True)
             batch = client.fetch(crawl_id, next_url=batch.next)
 
 
@@ -77,7 +77,7 @@ def _wait_until_done(
     ctx: JobContext, client: FirecrawlClient, crawl_id: str, apply_page_counts: Any
 ) -> FirecrawlBatch:
     while True:
-        ctx.check_control()
+        ctx.check_control(resumable=True)
         batch = client.fetch(crawl_id)
         with ctx.transaction() as s:
             apply_page_counts(s, ctx, {"discovered": batch.total, "fetched": batch.completed, "skipped": 0})

@@ -306,7 +306,7 @@ class Crawl:
                     # pause / cancel / lost lease are noticed within a fraction of a second; what
                     # was fetched already is saved first, so a resume does not fetch it again
                     try:
-                        await asyncio.to_thread(self.ctx.check_control)
+                        await asyncio.to_thread(self.ctx.check_control, resumable=True)
                     except (Interrupted, LeaseLost):
                         if commit_task is not None:
                             await commit_task
@@ -337,7 +337,7 @@ class Crawl:
                     wait = await asyncio.to_thread(self._next_retry_in)
                     if wait is None:
                         return  # the frontier is empty: the crawl is done
-                    await asyncio.to_thread(self.ctx.check_control)
+                    await asyncio.to_thread(self.ctx.check_control, resumable=True)
                     await asyncio.sleep(min(wait, 1.0))
                     want_more = True
                     continue

@@ -311,3 +311,31 @@ class EmbeddingCache(Base):
     text_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """A claimed ``Idempotency-Key`` and, once its request finished, the response to replay.
+
+    Scope is (workspace, key, method, path): the unique constraint makes claiming a key one
+    atomic insert. ``status`` is ``in_flight`` while the first request runs, then ``done`` with
+    the stored response. Rows past ``expires_at`` are ignored and deleted by the next claim
+    (``api/idempotency.py``).
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "key", "method", "path", name="uq_idempotency_key_scope"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(12), default="in_flight")
+    response_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    response_content_type: Mapped[str | None] = mapped_column(String(255), default=None)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

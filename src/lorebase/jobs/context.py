@@ -32,8 +32,10 @@ class JobContext:
             self.runtime.queue.fence(s, self.job)
             yield s
 
-    def check_control(self) -> None:
-        """Called between batches: stop cooperatively on lost lease, drain, pause or cancel."""
+    def check_control(self, *, resumable: bool = False) -> None:
+        """Called between batches: stop cooperatively on lost lease, pause or cancel, and on a
+        drain (SIGTERM) only where the handler can resume from what it saved (``resumable``):
+        a short job without checkpoints rather finishes than starts over."""
         if self.lease_lost.is_set():
             raise LeaseLost(f"job {self.job.id} lost its lease")
         if self.job.pipeline_id:
@@ -45,7 +47,7 @@ class JobContext:
                 raise Interrupted("cancelled")
             if status == "paused":
                 raise Interrupted("paused")
-        if self._draining.is_set():
+        if resumable and self._draining.is_set():
             raise Interrupted("draining")
 
     def save_checkpoint(self, session: Session, checkpoint: dict[str, Any]) -> None:

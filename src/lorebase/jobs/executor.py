@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
 
+from lorebase import faults
 from lorebase.errors import Interrupted, LeaseLost, PermanentError, TransientError
 from lorebase.jobs.context import Handler, JobContext
 from lorebase.jobs.queue import ClaimedJob
@@ -112,6 +113,8 @@ class EmbeddedExecutor:
     def _heartbeat_loop(self, _name: str) -> None:
         cfg = self.runtime.settings.jobs
         while not self._stop.wait(cfg.heartbeat_seconds):
+            if faults.blocked("heartbeat"):
+                continue  # fault suite: alive but cut off from the database
             with self._active_lock:
                 contexts = list(self._active.values())
             for ctx in contexts:
@@ -141,6 +144,7 @@ class EmbeddedExecutor:
         queue = self.runtime.queue
         try:
             handler.run(ctx)
+            faults.point("job.before_succeed")  # the work is done and saved, the job is not marked
             with self.runtime.db.session() as s:
                 queue.succeed(s, job)
         except LeaseLost:

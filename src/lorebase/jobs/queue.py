@@ -43,6 +43,7 @@ class ClaimedJob:
     kb_id: str | None
     document_id: str | None
     checkpoint: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
 
 
 def backoff_delay(attempts: int, cfg: JobSettings, retry_after: float | None = None) -> float:
@@ -139,8 +140,12 @@ class JobQueue:
     def claim(self, owner: str, types: tuple[str, ...] | None = None) -> ClaimedJob | None:
         """Take the most urgent runnable job: highest priority, then oldest ``run_at``.
 
-        Skips jobs of paused/cancelling pipelines and jobs whose ``concurrency_key`` is held by a
-        running job (one embedder loop per pipeline, for example).
+        Skips jobs of paused/cancelling pipelines, jobs whose ``concurrency_key`` is held by a
+        running job (one embedder loop per pipeline, for example), and jobs of a pipeline or a
+        workspace already running its share (``jobs.max_running_per_pipeline`` /
+        ``jobs.max_running_per_workspace``), so one huge ingestion cannot take every worker.
+        The shares are counted across all workers; on PostgreSQL two claims racing may each see
+        the last free slot, so a share can be exceeded by a job for a moment, never for long.
         """
         now = utcnow()
         busy = select(Job.concurrency_key).where(Job.status == "running", Job.concurrency_key.is_not(None))
@@ -158,6 +163,22 @@ class JobQueue:
         )
         if types:
             candidate = candidate.where(Job.type.in_(types))
+        if self.cfg.max_running_per_pipeline:
+            full = (
+                select(Job.pipeline_id)
+                .where(Job.status == "running", Job.pipeline_id.is_not(None))
+                .group_by(Job.pipeline_id)
+                .having(func.count() >= self.cfg.max_running_per_pipeline)
+            )
+            candidate = candidate.where(or_(Job.pipeline_id.is_(None), Job.pipeline_id.not_in(full)))
+        if self.cfg.max_running_per_workspace:
+            crowded = (
+                select(Job.workspace_id)
+                .where(Job.status == "running")
+                .group_by(Job.workspace_id)
+                .having(func.count() >= self.cfg.max_running_per_workspace)
+            )
+            candidate = candidate.where(Job.workspace_id.not_in(crowded))
         with self.db.session() as s:
             if s.get_bind().dialect.name == "postgresql":
                 candidate = candidate.with_for_update(skip_locked=True)
@@ -188,6 +209,7 @@ class JobQueue:
                     Job.kb_id,
                     Job.document_id,
                     Job.checkpoint,
+                    Job.priority,
                 )
             ).first()
             if result is None:
@@ -210,6 +232,7 @@ class JobQueue:
                 kb_id=result.kb_id,
                 document_id=result.document_id,
                 checkpoint=dict(result.checkpoint or {}),
+                priority=result.priority,
             )
 
     # -- fenced writes ----------------------------------------------------------------------

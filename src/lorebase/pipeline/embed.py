@@ -8,6 +8,7 @@ as the vectors they describe.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,23 @@ from sqlalchemy.orm import Session
 
 from lorebase.adapters.embedders.protocol import Embedder
 from lorebase.db.models import EmbeddingCache
+
+
+class _Tally:
+    """A thread-safe running count (texts sent to the model by this process)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
+
+
+#: texts this process sent to an embedding model: the fault suite checks that pause/resume and
+#: retries never embed a chunk twice
+TEXTS_EMBEDDED = _Tally()
 
 
 def text_hash(text: str) -> str:
@@ -63,6 +81,7 @@ def embed_with_cache(embedder: Embedder, texts: list[str], cached: dict[str, byt
     if misses:
         order = list(misses)
         fresh = embedder.embed([texts[misses[h][0]] for h in order])
+        TEXTS_EMBEDDED.add(len(order))
         for h, vec in zip(order, fresh, strict=True):
             for i in misses[h]:
                 vectors[i] = vec

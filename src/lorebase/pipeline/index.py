@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from lorebase import faults
 from lorebase.adapters.stores.protocol import IndexEntry, Store
 from lorebase.db.models import Chunk, Document, EmbeddingCache, KnowledgeBase, Pipeline, utcnow
 from lorebase.errors import PermanentError
@@ -36,7 +37,7 @@ class EmbedChunks:
         store = runtime.kb_store(config)
         batch_size = runtime.settings.embed_batch_size
         while True:
-            ctx.check_control()
+            ctx.check_control(resumable=True)  # what is written stays written: a drain may stop here
             with runtime.db.read_session() as s:
                 rows = s.execute(
                     select(
@@ -59,6 +60,7 @@ class EmbedChunks:
             result = embed_with_cache(embedder, texts, cached)
             with ctx.transaction() as s:
                 write_batch(s, store, embedder.model_id, kb_id, pipeline_id, list(rows), result)
+            faults.point("embed.after_batch")  # vectors written, job not done: the re-run must converge
 
     def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
         """The embedder gave up: the documents waiting on it fail, their siblings stay indexed."""

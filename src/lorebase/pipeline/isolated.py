@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from lorebase import faults
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.errors import LorebaseError, NotFound, PermanentError, TransientError
 from lorebase.pipeline.chunk import chunk
@@ -72,6 +73,7 @@ def prepare(
     data: bytes, media_type: str, filename: str | None, cfg: ChunkingConfig, embedder: str, max_tokens: int
 ) -> Prepared:
     """Parse and chunk one document (in whichever process calls it)."""
+    faults.poison(data)
     parsed = parse(data, media_type, filename)
     drafts = chunk(parsed, cfg, _tokenizer(embedder), max_tokens=max_tokens)
     return Prepared(parsed.title, leading_heading(parsed), parsed.page_count, drafts)

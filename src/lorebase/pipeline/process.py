@@ -16,13 +16,13 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, utcnow
-from lorebase.errors import NotFound, PermanentError
+from lorebase.errors import NotFound, PermanentError, TransientError
 from lorebase.jobs.context import JobContext
 from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
 from lorebase.runtime import embedder_info
 from lorebase.services import pipelines as pipeline_service
 from lorebase.services.config import chunking_of
-from lorebase.services.documents import EMBED_JOB, EMBED_PRIORITY, fail_document
+from lorebase.services.documents import EMBED_JOB, EMBED_PRIORITY, PROCESS_JOB, fail_document
 
 _CHUNK_NS = uuid.UUID("6f1c1f3e-52a1-4c1e-9d7a-2f4c8f0b1a77")
 #: at most this many tokens of title/section go in front of a chunk's text for embedding
@@ -55,6 +55,8 @@ class ProcessDocument:
     Grouping small documents amortises the per-job costs (claim, fencing, settling) that would
     otherwise compete with the embedder for the CPU. Failure stays per document: a permanent
     error fails its document only; a transient one retries the group, which is idempotent.
+    A group whose parser process died is split into one job per document, so that a poison
+    document (one that kills the parser every time) ends ``dead`` alone, not with its group.
     """
 
     def run(self, ctx: JobContext) -> None:
@@ -73,9 +75,16 @@ class ProcessDocument:
                     continue  # a newer pipeline owns this document now
                 doc.status = "parsing"
                 work.append((doc.id, doc.blob_key, doc.media_type, doc.filename, doc.title, kb.config))
+        try:
+            outcomes = self._prepare(runtime, work)
+        except TransientError:
+            if len(work) < 2:
+                raise
+            self._split(ctx, [w[0] for w in work])
+            return
         prepared: list[_Prepared] = []
         failed: list[tuple[str, str]] = []
-        for doc_id, outcome in zip([w[0] for w in work], self._prepare(runtime, work), strict=True):
+        for doc_id, outcome in zip([w[0] for w in work], outcomes, strict=True):
             if isinstance(outcome, _Prepared):
                 prepared.append(outcome)
             elif len(work) == 1:
@@ -114,6 +123,28 @@ class ProcessDocument:
             if ctx.job.pipeline_id:
                 pipeline_service.refresh_progress(s, ctx.job.pipeline_id)
         runtime.queue.notify()
+
+    @staticmethod
+    def _split(ctx: JobContext, doc_ids: list[str]) -> None:
+        """Hand each document of the group to a job of its own (this job then succeeds)."""
+        with ctx.transaction() as s:
+            s.execute(
+                update(Document)
+                .where(Document.id.in_(doc_ids), Document.pipeline_id == ctx.job.pipeline_id)
+                .values(status="pending", updated_at=utcnow())
+            )
+            for doc_id in doc_ids:
+                ctx.runtime.queue.enqueue(
+                    s,
+                    type=PROCESS_JOB,
+                    workspace_id=ctx.job.workspace_id,
+                    pipeline_id=ctx.job.pipeline_id,
+                    kb_id=ctx.job.kb_id,
+                    document_id=doc_id,
+                    payload={"document_id": doc_id},
+                    priority=ctx.job.priority,
+                )
+        ctx.runtime.queue.notify()
 
     @staticmethod
     def _prepare(runtime: Any, work: list[tuple[Any, ...]]) -> list[_Prepared | PermanentError]:

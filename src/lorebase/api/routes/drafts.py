@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
+from lorebase.api.idempotency import IDEMPOTENT
 from lorebase.api.schemas.requests import DraftCreate, DraftPatch, PreviewRequest, TextSource, WebSource
 from lorebase.api.uploads import is_multipart, read_files, read_json
 from lorebase.services import drafts
@@ -34,7 +35,7 @@ SOURCES_BODY = {
 }
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, dependencies=[IDEMPOTENT])
 def create_draft(body: DraftCreate, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return drafts.create(runtime, p, name=body.name, description=body.description, config=body.config)
 
@@ -57,7 +58,7 @@ def delete_draft(draft_id: str, runtime: RuntimeDep, p: PrincipalDep) -> Respons
     return Response(status_code=204)
 
 
-@router.post("/{draft_id}/sources", status_code=201, openapi_extra=SOURCES_BODY)
+@router.post("/{draft_id}/sources", status_code=201, openapi_extra=SOURCES_BODY, dependencies=[IDEMPOTENT])
 async def add_sources(
     draft_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep
 ) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def validate(draft_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, A
     return drafts.validate(runtime, p, draft_id)
 
 
-@router.post("/{draft_id}/finalize", status_code=202)
+@router.post("/{draft_id}/finalize", status_code=202, dependencies=[IDEMPOTENT])
 def finalize(draft_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     result = drafts.finalize(runtime, p, draft_id)
     base = (runtime.settings.public_url or str(request.base_url)).rstrip("/")

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
+from lorebase.api.idempotency import IDEMPOTENT
 from lorebase.api.routes.drafts import MULTIPART_FILES
 from lorebase.api.schemas.requests import DocumentsBatch, WebSource
 from lorebase.api.uploads import is_multipart, read_files, read_json
@@ -44,7 +45,9 @@ def delete_kb(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/kbs/{kb_id}/documents", status_code=202, openapi_extra=DOCUMENTS_BODY)
+@router.post(
+    "/kbs/{kb_id}/documents", status_code=202, openapi_extra=DOCUMENTS_BODY, dependencies=[IDEMPOTENT]
+)
 async def add_documents(kb_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     if is_multipart(request):
         files = await read_files(request, runtime.settings.max_upload_bytes)
@@ -55,12 +58,12 @@ async def add_documents(kb_id: str, request: Request, runtime: RuntimeDep, p: Pr
     return await run_in_threadpool(lambda: kbs.add_documents(runtime, p, kb_id, records=records))
 
 
-@router.post("/kbs/{kb_id}/sources", status_code=202)
+@router.post("/kbs/{kb_id}/sources", status_code=202, dependencies=[IDEMPOTENT])
 def add_source(kb_id: str, body: WebSource, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return sources.add_to_kb(runtime, p, kb_id, body.url, body.crawl)
 
 
-@router.post("/kbs/{kb_id}/refresh", status_code=202)
+@router.post("/kbs/{kb_id}/refresh", status_code=202, dependencies=[IDEMPOTENT])
 def refresh(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return sources.refresh(runtime, p, kb_id)
 

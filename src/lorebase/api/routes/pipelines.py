@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
+from lorebase.api.idempotency import IDEMPOTENT
 from lorebase.services import jobs, pipelines
 
 router = APIRouter(prefix="/api/v1", tags=["pipelines"])
@@ -17,22 +18,22 @@ def get_pipeline(pipeline_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict
     return pipelines.get(runtime, p, pipeline_id)
 
 
-@router.post("/pipelines/{pipeline_id}/cancel")
+@router.post("/pipelines/{pipeline_id}/cancel", dependencies=[IDEMPOTENT])
 def cancel(pipeline_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return pipelines.cancel(runtime, p, pipeline_id)
 
 
-@router.post("/pipelines/{pipeline_id}/pause")
+@router.post("/pipelines/{pipeline_id}/pause", dependencies=[IDEMPOTENT])
 def pause(pipeline_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return pipelines.pause(runtime, p, pipeline_id)
 
 
-@router.post("/pipelines/{pipeline_id}/resume")
+@router.post("/pipelines/{pipeline_id}/resume", dependencies=[IDEMPOTENT])
 def resume(pipeline_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return pipelines.resume(runtime, p, pipeline_id)
 
 
-@router.post("/pipelines/{pipeline_id}/retry")
+@router.post("/pipelines/{pipeline_id}/retry", dependencies=[IDEMPOTENT])
 def retry(pipeline_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return pipelines.retry(runtime, p, pipeline_id)
 
@@ -49,7 +50,7 @@ def list_jobs(
     return jobs.list_jobs(runtime, p, status=status, kb_id=kb_id, limit=limit, offset=offset)
 
 
-@router.post("/jobs/{job_id}/retry")
+@router.post("/jobs/{job_id}/retry", dependencies=[IDEMPOTENT])
 def retry_job(job_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return jobs.retry_job(runtime, p, job_id)
 

@@ -1,0 +1,129 @@
+"""Workers that die: killed from outside, or at a chosen point of the code; a poison document.
+
+Cases 1, 3 and 9 of the reliability issue. Each ends with the audit of ``support/faults.py``.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from lorebase.db.models import Document, Job
+from lorebase.runtime import Runtime
+from lorebase.services.documents import PROCESS_JOB
+from support.faults import audit, chunks_indexed, ended, pipeline_status, records, start_pipeline, wait_for
+from support.worker import start_worker
+
+from .conftest import BATCH, N_RECORDS
+
+WORKER_ENV = {"LOREBASE_EMBED_BATCH_SIZE": str(BATCH)}
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+
+
+def _finish(rt: Runtime, data_dir: Path, pipeline_id: str, **env: str) -> None:
+    """Run a fresh worker until the pipeline ends."""
+    worker = start_worker(data_dir, **WORKER_ENV, **env)
+    try:
+        wait_for(lambda: ended(rt, pipeline_id), timeout=240, what="the pipeline to end after the restart")
+    finally:
+        _stop(worker)
+
+
+def test_sigkill_during_embedding_then_restart(
+    rt: Runtime, data_dir: Path, corpus: list[dict[str, str]], reference: dict[str, Any]
+) -> None:
+    """1. SIGKILL a worker during embedding; a restarted one completes with no duplicates."""
+    _, pid = start_pipeline(rt, corpus)
+    worker = start_worker(data_dir, **WORKER_ENV)
+    try:
+        wait_for(lambda: chunks_indexed(rt, pid) >= 2 * BATCH, timeout=180, what="two embed batches")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        _stop(worker)
+    assert chunks_indexed(rt, pid) < N_RECORDS, "the kill must land in the middle of embedding"
+    _finish(rt, data_dir, pid)
+    assert pipeline_status(rt, pid) == "completed"
+    assert audit(rt) == reference
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "embed.after_batch=kill@2",  # vectors of batch 2 committed, the embed job not done
+        "job.before_succeed=kill@1",  # the first job's work saved, the job still `running`
+        "job.before_succeed=kill@3",
+    ],
+)
+def test_crash_between_saving_and_marking_done_converges(
+    rt: Runtime, data_dir: Path, corpus: list[dict[str, str]], reference: dict[str, Any], fault: str
+) -> None:
+    """3. A crash after the vector write and before the job is marked done: the re-run converges."""
+    _, pid = start_pipeline(rt, corpus)
+    crashing = start_worker(data_dir, **WORKER_ENV, LOREBASE_FAULTS=fault)
+    try:
+        crashing.wait(180)
+    finally:
+        _stop(crashing)
+    assert crashing.returncode == -signal.SIGKILL, "the armed fault point must have been reached"
+    with rt.db.read_session() as s:
+        held = s.execute(select(Job.type).where(Job.status == "running")).scalars().all()
+    assert held, "the crashed job still holds its lease (so does any job the other thread was running)"
+    _finish(rt, data_dir, pid)
+    assert pipeline_status(rt, pid) == "completed"
+    assert audit(rt) == reference
+    with rt.db.read_session() as s:
+        taken_over = s.execute(select(Job.id).where(Job.attempts > 1)).scalars().all()
+    assert taken_over, "the crashed job was run again after the reaper took its lease back"
+
+
+def test_poison_document_ends_dead_alone_and_the_queue_keeps_flowing(rt: Runtime, data_dir: Path) -> None:
+    """9. A document that kills its parser every time: `dead` after max attempts; its
+    siblings (grouped in the same job at first) are indexed; a later pipeline still runs."""
+    docs = records(12, skip=100)
+    poison = {
+        "external_id": "poison",
+        "title": "Poison",
+        "text": "POISON-7f3a crashes every parser it meets.",
+    }
+    _, pid = start_pipeline(rt, [*docs[:6], poison, *docs[6:]], name="poisoned")
+    env = {
+        "LOREBASE_FAULTS": "parse.poison=POISON-7f3a",
+        "LOREBASE_JOBS__MAX_ATTEMPTS": "3",
+        "LOREBASE_JOBS__BACKOFF_BASE_SECONDS": "0.2",
+        "LOREBASE_JOBS__BACKOFF_MAX_SECONDS": "0.5",
+    }
+    worker = start_worker(data_dir, **WORKER_ENV, **env)
+    try:
+        wait_for(lambda: ended(rt, pid), timeout=240, what="the poisoned pipeline to end")
+        _, later = start_pipeline(rt, records(5, skip=200), name="later")
+        wait_for(lambda: ended(rt, later), timeout=180, what="a later pipeline to end")
+        assert worker.poll() is None, "the worker itself survived every parser crash"
+    finally:
+        _stop(worker)
+    assert pipeline_status(rt, pid) == "completed_with_errors"
+    assert pipeline_status(rt, later) == "completed"
+    with rt.db.read_session() as s:
+        docs_by_id = {d.external_id: d for d in s.execute(select(Document)).scalars()}
+        poison_jobs = (
+            s.execute(select(Job).where(Job.type == PROCESS_JOB, Job.document_id == docs_by_id["poison"].id))
+            .scalars()
+            .all()
+        )
+    assert docs_by_id["poison"].status == "failed"
+    assert "parser process died" in (docs_by_id["poison"].error or "")
+    assert [(j.status, j.attempts) for j in poison_jobs] == [("dead", 3)]
+    assert sorted(k for k, d in docs_by_id.items() if d.status == "indexed") == sorted(
+        [d["external_id"] for d in docs] + [d["external_id"] for d in records(5, skip=200)]
+    )
+    audit(rt)
