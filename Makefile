@@ -61,6 +61,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/finalize.py
 	$(BIN)/python benchmarks/crawl.py
+	$(BIN)/python benchmarks/queue.py
 
 smoke: $(STAMP)  ## the shared HTTP contract check against a live server
 	bash .ci/contract-smoke

@@ -9,6 +9,8 @@ for example), which a signal sent from outside cannot aim at. A *point* is a nam
 
 * ``NAME=kill`` SIGKILLs the process the first time ``point(NAME)`` runs; ``kill@N`` on the
   N-th time (1-based), so a crash can land in the middle of a run;
+* ``NAME=sleep:SECONDS`` makes every pass through the point that slow (a slow parser, a slow
+  disk), so that a test can act while a job is surely in flight;
 * ``heartbeat=block``: the process stops renewing leases (alive but cut off);
 * ``parse.poison=MARKER``: a parser process given a document that contains ``MARKER`` dies, as a
   native parser library crashing on a hostile file would.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections import Counter
 
 ENV = "LOREBASE_FAULTS"
@@ -45,7 +48,12 @@ def armed() -> dict[str, str]:
 def point(name: str) -> None:
     """A named place where an armed ``kill`` fault ends the process (see the module doc)."""
     action = armed().get(name)
-    if action is None or not action.startswith("kill"):
+    if action is None:
+        return
+    if action.startswith("sleep:"):
+        time.sleep(float(action.partition(":")[2]))
+        return
+    if not action.startswith("kill"):
         return
     _, _, nth = action.partition("@")
     with _lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 from typing import Annotated, Any
@@ -81,6 +82,13 @@ def worker(
     stop.wait()
     console.print("draining: running jobs checkpoint and release their leases")
     executor.stop(drain=True, timeout=60)
+    from lorebase.pipeline.embed import TEXTS_EMBEDDED
+
+    logging.getLogger("lorebase.worker").info(
+        "worker stopped: %d jobs still running, %d texts embedded by this process",
+        executor.active_jobs,
+        TEXTS_EMBEDDED.value,
+    )
     rt.close()
 
 

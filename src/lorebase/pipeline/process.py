@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
+from lorebase import faults
 from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, utcnow
 from lorebase.errors import NotFound, PermanentError, TransientError
 from lorebase.jobs.context import JobContext
@@ -91,6 +92,7 @@ class ProcessDocument:
                 raise outcome  # a job of one document fails with it (and shows as a failed job)
             else:
                 failed.append((doc_id, outcome.message))
+        faults.point("process.before_save")
         ctx.check_control()
         with ctx.transaction() as s:
             for doc_id, message in failed:
