@@ -611,14 +611,29 @@ class Slow(CountingHandler):
 
 
 class Looping(CountingHandler):
-    """Works in small batches and checks for pause/cancel/drain between them."""
+    """Works in small batches, resumable from what it saved (like the embed loop), and checks
+    for pause/cancel/drain between them."""
 
     def work(self, ctx: JobContext, n: int) -> None:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            ctx.check_control()
+            ctx.check_control(resumable=True)
             time.sleep(0.05)
         raise AssertionError("never interrupted")
+
+
+class Finite(CountingHandler):
+    """A short job without checkpoints: checks control (not resumable) and ends by itself."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def work(self, ctx: JobContext, n: int) -> None:
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            ctx.check_control()
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -769,6 +784,18 @@ def test_executor_drain_with_pending_duplicate_leaves_one_pending_job(
 
     assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith(ex.owner_prefix))
     _assert_twin_takes_over(runtime, first, duplicate)
+
+
+def test_executor_drain_lets_a_job_without_checkpoints_finish(
+    runtime: Runtime, executors: list[EmbeddedExecutor]
+) -> None:
+    handler = Finite(seconds=1.0)
+    job_id = new_job(runtime)
+    ex = start(runtime, executors, handler)
+    assert handler.started.wait(5)
+    ex.stop(drain=True, timeout=10)
+    assert job_row(runtime, job_id).status == "succeeded"
+    assert handler.runs == 1
 
 
 def test_executor_pause_releases_job_and_resume_runs_it_again(

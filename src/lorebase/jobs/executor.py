@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -101,7 +102,9 @@ class EmbeddedExecutor:
                 self._stop.wait(cfg.poll_seconds * 4)
                 continue
             if job is None:
-                self._wake.wait(cfg.poll_seconds)
+                # jittered, so idle threads do not all look at the same moment (a job written by
+                # another process would then wait a whole period instead of half of one)
+                self._wake.wait(cfg.poll_seconds * random.uniform(0.5, 1.5))
                 self._wake.clear()
                 continue
             try:
