@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 SCIFACT ?= ../shared/eval/scifact
 
-.PHONY: install install-dev serve test lint format eval bench smoke clean test-site
+.PHONY: install install-dev serve test faults lint format eval bench smoke clean test-site
 PYDOCS := /usr/share/doc/python3.11/html
 
 $(BIN)/python:
@@ -43,6 +43,9 @@ test-site:
 			$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3.11-doc >/dev/null; \
 		else echo "note: python3.11-doc is missing and apt-get is not usable here: the crawl tests will skip"; fi; \
 	fi
+
+faults: $(DEV_STAMP)  ## the fault-injection suite alone (also part of `make test`)
+	$(BIN)/pytest -q tests/faults
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
