@@ -39,7 +39,7 @@ def test_pause_resume_embeds_nothing_twice_and_equals_a_clean_run(
     executor = build_executor(rt, concurrency=2)
     executor.start()
     try:
-        kb_id, pid = start_pipeline(rt, corpus)
+        _, pid = start_pipeline(rt, corpus)
         p = local_principal(rt.db)
         wait_for(lambda: chunks_indexed(rt, pid) >= 2 * BATCH, timeout=120, what="embedding under way")
         pipelines.pause(rt, p, pid)
