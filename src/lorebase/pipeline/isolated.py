@@ -117,6 +117,16 @@ class ParsePool:
                 )
             return self._pool
 
+    def start(self, *, wait: bool = False) -> None:
+        """Spawn the processes now (they import the parsers and the tokenizer in the background),
+        so the first document does not wait for them. Returns at once unless ``wait``."""
+        if self.processes > 0:
+            pool = self._executor()
+            warming = [pool.submit(_warm_up) for _ in range(self.processes)]
+            if wait:
+                for future in warming:
+                    future.result()
+
     def _discard(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
             if self._pool is broken:

@@ -37,6 +37,8 @@ class _Maintenance:
 
 
 def build_executor(runtime: Runtime, *, concurrency: int, name: str = "worker") -> EmbeddedExecutor:
+    if concurrency > 0:
+        runtime.parse_pool.start()  # warm before the first document arrives
     return EmbeddedExecutor(
         runtime,
         HANDLERS,
