@@ -39,6 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# benchmarks/queue.py is named like the stdlib's ``queue`` module, and a script's own directory
+# comes first on the import path: drop it before anything imports ``queue``.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -33,7 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+# benchmarks/queue.py is named like the stdlib's ``queue`` module, and a script's own directory
+# comes first on the import path: drop it before anything imports ``queue``.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import httpx  # noqa: E402  (after the path fix above)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
