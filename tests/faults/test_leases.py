@@ -120,6 +120,7 @@ def test_reaper_racing_a_completing_job_never_undoes_its_success(tmp_path: Path)
                 with rt.db.session() as s:
                     rt.queue.succeed(s, again)
                 assert _job(rt, job_id).status == "succeeded"
+        audit(rt)
     finally:
         rt.close()
     assert sum(outcomes.values()) == 25
@@ -144,6 +145,7 @@ def test_a_job_three_times_longer_than_its_lease_runs_exactly_once(tmp_path: Pat
             lambda: _job(first, job_id).status == "succeeded", timeout=30, what="the slow job to succeed"
         )
         time.sleep(1.0)  # a late duplicate would show up here
+        audit(first)
     finally:
         for w in workers:
             w.stop()

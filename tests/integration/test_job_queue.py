@@ -859,3 +859,44 @@ def test_executor_worker_survives_a_failing_on_failure_hook(
     runtime.queue.notify()
 
     wait_status(runtime, good, ("succeeded",), timeout=3)
+
+
+def test_workspace_and_pipeline_shares_let_others_through(tmp_path: Path) -> None:
+    """One tenant's bulk work cannot hold every worker: with a share of 1 running job per
+    workspace, the next claim skips workspace A's (more urgent) backlog for B's job; with a
+    share per pipeline, likewise for a second pipeline of the same workspace."""
+    rt = Runtime(make_settings(tmp_path / "ws", jobs={"max_running_per_workspace": 1}))
+    try:
+        ws_a, _ = make_pipeline(rt)
+        ws_b, _ = make_pipeline(rt)
+        a_jobs = [new_job(rt, workspace_id=ws_a, priority=10) for _ in range(3)]
+        b_job = new_job(rt, workspace_id=ws_b, priority=0)
+        first = rt.queue.claim("w1")
+        assert first is not None and first.id in a_jobs
+        second = rt.queue.claim("w2")
+        assert second is not None and second.id == b_job
+        assert rt.queue.claim("w3") is None  # both workspaces are at their share
+        with rt.db.session() as s:
+            rt.queue.succeed(s, first)
+        third = rt.queue.claim("w3")
+        assert third is not None and third.id in a_jobs and third.id != first.id
+    finally:
+        rt.close()
+
+    rt = Runtime(make_settings(tmp_path / "pipe", jobs={"max_running_per_pipeline": 1}))
+    try:
+        ws, p1 = make_pipeline(rt)
+        with rt.db.session() as s:
+            kb_id = s.get(Pipeline, p1).kb_id
+            p2 = Pipeline(kb_id=kb_id, workspace_id=ws, status="running")
+            s.add(p2)
+            s.flush()
+            p2_id = p2.id
+        p1_jobs = [new_job(rt, workspace_id=ws, pipeline_id=p1, priority=10) for _ in range(3)]
+        p2_job = new_job(rt, workspace_id=ws, pipeline_id=p2_id)
+        first, second, third = (rt.queue.claim(f"w{i}") for i in range(3))
+        assert first is not None and first.id in p1_jobs
+        assert second is not None and second.id == p2_job
+        assert third is None
+    finally:
+        rt.close()
