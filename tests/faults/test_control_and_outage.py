@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +34,26 @@ from support.worker import start_worker
 from .conftest import BATCH, N_RECORDS
 
 
+@contextmanager
+def embedding_under_way(rt: Runtime, corpus: list[dict[str, str]]) -> Iterator[tuple[str, str]]:
+    """In-process workers on a new pipeline of ``corpus``, entered once two embed batches are in;
+    yields (kb_id, pipeline_id) and stops the workers on exit."""
+    executor = build_executor(rt, concurrency=2)
+    executor.start()
+    try:
+        kb_id, pid = start_pipeline(rt, corpus)
+        wait_for(lambda: chunks_indexed(rt, pid) >= 2 * BATCH, timeout=120, what="embedding under way")
+        yield kb_id, pid
+    finally:
+        executor.stop()
+
+
 def test_pause_resume_embeds_nothing_twice_and_equals_a_clean_run(
     rt: Runtime, corpus: list[dict[str, str]], reference: dict[str, Any]
 ) -> None:
     before = TEXTS_EMBEDDED.value
-    executor = build_executor(rt, concurrency=2)
-    executor.start()
-    try:
-        _, pid = start_pipeline(rt, corpus)
+    with embedding_under_way(rt, corpus) as (_, pid):
         p = local_principal(rt.db)
-        wait_for(lambda: chunks_indexed(rt, pid) >= 2 * BATCH, timeout=120, what="embedding under way")
         pipelines.pause(rt, p, pid)
         wait_for(lambda: running_jobs(rt) == 0, timeout=30, what="the paused pipeline's jobs to stop")
         paused_at = chunks_indexed(rt, pid)
@@ -51,8 +63,6 @@ def test_pause_resume_embeds_nothing_twice_and_equals_a_clean_run(
         assert pipeline_status(rt, pid) == "paused"
         pipelines.resume(rt, p, pid)
         wait_for(lambda: ended(rt, pid), timeout=180, what="the resumed pipeline to end")
-    finally:
-        executor.stop()
     assert pipeline_status(rt, pid) == "completed"
     assert TEXTS_EMBEDDED.value - before == N_RECORDS, "every chunk went to the model exactly once"
     assert audit(rt) == reference
@@ -61,18 +71,12 @@ def test_pause_resume_embeds_nothing_twice_and_equals_a_clean_run(
 def test_cancel_leaves_a_queryable_kb_with_what_was_indexed(
     rt: Runtime, corpus: list[dict[str, str]]
 ) -> None:
-    executor = build_executor(rt, concurrency=2)
-    executor.start()
-    try:
-        kb_id, pid = start_pipeline(rt, corpus)
+    with embedding_under_way(rt, corpus) as (kb_id, pid):
         p = local_principal(rt.db)
-        wait_for(lambda: chunks_indexed(rt, pid) >= 2 * BATCH, timeout=120, what="embedding under way")
         pipelines.cancel(rt, p, pid)
         wait_for(lambda: ended(rt, pid), timeout=60, what="the cancelled pipeline to end")
         time.sleep(0.5)
         assert running_jobs(rt) == 0
-    finally:
-        executor.stop()
     assert pipeline_status(rt, pid) == "cancelled"
     state = audit(rt)
     indexed, cancelled = state["statuses"].get("indexed", 0), state["statuses"].get("cancelled", 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -13,30 +12,9 @@ from conftest import make_settings
 from lorebase.db.models import Chunk, Document, Job, Pipeline
 from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
-from lorebase.services import drafts, pipelines
-from lorebase.services.auth import local_principal
+from lorebase.services import pipelines
+from support.faults import records, start_pipeline
 from support.worker import start_worker
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact" / "corpus.jsonl"
-
-
-def _records(n: int) -> list[dict[str, str]]:
-    out = []
-    with CORPUS.open() as f:
-        for line in f:
-            d = json.loads(line)
-            words = d["text"].split()[:90]  # ~120 tokens: one chunk per record
-            out.append({"external_id": d["_id"], "title": d["title"], "text": " ".join(words)})
-            if len(out) == n:
-                break
-    return out
-
-
-def _start(rt: Runtime, records: list[dict[str, str]]) -> str:
-    p = local_principal(rt.db)
-    draft = drafts.create(rt, p, name="crash", description=None, config=None)
-    drafts.add_text(rt, p, draft["id"], records)
-    return str(drafts.finalize(rt, p, draft["id"])["pipeline_id"])
 
 
 def _snapshot(rt: Runtime) -> dict[str, object]:
@@ -61,10 +39,10 @@ def _snapshot(rt: Runtime) -> dict[str, object]:
 
 
 def test_sigkill_mid_batch_then_restart_matches_a_clean_run(tmp_path: Path) -> None:
-    records = _records(160)
+    docs = records(160)
 
     clean = Runtime(make_settings(tmp_path / "clean", embed_batch_size=32))
-    pid = _start(clean, records)
+    _, pid = start_pipeline(clean, docs, name="crash")
     build_executor(clean, concurrency=1).run_until_idle()
     pipelines.settle(clean, pid)
     expected = _snapshot(clean)
@@ -73,7 +51,7 @@ def test_sigkill_mid_batch_then_restart_matches_a_clean_run(tmp_path: Path) -> N
 
     data_dir = tmp_path / "crash"
     rt = Runtime(make_settings(data_dir, embed_batch_size=32))
-    pid = _start(rt, records)
+    _, pid = start_pipeline(rt, docs, name="crash")
     worker = start_worker(data_dir, LOREBASE_EMBED_BATCH_SIZE="32")
     try:
         deadline = time.monotonic() + 180

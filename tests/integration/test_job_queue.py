@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +27,7 @@ from lorebase.jobs.executor import EmbeddedExecutor
 from lorebase.jobs.queue import FINAL_JOB_STATES, ClaimedJob, backoff_delay
 from lorebase.runtime import Runtime
 from lorebase.settings import JobSettings
+from support.waiting import wait_for
 
 WS = "ws-test"
 T = TypeVar("T")
@@ -93,17 +94,6 @@ def set_pipeline_status(rt: Runtime, pipeline_id: str, status: str) -> None:
 def pipeline_status(rt: Runtime, pipeline_id: str) -> str:
     with rt.db.read_session() as s:
         return str(s.execute(select(Pipeline.status).where(Pipeline.id == pipeline_id)).scalar_one())
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_status(rt: Runtime, job_id: str, statuses: tuple[str, ...], timeout: float = 10.0) -> Job:

@@ -14,8 +14,6 @@ The audit checks the final database, not the path taken to it:
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,9 @@ from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, pipelines
 from lorebase.services.auth import local_principal
+from support.waiting import wait_for
+
+__all__ = ["audit", "clean_run", "records", "start_pipeline", "wait_for"]
 
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact" / "corpus.jsonl"
 FINAL_DOCUMENT_STATES = ("indexed", "failed", "cancelled")
@@ -62,18 +63,6 @@ def clean_run(rt: Runtime, docs: list[dict[str, str]]) -> dict[str, Any]:
     build_executor(rt, concurrency=1).run_until_idle()
     pipelines.settle(rt, pid)
     return audit(rt)
-
-
-def wait_for(check: Callable[[], Any], *, timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def pipeline_row(rt: Runtime, pipeline_id: str) -> Any:

@@ -94,13 +94,6 @@ def _warm_up() -> None:
     import lorebase.adapters.parsers.registry  # noqa: F401
 
 
-def _outcome(run: Any) -> Prepared | PermanentError:
-    try:
-        return run()
-    except PermanentError as exc:
-        return exc
-
-
 class ParsePool:
     """A lazily started pool of ``processes`` parser processes, replaced when one dies."""
 
@@ -142,7 +135,8 @@ class ParsePool:
         :class:`TransientError` for the whole lot (the job is retried).
         """
         if self.processes <= 0 or not work:
-            return [_outcome(lambda args=args: prepare(*args)) for args in work]
+            answers = [_prepare_in_child(*args) for args in work]
+            return [value if outcome == "ok" else PermanentError(value) for outcome, value in answers]
         pool = self._executor()
         try:
             futures = [pool.submit(_prepare_in_child, *args) for args in work]

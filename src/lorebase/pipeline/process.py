@@ -151,35 +151,29 @@ class ProcessDocument:
     @staticmethod
     def _prepare(runtime: Any, work: list[tuple[Any, ...]]) -> list[_Prepared | PermanentError]:
         """Parse and chunk the documents (in parallel, in the parse pool); failures in place."""
-        outcomes: list[_Prepared | PermanentError | None] = []
-        todo: list[tuple[bytes, str, str | None, ChunkingConfig, str, int]] = []
+        loaded: list[tuple[bytes, str, str | None, ChunkingConfig, str, int] | PermanentError] = []
         for _, blob_key, media_type, filename, _, config in work:
             try:
                 data = _load(runtime, blob_key, media_type)
             except PermanentError as exc:
-                outcomes.append(exc)
+                loaded.append(exc)
                 continue
             spec = config["embedding"]["model"]
-            _, max_tokens = embedder_info(spec)
-            todo.append((data, media_type, filename, chunking_of(config), spec, max_tokens))
-            outcomes.append(None)
-        done = iter(runtime.parse_pool.prepare_all(todo))
-        for position, (doc_id, _, _, filename, title, _) in enumerate(work):
-            if outcomes[position] is not None:
-                continue
-            result = next(done)
+            loaded.append((data, media_type, filename, chunking_of(config), spec, embedder_info(spec)[1]))
+        parsed = iter(
+            runtime.parse_pool.prepare_all([a for a in loaded if not isinstance(a, PermanentError)])
+        )
+        outcomes: list[_Prepared | PermanentError] = []
+        for (doc_id, _, _, filename, title, _), item in zip(work, loaded, strict=True):
+            result = item if isinstance(item, PermanentError) else next(parsed)
             if isinstance(result, PermanentError):
-                outcomes[position] = result
+                outcomes.append(result)
             elif not result.drafts:
-                outcomes[position] = PermanentError("no extractable text in this document")
+                outcomes.append(PermanentError("no extractable text in this document"))
             else:
-                outcomes[position] = _Prepared(
-                    doc_id=doc_id,
-                    page_count=result.page_count,
-                    drafts=result.drafts,
-                    title=title or result.title or result.leading_heading or filename,
-                )
-        return [outcome for outcome in outcomes if outcome is not None]
+                title = title or result.title or result.leading_heading or filename
+                outcomes.append(_Prepared(doc_id, result.page_count, result.drafts, title))
+        return outcomes
 
     def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
         """The group failed as a whole: its documents not yet past parsing fail with its error."""
