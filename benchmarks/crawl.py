@@ -219,7 +219,12 @@ def run_crawl(
 
         handlers = {k: HANDLERS[k] for k in (CRAWL_JOB, PROCESS_JOB)}  # no embed_chunks
         executor = EmbeddedExecutor(
-            runtime, handlers, concurrency=workers, name="bench", on_settle=pipelines.settle
+            runtime,
+            handlers,
+            concurrency=workers,
+            lanes={CRAWL_JOB: settings.jobs.crawl_workers},  # as ``build_executor`` does
+            name="bench",
+            on_settle=pipelines.settle,
         )
         executor.start()
         # the engine's own SQLite driver: a second SQLite library in one process would share POSIX

@@ -46,6 +46,13 @@ class JobSettings(BaseModel):
         description="Jobs of one workspace running at once across all workers, so one tenant's "
         "bulk ingestion cannot take every worker (0: no limit).",
     )
+    crawl_workers: int = Field(
+        1,
+        ge=0,
+        description="Threads of each worker process that run only crawls, beside its general "
+        "worker threads: a crawl waits on the network for its whole run, so it never holds a "
+        "thread that parses or embeds (0: crawls run on the general threads).",
+    )
     parse_processes: int = Field(
         2,
         ge=0,

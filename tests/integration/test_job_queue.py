@@ -890,3 +890,36 @@ def test_workspace_and_pipeline_shares_let_others_through(tmp_path: Path) -> Non
         assert third is None
     finally:
         rt.close()
+
+
+def test_lane_runs_its_type_beside_the_general_threads(
+    runtime: Runtime, executors: list[EmbeddedExecutor]
+) -> None:
+    """A job type with a lane of its own (crawls) never holds a general thread: with one general
+    thread busy on a long lane job, other jobs still run, and the lane takes only its type."""
+    long_jobs = Finite(3.0)
+    quick = Finite(0.0)
+    ex = EmbeddedExecutor(runtime, {"long": long_jobs, "t": quick}, concurrency=1, lanes={"long": 1})
+    executors.append(ex)
+    first_long = new_job(runtime, type="long")
+    second_long = new_job(runtime, type="long")
+    ex.start()
+    wait_for(long_jobs.started.is_set, 5, "the first long job to start")
+    quick_ids = [new_job(runtime) for _ in range(3)]
+    ex._wake.set()
+
+    for job_id in quick_ids:
+        row = wait_status(runtime, job_id, FINAL_JOB_STATES, timeout=2.5)
+        assert row.status == "succeeded"
+        assert row.lease_owner is None
+    # the lane runs one long job at a time, and the general thread never took the second one
+    assert job_row(runtime, first_long).status == "running"
+    assert job_row(runtime, second_long).status == "pending"
+    assert quick.runs == 3
+    assert wait_status(runtime, second_long, FINAL_JOB_STATES).status == "succeeded"
+    assert long_jobs.runs == 2
+
+
+def test_lanes_for_types_an_executor_does_not_handle_are_ignored(runtime: Runtime) -> None:
+    ex = EmbeddedExecutor(runtime, {"t": Finite(0.0)}, concurrency=1, lanes={"crawl_source": 1, "t": 0})
+    assert ex.lanes == {}

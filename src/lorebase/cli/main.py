@@ -78,7 +78,9 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     executor.start()
-    console.print(f"worker started with {concurrency} threads on {rt.settings.resolved_database_url}")
+    crawlers = rt.settings.jobs.crawl_workers
+    extra = f" (+{crawlers} for crawls)" if crawlers and concurrency else ""
+    console.print(f"worker started with {concurrency} threads{extra} on {rt.settings.resolved_database_url}")
     stop.wait()
     console.print("draining: running jobs checkpoint and release their leases")
     executor.stop(drain=True, timeout=60)

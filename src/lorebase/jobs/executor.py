@@ -2,7 +2,12 @@
 
 Runs inside ``lorebase serve`` and as ``lorebase worker`` (same database, another process).
 One heartbeat thread renews the leases of every job this process runs; one maintenance
-thread reaps expired leases and settles pipelines whose work has ended. ``stop(drain=True)``
+thread reaps expired leases and settles pipelines whose work has ended.
+
+``lanes`` gives job types threads of their own (``{"crawl_source": 1}``): those threads claim
+only those types and the ``concurrency`` general threads claim everything else. A crawl waits
+on the network for its whole run; in a lane of its own it never holds a thread that would
+otherwise parse or embed, and the pages it fetches are processed while it goes on. ``stop(drain=True)``
 asks running jobs to checkpoint at their next batch boundary and release their leases.
 """
 
@@ -45,6 +50,7 @@ class EmbeddedExecutor:
         handlers: Mapping[str, Handler],
         *,
         concurrency: int = 2,
+        lanes: Mapping[str, int] | None = None,
         name: str = "worker",
         on_settle: Callable[[Runtime, str], None] | None = None,
         maintenance: Callable[[Runtime], None] | None = None,
@@ -52,6 +58,8 @@ class EmbeddedExecutor:
         self.runtime = runtime
         self.handlers = dict(handlers)
         self.concurrency = concurrency
+        #: job types with threads of their own, and how many (only types this executor handles)
+        self.lanes = {t: n for t, n in (lanes or {}).items() if n > 0 and t in self.handlers}
         self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.on_settle = on_settle
         self.maintenance = maintenance
@@ -65,13 +73,19 @@ class EmbeddedExecutor:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
-        for i in range(self.concurrency):
-            self._spawn(self._work_loop, f"{self.owner_prefix}-{i}")
+        """Start the threads; with ``concurrency`` 0 (an API-only process) none claims jobs."""
+        if self.concurrency > 0:
+            general = tuple(t for t in self.handlers if t not in self.lanes)
+            for i in range(self.concurrency if general else 0):
+                self._spawn(self._work_loop, f"{self.owner_prefix}-{i}", general)
+            for job_type, n in self.lanes.items():
+                for i in range(n):
+                    self._spawn(self._work_loop, f"{self.owner_prefix}-{job_type}-{i}", (job_type,))
         self._spawn(self._heartbeat_loop, f"{self.owner_prefix}-heartbeat")
         self._spawn(self._maintenance_loop, f"{self.owner_prefix}-maintenance")
 
-    def _spawn(self, target: Callable[[str], None], name: str) -> None:
-        t = threading.Thread(target=target, args=(name,), name=name, daemon=True)
+    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
+        t = threading.Thread(target=target, args=(name, *args), name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
@@ -92,11 +106,11 @@ class EmbeddedExecutor:
             return len(self._active)
 
     # -- loops ------------------------------------------------------------------------------
-    def _work_loop(self, owner: str) -> None:
+    def _work_loop(self, owner: str, types: tuple[str, ...]) -> None:
         cfg = self.runtime.settings.jobs
         while not self._stop.is_set():
             try:
-                job = self.runtime.queue.claim(owner, tuple(self.handlers))
+                job = self.runtime.queue.claim(owner, types)
             except OperationalError as exc:  # database briefly unavailable: back off, keep going
                 log.warning("claim failed: %s", exc)
                 self._stop.wait(cfg.poll_seconds * 4)

@@ -43,6 +43,7 @@ def build_executor(runtime: Runtime, *, concurrency: int, name: str = "worker") 
         runtime,
         HANDLERS,
         concurrency=concurrency,
+        lanes={CRAWL_JOB: runtime.settings.jobs.crawl_workers},
         name=name,
         on_settle=pipelines.settle,
         maintenance=_Maintenance(),
