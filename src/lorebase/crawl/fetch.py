@@ -44,6 +44,7 @@ class FetchResult:
     error: str | None = None
     retry_after: float | None = None
     links: PageLinks | None = None  # an HTML page's links, read beside the fetch
+    digest: str | None = None  # sha256 of the body, computed beside the fetch
 
 
 class HostGate:

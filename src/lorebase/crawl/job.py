@@ -23,7 +23,8 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -138,10 +139,25 @@ class Crawl:
         self._robots: dict[str, asyncio.Task[Robots]] = {}
         self.client: Any = None
         self.fetcher: Fetcher | None = None
+        #: scope decisions, per URL (the options do not change during a crawl)
+        self._scope: dict[str, str | None] = {}
+        #: url hashes this source is known to have rows for (committed), and those the open
+        #: transaction inserts: the frontier is asked only about links not seen before
+        self._known: set[str] = set()
+        self._inserting: set[str] = set()
+        #: content hash -> URL of the pages kept so far, for the batch being committed
+        self._twins: dict[str, str] = {}
 
     # -- scope, politeness -------------------------------------------------------------------
     def out_of_scope(self, url: str) -> str | None:
         """Why ``url`` is not crawled (None: it is in scope)."""
+        try:
+            return self._scope[url]
+        except KeyError:
+            reason = self._scope[url] = self._out_of_scope(url)
+            return reason
+
+    def _out_of_scope(self, url: str) -> str | None:
         opts = self.options
         url = normalize_url(url) or url
         if opts.same_domain and not same_host(url, self.start):
@@ -239,7 +255,7 @@ class Crawl:
         sitemap_urls: list[str] = []
         if self.options.use_sitemap:
             sitemap_urls = await self._sitemap_urls()
-        with self.ctx.transaction() as s:
+        with self._transaction() as s:
             # a refresh: every page known from earlier runs is queued again, validators kept
             s.execute(
                 update(CrawlPage)
@@ -287,8 +303,8 @@ class Crawl:
         """Fetch a page and read its links in a thread, so the commit is database work only."""
         assert self.fetcher is not None
         result = await self.fetcher.fetch(ref.url, etag=ref.etag, last_modified=ref.last_modified)
-        if result.outcome == "ok" and result.body is not None and result.media_type in PAGE_TYPES:
-            result.links = await asyncio.to_thread(page_links, result.body, result.final_url or ref.url)
+        if result.outcome == "ok" and result.body is not None:
+            await asyncio.to_thread(_read_body, result, result.final_url or ref.url)
         return result
 
     async def crawl(self) -> None:
@@ -404,16 +420,31 @@ class Crawl:
         return max(0.0, (when - utcnow()).total_seconds())
 
     # -- saving ------------------------------------------------------------------------------
-    def _commit(self, results: list[tuple[_Ref, FetchResult]]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """The job's fenced transaction; the URLs it queued count as known once it commits."""
+        self._inserting.clear()
         with self.ctx.transaction() as s:
+            yield s
+        self._known |= self._inserting
+
+    def _commit(self, results: list[tuple[_Ref, FetchResult]]) -> None:
+        with self._transaction() as s:
             kb = s.get(KnowledgeBase, self.kb_id)
             pipeline = s.get(Pipeline, self.run_id)
             if kb is None or pipeline is None:
                 raise PermanentError("the knowledge base was deleted")
+            pages = {
+                page.id: page
+                for page in s.execute(
+                    select(CrawlPage).where(CrawlPage.id.in_([ref.id for ref, _ in results]))
+                ).scalars()
+            }
+            self._twins = self._known_contents(s, results)
             items: list[tuple[CrawlPage, SourceItem]] = []
             discovered: list[tuple[str, int]] = []
             for ref, result in results:
-                page = s.get(CrawlPage, ref.id)
+                page = pages.get(ref.id)
                 if page is None or page.run_id != self.run_id or page.status != "queued":
                     continue
                 page.attempts += 1
@@ -435,6 +466,22 @@ class Crawl:
             pipeline_service.refresh_progress(s, self.run_id)
         self.runtime.queue.notify()
 
+    def _known_contents(self, s: Session, results: list[tuple[_Ref, FetchResult]]) -> dict[str, str]:
+        """Content hash -> URL of this run's pages already kept, for the hashes of this batch
+        (a page with the same content as one of them is a twin, skipped)."""
+        digests = {result.digest for _, result in results if result.digest}
+        if not digests:
+            return {}
+        rows = s.execute(
+            select(CrawlPage.content_hash, CrawlPage.url).where(
+                CrawlPage.source_id == self.source_id,
+                CrawlPage.run_id == self.run_id,
+                CrawlPage.content_hash.in_(digests),
+                CrawlPage.status.in_(("fetched", "unchanged")),
+            )
+        ).all()
+        return {digest: url for digest, url in rows if digest is not None}
+
     def _apply(
         self,
         s: Session,
@@ -450,6 +497,8 @@ class Crawl:
             return self._fetched(s, page, result, discovered)
         if outcome == "not_modified":
             page.status = "unchanged"
+            if page.content_hash:
+                self._twins.setdefault(page.content_hash, page.url)
             if page.depth < self.options.max_depth:  # its links, as stored when it last changed
                 discovered.extend((link, page.depth + 1) for link in page.links or [])
             return None
@@ -483,7 +532,7 @@ class Crawl:
     ) -> SourceItem | None:
         assert result.body is not None and result.media_type is not None
         body = result.body
-        digest = hashlib.sha256(body).hexdigest()
+        digest = result.digest or hashlib.sha256(body).hexdigest()
         page.etag, page.last_modified, page.content_hash = result.etag, result.last_modified, digest
         page.error = None
         noindex = False
@@ -503,21 +552,12 @@ class Crawl:
         if noindex:
             page.status, page.error = "skipped", "the page asks not to be indexed (meta robots noindex)"
             return None
-        twin = s.execute(
-            select(CrawlPage.url)
-            .where(
-                CrawlPage.source_id == self.source_id,
-                CrawlPage.run_id == self.run_id,
-                CrawlPage.content_hash == digest,
-                CrawlPage.id != page.id,
-                CrawlPage.status.in_(("fetched", "unchanged")),
-            )
-            .limit(1)
-        ).scalar()
-        if twin is not None:
+        twin = self._twins.get(digest)
+        if twin is not None and twin != page.url:
             page.status, page.error = "skipped", f"same content as {twin}"
             return None
         page.status = "fetched"  # provisional: ``unchanged`` when its document turns out the same
+        self._twins[digest] = page.url
         key = self.runtime.blobs.put(body)
         return SourceItem(
             source_type="web",
@@ -556,16 +596,18 @@ class Crawl:
                 unique.setdefault(url_hash(key), (key, fetch_url, depth))
         if not unique:
             return
-        known: set[str] = set()
-        hashes = list(unique)
+        known = {h for h in unique if h in self._known or h in self._inserting}
+        hashes = [h for h in unique if h not in known]
         for i in range(0, len(hashes), 500):
-            known.update(
+            found = set(
                 s.execute(
                     select(CrawlPage.url_hash).where(
                         CrawlPage.source_id == self.source_id, CrawlPage.url_hash.in_(hashes[i : i + 500])
                     )
                 ).scalars()
             )
+            known |= found
+            self._known |= found  # rows committed before this transaction
         fresh = [(h, u, f, d) for h, (u, f, d) in unique.items() if h not in known]
         if cap is not None:
             count = s.execute(
@@ -597,6 +639,7 @@ class Crawl:
         dialect = s.get_bind().dialect.name
         insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
         s.execute(insert_fn(CrawlPage).values(rows).on_conflict_do_nothing())
+        self._inserting.update(h for h, _, _, _ in fresh)
 
     def _update_counters(self, s: Session) -> None:
         rows = s.execute(
@@ -634,6 +677,15 @@ def apply_page_counts(s: Session, ctx: JobContext, mine: dict[str, int]) -> None
     pipeline.pages_fetched = (pipeline.pages_fetched or 0) + mine["fetched"] - before["fetched"]
     pipeline.pages_skipped = (pipeline.pages_skipped or 0) + mine["skipped"] - before["skipped"]
     ctx.save_checkpoint(s, {**ctx.job.checkpoint, "counts": mine})
+
+
+def _read_body(result: FetchResult, url: str) -> None:
+    """What the commit needs from a fetched body, computed off the event loop: its hash and,
+    for a page, its links."""
+    assert result.body is not None
+    result.digest = hashlib.sha256(result.body).hexdigest()
+    if result.media_type in PAGE_TYPES:
+        result.links = page_links(result.body, url)
 
 
 def _backoff(attempt: int, retry_after: float | None) -> float:

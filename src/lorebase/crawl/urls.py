@@ -51,6 +51,11 @@ _PATH_SAFE = _UNRESERVED | frozenset("!$&'()*+,;=:@/")
 # Inside one query parameter "&" is the separator and must stay escaped; "=" may appear in a value.
 _QUERY_SAFE = _UNRESERVED | frozenset("!$'()*+,;=:@/?")
 _HOST_LABEL = re.compile(r"^[a-z0-9_-]{1,63}$")
+#: per safe set, whether a text has only safe characters and no ``%`` (so it is already normal)
+_CLEAN = {
+    safe: re.compile("[" + re.escape("".join(sorted(safe - {"%"}))) + "]*").fullmatch
+    for safe in (_PATH_SAFE, _QUERY_SAFE)
+}
 
 
 def normalize_url(url: str, base: str | None = None) -> str | None:
@@ -79,10 +84,12 @@ def link_target(href: str, base: str) -> tuple[str, str] | None:
     ones as its neighbours): a relative reference resolves against the base's *directory* only,
     so results are cached per (href, directory) and shared by every page of that directory.
     """
-    href = href.strip()
-    if not href.startswith(("?", "#")) and base.count("/") >= 3:
+    href = href.strip().partition("#")[0]  # the fragment never reaches the key: most links have one
+    if href and not href.startswith("?") and base.count("/") >= 3:
         base = base.partition("#")[0].partition("?")[0]
         base = base[: base.rfind("/") + 1]
+    else:
+        base = base.partition("#")[0]
     return _link_target(href, base)
 
 
@@ -210,6 +217,8 @@ def _normalize_percent(text: str, safe: frozenset[str]) -> str:
     A ``%`` that does not start a valid escape is itself escaped (``%25``), which keeps the
     function idempotent. ``+`` is left alone: whether it means a space depends on the server.
     """
+    if _CLEAN[safe](text):
+        return text  # nothing to decode or escape: the common case
     out: list[str] = []
     i = 0
     while i < len(text):
