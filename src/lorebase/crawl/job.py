@@ -23,6 +23,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ CRAWL_PRIORITY = 5  # bulk work (the crawl and its pages): below uploads (10) an
 COMMIT_EVERY_PAGES = 16
 COMMIT_EVERY_SECONDS = 1.0
 CONTROL_EVERY_SECONDS = 0.25
+#: frontier pages read at once (fetched in order from memory; the rest stay queued in the table)
+FRONTIER_READ = 64
 MAX_SITEMAPS = 20
 #: pipeline counters: ``pages_fetched`` counts pages that got an HTTP answer this run;
 #: ``pages_skipped`` those that led to no processing (robots, duplicates, noindex, unchanged)
@@ -310,6 +313,7 @@ class Crawl:
     async def crawl(self) -> None:
         assert self.fetcher is not None
         in_flight: dict[asyncio.Task[FetchResult], _Ref] = {}
+        ahead: deque[_Ref] = deque()  # read from the frontier, not fetched yet
         results: list[tuple[_Ref, FetchResult]] = []
         committing: list[tuple[_Ref, FetchResult]] = []
         commit_task: asyncio.Future[None] | None = None
@@ -334,14 +338,14 @@ class Crawl:
                 if commit_task is not None and commit_task.done():
                     commit_task.result()  # a failed commit (lost lease ...) stops the crawl here
                     commit_task, committing, want_more = None, [], True
-                if want_more and len(in_flight) < target:
+                if want_more and len(in_flight) < target and not ahead:
                     busy = {ref.id for ref, _ in [*results, *committing]} | {r.id for r in in_flight.values()}
-                    refs = await asyncio.to_thread(
-                        self._next_pages, target - len(in_flight) + len(busy), busy
-                    )
-                    for ref in refs[: target - len(in_flight)]:
-                        in_flight[asyncio.ensure_future(self._fetch(ref))] = ref
+                    refs = await asyncio.to_thread(self._next_pages, FRONTIER_READ + len(busy), busy)
+                    ahead.extend(refs)
                     want_more = bool(refs)
+                while ahead and len(in_flight) < target:
+                    ref = ahead.popleft()
+                    in_flight[asyncio.ensure_future(self._fetch(ref))] = ref
                 if not in_flight:
                     if commit_task is not None:
                         await commit_task  # its pages may have discovered more

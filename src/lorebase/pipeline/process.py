@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from lorebase import faults
@@ -204,6 +204,7 @@ def _load(runtime: Any, blob_key: str | None, media_type: str | None) -> bytes:
 
 
 def _chunk_rows(doc: Document, drafts: list[ChunkDraft], title: str | None) -> list[dict[str, Any]]:
+    """Rows for the ``chunks`` table (keyed by column name: they are inserted through Core)."""
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for i, d in enumerate(drafts):
@@ -222,7 +223,7 @@ def _chunk_rows(doc: Document, drafts: list[ChunkDraft], title: str | None) -> l
                 "embed_text": embed_text(title, meta.get("section"), d.text),
                 "token_count": d.token_count,
                 "content_hash": h,
-                "meta": meta,
+                "metadata": meta,
                 "embedded": False,
                 "created_at": now,
             }
@@ -256,8 +257,8 @@ def save_chunks(s: Session, runtime: Any, items: list[tuple[Document, KnowledgeB
         for i in range(0, len(stale), 500):
             s.execute(delete(Chunk).where(Chunk.pk.in_(stale[i : i + 500])))
     fresh = [row for rows in wanted.values() for row in rows if row["id"] not in keep]
-    if fresh:
-        s.execute(insert(Chunk), fresh)
+    if fresh:  # through Core: the ORM's bulk insert costs more than the database does here
+        s.execute(insert(cast(Table, Chunk.__table__)), fresh)
     waiting = {row["document_id"] for row in fresh}
     waiting |= {r.document_id for r in existing if r.id in keep and not r.embedded}
     for doc, _, item in items:
