@@ -67,7 +67,7 @@ class Runtime:
             upgrade(self.db.engine)
         self.queue = JobQueue(self.db, settings.jobs)
         self.blobs: BlobStore = LocalBlobStore(settings.blob_dir)
-        self.parse_pool = shared_pool(settings.jobs.parse_processes)
+        self.parse_pool = shared_pool(settings.jobs.parse_processes, settings.jobs.parse_niceness)
         self._embedders: dict[str, Embedder] = {}
         self._query_embedders: dict[str, Embedder] = {}
         self._stores: dict[tuple[str, int], Store] = {}

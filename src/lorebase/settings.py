@@ -60,6 +60,15 @@ class JobSettings(BaseModel):
         "parsing does not hold their GIL (0: parse in the worker thread itself).",
     )
 
+    parse_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower the parse processes' CPU priority is than the worker's "
+        "(Unix nice increment): parsing is batch work, so the worker's threads, a crawl's "
+        "network I/O, heartbeats and API requests get the CPU first (0: same priority).",
+    )
+
     @model_validator(mode="after")
     def _heartbeat_under_lease(self) -> JobSettings:
         if self.heartbeat_seconds * 2 > self.lease_seconds:

@@ -82,3 +82,22 @@ def test_a_killed_parser_process_is_a_transient_error_and_the_pool_recovers(pool
     again = pool.prepare_all([(page(2), "text/html", "after.html", CFG, SPEC, 256)])
     assert isinstance(again[0], Prepared) and again[0].drafts
     assert set(pool._executor()._processes).isdisjoint(children)
+
+
+def test_parse_processes_run_at_a_lower_cpu_priority_than_the_worker() -> None:
+    """Parsing is batch work: the worker's own threads (crawl I/O, heartbeats, API) come first."""
+    niced = ParsePool(1, niceness=7)
+    plain = ParsePool(1)
+    try:
+        niced.start(wait=True)
+        plain.start(wait=True)
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in niced._executor()._processes] == [
+            min(19, mine + 7)
+        ]
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in plain._executor()._processes] == [mine]
+        result = niced.prepare_all([(page(2), "text/html", "a.html", CFG, SPEC, 256)])
+        assert isinstance(result[0], Prepared) and result[0].drafts
+    finally:
+        niced.shutdown()
+        plain.shutdown()

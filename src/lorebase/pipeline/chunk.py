@@ -33,12 +33,14 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
+from operator import itemgetter
 from typing import Any
 
 from tokenizers import Tokenizer, pre_tokenizers
 
 from lorebase.pipeline.types import Block, ChunkDraft, ChunkingConfig, ParsedDocument
 
+_first = itemgetter(0)
 _SPACE = re.compile(r"\s+")
 _SENTENCE_END = re.compile(r"[.!?;:\u3002\uff01\uff1f]['\")\]]*\s+|\n+")
 #: where an oversize block may be cut, best first (each match ends where the next part starts)
@@ -121,7 +123,7 @@ class _Chunker:
             return []
         encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         return [
-            (text, len(e.ids), tuple(start for start, _ in e.offsets))
+            (text, len(e.ids), tuple(map(_first, e.offsets)))
             for text, e in zip(texts, encodings, strict=True)
         ]
 

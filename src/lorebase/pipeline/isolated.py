@@ -19,7 +19,9 @@ machines where extra processes are unwelcome).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -88,6 +90,15 @@ def _prepare_in_child(*args: Any) -> tuple[str, Any]:
         return "error", exc.message
 
 
+def _start_child(niceness: int) -> None:
+    """A parse process starts at a lower CPU priority (parsing is batch work: the worker's own
+    threads, a crawl's network I/O, heartbeats and API requests come first), then imports."""
+    if niceness > 0:
+        with contextlib.suppress(OSError, AttributeError):  # not permitted, or not a POSIX system
+            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+    _warm_up()
+
+
 def _warm_up() -> None:
     """Pay the imports at pool start, not on the first document."""
     import lorebase.adapters.embedders.local
@@ -97,8 +108,9 @@ def _warm_up() -> None:
 class ParsePool:
     """A lazily started pool of ``processes`` parser processes, replaced when one dies."""
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, niceness: int = 0) -> None:
         self.processes = processes
+        self.niceness = niceness
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -106,7 +118,10 @@ class ParsePool:
         with self._lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_warm_up
+                    self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_child,
+                    initargs=(self.niceness,),
                 )
             return self._pool
 
@@ -156,13 +171,14 @@ class ParsePool:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-_POOLS: dict[int, ParsePool] = {}
+_POOLS: dict[tuple[int, int], ParsePool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def shared_pool(processes: int) -> ParsePool:
-    """One pool per size for the whole process (runtimes come and go; processes stay warm)."""
+def shared_pool(processes: int, niceness: int = 0) -> ParsePool:
+    """One pool per size and priority for the whole process (runtimes come and go; processes
+    stay warm)."""
     with _POOLS_LOCK:
-        if processes not in _POOLS:
-            _POOLS[processes] = ParsePool(processes)
-        return _POOLS[processes]
+        if (processes, niceness) not in _POOLS:
+            _POOLS[processes, niceness] = ParsePool(processes, niceness)
+        return _POOLS[processes, niceness]

@@ -82,14 +82,16 @@ def heading_key(text: str) -> str:
 
 
 def page_title(root: Any) -> str | None:
-    """``<title>``, else ``og:title``, else the first ``<h1>``."""
-    for candidate in (
-        root.findtext(".//title"),
-        next(iter(root.xpath("//meta[@property='og:title']/@content")), None),
-        next((clean_heading(inline_text(h)) for h in root.iter("h1")), None),
-    ):
-        if candidate and collapse(str(candidate)):
-            return collapse(str(candidate)).replace("\n", " ")
+    """``<title>``, else ``og:title``, else the first ``<h1>`` (each looked up only if needed)."""
+    candidates = (
+        lambda: root.findtext(".//title"),
+        lambda: next(iter(root.xpath("//meta[@property='og:title']/@content")), None),
+        lambda: next((clean_heading(inline_text(h)) for h in root.iter("h1")), None),
+    )
+    for candidate in candidates:
+        text = collapse(str(candidate() or ""))
+        if text:
+            return text.replace("\n", " ")
     return None
 
 
@@ -126,12 +128,16 @@ def heading_anchors(root: Any) -> dict[str, list[str | None]]:
 
 
 def main_container(root: Any) -> tuple[Any, bool]:
-    """The author-declared main content element if any (``explicit``), else ``<body>``."""
-    for xpath in ("//main", "//*[@role='main']"):
-        found = root.xpath(xpath)
-        if found:
-            return found[0], True
-    articles = root.xpath("//article")
+    """The author-declared main content element if any (``explicit``), else ``<body>``:
+    the first ``<main>``, else the first ``role=main``, else the only ``<article>``."""
+    found = root.xpath("//main | //*[@role='main'] | //article")  # one pass, in document order
+    for candidate in (
+        next((el for el in found if el.tag == "main"), None),
+        next((el for el in found if el.get("role") == "main"), None),
+    ):
+        if candidate is not None:
+            return candidate, True
+    articles = [el for el in found if el.tag == "article"]
     if len(articles) == 1:
         return articles[0], True
     body = root.find(".//body")
@@ -144,6 +150,8 @@ def _is_boilerplate(el: Any, explicit: bool) -> bool:
         return True
     if tag == "header" and not explicit and not el.xpath("ancestor::article|ancestor::main"):
         return True
+    if not el.attrib:  # most elements: nothing more to look at
+        return False
     if (el.get("role") or "").lower() in _DROP_ROLES:
         return True
     if el.get("hidden") is not None or el.get("aria-hidden") == "true":
