@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 SCIFACT ?= ../shared/eval/scifact
 
-.PHONY: install install-dev serve test faults lint format eval bench smoke clean test-site
+.PHONY: install install-dev serve test test-postgres faults lint format eval bench smoke clean test-site
 PYDOCS := /usr/share/doc/python3.11/html
 
 $(BIN)/python:
@@ -43,6 +43,14 @@ test-site:
 			$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3.11-doc >/dev/null; \
 		else echo "note: python3.11-doc is missing and apt-get is not usable here: the crawl tests will skip"; fi; \
 	fi
+
+#: the suites that run on PostgreSQL 16 + pgvector too (started by pgserver for the session)
+POSTGRES_SUITES := tests/integration/test_job_queue.py \
+	tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
+	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py
+
+test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgvector
+	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(POSTGRES_SUITES)
 
 faults: $(DEV_STAMP)  ## the fault-injection suite alone (also part of `make test`)
 	$(BIN)/pytest -q tests/faults

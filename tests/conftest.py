@@ -1,4 +1,9 @@
-"""Shared fixtures: real SQLite files in a temp dir, the real embedding model, real workers.
+"""Shared fixtures: real databases, the real embedding model, real workers.
+
+The database is a SQLite file in each test's data dir, or, with
+``LOREBASE_TEST_DATABASE=postgres``, a fresh database per data dir on a real PostgreSQL 16 +
+pgvector started for the session (``support.testdb``). ``@pytest.mark.sqlite_only(reason)``
+marks a test of SQLite itself; it is skipped, with its reason, on PostgreSQL.
 
 ``settings`` uses short leases so that crash-recovery tests do not wait 30 s for a reaper.
 ``api`` is a FastAPI TestClient running the app's lifespan (so the embedded worker threads
@@ -7,6 +12,7 @@ run in-process); ``auth`` holds a real API key's header for it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Iterator
@@ -23,12 +29,54 @@ from lorebase.app import create_app
 from lorebase.runtime import Runtime
 from lorebase.services.auth import Principal, create_key, local_principal
 from lorebase.settings import JobSettings, Settings
+from support import testdb
 
 FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): tests SQLite itself; skipped when LOREBASE_TEST_DATABASE=postgres"
+    )
+    if testdb.TEST_DATABASE not in testdb.CHOICES:
+        raise pytest.UsageError(
+            f"LOREBASE_TEST_DATABASE={testdb.TEST_DATABASE!r}: use one of {', '.join(testdb.CHOICES)}"
+        )
+    if testdb.ON_POSTGRES and importlib.util.find_spec("pgserver") is None:  # not imported: it warns
+        raise pytest.UsageError(
+            "LOREBASE_TEST_DATABASE=postgres needs pgserver (pip install -e '.[postgres]')"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not testdb.ON_POSTGRES:
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "tests SQLite itself")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    testdb.end_session()  # stops the PostgreSQL server, if this run started one, and deletes it
+
+
+@pytest.fixture(autouse=True)
+def _test_databases() -> Iterator[None]:
+    """On PostgreSQL, drop the databases a test made once it (and its fixtures) ended."""
+    testdb.begin_test()
+    yield
+    testdb.end_test()
+
+
 def make_settings(data_dir: Path, *, jobs: dict[str, Any] | None = None, **overrides: Any) -> Settings:
-    """Test settings: short leases and backoff (``jobs`` overrides single job settings)."""
+    """Test settings: short leases and backoff (``jobs`` overrides single job settings).
+
+    With ``LOREBASE_TEST_DATABASE=postgres`` the data dir's own PostgreSQL database is set as
+    ``database_url`` (the vector store then defaults to pgvector)."""
+    if "database_url" not in overrides and (url := testdb.database_url_for(data_dir)):
+        overrides["database_url"] = url
     job_settings = JobSettings(
         **{
             "lease_seconds": 4.0,

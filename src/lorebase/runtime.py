@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from lorebase.adapters.blobs.local import LocalBlobStore
 from lorebase.adapters.blobs.protocol import BlobStore
 from lorebase.adapters.embedders.local import LOCAL_MODELS, LocalEmbedder
@@ -22,8 +24,10 @@ from lorebase.jobs.queue import JobQueue
 from lorebase.pipeline.isolated import shared_pool
 from lorebase.settings import Settings
 
-#: stores this build can run, by name
-AVAILABLE_STORES = ("sqlite",)
+#: stores this build can run, by name, with the database each lives in (the store writes in the
+#: caller's transaction, so chunk rows and their index entries commit together)
+STORE_DATABASES = {"sqlite": "sqlite", "pgvector": "postgresql"}
+AVAILABLE_STORES = tuple(STORE_DATABASES)
 
 
 def embedder_info(spec: str) -> tuple[int, int]:
@@ -41,13 +45,20 @@ def check_supported(settings: Settings) -> None:
     problems = []
     if settings.executor != "embedded":
         problems.append(f"LOREBASE_EXECUTOR={settings.executor}: only 'embedded' is available in this build")
-    if not settings.resolved_database_url.startswith("sqlite"):
-        problems.append("LOREBASE_DATABASE_URL: only SQLite databases are supported in this build")
+    backend = make_url(settings.resolved_database_url).get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        problems.append(f"LOREBASE_DATABASE_URL: {backend} is not supported; use SQLite or PostgreSQL")
     if settings.redis_url:
         problems.append("LOREBASE_REDIS_URL: Redis is not used by this build; unset it")
     if settings.vector_store not in AVAILABLE_STORES:
         problems.append(
             f"LOREBASE_VECTOR_STORE={settings.vector_store}: available: {', '.join(AVAILABLE_STORES)}"
+        )
+    elif backend in ("sqlite", "postgresql") and STORE_DATABASES[settings.vector_store] != backend:
+        needed = {"sqlite": "sqlite", "postgresql": "pgvector"}[backend]
+        problems.append(
+            f"LOREBASE_VECTOR_STORE={settings.vector_store} needs a {STORE_DATABASES[settings.vector_store]}"
+            f" database, and LOREBASE_DATABASE_URL is {backend}: use LOREBASE_VECTOR_STORE={needed}"
         )
     try:
         embedder_info(settings.embedder)
@@ -104,7 +115,18 @@ class Runtime:
         with self._lock:
             key = (name, dimensions)
             if key not in self._stores:
-                store = SqliteStore(dimensions)
+                if STORE_DATABASES[name] != self.db.engine.dialect.name:
+                    raise InvalidInput(
+                        f"this knowledge base uses the {name!r} store, which needs a "
+                        f"{STORE_DATABASES[name]} database; this server runs on {self.db.engine.dialect.name}"
+                    )
+                store: Store
+                if name == "pgvector":
+                    from lorebase.adapters.stores.pgvector import PgvectorStore
+
+                    store = PgvectorStore(dimensions)
+                else:
+                    store = SqliteStore(dimensions)
                 with self.db.session() as s:
                     store.ensure_schema(s)
                 self._stores[key] = store

@@ -134,7 +134,9 @@ class Settings(BaseSettings):
     )
     executor: Literal["embedded", "celery", "rq"] = Field("embedded", description="Who runs background jobs.")
     vector_store: Literal["sqlite", "pgvector", "qdrant", "chroma"] = Field(
-        "sqlite", description="Default vector + keyword store for new knowledge bases."
+        "sqlite",
+        description="Default vector + keyword store for new knowledge bases (`pgvector` when "
+        "the database is PostgreSQL and this is not set).",
     )
     embedder: str = Field(
         "local:all-MiniLM-L6-v2", description="Default embedding model: `local:<name>` or `openai:<model>`."
@@ -169,6 +171,17 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _store_follows_database(self) -> Settings:
+        """On PostgreSQL the vectors live beside the chunks in pgvector unless told otherwise."""
+        if (
+            "vector_store" not in self.model_fields_set
+            and self.database_url
+            and self.database_url.startswith(("postgresql", "postgres:"))
+        ):
+            self.vector_store = "pgvector"
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -18,6 +18,7 @@ from lorebase.db.models import Document, Pipeline, QueryLog, Source
 from lorebase.runtime import Runtime
 from lorebase.services.auth import authenticate, local_principal
 from lorebase.settings import get_settings
+from support.testdb import database_url_for
 
 BEES = "# Honeybees\n\nForager bees perform a waggle dance to tell their sisters where the flowers are.\n"
 GLACIERS = "# Glaciers\n\nThe Aletsch glacier in Switzerland is the largest glacier in the Alps.\n"
@@ -38,6 +39,8 @@ class Cli:
             "LOREBASE_SERVER_URL": None,
             "COLUMNS": "200",
         }
+        if url := database_url_for(data_dir):  # a PostgreSQL test run: the data dir's database
+            self.env["LOREBASE_DATABASE_URL"] = url
 
     def __call__(self, *args: str) -> Result:
         get_settings.cache_clear()  # settings are cached per process; each command reads the env anew

@@ -13,11 +13,12 @@ from conftest import wait_pipeline
 from lorebase.adapters.embedders.local import load_tokenizer
 from lorebase.db.models import Chunk, Document, Draft, Job, KnowledgeBase, Pipeline, utcnow
 from lorebase.services.auth import create_key
+from support.testdb import ON_POSTGRES
 
 DEFAULT_CONFIG = {
     "chunking": {"strategy": "recursive", "chunk_size": 200, "chunk_overlap": 20},
     "embedding": {"model": "local:all-MiniLM-L6-v2"},
-    "store": {"type": "sqlite"},
+    "store": {"type": "pgvector" if ON_POSTGRES else "sqlite"},  # the store follows the database
 }
 PARAGRAPHS = [
     "Octopuses have three hearts: two pump blood through the gills and one through the rest of the body.",

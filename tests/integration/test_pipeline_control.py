@@ -88,12 +88,14 @@ def _indexed_chunks(api: TestClient, kb_id: str) -> tuple[int, int, int]:
         embedded = s.execute(
             select(func.count()).select_from(Chunk).where(Chunk.kb_id == kb_id, Chunk.embedded.is_(True))
         ).scalar_one()
-        vectors = s.execute(
-            text("SELECT count(*) FROM vec_chunks_384 WHERE kb_id = :kb"), {"kb": kb_id}
-        ).scalar()
-        keywords = s.execute(
-            text("SELECT count(*) FROM chunks_fts WHERE kb_id = :kb"), {"kb": kb_id}
-        ).scalar()
+        if s.get_bind().dialect.name == "postgresql":  # pgvector: a chunk's vector and keywords share a row
+            vectors_sql = "SELECT count(*) FROM pgvector_chunks_384 WHERE kb_id = :kb"
+            keywords_sql = "SELECT count(*) FROM pgvector_chunks_384 WHERE kb_id = :kb AND tsv IS NOT NULL"
+        else:
+            vectors_sql = "SELECT count(*) FROM vec_chunks_384 WHERE kb_id = :kb"
+            keywords_sql = "SELECT count(*) FROM chunks_fts WHERE kb_id = :kb"
+        vectors = s.execute(text(vectors_sql), {"kb": kb_id}).scalar()
+        keywords = s.execute(text(keywords_sql), {"kb": kb_id}).scalar()
     return embedded, vectors, keywords
 
 

@@ -1,9 +1,10 @@
 """A real PostgreSQL 16 with pgvector for tests, started by ``pgserver`` in a temp dir.
 
-``pg_url`` (session-scoped) starts one server for the whole test session and stops it (and
-deletes its data dir) at the end; it yields a ``postgresql+psycopg://`` URL of the server's
-``postgres`` database. ``fresh_database`` makes an empty database on that server per test, so
-cases never see each other's rows, and drops it afterwards.
+``pg_url`` (session-scoped) yields a ``postgresql+psycopg://`` URL of the ``postgres`` database
+of one server shared by the whole test session (``shared_server_url``: started on first use,
+also by ``LOREBASE_TEST_DATABASE=postgres`` runs, see ``support.testdb``), and stops it (and
+deletes its data dir) at the end. ``fresh_database`` makes an empty database on that server per
+test, so cases never see each other's rows, and drops it afterwards.
 
 Tests that need the server import the fixture into their module::
 
@@ -14,12 +15,13 @@ The session skips those tests (with the reason) only when ``pgserver`` is not in
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -50,29 +52,75 @@ def running_pgserver() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+_shared: ExitStack | None = None
+_shared_url: str | None = None
+
+
+def shared_server_url() -> str:
+    """The URL of this process's one test server, started on first use (``stop_shared_server`` ends it)."""
+    global _shared, _shared_url
+    if _shared_url is None:
+        stack = ExitStack()
+        try:
+            url = stack.enter_context(running_pgserver())
+        except BaseException:
+            stack.close()
+            raise
+        atexit.register(stop_shared_server)  # a backstop: the session normally stops it first
+        _shared, _shared_url = stack, url
+    return _shared_url
+
+
+def stop_shared_server() -> None:
+    """Stop the shared server and delete its temp dir; nothing if it is not running."""
+    global _shared, _shared_url
+    stack, _shared, _shared_url = _shared, None, None
+    if stack is not None:
+        stack.close()
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    with running_pgserver() as url:
-        yield url
+    yield shared_server_url()
+    stop_shared_server()
 
 
-@contextmanager
-def database_on(server_url: str) -> Iterator[Database]:
-    """A new, empty database on the server at ``server_url``, dropped (connections and all) on exit."""
+def create_database(server_url: str) -> str:
+    """Make a new, empty database on the server at ``server_url``; return its URL."""
     name = f"lorebase_test_{uuid.uuid4().hex[:12]}"  # generated here: safe to quote into DDL
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-        db = Database(make_url(server_url).set(database=name).render_as_string(hide_password=False))
+    finally:
+        admin.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, database_url: str) -> None:
+    """Drop a database made by ``create_database``, ending any connections still open to it."""
+    name = make_url(database_url).database
+    assert name and name.startswith("lorebase_test_"), name
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def database_on(server_url: str) -> Iterator[Database]:
+    """A new, empty database on the server at ``server_url``, dropped (connections and all) on exit."""
+    url = create_database(server_url)
+    try:
+        db = Database(url)
         try:
             yield db
         finally:
             db.dispose()
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
-        admin.dispose()
+        drop_database(server_url, url)
 
 
 @pytest.fixture

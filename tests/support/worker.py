@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.testdb import database_url_for
+
 
 def start_worker(data_dir: Path, **env: str) -> subprocess.Popen[bytes]:
-    """``env``: extra ``LOREBASE_*`` variables (``LOREBASE_EMBED_BATCH_SIZE="32"`` ...)."""
+    """``env``: extra ``LOREBASE_*`` variables (``LOREBASE_EMBED_BATCH_SIZE="32"`` ...).
+
+    On a PostgreSQL test run the worker gets the data dir's database as LOREBASE_DATABASE_URL."""
+    url = database_url_for(data_dir)
     return subprocess.Popen(
         [sys.executable, "-m", "lorebase.cli.main", "worker", "--concurrency", "2"],
         env={
@@ -20,6 +25,7 @@ def start_worker(data_dir: Path, **env: str) -> subprocess.Popen[bytes]:
             "LOREBASE_JOBS__HEARTBEAT_SECONDS": "1",
             "LOREBASE_JOBS__REAP_SECONDS": "0.5",
             "LOREBASE_JOBS__POLL_SECONDS": "0.1",
+            **({"LOREBASE_DATABASE_URL": url} if url else {}),
             **env,
         },
         stdout=subprocess.DEVNULL,

@@ -48,7 +48,7 @@ def test_a_heartbeat_slower_than_half_the_lease_is_refused() -> None:
     ("field", "value", "needle"),
     [
         ("executor", "celery", "LOREBASE_EXECUTOR"),
-        ("database_url", "postgresql+psycopg://localhost/x", "LOREBASE_DATABASE_URL"),
+        ("database_url", "mysql://localhost/x", "LOREBASE_DATABASE_URL"),
         ("redis_url", "redis://127.0.0.1:6379/0", "LOREBASE_REDIS_URL"),
         ("vector_store", "qdrant", "LOREBASE_VECTOR_STORE"),
         ("embedder", "openai:text-embedding-3-small", "LOREBASE_EMBEDDER"),
@@ -58,5 +58,28 @@ def test_settings_for_pieces_not_in_this_build_are_refused_clearly(
     tmp_path: Path, field: str, value: str, needle: str
 ) -> None:
     s = Settings(data_dir=tmp_path, _env_file=None, **{field: value})  # type: ignore[call-arg]
+    with pytest.raises(InvalidInput, match=needle):
+        check_supported(s)
+
+
+def test_postgresql_takes_the_pgvector_store_unless_told_otherwise(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://localhost/x"
+    s = Settings(data_dir=tmp_path, _env_file=None, database_url=url)  # type: ignore[call-arg]
+    assert s.vector_store == "pgvector"
+    check_supported(s)  # a supported pair
+    assert Settings(data_dir=tmp_path, _env_file=None).vector_store == "sqlite"  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("database_url", "store", "needle"),
+    [
+        ("postgresql+psycopg://localhost/x", "sqlite", "use LOREBASE_VECTOR_STORE=pgvector"),
+        (None, "pgvector", "use LOREBASE_VECTOR_STORE=sqlite"),
+    ],
+)
+def test_a_store_on_the_wrong_database_is_refused_clearly(
+    tmp_path: Path, database_url: str | None, store: str, needle: str
+) -> None:
+    s = Settings(data_dir=tmp_path, _env_file=None, database_url=database_url, vector_store=store)  # type: ignore[call-arg]
     with pytest.raises(InvalidInput, match=needle):
         check_supported(s)

@@ -677,9 +677,12 @@ def apply_page_counts(s: Session, ctx: JobContext, mine: dict[str, int]) -> None
     if pipeline is None:
         return
     before = ctx.job.checkpoint.get("counts") or {"discovered": 0, "fetched": 0, "skipped": 0}
-    pipeline.pages_discovered = (pipeline.pages_discovered or 0) + mine["discovered"] - before["discovered"]
-    pipeline.pages_fetched = (pipeline.pages_fetched or 0) + mine["fetched"] - before["fetched"]
-    pipeline.pages_skipped = (pipeline.pages_skipped or 0) + mine["skipped"] - before["skipped"]
+    # added in SQL, not read-modify-write: on PostgreSQL another source's crawl job may update the
+    # same pipeline at once (SQLite runs write transactions one at a time)
+    pipeline.pages_discovered = Pipeline.pages_discovered + (mine["discovered"] - before["discovered"])
+    pipeline.pages_fetched = Pipeline.pages_fetched + (mine["fetched"] - before["fetched"])
+    pipeline.pages_skipped = Pipeline.pages_skipped + (mine["skipped"] - before["skipped"])
+    s.flush()  # the new values are read back (expired attributes reload) by whoever looks next
     ctx.save_checkpoint(s, {**ctx.job.checkpoint, "counts": mine})
 
 

@@ -110,8 +110,10 @@ class JobQueue:
             index_elements=["dedupe_key"],
             index_where=and_(Job.status == "pending", Job.dedupe_key.is_not(None)),
         )
-        result = session.execute(stmt)
-        return str(row["id"]) if result.rowcount else None  # type: ignore[attr-defined]
+        # RETURNING, not rowcount: the driver's rowcount of an INSERT is not reliable everywhere
+        # (psycopg through SQLAlchemy reports -1 whether or not the row went in)
+        inserted = session.execute(stmt.returning(Job.id)).scalar()
+        return str(inserted) if inserted is not None else None
 
     def job_row(self, *, type: str, workspace_id: str, **kw: Any) -> dict[str, Any]:
         """A complete row for bulk inserts (``session.execute(insert(Job), rows)``)."""

@@ -202,8 +202,10 @@ def add_items(
         new_rows.append(_row(doc_id, kb, pipeline.id, item, now))
         to_process.append((doc_id, item.size_bytes))
         outcome.append(_summary(doc_id, item, "pending"))
-    pipeline.documents_total = (pipeline.documents_total or 0) + len(to_process)
-    pipeline.documents_skipped = (pipeline.documents_skipped or 0) + len(items) - len(to_process)
+    # added in SQL, not read-modify-write: on PostgreSQL several crawl jobs may add to one pipeline
+    # at once (SQLite runs write transactions one at a time)
+    pipeline.documents_total = Pipeline.documents_total + len(to_process)
+    pipeline.documents_skipped = Pipeline.documents_skipped + (len(items) - len(to_process))
     session.flush()
     if new_rows:
         session.execute(insert(Document), new_rows)

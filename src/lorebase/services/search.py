@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from lorebase.db.models import Chunk, Document, KnowledgeBase, QueryLog, utcnow
@@ -41,7 +42,7 @@ class Ranked:
     score: float
 
 
-def _filter_clauses(filters: dict[str, Any]) -> list[Any]:
+def _filter_clauses(filters: dict[str, Any], dialect: str = "sqlite") -> list[Any]:
     clauses = []
     for key, value in filters.items():
         values = value if isinstance(value, list) else [value]
@@ -55,7 +56,11 @@ def _filter_clauses(filters: dict[str, Any]) -> list[Any]:
             raise InvalidInput(f"unsupported filter key {key!r}")
         field = Document.meta[name]
         sample = values[0]
-        if isinstance(sample, bool):
+        if dialect == "postgresql" and isinstance(sample, bool | int | float | str):
+            # JSONB to JSONB: casting the field (``as_float()``...) would raise on a document whose
+            # value has another type, where SQLite just finds no match; jsonb numbers compare by value
+            clauses.append(field.in_([literal(v, JSONB) for v in values]))
+        elif isinstance(sample, bool):
             clauses.append(field.as_boolean().in_(values))
         elif isinstance(sample, int | float):
             clauses.append(field.as_float().in_([float(v) for v in values]))
@@ -72,7 +77,11 @@ def _allowed(s: Session, kb_id: str, filters: dict[str, Any] | None) -> list[int
     q = (
         select(Chunk.pk)
         .join(Document, Document.id == Chunk.document_id)
-        .where(Chunk.kb_id == kb_id, Chunk.embedded.is_(True), *_filter_clauses(filters))
+        .where(
+            Chunk.kb_id == kb_id,
+            Chunk.embedded.is_(True),
+            *_filter_clauses(filters, s.get_bind().dialect.name),
+        )
     )
     return list(s.execute(q).scalars())
 
