@@ -4,13 +4,12 @@ Each case upgrades an empty database to head and compares the result with the mo
 difference allowed: a model change without its migration fails here), downgrades to base
 (nothing of lorebase's left) and upgrades again. PostgreSQL is the machine's server on
 127.0.0.1:5432 (``LOREBASE_TEST_POSTGRES_URL`` to use another); each run gets a database of its
-own, dropped afterwards.
+own (``support.pg.create_database``), dropped afterwards.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +17,13 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Engine
 
 from lorebase.db.engine import make_engine
 from lorebase.db.migrate import alembic_config, upgrade
 from lorebase.db.models import Base
+from support.pg import create_database, drop_database
 
 POSTGRES_URL = os.environ.get(
     "LOREBASE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -33,22 +33,16 @@ POSTGRES_URL = os.environ.get(
 @pytest.fixture
 def postgres_engine() -> Iterator[Engine]:
     pytest.importorskip("psycopg", reason="the postgres extra is not installed")
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"lorebase_migrations_{uuid.uuid4().hex[:12]}"
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = create_database(POSTGRES_URL)
     except Exception as exc:  # pragma: no cover - CI starts PostgreSQL before the tests
-        admin.dispose()
         pytest.fail(f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc}")
-    engine = make_engine(make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False))
+    engine = make_engine(url)
     try:
         yield engine
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_database(POSTGRES_URL, url)
 
 
 @pytest.fixture

@@ -88,12 +88,7 @@ def pg_url() -> Iterator[str]:
 def create_database(server_url: str) -> str:
     """Make a new, empty database on the server at ``server_url``; return its URL."""
     name = f"lorebase_test_{uuid.uuid4().hex[:12]}"  # generated here: safe to quote into DDL
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
+    _admin(server_url, f'CREATE DATABASE "{name}"')
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
@@ -101,10 +96,15 @@ def drop_database(server_url: str, database_url: str) -> None:
     """Drop a database made by ``create_database``, ending any connections still open to it."""
     name = make_url(database_url).database
     assert name and name.startswith("lorebase_test_"), name
+    _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin(server_url: str, statement: str) -> None:
+    """One statement outside a transaction (CREATE/DROP DATABASE) on the server's own database."""
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(statement))
     finally:
         admin.dispose()
 
