@@ -7,12 +7,15 @@ is checked against these descriptions by a test, so a new setting cannot go undo
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 class JobSettings(BaseModel):
@@ -175,12 +178,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _store_follows_database(self) -> Settings:
         """On PostgreSQL the vectors live beside the chunks in pgvector unless told otherwise."""
-        if (
-            "vector_store" not in self.model_fields_set
-            and self.database_url
-            and self.database_url.startswith(("postgresql", "postgres:"))
-        ):
-            self.vector_store = "pgvector"
+        if "vector_store" in self.model_fields_set or not self.database_url:
+            return self
+        with contextlib.suppress(ArgumentError):  # a malformed URL is reported at start-up
+            if make_url(self.database_url).get_backend_name() == "postgresql":
+                self.vector_store = "pgvector"
         return self
 
     @property

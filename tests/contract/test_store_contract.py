@@ -1,8 +1,8 @@
 """The vector + keyword store contract (``lorebase.adapters.stores.protocol.Store``).
 
 ``StoreContract`` holds the cases every backend must pass; a backend's test class subclasses it
-and overrides the ``db`` fixture (the database whose sessions the store writes in) and the
-``store`` fixture (a store with ``dimensions`` dimensions and its schema in place). Entries are
+and overrides the ``db`` fixture (the database whose sessions the store writes in) and
+``new_store`` (a store with ``dimensions`` dimensions; the ``store`` fixture puts its schema in place). Entries are
 written in ``db.session()`` and read back in ``db.read_session()``, as the application does.
 """
 
@@ -54,9 +54,16 @@ class StoreContract:
     def db(self) -> Database:
         raise NotImplementedError("a backend's test class provides the database")
 
+    def new_store(self) -> Store:
+        """A store with ``dimensions`` dimensions (a backend's test class provides it)."""
+        raise NotImplementedError("a backend's test class provides the store")
+
     @pytest.fixture
     def store(self, db: Database) -> Store:
-        raise NotImplementedError("a backend's test class provides the store")
+        store = self.new_store()
+        with db.session() as s:
+            store.ensure_schema(s)
+        return store
 
     # -- helpers --------------------------------------------------------------------------------
     def entry(
@@ -342,9 +349,5 @@ class TestSqliteStore(StoreContract):
     def db(self, runtime: Runtime) -> Database:
         return runtime.db
 
-    @pytest.fixture
-    def store(self, db: Database) -> Store:
-        store = SqliteStore(dimensions=self.dimensions)
-        with db.session() as s:
-            store.ensure_schema(s)
-        return store
+    def new_store(self) -> Store:
+        return SqliteStore(dimensions=self.dimensions)

@@ -27,12 +27,8 @@ class TestPgvectorStore(StoreContract):
     def db(self, fresh_database: Database) -> Database:  # noqa: F811
         return fresh_database
 
-    @pytest.fixture
-    def store(self, db: Database) -> Store:
-        store = PgvectorStore(dimensions=self.dimensions)
-        with db.session() as s:
-            store.ensure_schema(s)
-        return store
+    def new_store(self) -> Store:
+        return PgvectorStore(dimensions=self.dimensions)
 
     # -- PostgreSQL specifics ---------------------------------------------------------------------
     def test_schema_has_hnsw_cosine_gin_and_kb_indexes(self, db: Database, store: PgvectorStore) -> None:
