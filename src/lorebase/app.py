@@ -1,5 +1,6 @@
 """create_app(): the FastAPI app. The lifespan builds the runtime once and, in the embedded
-mode, starts the worker threads; shutdown drains them (jobs checkpoint and release leases)."""
+mode, starts the worker threads; shutdown drains them (jobs checkpoint and release leases).
+With the Celery or RQ executor it starts a dispatcher instead (``jobs.dispatch``)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,18 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
             executor = build_executor(runtime, concurrency=n_workers, name="serve")
             executor.start()
             runtime.executor = executor
+        elif settings.executor != "embedded":
+            # Celery/RQ workers run the jobs; this process sends the messages for the jobs it
+            # enqueues (and for any that are due, like every process of the scaled mode)
+            from lorebase.jobs.dispatch import Dispatcher, make_sender
+
+            runtime.dispatcher = Dispatcher(runtime, make_sender(settings))
+            runtime.dispatcher.start()
         try:
             yield
         finally:
+            if runtime.dispatcher is not None:
+                runtime.dispatcher.stop()
             if runtime.executor is not None:
                 runtime.executor.stop(drain=True, timeout=30)
             runtime.close()

@@ -11,10 +11,13 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from lorebase.adapters.blobs.database import DatabaseBlobStore
 from lorebase.adapters.blobs.local import LocalBlobStore
 from lorebase.adapters.blobs.protocol import BlobStore
+from lorebase.adapters.drafts import DraftRepository, build_draft_repository
 from lorebase.adapters.embedders.local import LOCAL_MODELS, LocalEmbedder
 from lorebase.adapters.embedders.protocol import Embedder
+from lorebase.adapters.events import EventBus, build_event_bus, connect_redis
 from lorebase.adapters.stores.protocol import Store
 from lorebase.adapters.stores.sqlite import SqliteStore
 from lorebase.db.engine import Database
@@ -43,13 +46,15 @@ def embedder_info(spec: str) -> tuple[int, int]:
 def check_supported(settings: Settings) -> None:
     """Refuse settings that belong to pieces not in this build, rather than silently ignore them."""
     problems = []
-    if settings.executor != "embedded":
-        problems.append(f"LOREBASE_EXECUTOR={settings.executor}: only 'embedded' is available in this build")
+    if settings.executor == "celery" and not settings.resolved_broker_url:
+        problems.append(
+            "LOREBASE_EXECUTOR=celery needs a broker: set LOREBASE_REDIS_URL or LOREBASE_BROKER_URL"
+        )
+    if settings.executor == "rq" and not settings.redis_url:
+        problems.append("LOREBASE_EXECUTOR=rq needs LOREBASE_REDIS_URL")
     backend = make_url(settings.resolved_database_url).get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         problems.append(f"LOREBASE_DATABASE_URL: {backend} is not supported; use SQLite or PostgreSQL")
-    if settings.redis_url:
-        problems.append("LOREBASE_REDIS_URL: Redis is not used by this build; unset it")
     if settings.vector_store not in AVAILABLE_STORES:
         problems.append(
             f"LOREBASE_VECTOR_STORE={settings.vector_store}: available: {', '.join(AVAILABLE_STORES)}"
@@ -77,14 +82,21 @@ class Runtime:
         if migrate:
             upgrade(self.db.engine)
         self.queue = JobQueue(self.db, settings.jobs)
-        self.blobs: BlobStore = LocalBlobStore(settings.blob_dir)
+        self.blobs: BlobStore = (
+            DatabaseBlobStore(self.db)
+            if settings.blob_store == "database"
+            else LocalBlobStore(settings.blob_dir)
+        )
         self.parse_pool = shared_pool(settings.jobs.parse_processes, settings.jobs.parse_niceness)
         self._embedders: dict[str, Embedder] = {}
         self._query_embedders: dict[str, Embedder] = {}
         self._stores: dict[tuple[str, int], Store] = {}
         self._lock = threading.Lock()
-        self.events: Any = None  # live events bus (filled by later work); None means polling only
+        self._redis = connect_redis(settings)  # one client for drafts and events; None when embedded
+        self.events: EventBus = build_event_bus(settings, self._redis)  # live events (pub/sub)
+        self.drafts: DraftRepository = build_draft_repository(settings, self.db, self._redis)
         self.executor: Any = None  # the embedded executor, when this process runs one
+        self.dispatcher: Any = None  # sends job messages (Celery/RQ executors), when this process runs one
         # The store's tables exist before any transaction needs them: creating them lazily from
         # inside another write transaction would wait on SQLite's lock held by that transaction.
         self.store(settings.vector_store, embedder_info(settings.embedder)[0])
@@ -141,3 +153,5 @@ class Runtime:
 
     def close(self) -> None:
         self.db.dispose()
+        if self._redis is not None:
+            self._redis.close()

@@ -72,6 +72,27 @@ class JobSettings(BaseModel):
         "network I/O, heartbeats and API requests get the CPU first (0: same priority).",
     )
 
+    embed_partitions: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Embedding jobs of one pipeline that may run at once, each embedding its own "
+        "share of the chunks. One suits a single machine (the model already uses every core); "
+        "with workers on several machines, set it to the number of workers that embed.",
+    )
+    time_limit_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Celery/RQ: the soft time limit of one job attempt; the job then checkpoints "
+        "or retries (a crawl resumes from its frontier). The hard limit is 60 s later.",
+    )
+    redispatch_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="Celery/RQ: a pending job whose broker message was sent this long ago and "
+        "never started is dispatched again (a lost message); extra messages are harmless.",
+    )
+
     @model_validator(mode="after")
     def _heartbeat_under_lease(self) -> JobSettings:
         if self.heartbeat_seconds * 2 > self.lease_seconds:
@@ -135,7 +156,26 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Enables Redis drafts, events and the Celery broker (scaled mode)."
     )
-    executor: Literal["embedded", "celery", "rq"] = Field("embedded", description="Who runs background jobs.")
+    executor: Literal["embedded", "celery", "rq"] = Field(
+        "embedded",
+        description="Who runs background jobs: `embedded` threads, or `celery` / `rq` workers started "
+        "with `lorebase worker` (the job table stays the source of truth; the broker only delivers).",
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker (`redis://…` or `amqp://…` for RabbitMQ); default: `redis_url`.",
+    )
+    queue_prefix: str = Field(
+        "lorebase",
+        pattern=r"^[A-Za-z0-9_.-]{1,40}$",
+        description="Prefix of broker queue names and Redis keys, so several deployments can share "
+        "one Redis or broker.",
+    )
+    blob_store: Literal["local", "database"] = Field(
+        "local",
+        description="Where uploads and fetched pages are kept: files in the data dir (`local`) or "
+        "the database (`database`, readable by workers on other machines; the default on PostgreSQL).",
+    )
     vector_store: Literal["sqlite", "pgvector", "qdrant", "chroma"] = Field(
         "sqlite",
         description="Default vector + keyword store for new knowledge bases (`pgvector` when "
@@ -177,13 +217,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _store_follows_database(self) -> Settings:
-        """On PostgreSQL the vectors live beside the chunks in pgvector unless told otherwise."""
-        if "vector_store" in self.model_fields_set or not self.database_url:
+        """On PostgreSQL the vectors live beside the chunks in pgvector, and blobs in the database
+        (so every worker machine reads them), unless told otherwise."""
+        if not self.database_url:
             return self
         with contextlib.suppress(ArgumentError):  # a malformed URL is reported at start-up
             if make_url(self.database_url).get_backend_name() == "postgresql":
-                self.vector_store = "pgvector"
+                if "vector_store" not in self.model_fields_set:
+                    self.vector_store = "pgvector"
+                if "blob_store" not in self.model_fields_set:
+                    self.blob_store = "database"
         return self
+
+    @property
+    def resolved_broker_url(self) -> str | None:
+        return self.broker_url or self.redis_url
 
     @property
     def resolved_database_url(self) -> str:

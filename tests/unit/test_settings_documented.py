@@ -47,9 +47,9 @@ def test_a_heartbeat_slower_than_half_the_lease_is_refused() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [
-        ("executor", "celery", "LOREBASE_EXECUTOR"),
+        ("executor", "celery", "LOREBASE_EXECUTOR=celery needs a broker"),
+        ("executor", "rq", "LOREBASE_EXECUTOR=rq needs LOREBASE_REDIS_URL"),
         ("database_url", "mysql://localhost/x", "LOREBASE_DATABASE_URL"),
-        ("redis_url", "redis://127.0.0.1:6379/0", "LOREBASE_REDIS_URL"),
         ("vector_store", "qdrant", "LOREBASE_VECTOR_STORE"),
         ("embedder", "openai:text-embedding-3-small", "LOREBASE_EMBEDDER"),
     ],
@@ -62,12 +62,26 @@ def test_settings_for_pieces_not_in_this_build_are_refused_clearly(
         check_supported(s)
 
 
-def test_postgresql_takes_the_pgvector_store_unless_told_otherwise(tmp_path: Path) -> None:
+def test_postgresql_takes_the_pgvector_store_and_database_blobs_unless_told_otherwise(tmp_path: Path) -> None:
     url = "postgresql+psycopg://localhost/x"
     s = Settings(data_dir=tmp_path, _env_file=None, database_url=url)  # type: ignore[call-arg]
-    assert s.vector_store == "pgvector"
+    assert (s.vector_store, s.blob_store) == ("pgvector", "database")
+    told = Settings(data_dir=tmp_path, _env_file=None, database_url=url, blob_store="local")  # type: ignore[call-arg]
+    assert told.blob_store == "local"
     check_supported(s)  # a supported pair
-    assert Settings(data_dir=tmp_path, _env_file=None).vector_store == "sqlite"  # type: ignore[call-arg]
+    default = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+    assert (default.vector_store, default.blob_store) == ("sqlite", "local")
+
+
+def test_the_scaled_mode_settings_are_accepted(tmp_path: Path) -> None:
+    redis = "redis://127.0.0.1:6379/0"
+    for extra in ({"executor": "celery", "redis_url": redis}, {"executor": "rq", "redis_url": redis}):
+        check_supported(Settings(data_dir=tmp_path, _env_file=None, **extra))  # type: ignore[arg-type]
+    amqp = Settings(
+        data_dir=tmp_path, _env_file=None, executor="celery", broker_url="amqp://guest@localhost//"
+    )  # type: ignore[call-arg]
+    check_supported(amqp)
+    assert amqp.resolved_broker_url == "amqp://guest@localhost//"
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
 from lorebase.errors import LorebaseError, NotFound
 from lorebase.runtime import Runtime
@@ -26,6 +27,14 @@ def setup_logging(verbose: bool = False) -> None:
     for noisy in ("httpx", "sentence_transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def safe_url(url: str) -> str:
+    """A database or broker URL for printing: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unreadable URL>"
 
 
 def runtime(settings: Settings | None = None) -> Runtime:

@@ -14,7 +14,7 @@ from rich.table import Table
 from lorebase.cli import common
 from lorebase.cli.common import console, err_console
 from lorebase.errors import LorebaseError
-from lorebase.settings import get_settings
+from lorebase.settings import Settings, get_settings
 
 app = typer.Typer(
     help="lorebase: documents and websites into searchable knowledge bases.", no_args_is_help=True
@@ -66,12 +66,34 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(help="Worker threads in this process.")] = 2,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            help="Worker threads (embedded) or pool processes (Celery); an RQ worker runs one job at a time."
+        ),
+    ] = 2,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            help="Celery/RQ: the kinds of jobs this worker takes, comma-separated: crawl, process, "
+            "embed (default: all)."
+        ),
+    ] = None,
 ) -> None:
-    """Run background jobs from the shared database until SIGTERM/SIGINT (which drains)."""
+    """Run background jobs until SIGTERM/SIGINT (which drains).
+
+    With the embedded executor the worker claims jobs from the shared database; with
+    LOREBASE_EXECUTOR=celery or rq it runs a Celery or RQ worker that takes job messages from
+    the broker (the job table still decides what runs)."""
     from lorebase.pipeline.runner import build_executor
 
     common.setup_logging()
+    settings = get_settings()
+    if settings.executor != "embedded":
+        _broker_worker(settings, concurrency=concurrency, queues=queues)
+        return
+    if queues:
+        raise typer.BadParameter("--queues is for the Celery and RQ executors", param_hint="--queues")
     rt = common.runtime()
     executor = build_executor(rt, concurrency=concurrency, name="worker")
     stop = threading.Event()
@@ -80,7 +102,9 @@ def worker(
     executor.start()
     crawlers = rt.settings.jobs.crawl_workers
     extra = f" (+{crawlers} for crawls)" if crawlers and concurrency else ""
-    console.print(f"worker started with {concurrency} threads{extra} on {rt.settings.resolved_database_url}")
+    console.print(
+        f"worker started with {concurrency} threads{extra} on {common.safe_url(rt.settings.resolved_database_url)}"
+    )
     stop.wait()
     console.print("draining: running jobs checkpoint and release their leases")
     executor.stop(drain=True, timeout=60)
@@ -92,6 +116,29 @@ def worker(
         TEXTS_EMBEDDED.value,
     )
     rt.close()
+
+
+def _broker_worker(settings: Settings, *, concurrency: int, queues: str | None) -> None:
+    from lorebase.jobs.dispatch import parse_kinds
+
+    try:
+        kinds = parse_kinds(queues)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--queues") from None
+    if concurrency < 1:
+        raise typer.BadParameter("a Celery or RQ worker needs at least 1", param_hint="--concurrency")
+    common.runtime(settings).close()  # checks the settings and applies migrations, once, here
+    console.print(
+        f"{settings.executor} worker: queues {', '.join(kinds)} on {common.safe_url(settings.resolved_database_url)}"
+    )
+    if settings.executor == "celery":
+        from lorebase.jobs.celery_executor import run_worker
+
+        run_worker(settings, concurrency=concurrency, kinds=kinds)
+    else:
+        from lorebase.jobs.rq_executor import run_worker as run_rq_worker
+
+        run_rq_worker(settings, kinds=kinds)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -278,6 +279,8 @@ class Job(Base):
     error_kind: Mapped[str | None] = mapped_column(String(20), default=None)
     dedupe_key: Mapped[str | None] = mapped_column(String(200), default=None)
     concurrency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    #: when a broker message for this pending job was last sent (Celery/RQ executors); NULL: never
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     checkpoint: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -288,6 +291,16 @@ class Job(Base):
 #: claim's order, in the index itself: no sort of every pending job per claim (34 ms of CPU per
 #: claim at 100k pending without it; benchmarks/queue.py)
 Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.run_at, Job.created_at)
+
+
+class Blob(Base):
+    """Uploads and fetched pages kept in the database (``blob_store = "database"``), content-addressed."""
+
+    __tablename__ = "blobs"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class QueryLog(Base):

@@ -44,6 +44,7 @@ class ClaimedJob:
     document_id: str | None
     checkpoint: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
+    concurrency_key: str | None = None
 
 
 def backoff_delay(attempts: int, cfg: JobSettings, retry_after: float | None = None) -> float:
@@ -139,8 +140,13 @@ class JobQueue:
         }
 
     # -- claim ------------------------------------------------------------------------------
-    def claim(self, owner: str, types: tuple[str, ...] | None = None) -> ClaimedJob | None:
+    def claim(
+        self, owner: str, types: tuple[str, ...] | None = None, *, job_id: str | None = None
+    ) -> ClaimedJob | None:
         """Take the most urgent runnable job: highest priority, then oldest ``run_at``.
+
+        With ``job_id`` (a broker executor delivering one job) only that job is taken, and only
+        when it is runnable now by the same rules; otherwise None.
 
         Skips jobs of paused/cancelling pipelines, jobs whose ``concurrency_key`` is held by a
         running job (one embedder loop per pipeline, for example), and jobs of a pipeline or a
@@ -165,6 +171,8 @@ class JobQueue:
         )
         if types:
             candidate = candidate.where(Job.type.in_(types))
+        if job_id is not None:
+            candidate = candidate.where(Job.id == job_id)
         if self.cfg.max_running_per_pipeline:
             full = (
                 select(Job.pipeline_id)
@@ -212,6 +220,7 @@ class JobQueue:
                     Job.document_id,
                     Job.checkpoint,
                     Job.priority,
+                    Job.concurrency_key,
                 )
             ).first()
             if result is None:
@@ -235,6 +244,7 @@ class JobQueue:
                 document_id=result.document_id,
                 checkpoint=dict(result.checkpoint or {}),
                 priority=result.priority,
+                concurrency_key=result.concurrency_key,
             )
 
     # -- fenced writes ----------------------------------------------------------------------
@@ -295,7 +305,7 @@ class JobQueue:
                 session, job, status="cancelled", finished_at=utcnow(), last_error=f"superseded by job {twin}"
             )
             return "superseded"
-        self._finish(session, job, status="pending", **values)
+        self._finish(session, job, status="pending", dispatched_at=None, **values)
         return "pending"
 
     def _finish(self, session: Session, job: ClaimedJob, **values: Any) -> None:
@@ -306,6 +316,14 @@ class JobQueue:
         result = session.execute(update(Job).where(self._fence(job)).values(**values))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLost(f"job {job.id} attempt {job.attempts} no longer owned by {job.owner}")
+        if job.concurrency_key is not None:
+            # a job waiting for this key was delivered while the key was held and set aside:
+            # it is dispatched again now rather than after ``redispatch_seconds``
+            session.execute(
+                update(Job)
+                .where(Job.concurrency_key == job.concurrency_key, Job.status == "pending")
+                .values(dispatched_at=None)
+            )
 
     def succeed(self, session: Session, job: ClaimedJob) -> None:
         self._finish(session, job, status="succeeded", finished_at=utcnow(), last_error=None, error_kind=None)
@@ -370,6 +388,7 @@ class JobQueue:
                         lease_owner=None,
                         lease_expires_at=None,
                         run_at=now,
+                        dispatched_at=None,
                         finished_at=None if status == "pending" else now,
                         last_error=f"worker lost (lease expired); superseded by job {twin}"
                         if twin
@@ -379,3 +398,55 @@ class JobQueue:
                     )
                 )
             return sorted({r.pipeline_id for r in expired if r.pipeline_id})
+
+    # -- broker executors (Celery, RQ) --------------------------------------------------------
+    def due_for_dispatch(self, limit: int = 500) -> list[tuple[str, str]]:
+        """Mark pending jobs that are runnable now and have no live broker message as dispatched;
+        return their ``(id, type)``, most urgent first, for the caller to send.
+
+        A job needs a message when it was never dispatched (``dispatched_at`` NULL: new, retried,
+        released or reaped) or when its message went out ``redispatch_seconds`` ago and it still
+        has not started (the message was lost). Jobs of paused pipelines wait. Dispatchers in
+        several processes may run at once: on PostgreSQL ``SKIP LOCKED`` splits the jobs between
+        them; a duplicate message is harmless (claiming a job twice is impossible).
+        """
+        now = utcnow()
+        stale = now - timedelta(seconds=self.cfg.redispatch_seconds)
+        held = select(Pipeline.id).where(Pipeline.status.in_(_HELD))
+        query = (
+            select(Job.id, Job.type)
+            .where(
+                Job.status == "pending",
+                Job.run_at <= now,
+                or_(Job.dispatched_at.is_(None), Job.dispatched_at < stale),
+                or_(Job.pipeline_id.is_(None), Job.pipeline_id.not_in(held)),
+            )
+            .order_by(Job.priority.desc(), Job.run_at, Job.created_at)
+            .limit(limit)
+        )
+        with self.db.session() as s:
+            if s.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(of=Job, skip_locked=True)
+            rows = [(str(r.id), str(r.type)) for r in s.execute(query)]
+            if rows:
+                s.execute(
+                    update(Job)
+                    .where(Job.id.in_([r[0] for r in rows]), Job.status == "pending")
+                    .values(dispatched_at=now)
+                )
+        return rows
+
+    def undispatch(self, job_ids: list[str]) -> None:
+        """The messages of these jobs could not be sent: dispatch them again at the next pass."""
+        if job_ids:
+            with self.db.session() as s:
+                s.execute(
+                    update(Job).where(Job.id.in_(job_ids), Job.status == "pending").values(dispatched_at=None)
+                )
+
+    def defer_dispatch(self, job_id: str, seconds: float) -> None:
+        """A message arrived for a job that cannot run yet (its pipeline is paused, its
+        concurrency key or its share is taken): send another in about ``seconds``."""
+        due = utcnow() - timedelta(seconds=max(0.0, self.cfg.redispatch_seconds - seconds))
+        with self.db.session() as s:
+            s.execute(update(Job).where(Job.id == job_id, Job.status == "pending").values(dispatched_at=due))

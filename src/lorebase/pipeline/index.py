@@ -1,6 +1,9 @@
 """The ``embed_chunks`` job: embed a pipeline's pending chunks in batches that span documents,
 and write vectors, keyword entries, chunk states, cache rows and counters in one transaction
-per batch. Re-running is harmless: only chunks still pending are written, upserts by pk."""
+per batch. Re-running is harmless: only chunks still pending are written, upserts by pk.
+
+With ``jobs.embed_partitions`` = N > 1, a pipeline has N embedding jobs, each taking the chunks
+whose pk is its partition modulo N, so N workers (on N machines) embed one pipeline at once."""
 
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class EmbedChunks:
             if kb is None:
                 raise PermanentError("the knowledge base was deleted")
             kb_id, config = kb.id, kb.config
+        part = _partition(ctx.job.payload)
         embedder = runtime.kb_embedder(config)
         store = runtime.kb_store(config)
         batch_size = runtime.settings.embed_batch_size
@@ -49,7 +53,7 @@ class EmbedChunks:
                         Document.title,
                     )
                     .join(Document, Document.id == Chunk.document_id)
-                    .where(Document.pipeline_id == pipeline_id, Chunk.embedded.is_(False))
+                    .where(Document.pipeline_id == pipeline_id, Chunk.embedded.is_(False), *part)
                     .order_by(Chunk.pk)
                     .limit(batch_size)
                 ).all()
@@ -65,7 +69,7 @@ class EmbedChunks:
     def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
         """The embedder gave up: the documents waiting on it fail, their siblings stay indexed."""
         pipeline_id = ctx.job.payload["pipeline_id"]
-        waiting = select(Chunk.document_id).where(Chunk.embedded.is_(False))
+        waiting = select(Chunk.document_id).where(Chunk.embedded.is_(False), *_partition(ctx.job.payload))
         session.execute(
             update(Document)
             .where(
@@ -75,6 +79,14 @@ class EmbedChunks:
                 status="failed", error=f"embedding failed: {message}", error_kind=kind, updated_at=utcnow()
             )
         )
+
+
+def _partition(payload: dict[str, Any]) -> tuple[Any, ...]:
+    """The filter of this job's share of the chunks (none when the pipeline has one embed job)."""
+    partitions = int(payload.get("partitions") or 1)
+    if partitions <= 1:
+        return ()
+    return (Chunk.pk % partitions == int(payload.get("partition") or 0),)
 
 
 def write_batch(

@@ -111,17 +111,24 @@ class ProcessDocument:
                 else:
                     doc.status, doc.indexed_at = "indexed", utcnow()
             if waiting:
-                runtime.queue.enqueue(
-                    s,
-                    type=EMBED_JOB,
-                    workspace_id=ctx.job.workspace_id,
-                    pipeline_id=ctx.job.pipeline_id,
-                    kb_id=ctx.job.kb_id,
-                    payload={"pipeline_id": ctx.job.pipeline_id},
-                    priority=EMBED_PRIORITY,
-                    dedupe_key=f"embed:{ctx.job.pipeline_id}",
-                    concurrency_key=f"embed:{ctx.job.pipeline_id}",
-                )
+                partitions = runtime.settings.jobs.embed_partitions
+                for part in range(partitions):
+                    key = f"embed:{ctx.job.pipeline_id}" + (f":{part}/{partitions}" if partitions > 1 else "")
+                    runtime.queue.enqueue(
+                        s,
+                        type=EMBED_JOB,
+                        workspace_id=ctx.job.workspace_id,
+                        pipeline_id=ctx.job.pipeline_id,
+                        kb_id=ctx.job.kb_id,
+                        payload={
+                            "pipeline_id": ctx.job.pipeline_id,
+                            "partition": part,
+                            "partitions": partitions,
+                        },
+                        priority=EMBED_PRIORITY,
+                        dedupe_key=key,
+                        concurrency_key=key,
+                    )
             if ctx.job.pipeline_id:
                 pipeline_service.refresh_progress(s, ctx.job.pipeline_id)
         runtime.queue.notify()

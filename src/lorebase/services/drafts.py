@@ -1,18 +1,24 @@
 """KB drafts: everything a user sets up before a KB exists. Drafts never write KB, document or
-chunk rows; uploads are kept in the blob store and referenced from the draft's JSON."""
+chunk rows; uploads are kept in the blob store and referenced from the draft's JSON.
+
+Drafts are kept by ``runtime.drafts`` (``adapters/drafts``): the SQL ``drafts`` table in the
+embedded mode, Redis keys with a TTL in the scaled mode (``redis_url`` set), where drafts never
+touch the SQL database. Every change is one atomic read-modify-write of the repository, so
+concurrent source additions all land; finalize *takes* the draft (exactly one concurrent
+finalize wins, the others get 404) and puts it back if the KB cannot be created.
+"""
 
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from lorebase.adapters.drafts.protocol import DraftRecord
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.crawl.preview import fetch_one
-from lorebase.db.models import Draft, KnowledgeBase, new_id, utcnow
+from lorebase.db.models import KnowledgeBase, new_id, utcnow
 from lorebase.errors import InvalidInput, LorebaseError, NotFound
 from lorebase.pipeline.chunk import chunk
 from lorebase.runtime import AVAILABLE_STORES, embedder_info
@@ -29,11 +35,7 @@ EMBED_CHUNKS_PER_SECOND = 20.0
 BYTES_PER_TOKEN = 4.5
 
 
-def _expiry(runtime: Runtime) -> Any:
-    return utcnow() + timedelta(hours=runtime.settings.draft_ttl_hours)
-
-
-def to_dict(draft: Draft) -> dict[str, Any]:
+def to_dict(draft: DraftRecord) -> dict[str, Any]:
     return {
         "id": draft.id,
         "name": draft.name,
@@ -63,36 +65,22 @@ def create(
     runtime: Runtime, p: Principal, *, name: str, description: str | None, config: dict[str, Any] | None
 ) -> dict[str, Any]:
     cfg = merged_config(runtime.settings, config)
-    with runtime.db.session() as s:
-        draft = Draft(
-            workspace_id=p.workspace_id,
-            name=name,
-            description=description,
-            config=cfg,
-            expires_at=_expiry(runtime),
-        )
-        s.add(draft)
-        s.flush()
-        return to_dict(draft)
-
-
-def _load(s: Session, p: Principal, draft_id: str) -> Draft:
-    draft = s.execute(
-        select(Draft).where(Draft.id == draft_id, Draft.workspace_id == p.workspace_id)
-    ).scalar_one_or_none()
-    if draft is None or draft.expires_at <= utcnow():
-        raise NotFound(f"draft {draft_id} not found (or expired)")
-    return draft
-
-
-def _touch(runtime: Runtime, draft: Draft) -> None:
-    draft.updated_at = utcnow()
-    draft.expires_at = _expiry(runtime)
+    now = utcnow()
+    draft = DraftRecord(
+        id=new_id(),
+        workspace_id=p.workspace_id,
+        name=name,
+        description=description,
+        config=cfg,
+        created_at=now,
+        updated_at=now,
+        expires_at=now,  # the repository sets the expiry from its TTL
+    )
+    return to_dict(runtime.drafts.create(draft))
 
 
 def get(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
-    with runtime.db.read_session() as s:
-        return to_dict(_load(s, p, draft_id))
+    return to_dict(runtime.drafts.get(p.workspace_id, draft_id))
 
 
 def patch(
@@ -104,30 +92,29 @@ def patch(
     description: str | None,
     config: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    with runtime.db.session() as s:
-        draft = _load(s, p, draft_id)
+
+    def change(draft: DraftRecord) -> None:
         if name is not None:
             draft.name = name
         if description is not None:
             draft.description = description
         if config:
             draft.config = parse_config(deep_merge(draft.config, config)).model_dump()
-        _touch(runtime, draft)
-        return to_dict(draft)
+
+    return to_dict(runtime.drafts.update(p.workspace_id, draft_id, change))
 
 
 def remove(runtime: Runtime, p: Principal, draft_id: str) -> None:
-    with runtime.db.session() as s:
-        s.delete(_load(s, p, draft_id))
+    runtime.drafts.delete(p.workspace_id, draft_id)
 
 
 def _append(
     runtime: Runtime, p: Principal, draft_id: str, sources: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    with runtime.db.session() as s:
-        draft = _load(s, p, draft_id)
+    def change(draft: DraftRecord) -> None:
         draft.sources = [*draft.sources, *sources]
-        _touch(runtime, draft)
+
+    runtime.drafts.update(p.workspace_id, draft_id, change)
     return [_public_source(src) for src in sources]
 
 
@@ -182,13 +169,14 @@ def _web_sources(draft_sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def remove_source(runtime: Runtime, p: Principal, draft_id: str, source_id: str) -> None:
-    with runtime.db.session() as s:
-        draft = _load(s, p, draft_id)
+
+    def change(draft: DraftRecord) -> None:
         kept = [src for src in draft.sources if src["id"] != source_id]
         if len(kept) == len(draft.sources):
             raise NotFound(f"source {source_id} not found in draft {draft_id}")
         draft.sources = kept
-        _touch(runtime, draft)
+
+    runtime.drafts.update(p.workspace_id, draft_id, change)
 
 
 def _items(draft_sources: list[dict[str, Any]]) -> list[SourceItem]:
@@ -205,9 +193,8 @@ def preview(
     runtime: Runtime, p: Principal, draft_id: str, *, source_id: str | None, limit: int
 ) -> dict[str, Any]:
     """Real chunks of one source item, made exactly as the pipeline will; nothing is saved."""
-    with runtime.db.read_session() as s:
-        row = _load(s, p, draft_id)
-        sources, cfg = row.sources, row.config
+    row = runtime.drafts.get(p.workspace_id, draft_id)
+    sources, cfg = row.sources, row.config
     if source_id is not None:
         sources = [src for src in sources if src["id"] == source_id]
         if not sources:
@@ -263,7 +250,7 @@ def _preview_chunks(
     }
 
 
-def validate_draft(runtime: Runtime, draft: Draft) -> dict[str, Any]:
+def validate_draft(runtime: Runtime, draft: DraftRecord) -> dict[str, Any]:
     errors: list[dict[str, str]] = []
     warnings: list[dict[str, str]] = []
     cfg = draft.config
@@ -333,42 +320,58 @@ def validate_draft(runtime: Runtime, draft: Draft) -> dict[str, Any]:
 
 
 def validate(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
-    with runtime.db.read_session() as s:
-        return validate_draft(runtime, _load(s, p, draft_id))
+    return validate_draft(runtime, runtime.drafts.get(p.workspace_id, draft_id))
 
 
 def finalize(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
-    """One transaction: KB ``processing``, documents ``pending``, pipeline ``queued``, jobs, draft gone."""
-    with runtime.db.session() as s:
-        draft = _load(s, p, draft_id)
-        report = validate_draft(runtime, draft)
-        if not report["is_valid"]:
-            raise InvalidInput("the draft is not valid", details=report["errors"], code="draft_invalid")
-        kb = KnowledgeBase(
-            id=new_id(),
-            workspace_id=p.workspace_id,
-            name=draft.name,
-            description=draft.description,
-            config=draft.config,
-            status="processing",
-            created_by=p.key_id,
-        )
-        s.add(kb)
-        s.flush()
-        pipeline, _ = start_pipeline(s, runtime, kb, _items(draft.sources))
-        for src in _web_sources(draft.sources):
-            create_source(s, runtime, kb, pipeline, src["url"], src["crawl"], source_id=src["id"])
-        s.execute(delete(Draft).where(Draft.id == draft.id))
-        result = {
-            "kb_id": kb.id,
-            "pipeline_id": pipeline.id,
-            "status": "processing",
-            "estimated_completion_minutes": report["estimated_duration_minutes"],
-        }
+    """One transaction: KB ``processing``, documents ``pending``, pipeline ``queued``, jobs, draft gone.
+
+    The draft is *taken* from the repository inside that transaction: in SQL the delete commits
+    or rolls back with the KB; in Redis it is an atomic get-and-delete, so of two concurrent
+    finalizes only one gets the draft (the other: 404), and it is put back if the KB fails.
+    """
+    report = validate(runtime, p, draft_id)  # an invalid draft is reported without touching it
+    if not report["is_valid"]:
+        raise InvalidInput("the draft is not valid", details=report["errors"], code="draft_invalid")
+    taken: DraftRecord | None = None
+    try:
+        with runtime.db.session() as s:
+            taken = runtime.drafts.take(p.workspace_id, draft_id, s)
+            result = _create_kb(runtime, p, s, taken)
+    except BaseException:
+        if taken is not None:
+            runtime.drafts.put_back(taken)
+        raise
     runtime.queue.notify()
     return result
 
 
+def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -> dict[str, Any]:
+    report = validate_draft(runtime, draft)  # the draft as taken: it may have changed since
+    if not report["is_valid"]:
+        raise InvalidInput("the draft is not valid", details=report["errors"], code="draft_invalid")
+    kb = KnowledgeBase(
+        id=new_id(),
+        workspace_id=p.workspace_id,
+        name=draft.name,
+        description=draft.description,
+        config=draft.config,
+        status="processing",
+        created_by=p.key_id,
+    )
+    s.add(kb)
+    s.flush()
+    pipeline, _ = start_pipeline(s, runtime, kb, _items(draft.sources))
+    for src in _web_sources(draft.sources):
+        create_source(s, runtime, kb, pipeline, src["url"], src["crawl"], source_id=src["id"])
+    return {
+        "kb_id": kb.id,
+        "pipeline_id": pipeline.id,
+        "status": "processing",
+        "estimated_completion_minutes": report["estimated_duration_minutes"],
+    }
+
+
 def purge_expired(runtime: Runtime) -> int:
-    with runtime.db.session() as s:
-        return s.execute(delete(Draft).where(Draft.expires_at <= utcnow())).rowcount  # type: ignore[attr-defined]
+    """Expired SQL drafts; 0 with Redis, whose keys expire by themselves."""
+    return runtime.drafts.purge_expired()

@@ -16,6 +16,7 @@ from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, utcnow
 from lorebase.errors import Conflict, NotFound
 from lorebase.services.auth import Principal
 from lorebase.services.documents import CRAWL_JOB
+from lorebase.services.events import pipeline_state, publish_pipeline
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -133,6 +134,8 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
             f"{p.documents_skipped} unchanged; {p.chunks_indexed} chunks indexed"
         )
         _settle_kb(s, p.kb_id, now)
+        event = pipeline_state(p)
+    publish_pipeline(runtime, pipeline_id, "status", event)
 
 
 def _active_jobs(s: Session, pipeline_id: str) -> int:
@@ -273,6 +276,8 @@ def cancel(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
             .where(Job.pipeline_id == pipeline_id, Job.status == "pending")
             .values(status="cancelled", finished_at=utcnow(), last_error="cancelled by request")
         )
+        event = pipeline_state(row)
+    publish_pipeline(runtime, pipeline_id, "status", event)
     settle(runtime, pipeline_id)
     return get(runtime, p, pipeline_id)
 
@@ -283,6 +288,8 @@ def pause(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         if row.status not in ("queued", "running"):
             raise Conflict(f"only a queued or running pipeline can be paused (it is {row.status})")
         row.status, row.message = "paused", "paused by request; finished work is kept"
+        event = pipeline_state(row)
+    publish_pipeline(runtime, pipeline_id, "status", event)
     return get(runtime, p, pipeline_id)
 
 
@@ -292,6 +299,8 @@ def resume(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         if row.status != "paused":
             raise Conflict(f"only a paused pipeline can be resumed (it is {row.status})")
         row.status = "running"
+        event = pipeline_state(row)
+    publish_pipeline(runtime, pipeline_id, "status", event)
     runtime.queue.notify()
     settle(runtime, pipeline_id)
     return get(runtime, p, pipeline_id)
@@ -332,5 +341,7 @@ def retry(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         kb = s.get(KnowledgeBase, row.kb_id)
         if kb is not None and kb.status == "failed":
             kb.status = "processing"
+        event = pipeline_state(row)
+    publish_pipeline(runtime, pipeline_id, "status", event)
     runtime.queue.notify()
     return get(runtime, p, pipeline_id)

@@ -1,0 +1,50 @@
+"""Blobs as rows of the ``blobs`` table: every API node and worker that reaches the database
+reads them, so uploads need no shared disk (``blob_store = "database"``, the default on PostgreSQL).
+
+Content-addressed like the local store: the key is the sha256 of the bytes, a second ``put`` of
+the same bytes writes nothing. Each call runs in a short transaction of its own, so a blob is
+saved before the draft or job row that names it is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from lorebase.db.engine import Database
+from lorebase.db.models import Blob
+from lorebase.errors import NotFound
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DatabaseBlobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def put(self, data: bytes) -> str:
+        key = hashlib.sha256(data).hexdigest()
+        with self.db.session() as s:
+            ins = pg_insert(Blob) if s.get_bind().dialect.name == "postgresql" else sqlite_insert(Blob)
+            s.execute(
+                ins.values(key=key, data=data, size=len(data)).on_conflict_do_nothing(index_elements=["key"])
+            )
+        return key
+
+    def get(self, key: str) -> bytes:
+        if not _KEY.match(key):  # keys are ours; anything else is tampering
+            raise NotFound("blob not found")
+        with self.db.read_session() as s:
+            data = s.execute(select(Blob.data).where(Blob.key == key)).scalar()
+        if data is None:
+            raise NotFound("blob not found")
+        return bytes(data)
+
+    def delete(self, key: str) -> None:
+        if _KEY.match(key):
+            with self.db.session() as s:
+                s.execute(delete(Blob).where(Blob.key == key))

@@ -1,0 +1,128 @@
+"""The Celery executor (``LOREBASE_EXECUTOR=celery``): Celery delivers job ids, the job table decides.
+
+A message names one job (``lorebase.run_job(job_id)``); the worker claims that job by the same
+rules and leases as the embedded executor (``JobQueue.claim(job_id=…)``) and runs it through
+the same ``EmbeddedExecutor.run_job`` (heartbeats, fencing, retries with backoff, dead letter).
+A message for a job that is no longer pending does nothing; one for a job that cannot run yet
+(paused pipeline, taken concurrency key) asks for another message a little later.
+
+Delivery settings: JSON only; ``acks_late`` with ``reject_on_worker_lost`` and a prefetch of 1,
+so a message leaves the broker only once its job has ended; soft and hard time limits per attempt
+(``jobs.time_limit_seconds``; a soft limit ends the attempt as a transient error, so the job is
+retried and a crawl resumes from its checkpoint). One queue per kind of job
+(``<prefix>.crawl``, ``<prefix>.process``, ``<prefix>.embed``): ``lorebase worker --queues``
+chooses which a worker takes, so each kind scales on its own. Redis is the default broker
+(``LOREBASE_REDIS_URL``); RabbitMQ works with ``LOREBASE_BROKER_URL=amqp://…``.
+
+Periodic maintenance needs no beat: every worker process runs the reaper and the pipeline sweep
+in its maintenance thread, and a dispatcher (``jobs.dispatch``) that re-sends due or lost jobs.
+Each pool process (prefork) builds its own runtime after the fork, in ``worker_process_init``;
+the parent process only runs the migrations and supervises. Pool processes parse documents
+themselves (``jobs.parse_processes`` does not apply): they are daemonic and may not start a
+parse pool, and they are already processes of their own, so a parser that crashes costs a pool
+process (Celery replaces it; the reaper retries the job) and one that hangs meets the time limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from lorebase.jobs.delivery import close_worker_state, run_delivered, worker_state
+from lorebase.jobs.dispatch import Sender, kind_of, queue_name
+from lorebase.settings import Settings
+
+log = logging.getLogger("lorebase.celery")
+
+TASK_NAME = "lorebase.run_job"
+#: how long the hard limit lets an attempt overrun its soft limit before the pool kills it
+HARD_LIMIT_GRACE_SECONDS = 60.0
+
+
+def make_celery(settings: Settings) -> Celery:
+    broker = settings.resolved_broker_url
+    if not broker:
+        raise ValueError("LOREBASE_EXECUTOR=celery needs LOREBASE_REDIS_URL or LOREBASE_BROKER_URL")
+    app = Celery("lorebase", broker=broker, set_as_current=False)
+    soft = settings.jobs.time_limit_seconds
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=soft,
+        task_time_limit=soft + HARD_LIMIT_GRACE_SECONDS,
+        task_default_queue=queue_name(settings.queue_prefix, "process"),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        # Redis: an unacknowledged message (its worker died) comes back after this long; the job
+        # itself is recovered sooner, by the reaper and the dispatcher, so this only bounds how
+        # long a dead worker's message lingers
+        broker_transport_options={"visibility_timeout": soft + 2 * HARD_LIMIT_GRACE_SECONDS},
+    )
+    app.task(name=TASK_NAME, ignore_result=True)(run_job)
+    return app
+
+
+def celery_sender(app: Celery, prefix: str) -> Sender:
+    """A ``Sender`` that publishes one ``run_job`` message per job on its kind's queue."""
+
+    def send(jobs: Sequence[tuple[str, str]]) -> None:
+        with app.producer_or_acquire() as producer:
+            for job_id, job_type in jobs:
+                app.send_task(
+                    TASK_NAME, args=[job_id], queue=queue_name(prefix, kind_of(job_type)), producer=producer
+                )
+
+    return send
+
+
+# -- the worker side --------------------------------------------------------------------------
+@worker_process_init.connect
+def _init_pool_process(**_: Any) -> None:
+    worker_state()  # warm: load the runtime before the first message
+
+
+@worker_process_shutdown.connect
+def _close_pool_process(**_: Any) -> None:
+    close_worker_state()
+
+
+def run_job(job_id: str) -> str:
+    """The task: claim the job named by the message and run it (see ``jobs.delivery``)."""
+    return run_delivered(job_id)
+
+
+def worker_argv(
+    settings: Settings, *, concurrency: int, kinds: Sequence[str], name: str | None = None
+) -> list[str]:
+    """The ``celery worker`` command line for ``lorebase worker``."""
+    node = name or f"lorebase-{os.getpid()}@{socket.gethostname()}"
+    return [
+        "worker",
+        "--loglevel=INFO",
+        f"--concurrency={concurrency}",
+        "--pool=prefork",
+        f"--queues={','.join(queue_name(settings.queue_prefix, k) for k in kinds)}",
+        f"--hostname={node}",
+        "--without-gossip",
+        "--without-mingle",
+        "--prefetch-multiplier=1",
+    ]
+
+
+def run_worker(settings: Settings, *, concurrency: int, kinds: Sequence[str]) -> None:
+    """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown)."""
+    app = make_celery(settings)
+    app.worker_main(worker_argv(settings, concurrency=concurrency, kinds=kinds))
