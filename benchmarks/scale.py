@@ -11,13 +11,13 @@ Sections (``--sections``, in order; each adds its keys to the one JSON line):
   Warm-up queries first (not counted); then the two stores alternate query by query (and which one
   goes first alternates too), so both see the same machine load. p50/p99 (nearest rank), mean.
 * ``recall``: recall@10 of ``PgvectorStore.vector_search`` (HNSW, ``hnsw.ef_search`` =
-  max(k, 40) as the store sets it) against the exact top 10 computed with numpy over the same
+  max(4k, 100) as the store sets it) against the exact top 10 computed with numpy over the same
   float32 vectors, at k=10 and at the hybrid depth k=50 (its top 10), over every query (warm-up
   ones too). Target >= 0.95: the script exits 1 when the k=10 figure is below it (after
   printing everything).
 
-The scale-out work adds an ``ingest`` section (throughput with 1, 2 and 3 Celery worker
-processes): a function ``section_ingest(bench) -> dict`` registered in ``SECTIONS`` below.
+* ``ingest``: ingest throughput through the HTTP API with 1, 2 and 3 Celery worker processes
+  on PostgreSQL + Redis (``benchmarks/scale_ingest.py`` says how).
 
 **What is synthetic, and why.** The embedding model does ~20 chunks/s here, so 100k real
 embeddings would take 1.5 hours. So:
@@ -79,8 +79,9 @@ from sqlalchemy import text
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent / "tests"))  # support.pg: a pgserver PostgreSQL in a temp dir
+sys.path.append(str(HERE))  # scale_ingest (after the rest: see above)
 
-from lorebase.adapters.stores.pgvector import _EF_SEARCH_MIN, PgvectorStore  # noqa: E402
+from lorebase.adapters.stores.pgvector import _EF_SEARCH_MIN, _EF_SEARCH_PER_RESULT, PgvectorStore  # noqa: E402
 from lorebase.adapters.stores.protocol import IndexEntry, Store  # noqa: E402
 from lorebase.adapters.stores.sqlite import _STOP as STOP_WORDS  # noqa: E402
 from lorebase.adapters.stores.sqlite import SqliteStore  # noqa: E402
@@ -397,7 +398,7 @@ def recall_at_k(
         if store.exact_searches == before:
             index_found, index_queries = index_found + hit, index_queries + 1
     return {
-        "ef_search": max(k, _EF_SEARCH_MIN),
+        "ef_search": max(k * _EF_SEARCH_PER_RESULT, _EF_SEARCH_MIN),
         "recall_at_10": round(found / (TOP_K * len(queries)), 4),
         "index_recall_at_10": round(index_found / (TOP_K * index_queries), 4) if index_queries else None,
         "exact_fallbacks": len(queries) - index_queries,
@@ -444,13 +445,39 @@ def table(title: str, rows: list[tuple[Any, ...]]) -> None:
         log("  " + "  ".join(str(v).rjust(w) for v, w in zip(r, widths, strict=True)))
 
 
-# The scale-out work plugs ``section_ingest`` (Celery ingest throughput, 1-3 worker processes) in here.
-SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {"search": section_search, "recall": section_recall}
+def section_ingest(bench: Bench) -> dict[str, Any]:
+    import scale_ingest
+
+    from support.pg import running_pgserver
+
+    with running_pgserver() as server:
+        figures = scale_ingest.run(server, bench.args.ingest_docs, log)
+    table(
+        f"ingest: {figures['documents']} documents, Celery workers on PostgreSQL + Redis",
+        [("workers", "seconds", "docs/s", "vs 1")]
+        + [
+            (n, r["seconds"], r["docs_per_second"], r["ratio_to_one"])
+            for n, r in figures["by_workers"].items()
+        ],
+    )
+    return {"ingest": figures}
+
+
+SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "ingest": section_ingest,
+    "search": section_search,
+    "recall": section_recall,
+}
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="search,recall", help=f"comma-separated, of {', '.join(SECTIONS)}")
+    ap.add_argument(
+        "--sections", default="ingest,search,recall", help=f"comma-separated, of {', '.join(SECTIONS)}"
+    )
+    ap.add_argument(
+        "--ingest-docs", type=int, default=None, help="documents per ingest run (240; --smoke 40)"
+    )
     ap.add_argument(
         "--chunks", type=int, default=None, help="chunks in the measured KB (100000; --smoke 5000)"
     )
@@ -476,6 +503,7 @@ def parse_args() -> argparse.Namespace:
     args.chunks = args.chunks or (5000 if args.smoke else 100_000)
     args.other_kb_chunks = args.chunks // 50 if args.other_kb_chunks is None else args.other_kb_chunks
     args.queries = args.queries or (30 if args.smoke else 200)
+    args.ingest_docs = args.ingest_docs or (40 if args.smoke else 240)
     args.warm_up = (5 if args.smoke else 20) if args.warm_up is None else args.warm_up
     if not args.docs.is_dir():
         ap.error(f"{args.docs} is missing: apt-get install python3.11-doc, or --docs DIR")

@@ -16,6 +16,7 @@ import importlib.util
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from lorebase.app import create_app
 from lorebase.runtime import Runtime
 from lorebase.services.auth import Principal, create_key, local_principal
 from lorebase.settings import JobSettings, Settings
-from support import testdb
+from support import testdb, testexec
 
 FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
 
@@ -42,6 +43,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(
             f"LOREBASE_TEST_DATABASE={testdb.TEST_DATABASE!r}: use one of {', '.join(testdb.CHOICES)}"
         )
+    if testexec.TEST_EXECUTOR not in testexec.CHOICES:
+        raise pytest.UsageError(
+            f"LOREBASE_TEST_EXECUTOR={testexec.TEST_EXECUTOR!r}: use one of {', '.join(testexec.CHOICES)}"
+        )
+    config.addinivalue_line(
+        "markers", "embedded_only(reason): tests the embedded executor itself; skipped on Celery/RQ runs"
+    )
     if testdb.ON_POSTGRES and importlib.util.find_spec("pgserver") is None:  # not imported: it warns
         raise pytest.UsageError(
             "LOREBASE_TEST_DATABASE=postgres needs pgserver (pip install -e '.[postgres]')"
@@ -49,6 +57,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if testexec.ON_BROKER:
+        for item in items:
+            marker = item.get_closest_marker("embedded_only")
+            if marker is not None:
+                reason = marker.args[0] if marker.args else "tests the embedded executor"
+                item.add_marker(pytest.mark.skip(reason=f"embedded executor only: {reason}"))
     if not testdb.ON_POSTGRES:
         return
     for item in items:
@@ -77,6 +91,8 @@ def make_settings(data_dir: Path, *, jobs: dict[str, Any] | None = None, **overr
     ``database_url`` (the vector store then defaults to pgvector)."""
     if "database_url" not in overrides and (url := testdb.database_url_for(data_dir)):
         overrides["database_url"] = url
+    for key, value in testexec.settings_for(data_dir).items():
+        overrides.setdefault(key, value)
     job_settings = JobSettings(
         **{
             "lease_seconds": 4.0,
@@ -109,9 +125,32 @@ def principal(runtime: Runtime) -> Principal:
     return local_principal(runtime.db, "default")
 
 
+@contextmanager
+def running_app(settings: Settings, workers: int = 2) -> Iterator[TestClient]:
+    """The app with ``workers`` embedded worker threads, or, with ``LOREBASE_TEST_EXECUTOR=celery``
+    or ``rq``, the app (dispatching) and one real worker process on the same database."""
+    if not testexec.ON_BROKER or workers == 0:
+        with TestClient(create_app(settings, workers=workers)) as client:
+            yield client
+        return
+    from support.worker import start_worker, stop_worker
+
+    with TestClient(create_app(settings, workers=0)) as client:
+        worker = start_worker(
+            settings.data_dir,
+            concurrency=workers,
+            LOREBASE_EMBED_BATCH_SIZE=str(settings.embed_batch_size),
+        )
+        try:
+            yield client
+        finally:
+            stop_worker(worker)
+            testexec.forget(settings.data_dir)
+
+
 @pytest.fixture
 def api(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings, workers=2)) as client:
+    with running_app(settings, workers=2) as client:
         yield client
 
 

@@ -6,6 +6,7 @@ job handlers, so that the same code runs behind HTTP, the CLI and the workers.
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from typing import Any
 
@@ -28,9 +29,17 @@ from lorebase.pipeline.isolated import shared_pool
 from lorebase.settings import Settings
 
 #: stores this build can run, by name, with the database each lives in (the store writes in the
-#: caller's transaction, so chunk rows and their index entries commit together)
-STORE_DATABASES = {"sqlite": "sqlite", "pgvector": "postgresql"}
+#: caller's transaction, so chunk rows and their index entries commit together); None: a store
+#: outside the database (Qdrant, Chroma), beside either database, written at-least-once
+STORE_DATABASES: dict[str, str | None] = {
+    "sqlite": "sqlite",
+    "pgvector": "postgresql",
+    "qdrant": None,
+    "chroma": None,
+}
 AVAILABLE_STORES = tuple(STORE_DATABASES)
+#: the package each external store needs, and the extra that installs it
+_STORE_PACKAGES = {"qdrant": ("qdrant_client", "qdrant"), "chroma": ("chromadb", "chroma")}
 
 
 def embedder_info(spec: str) -> tuple[int, int]:
@@ -59,6 +68,12 @@ def check_supported(settings: Settings) -> None:
         problems.append(
             f"LOREBASE_VECTOR_STORE={settings.vector_store}: available: {', '.join(AVAILABLE_STORES)}"
         )
+    elif settings.vector_store in _STORE_PACKAGES:
+        package, extra = _STORE_PACKAGES[settings.vector_store]
+        if importlib.util.find_spec(package) is None:
+            problems.append(
+                f"LOREBASE_VECTOR_STORE={settings.vector_store} needs {package}: pip install 'lorebase[{extra}]'"
+            )
     elif backend in ("sqlite", "postgresql") and STORE_DATABASES[settings.vector_store] != backend:
         needed = {"sqlite": "sqlite", "postgresql": "pgvector"}[backend]
         problems.append(
@@ -127,22 +142,48 @@ class Runtime:
         with self._lock:
             key = (name, dimensions)
             if key not in self._stores:
-                if STORE_DATABASES[name] != self.db.engine.dialect.name:
+                needs = STORE_DATABASES[name]
+                if needs is not None and needs != self.db.engine.dialect.name:
                     raise InvalidInput(
                         f"this knowledge base uses the {name!r} store, which needs a "
                         f"{STORE_DATABASES[name]} database; this server runs on {self.db.engine.dialect.name}"
                     )
-                store: Store
-                if name == "pgvector":
-                    from lorebase.adapters.stores.pgvector import PgvectorStore
-
-                    store = PgvectorStore(dimensions)
-                else:
-                    store = SqliteStore(dimensions)
+                store = self._new_store(name, dimensions)
                 with self.db.session() as s:
                     store.ensure_schema(s)
                 self._stores[key] = store
             return self._stores[key]
+
+    def store_problem(self, name: str) -> str | None:
+        """Why a knowledge base could not use the store ``name`` on this server, or None."""
+        if name not in AVAILABLE_STORES:
+            return f"unknown vector store {name!r}; available: {', '.join(AVAILABLE_STORES)}"
+        needs = STORE_DATABASES[name]
+        if needs is not None and needs != self.db.engine.dialect.name:
+            return f"the {name!r} store needs a {needs} database; this server runs on {self.db.engine.dialect.name}"
+        if name in _STORE_PACKAGES and importlib.util.find_spec(_STORE_PACKAGES[name][0]) is None:
+            return f"the {name!r} store is not installed on this server (pip install 'lorebase[{_STORE_PACKAGES[name][1]}]')"
+        return None
+
+    def _new_store(self, name: str, dimensions: int) -> Store:
+        if name == "pgvector":
+            from lorebase.adapters.stores.pgvector import PgvectorStore
+
+            return PgvectorStore(dimensions)
+        if name == "qdrant":
+            from lorebase.adapters.stores.qdrant import QdrantStore
+
+            url = self.settings.qdrant_url
+            return (
+                QdrantStore(dimensions, url=url)
+                if url
+                else QdrantStore(dimensions, path=self.settings.data_dir / "qdrant")
+            )
+        if name == "chroma":
+            from lorebase.adapters.stores.chroma import ChromaStore
+
+            return ChromaStore(dimensions, path=self.settings.data_dir / "chroma")
+        return SqliteStore(dimensions)
 
     def kb_store(self, config: dict[str, Any]) -> Store:
         dims, _ = embedder_info(config["embedding"]["model"])
@@ -152,6 +193,10 @@ class Runtime:
         return self.embedder(config["embedding"]["model"])
 
     def close(self) -> None:
+        for store in self._stores.values():
+            closer = getattr(store, "close", None)  # external stores hold files or connections
+            if closer is not None:
+                closer()
         self.db.dispose()
         if self._redis is not None:
             self._redis.close()

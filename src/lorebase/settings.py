@@ -181,6 +181,11 @@ class Settings(BaseSettings):
         description="Default vector + keyword store for new knowledge bases (`pgvector` when "
         "the database is PostgreSQL and this is not set).",
     )
+    qdrant_url: str | None = Field(
+        None,
+        description="Qdrant server for `vector_store = qdrant` (`http://host:6333`); unset: a local "
+        "Qdrant directory in the data dir, usable by one process at a time.",
+    )
     embedder: str = Field(
         "local:all-MiniLM-L6-v2", description="Default embedding model: `local:<name>` or `openai:<model>`."
     )

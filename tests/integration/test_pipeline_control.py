@@ -17,9 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from conftest import FINAL, finalize_draft, make_settings, wait_pipeline
+from conftest import FINAL, finalize_draft, make_settings, running_app, wait_pipeline
 from factories import pdf_bytes
-from lorebase.app import create_app
 from lorebase.db.models import Chunk, Document, Job, Pipeline, QueryLog
 from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
@@ -48,7 +47,7 @@ def _records(n: int) -> list[dict[str, str]]:
 def batched_api(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str]]]:
     """The app with 2 embedded workers embedding 8 chunks per batch, and a key for it."""
     settings = make_settings(tmp_path / "batched", embed_batch_size=8)
-    with TestClient(create_app(settings, workers=2)) as client:
+    with running_app(settings, workers=2) as client:
         key, _ = create_key(client.app.state.runtime.db, workspace="default")  # type: ignore[attr-defined]
         yield client, {"Authorization": f"Bearer {key}"}
 

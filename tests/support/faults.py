@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
+from lorebase.adapters.stores.pgvector import PgvectorStore
 from lorebase.db.models import Chunk, Document, Job, Pipeline
 from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
@@ -104,10 +105,16 @@ def audit(rt: Runtime, *, counters: bool = True) -> dict[str, Any]:
         assert not unfinished, f"documents not in a final state: {unfinished}"
         duplicates = s.execute(select(Chunk.id).group_by(Chunk.id).having(func.count() > 1)).scalars().all()
         assert not duplicates, f"duplicate chunk ids: {duplicates[:5]}"
-        names = s.execute(text("SELECT name FROM sqlite_master WHERE name LIKE 'vec_chunks_%'")).scalars()
-        vec_table = next(n for n in names if n.removeprefix("vec_chunks_").isdigit())  # not its shadow tables
-        vectors = set(s.execute(text(f"SELECT rowid FROM {vec_table}")).scalars())
-        keywords = set(s.execute(text("SELECT rowid FROM chunks_fts")).scalars())
+        if s.get_bind().dialect.name == "postgresql":  # pgvector: vector and keywords are one row
+            table = PgvectorStore(384).table_name
+            vectors = keywords = set(s.execute(text(f"SELECT pk FROM {table}")).scalars())
+        else:
+            names = s.execute(text("SELECT name FROM sqlite_master WHERE name LIKE 'vec_chunks_%'")).scalars()
+            vec_table = next(
+                n for n in names if n.removeprefix("vec_chunks_").isdigit()
+            )  # not its shadow tables
+            vectors = set(s.execute(text(f"SELECT rowid FROM {vec_table}")).scalars())
+            keywords = set(s.execute(text("SELECT rowid FROM chunks_fts")).scalars())
         chunk_rows = s.execute(select(Chunk.pk, Chunk.document_id, Chunk.embedded)).all()
         pks = {r.pk for r in chunk_rows}
         assert vectors <= pks, f"{len(vectors - pks)} vectors belong to no chunk"

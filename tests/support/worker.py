@@ -1,23 +1,40 @@
 """A real ``lorebase worker`` process on a data dir, with short leases so a killed one is reaped
-quickly (crash-recovery tests)."""
+quickly (crash-recovery tests). With ``LOREBASE_TEST_EXECUTOR=celery`` or ``rq`` it is a Celery
+or RQ worker (``support.testexec``), in a process group of its own: ``kill()`` and
+``terminate()`` reach its pool processes too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from support.testdb import database_url_for
+from support.testexec import ON_BROKER, worker_env
 
 
-def start_worker(data_dir: Path, **env: str) -> subprocess.Popen[bytes]:
+class WorkerProcess(subprocess.Popen[bytes]):
+    """A worker; signals go to its whole process group (the worker and its pool processes)."""
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+
+
+def start_worker(data_dir: Path, *, concurrency: int = 2, **env: str) -> WorkerProcess:
     """``env``: extra ``LOREBASE_*`` variables (``LOREBASE_EMBED_BATCH_SIZE="32"`` ...).
 
     On a PostgreSQL test run the worker gets the data dir's database as LOREBASE_DATABASE_URL."""
     url = database_url_for(data_dir)
-    return subprocess.Popen(
-        [sys.executable, "-m", "lorebase.cli.main", "worker", "--concurrency", "2"],
+    # a Celery worker logs every task: into a file, which a pipe's buffer would not hold
+    log = tempfile.TemporaryFile() if ON_BROKER else subprocess.PIPE  # noqa: SIM115
+    proc = WorkerProcess(
+        [sys.executable, "-m", "lorebase.cli.main", "worker", "--concurrency", str(concurrency)],
         env={
             **os.environ,
             "LOREBASE_DATA_DIR": str(data_dir),
@@ -25,9 +42,30 @@ def start_worker(data_dir: Path, **env: str) -> subprocess.Popen[bytes]:
             "LOREBASE_JOBS__HEARTBEAT_SECONDS": "1",
             "LOREBASE_JOBS__REAP_SECONDS": "0.5",
             "LOREBASE_JOBS__POLL_SECONDS": "0.1",
+            "LOREBASE_JOBS__REDISPATCH_SECONDS": "5",
             **({"LOREBASE_DATABASE_URL": url} if url else {}),
+            **worker_env(data_dir),
             **env,
         },
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
+        start_new_session=True,
     )
+    if ON_BROKER:  # read back from the start, as a pipe would be
+        proc.stderr = os.fdopen(os.dup(log.fileno()), "rb")  # type: ignore[union-attr]
+        proc.stderr.seek(0)
+    return proc
+
+
+def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM (drain), then SIGKILL after ``timeout``."""
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+
+
+__all__ = ["ON_BROKER", "WorkerProcess", "start_worker", "stop_worker"]

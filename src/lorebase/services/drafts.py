@@ -21,7 +21,7 @@ from lorebase.crawl.preview import fetch_one
 from lorebase.db.models import KnowledgeBase, new_id, utcnow
 from lorebase.errors import InvalidInput, LorebaseError, NotFound
 from lorebase.pipeline.chunk import chunk
-from lorebase.runtime import AVAILABLE_STORES, embedder_info
+from lorebase.runtime import embedder_info
 from lorebase.services.auth import Principal
 from lorebase.services.config import chunking_of, deep_merge, merged_config, parse_config
 from lorebase.services.documents import SourceItem, start_pipeline, store_file, store_text_record
@@ -265,14 +265,8 @@ def validate_draft(runtime: Runtime, draft: DraftRecord) -> dict[str, Any]:
         _, max_tokens = embedder_info(cfg["embedding"]["model"])
     except InvalidInput as exc:
         errors.append({"field": "config.embedding.model", "message": exc.message})
-    if cfg["store"]["type"] not in AVAILABLE_STORES:
-        errors.append(
-            {
-                "field": "config.store.type",
-                "message": f"unknown vector store {cfg['store']['type']!r}; available: "
-                + ", ".join(AVAILABLE_STORES),
-            }
-        )
+    if (problem := runtime.store_problem(cfg["store"]["type"])) is not None:
+        errors.append({"field": "config.store.type", "message": problem})
     size, overlap = cfg["chunking"]["chunk_size"], cfg["chunking"]["chunk_overlap"]
     if max_tokens is not None and size > max_tokens:
         errors.append(

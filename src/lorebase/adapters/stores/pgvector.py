@@ -58,7 +58,7 @@ _EF_SEARCH_MAX = 1000
 _EF_SEARCH_MIN = 100
 #: candidates per wanted result: HNSW filters by KB *after* taking its candidates, so a margin
 #: keeps rows of other KBs from making the answer short (and the search exact); it also lifts
-#: recall@10 from about 0.93–0.97 (ef_search 40) to above 0.95 at 100k chunks (benchmarks/scale.py)
+#: recall@10 from about 0.93-0.97 (ef_search 40) to above 0.95 at 100k chunks (benchmarks/scale.py)
 _EF_SEARCH_PER_RESULT = 4
 #: serialises concurrent ensure_schema calls (CREATE EXTENSION/TABLE IF NOT EXISTS can race)
 _SCHEMA_LOCK = 0x6C6F7265_62617365  # "lorebase"

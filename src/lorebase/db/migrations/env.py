@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from lorebase.db.models import Base
 
@@ -22,4 +23,8 @@ with engine.connect() as connection:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # API nodes and workers starting together migrate one after the other; the later
+            # ones then find nothing to do (the lock ends with the migration's transaction)
+            connection.execute(text("SELECT pg_advisory_xact_lock(7305802733990571891)"))
         context.run_migrations()
