@@ -50,7 +50,6 @@ def test_a_heartbeat_slower_than_half_the_lease_is_refused() -> None:
         ("executor", "celery", "LOREBASE_EXECUTOR=celery needs a broker"),
         ("executor", "rq", "LOREBASE_EXECUTOR=rq needs LOREBASE_REDIS_URL"),
         ("database_url", "mysql://localhost/x", "LOREBASE_DATABASE_URL"),
-        ("vector_store", "qdrant", "LOREBASE_VECTOR_STORE"),
         ("embedder", "openai:text-embedding-3-small", "LOREBASE_EMBEDDER"),
     ],
 )
@@ -96,4 +95,20 @@ def test_a_store_on_the_wrong_database_is_refused_clearly(
 ) -> None:
     s = Settings(data_dir=tmp_path, _env_file=None, database_url=database_url, vector_store=store)  # type: ignore[call-arg]
     with pytest.raises(InvalidInput, match=needle):
+        check_supported(s)
+
+
+def test_an_external_store_whose_package_is_missing_is_refused_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "chromadb" else real(name, *a)
+    )
+    s = Settings(data_dir=tmp_path, _env_file=None, vector_store="chroma")  # type: ignore[call-arg]
+    with pytest.raises(
+        InvalidInput, match=r"LOREBASE_VECTOR_STORE=chroma needs chromadb: pip install 'lorebase\[chroma\]'"
+    ):
         check_supported(s)
