@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 SCIFACT ?= ../shared/eval/scifact
 
-.PHONY: install install-dev serve test test-postgres faults lint format eval bench smoke clean test-site
+.PHONY: install install-dev serve test test-postgres test-scale faults lint format eval bench smoke clean test-site
 PYDOCS := /usr/share/doc/python3.11/html
 
 $(BIN)/python:
@@ -51,6 +51,16 @@ POSTGRES_SUITES := tests/integration/test_job_queue.py \
 
 test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgvector
 	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(POSTGRES_SUITES)
+
+#: the suites that run in the scaled mode: PostgreSQL + pgvector, Redis, Celery worker processes
+SCALE_SUITES := tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
+	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py \
+	tests/integration/test_drafts_redis.py tests/integration/test_external_stores.py \
+	tests/contract tests/faults
+
+test-scale: $(DEV_STAMP)  ## the API, store-contract and fault suites with Celery workers on PostgreSQL + Redis
+	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=celery $(BIN)/pytest -q $(SCALE_SUITES)
+	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=rq $(BIN)/pytest -q tests/integration/test_api_e2e.py
 
 faults: $(DEV_STAMP)  ## the fault-injection suite alone (also part of `make test`)
 	$(BIN)/pytest -q tests/faults

@@ -8,7 +8,8 @@ for example), which a signal sent from outside cannot aim at. A *point* is a nam
     LOREBASE_FAULTS="embed.after_batch=kill@2,heartbeat=block,parse.poison=MARKER"
 
 * ``NAME=kill`` SIGKILLs the process the first time ``point(NAME)`` runs; ``kill@N`` on the
-  N-th time (1-based), so a crash can land in the middle of a run;
+  N-th time (1-based), so a crash can land in the middle of a run; with
+  ``LOREBASE_FAULTS_KILL=group``, its whole process group (a Celery worker and its pool);
 * ``NAME=sleep:SECONDS`` makes every pass through the point that slow (a slow parser, a slow
   disk), so that a test can act while a job is surely in flight;
 * ``heartbeat=block``: the process stops renewing leases (alive but cut off);
@@ -28,6 +29,9 @@ import time
 from collections import Counter
 
 ENV = "LOREBASE_FAULTS"
+#: ``group``: a ``kill`` ends the whole process group (the suite starts each worker in a group of
+#: its own), so a Celery worker dies with its pool processes, as when its host dies
+KILL_SCOPE_ENV = "LOREBASE_FAULTS_KILL"
 _hits: Counter[str] = Counter()
 _lock = threading.Lock()
 
@@ -60,6 +64,8 @@ def point(name: str) -> None:
         _hits[name] += 1
         hit = _hits[name]
     if hit == (int(nth) if nth else 1):
+        if os.environ.get(KILL_SCOPE_ENV) == "group":
+            os.killpg(os.getpgid(0), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from lorebase.db.models import Document
@@ -101,6 +102,7 @@ db.close()
 """
 
 
+@pytest.mark.sqlite_only("holds SQLite's write lock from another process")
 def test_database_locked_for_ten_seconds_mid_run(
     rt: Runtime, data_dir: Path, corpus: list[dict[str, str]], reference: dict[str, Any]
 ) -> None:

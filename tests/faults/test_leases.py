@@ -28,7 +28,7 @@ from lorebase.services import pipelines
 from lorebase.services.auth import local_principal
 from lorebase.services.documents import EMBED_JOB, PROCESS_JOB
 from support.faults import audit, ended, pipeline_status, running_jobs, start_pipeline, wait_for
-from support.worker import start_worker
+from support.worker import owned_by, start_worker
 
 FAST_LEASES = {"lease_seconds": 1.0, "heartbeat_seconds": 0.25, "reap_seconds": 0.2, "poll_seconds": 0.05}
 
@@ -182,7 +182,7 @@ def test_a_worker_cut_off_from_the_database_cannot_write_after_the_takeover(
                 owner = s.execute(
                     select(Job.lease_owner).where(Job.type == EMBED_JOB, Job.status == "running")
                 ).scalar()
-            return bool(owner) and f":{cut_off.pid}:" in owner
+            return bool(owner) and owned_by(owner, cut_off)
 
         wait_for(a_embeds, timeout=120, what="worker A to start embedding")
         healthy = start_worker(data_dir, LOREBASE_EMBED_BATCH_SIZE="8", **env)

@@ -12,18 +12,23 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from support.testdb import database_url_for
 from support.testexec import ON_BROKER, worker_env
 
 
 class WorkerProcess(subprocess.Popen[bytes]):
-    """A worker; signals go to its whole process group (the worker and its pool processes)."""
+    """A worker. SIGKILL goes to its whole process group (the worker and its pool processes: a
+    host dying); other signals to the worker alone, as Docker or Kubernetes send SIGTERM."""
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
+                if sig == signal.SIGKILL:
+                    os.killpg(self.pid, sig)
+                else:
+                    os.kill(self.pid, sig)
 
 
 def start_worker(data_dir: Path, *, concurrency: int = 2, **env: str) -> WorkerProcess:
@@ -32,7 +37,9 @@ def start_worker(data_dir: Path, *, concurrency: int = 2, **env: str) -> WorkerP
     On a PostgreSQL test run the worker gets the data dir's database as LOREBASE_DATABASE_URL."""
     url = database_url_for(data_dir)
     # a Celery worker logs every task: into a file, which a pipe's buffer would not hold
-    log = tempfile.TemporaryFile() if ON_BROKER else subprocess.PIPE  # noqa: SIM115
+    log: Any = subprocess.PIPE
+    if ON_BROKER:
+        log = tempfile.NamedTemporaryFile(prefix="lorebase-worker-", suffix=".log")  # noqa: SIM115
     proc = WorkerProcess(
         [sys.executable, "-m", "lorebase.cli.main", "worker", "--concurrency", str(concurrency)],
         env={
@@ -45,16 +52,27 @@ def start_worker(data_dir: Path, *, concurrency: int = 2, **env: str) -> WorkerP
             "LOREBASE_JOBS__REDISPATCH_SECONDS": "5",
             **({"LOREBASE_DATABASE_URL": url} if url else {}),
             **worker_env(data_dir),
+            # a fault's "kill" takes the whole worker (with its pool processes), as a crash would
+            **({"LOREBASE_FAULTS_KILL": "group"} if ON_BROKER else {}),
             **env,
         },
         stdout=subprocess.DEVNULL,
         stderr=log,
         start_new_session=True,
     )
-    if ON_BROKER:  # read back from the start, as a pipe would be
-        proc.stderr = os.fdopen(os.dup(log.fileno()), "rb")  # type: ignore[union-attr]
-        proc.stderr.seek(0)
+    if ON_BROKER:  # read from the start, as a pipe would be (an offset of its own: opened anew)
+        proc.stderr = open(log.name, "rb")  # type: ignore[union-attr]  # noqa: SIM115
+        proc.log_file = log  # type: ignore[attr-defined]  # deleted when the process object goes
     return proc
+
+
+def owned_by(lease_owner: str, worker: subprocess.Popen[bytes]) -> bool:
+    """Whether a lease owner (``host:pid:name``) is ``worker`` or one of its pool processes."""
+    try:
+        pid = int(lease_owner.split(":")[1])
+        return pid == worker.pid or os.getpgid(pid) == worker.pid
+    except (IndexError, ValueError, ProcessLookupError):
+        return False
 
 
 def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -68,4 +86,4 @@ def stop_worker(worker: subprocess.Popen[bytes], timeout: float = 30) -> None:
             worker.wait(10)
 
 
-__all__ = ["ON_BROKER", "WorkerProcess", "start_worker", "stop_worker"]
+__all__ = ["ON_BROKER", "WorkerProcess", "owned_by", "start_worker", "stop_worker"]

@@ -17,22 +17,24 @@ chooses which a worker takes, so each kind scales on its own. Redis is the defau
 Periodic maintenance needs no beat: every worker process runs the reaper and the pipeline sweep
 in its maintenance thread, and a dispatcher (``jobs.dispatch``) that re-sends due or lost jobs.
 Each pool process (prefork) builds its own runtime after the fork, in ``worker_process_init``;
-the parent process only runs the migrations and supervises. Pool processes parse documents
-themselves (``jobs.parse_processes`` does not apply): they are daemonic and may not start a
-parse pool, and they are already processes of their own, so a parser that crashes costs a pool
-process (Celery replaces it; the reaper retries the job) and one that hangs meets the time limit.
+the parent process only runs the migrations and supervises. Each pool process has its own parse
+pool (``jobs.parse_processes``), as an embedded worker has.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 from collections.abc import Sequence
 from typing import Any
 
+import billiard.process
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 
 from lorebase.jobs.delivery import close_worker_state, run_delivered, worker_state
 from lorebase.jobs.dispatch import Sender, kind_of, queue_name
@@ -41,6 +43,8 @@ from lorebase.settings import Settings
 log = logging.getLogger("lorebase.celery")
 
 TASK_NAME = "lorebase.run_job"
+#: sent by a shutting-down worker to its pool processes (billiard uses SIGUSR1 for soft limits)
+DRAIN_SIGNAL = signal.SIGUSR2
 #: how long the hard limit lets an attempt overrun its soft limit before the pool kills it
 HARD_LIMIT_GRACE_SECONDS = 60.0
 
@@ -91,7 +95,28 @@ def celery_sender(app: Celery, prefix: str) -> Sender:
 # -- the worker side --------------------------------------------------------------------------
 @worker_process_init.connect
 def _init_pool_process(**_: Any) -> None:
-    worker_state()  # warm: load the runtime before the first message
+    # Pool processes are billiard's daemonic children; multiprocessing refuses children to a
+    # daemon and will not pickle billiard's authkey when it spawns. Both are lifted here so the
+    # parse pool runs as in every other mode: a hostile file that crashes or hangs a parser
+    # costs a parse process, and the job isolates the document (the pool is shut down with
+    # this process's runtime).
+    me = multiprocessing.current_process()
+    me._config.pop("daemon", None)  # type: ignore[attr-defined]
+    me._config["authkey"] = multiprocessing.process.AuthenticationString(os.urandom(32))  # type: ignore[attr-defined]
+    state = worker_state()  # warm: load the runtime before the first message
+    signal.signal(DRAIN_SIGNAL, lambda *_: state.executor.drain())
+    # SIGTERM sent to the whole process group (systemd's default, `kill -- -PGID`) drains too,
+    # instead of ending this process mid-job: the worker's warm shutdown then waits for it
+    signal.signal(signal.SIGTERM, lambda *_: state.executor.drain())
+
+
+@worker_shutting_down.connect
+def _drain_pool(**_: Any) -> None:
+    """SIGTERM on the worker (warm shutdown): Celery waits for running tasks; tell the pool
+    processes to have their jobs checkpoint and release, as an embedded worker's drain does."""
+    for child in billiard.process.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, DRAIN_SIGNAL)
 
 
 @worker_process_shutdown.connect

@@ -9,6 +9,7 @@ same ``run_job``, so leases, fencing, retries and the dead letter are the same i
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -22,15 +23,14 @@ if TYPE_CHECKING:
     from lorebase.runtime import Runtime
 
 
+log = logging.getLogger("lorebase.worker")
+
+
 class WorkerState:
     def __init__(self, settings: Settings) -> None:
         from lorebase.pipeline.runner import build_executor
         from lorebase.runtime import Runtime
 
-        if settings.executor == "celery":  # Celery's pool processes parse in-process (celery_executor)
-            settings = settings.model_copy(
-                update={"jobs": settings.jobs.model_copy(update={"parse_processes": 0})}
-            )
         self.runtime: Runtime = Runtime(settings, migrate=False)
         try:
             self.runtime.parse_pool.start()
@@ -48,9 +48,12 @@ class WorkerState:
         self.dispatcher.start()
 
     def close(self) -> None:
+        from lorebase.pipeline.embed import TEXTS_EMBEDDED
+
         self.dispatcher.stop()
         self.executor.stop(drain=True, timeout=30)
         self.runtime.close()
+        log.info("worker process stopped: %d texts embedded by this process", TEXTS_EMBEDDED.value)
 
 
 _state: WorkerState | None = None

@@ -100,6 +100,11 @@ class EmbeddedExecutor:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
+    def drain(self) -> None:
+        """Ask running jobs to checkpoint at their next batch boundary and release their leases
+        (a Celery pool process told its worker is shutting down); claiming is not affected."""
+        self._draining.set()
+
     @property
     def active_jobs(self) -> int:
         with self._active_lock:
