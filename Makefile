@@ -45,7 +45,7 @@ test-site:
 	fi
 
 #: the suites that run on PostgreSQL 16 + pgvector too (started by pgserver for the session)
-POSTGRES_SUITES := tests/integration/test_job_queue.py \
+POSTGRES_SUITES := tests/integration/test_job_queue.py tests/integration/test_dispatch.py \
 	tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
 	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py
 
@@ -83,6 +83,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python benchmarks/finalize.py
 	$(BIN)/python benchmarks/crawl.py
 	$(BIN)/python benchmarks/queue.py
+	$(BIN)/python benchmarks/scale.py
 
 smoke: $(STAMP)  ## the shared HTTP contract check against a live server
 	bash .ci/contract-smoke

@@ -74,6 +74,11 @@ def check_supported(settings: Settings) -> None:
             problems.append(
                 f"LOREBASE_VECTOR_STORE={settings.vector_store} needs {package}: pip install 'lorebase[{extra}]'"
             )
+        if settings.vector_store == "qdrant" and settings.executor != "embedded" and not settings.qdrant_url:
+            problems.append(
+                "LOREBASE_VECTOR_STORE=qdrant with Celery/RQ workers needs LOREBASE_QDRANT_URL: "
+                "a local Qdrant directory can be open in one process only"
+            )
     elif backend in ("sqlite", "postgresql") and STORE_DATABASES[settings.vector_store] != backend:
         needed = {"sqlite": "sqlite", "postgresql": "pgvector"}[backend]
         problems.append(

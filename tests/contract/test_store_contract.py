@@ -8,11 +8,13 @@ written in ``db.session()`` and read back in ``db.read_session()``, as the appli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import make_settings
 from lorebase.adapters.stores.protocol import Hit, IndexEntry, Store
 from lorebase.adapters.stores.sqlite import SqliteStore
 from lorebase.db.engine import Database
@@ -343,11 +345,14 @@ class StoreContract:
 
 
 class TestSqliteStore(StoreContract):
-    """sqlite-vec + FTS5 in the runtime's own SQLite file."""
+    """sqlite-vec + FTS5 in a runtime's own SQLite file (also on PostgreSQL test runs)."""
 
     @pytest.fixture
-    def db(self, runtime: Runtime) -> Database:
-        return runtime.db
+    def db(self, tmp_path: Path) -> Iterator[Database]:
+        data_dir = tmp_path / "sqlite-store"
+        runtime = Runtime(make_settings(data_dir, database_url=f"sqlite:///{data_dir / 'lorebase.db'}"))
+        yield runtime.db
+        runtime.close()
 
     def new_store(self) -> Store:
         return SqliteStore(dimensions=self.dimensions)

@@ -112,3 +112,12 @@ def test_an_external_store_whose_package_is_missing_is_refused_clearly(
         InvalidInput, match=r"LOREBASE_VECTOR_STORE=chroma needs chromadb: pip install 'lorebase\[chroma\]'"
     ):
         check_supported(s)
+
+
+def test_qdrant_with_broker_workers_needs_a_server(tmp_path: Path) -> None:
+    s = Settings(
+        data_dir=tmp_path, _env_file=None, vector_store="qdrant", executor="celery", redis_url="redis://x"
+    )  # type: ignore[call-arg]
+    with pytest.raises(InvalidInput, match="needs LOREBASE_QDRANT_URL"):
+        check_supported(s)
+    check_supported(s.model_copy(update={"qdrant_url": "http://qdrant:6333"}))
