@@ -23,6 +23,7 @@ import contextlib
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -90,9 +91,25 @@ def _prepare_in_child(*args: Any) -> tuple[str, Any]:
         return "error", exc.message
 
 
-def _start_child(niceness: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this parse process once the process that started it is gone. A parse process waits
+    on its call queue, whose write end it holds itself, so it would never see the queue close:
+    without this, a worker killed (OOM, SIGKILL) or ended without shutting its pool down leaves
+    its parse processes blocked forever."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def _start_child(niceness: int, parent: int | None = None) -> None:
     """A parse process starts at a lower CPU priority (parsing is batch work: the worker's own
-    threads, a crawl's network I/O, heartbeats and API requests come first), then imports."""
+    threads, a crawl's network I/O, heartbeats and API requests come first), watches its
+    parent, then imports."""
+    if parent is not None:
+        if os.getppid() != parent:  # the parent is already gone
+            os._exit(0)
+        threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     if niceness > 0:
         with contextlib.suppress(OSError, AttributeError):  # not permitted, or not a POSIX system
             os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
@@ -121,7 +138,7 @@ class ParsePool:
                     self.processes,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start_child,
-                    initargs=(self.niceness,),
+                    initargs=(self.niceness, os.getpid()),
                 )
             return self._pool
 
