@@ -140,19 +140,11 @@ class Runtime:
 
     def store(self, name: str | None, dimensions: int) -> Store:
         name = name or self.settings.vector_store
-        if name not in AVAILABLE_STORES:
-            raise InvalidInput(
-                f"vector store {name!r} is not available; available: {', '.join(AVAILABLE_STORES)}"
-            )
         with self._lock:
             key = (name, dimensions)
             if key not in self._stores:
-                needs = STORE_DATABASES[name]
-                if needs is not None and needs != self.db.engine.dialect.name:
-                    raise InvalidInput(
-                        f"this knowledge base uses the {name!r} store, which needs a "
-                        f"{STORE_DATABASES[name]} database; this server runs on {self.db.engine.dialect.name}"
-                    )
+                if (problem := self.store_problem(name)) is not None:
+                    raise InvalidInput(f"this knowledge base cannot be served here: {problem}")
                 store = self._new_store(name, dimensions)
                 with self.db.session() as s:
                     store.ensure_schema(s)

@@ -31,9 +31,6 @@ the delete is retried or the document reprocessed. The directory belongs to one 
 from __future__ import annotations
 
 import math
-import re
-import threading
-import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,12 +38,11 @@ from typing import Any
 
 import chromadb
 import numpy as np
-import snowballstemmer
 from chromadb.config import Settings
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
-from lorebase.adapters.stores.sqlite import _STOP
+from lorebase.adapters.stores.terms import analyze, query_terms
 
 #: BM25 term-frequency saturation and length normalisation (the usual defaults, as FTS5's)
 K1 = 1.2
@@ -56,11 +52,8 @@ AVG_LENGTH = 200.0
 #: weight of a term occurrence in content, title and section (the SQLite store's bm25 weights)
 FIELD_WEIGHTS = (1.0, 0.5, 0.3)
 _FIELD_SEP = "|"  # never inside a term: terms are \w+
-_MAX_QUERY_TERMS = 64
 #: ids per query when ``allowed`` names many (SQLite, under Chroma, binds at most 32766 variables)
 _IDS_PER_QUERY = 20_000
-_TOKEN = re.compile(r"\w+", re.UNICODE)
-_STEMMERS = threading.local()  # a Snowball stemmer is not thread-safe: one per thread
 
 
 class ChromaStore:
@@ -173,35 +166,6 @@ class ChromaStore:
 
 
 # -- terms and BM25 ---------------------------------------------------------------------------------
-def _words(text: str) -> list[str]:
-    """Lower-case ``\\w+`` words, diacritics stripped (``café`` → ``cafe``, as FTS5's unicode61)."""
-    text = text.lower()
-    if not text.isascii():
-        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return _TOKEN.findall(text)
-
-
-def _stem(words: list[str]) -> list[str]:
-    stemmer = getattr(_STEMMERS, "english", None)
-    if stemmer is None:
-        stemmer = _STEMMERS.english = snowballstemmer.stemmer("english")
-    return list(stemmer.stemWords(words))
-
-
-def analyze(text: str) -> list[str]:
-    """A text's terms, in order: stemmed words, stop words included (queries decide about them)."""
-    return _stem(_words(text))
-
-
-def query_terms(query: str) -> list[str]:
-    """Free text → distinct terms (at most 64); any syntax is punctuation and dropped.
-
-    Stop words are dropped unless the query has nothing else, as in the SQLite store."""
-    words = _words(query)
-    kept = [w for w in words if w not in _STOP] or words
-    return list(dict.fromkeys(_stem(kept)))[:_MAX_QUERY_TERMS]
-
-
 def _document(e: IndexEntry) -> str:
     """The record's document: its fields' terms, `` a b | c | d `` (see the module docstring)."""
     fields = (" ".join(analyze(text)) for text in (e.text, e.title, e.section))

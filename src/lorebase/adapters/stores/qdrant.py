@@ -30,21 +30,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 import threading
-import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import snowballstemmer
 from qdrant_client import QdrantClient, models
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
-from lorebase.adapters.stores.sqlite import _STOP
+from lorebase.adapters.stores.terms import analyze, query_terms
 
 #: BM25 term-frequency saturation and length normalisation (the usual defaults, as FTS5's)
 K1 = 1.2
@@ -56,9 +53,6 @@ FIELD_WEIGHTS = (1.0, 0.5, 0.3)
 DENSE = "dense"
 SPARSE = "bm25"
 _BATCH = 256
-_MAX_QUERY_TERMS = 64
-_TOKEN = re.compile(r"\w+", re.UNICODE)
-_STEMMERS = threading.local()  # a Snowball stemmer is not thread-safe: one per thread
 
 
 class QdrantStore:
@@ -185,35 +179,6 @@ class QdrantStore:
 
 
 # -- terms ------------------------------------------------------------------------------------------
-def _words(text: str) -> list[str]:
-    """Lower-case ``\\w+`` words, diacritics stripped (``café`` → ``cafe``, as FTS5's unicode61)."""
-    text = text.lower()
-    if not text.isascii():
-        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    return _TOKEN.findall(text)
-
-
-def _stem(words: list[str]) -> list[str]:
-    stemmer = getattr(_STEMMERS, "english", None)
-    if stemmer is None:
-        stemmer = _STEMMERS.english = snowballstemmer.stemmer("english")
-    return list(stemmer.stemWords(words))
-
-
-def analyze(text: str) -> list[str]:
-    """A text's terms, in order: stemmed words, stop words included (queries decide about them)."""
-    return _stem(_words(text))
-
-
-def query_terms(query: str) -> list[str]:
-    """Free text → distinct terms (at most 64); any syntax is punctuation and dropped.
-
-    Stop words are dropped unless the query has nothing else, as in the SQLite store."""
-    words = _words(query)
-    kept = [w for w in words if w not in _STOP] or words
-    return list(dict.fromkeys(_stem(kept)))[:_MAX_QUERY_TERMS]
-
-
 def term_index(term: str) -> int:
     """A term's dimension in the sparse vector: a stable 32-bit hash (Python's ``hash`` is salted)."""
     return int.from_bytes(hashlib.blake2b(term.encode(), digest_size=4).digest(), "little")
