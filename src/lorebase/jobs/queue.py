@@ -424,6 +424,9 @@ class JobQueue:
             .order_by(Job.priority.desc(), Job.run_at, Job.created_at)
             .limit(limit)
         )
+        with self.db.read_session() as s:  # the common pass: nothing due, nothing to lock or write
+            if s.execute(query.with_only_columns(Job.id).limit(1)).first() is None:
+                return []
         with self.db.session() as s:
             if s.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(of=Job, skip_locked=True)
