@@ -47,7 +47,8 @@ test-site:
 #: the suites that run on PostgreSQL 16 + pgvector too (started by pgserver for the session)
 POSTGRES_SUITES := tests/integration/test_job_queue.py tests/integration/test_dispatch.py \
 	tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
-	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py
+	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py \
+	tests/integration/test_pipeline_events.py
 
 test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgvector
 	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(POSTGRES_SUITES)
@@ -56,7 +57,7 @@ test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgv
 SCALE_SUITES := tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
 	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py \
 	tests/integration/test_drafts_redis.py tests/integration/test_external_stores.py \
-	tests/contract tests/faults
+	tests/integration/test_pipeline_events.py tests/contract tests/faults
 
 test-scale: $(DEV_STAMP)  ## the API, store-contract and fault suites with Celery workers on PostgreSQL + Redis
 	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=celery $(BIN)/pytest -q $(SCALE_SUITES)

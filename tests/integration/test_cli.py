@@ -91,6 +91,15 @@ def test_ingest_a_folder_builds_a_kb_and_ignores_unsupported_files(cli: Cli, fol
     assert kb["counts"] == {"documents": 2, "indexed": 2, "failed": 0, "chunks": 2}
 
 
+def test_ingest_names_a_document_that_fails_as_it_follows_the_event_stream(cli: Cli, folder: Path) -> None:
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.7 this is not really a PDF")
+    result = cli.ok("ingest", str(folder), "--kb", "notes")
+    failed = [line for line in result.stdout.splitlines() if line.startswith("failed broken.pdf: ")]
+    assert len(failed) == 1, result.stdout  # told once, when it failed, with its error
+    assert "completed with errors" in result.stdout
+    assert _kb(cli, "notes")["counts"] == {"documents": 3, "indexed": 2, "failed": 1, "chunks": 2}
+
+
 def test_ingest_again_reprocesses_only_the_changed_file(cli: Cli, folder: Path) -> None:
     cli.ok("ingest", str(folder), "--kb", "notes")
     (folder / "glaciers.md").write_text(GLACIERS_EDITED)

@@ -23,7 +23,7 @@ from lorebase.db.models import Chunk, Document
 from lorebase.errors import InvalidInput
 from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
-from lorebase.services import drafts, kbs, pipelines
+from lorebase.services import drafts, kbs
 from lorebase.services.auth import Principal
 from lorebase.services.search import retrieve
 
@@ -71,7 +71,7 @@ def build_from_corpus(rt: Runtime, p: Principal, name: str, corpus: str) -> str:
     executor = build_executor(rt, concurrency=2, name="eval")
     executor.start()
     try:
-        state = follow(lambda: pipelines.get(rt, p, result["pipeline_id"]), interval=1.0)
+        state = follow(rt, p, result["pipeline_id"], interval=1.0)
     finally:
         executor.stop(drain=True)
     if state["status"] not in ("completed", "completed_with_errors"):

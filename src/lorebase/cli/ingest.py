@@ -3,7 +3,6 @@ pipeline. A URL the KB already crawls is refreshed: only changed pages are re-pr
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +101,7 @@ def ingest(
         if executor:
             executor.start()
         try:
-            states = [follow(partial(pipelines.get, rt, p, pid), quiet=quiet) for pid in pipeline_ids]
+            states = [follow(rt, p, pid, quiet=quiet) for pid in pipeline_ids]
         finally:
             if executor:
                 executor.stop(drain=True)

@@ -241,10 +241,26 @@ class Pipeline(Base):
     chunks_indexed: Mapped[int] = mapped_column(Integer, default=0)
     message: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # the sequence number of the pipeline's last event (``PipelineEvent.seq``): bumped in the
+    # transaction that records the event, so the row lock orders events as their commits are
+    event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PipelineEvent(Base):
+    """What a pipeline's watchers are told (progress, document transitions, its end), kept so that
+    a reconnecting client (SSE ``Last-Event-ID``) resumes after the last event it saw: nothing
+    missed, nothing repeated. Written in the transaction of the change it reports."""
+
+    __tablename__ = "pipeline_events"
+    pipeline_id: Mapped[str] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Job(Base):

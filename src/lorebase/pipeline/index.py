@@ -20,6 +20,7 @@ from lorebase.db.models import Chunk, Document, EmbeddingCache, KnowledgeBase, P
 from lorebase.errors import PermanentError
 from lorebase.jobs.context import JobContext
 from lorebase.pipeline.embed import Embedded, cached_vectors, embed_with_cache
+from lorebase.services import events
 from lorebase.services import pipelines as pipeline_service
 
 
@@ -70,7 +71,7 @@ class EmbedChunks:
         """The embedder gave up: the documents waiting on it fail, their siblings stay indexed."""
         pipeline_id = ctx.job.payload["pipeline_id"]
         waiting = select(Chunk.document_id).where(Chunk.embedded.is_(False), *_partition(ctx.job.payload))
-        session.execute(
+        failed = session.execute(
             update(Document)
             .where(
                 Document.pipeline_id == pipeline_id, Document.status == "embedding", Document.id.in_(waiting)
@@ -78,7 +79,9 @@ class EmbedChunks:
             .values(
                 status="failed", error=f"embedding failed: {message}", error_kind=kind, updated_at=utcnow()
             )
-        )
+            .returning(*events.DOCUMENT_COLUMNS)
+        ).all()
+        events.record_documents(session, failed)
 
 
 def _partition(payload: dict[str, Any]) -> tuple[Any, ...]:
@@ -137,11 +140,13 @@ def write_batch(
     )
     doc_ids = list({r.document_id for r in rows})
     pending_docs = select(Chunk.document_id).where(Chunk.document_id.in_(doc_ids), Chunk.embedded.is_(False))
-    s.execute(
+    indexed = s.execute(
         update(Document)
         .where(
             and_(Document.id.in_(doc_ids), Document.status == "embedding", Document.id.not_in(pending_docs))
         )
         .values(status="indexed", indexed_at=utcnow(), updated_at=utcnow())
-    )
+        .returning(*events.DOCUMENT_COLUMNS)
+    ).all()
+    events.record_documents(s, indexed)
     pipeline_service.refresh_progress(s, pipeline_id)

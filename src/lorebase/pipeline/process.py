@@ -21,6 +21,7 @@ from lorebase.errors import NotFound, PermanentError, TransientError
 from lorebase.jobs.context import JobContext
 from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
 from lorebase.runtime import embedder_info
+from lorebase.services import events
 from lorebase.services import pipelines as pipeline_service
 from lorebase.services.config import chunking_of
 from lorebase.services.documents import EMBED_JOB, EMBED_PRIORITY, PROCESS_JOB, fail_document
@@ -70,12 +71,14 @@ class ProcessDocument:
                 .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
                 .where(Document.id.in_(ids))
             ).all()
-            work = []
+            work, started = [], []
             for doc, kb in rows:
                 if doc.pipeline_id != ctx.job.pipeline_id:
                     continue  # a newer pipeline owns this document now
                 doc.status = "parsing"
+                started.append(doc)
                 work.append((doc.id, doc.blob_key, doc.media_type, doc.filename, doc.title, kb.config))
+            events.record_documents(s, started)
         try:
             outcomes = self._prepare(runtime, work)
         except TransientError:
@@ -110,6 +113,7 @@ class ProcessDocument:
                     doc.status = "embedding"
                 else:
                     doc.status, doc.indexed_at = "indexed", utcnow()
+            events.record_documents(s, [doc for doc, _, _ in items])
             if waiting:
                 partitions = runtime.settings.jobs.embed_partitions
                 for part in range(partitions):
@@ -137,11 +141,13 @@ class ProcessDocument:
     def _split(ctx: JobContext, doc_ids: list[str]) -> None:
         """Hand each document of the group to a job of its own (this job then succeeds)."""
         with ctx.transaction() as s:
-            s.execute(
+            back = s.execute(
                 update(Document)
                 .where(Document.id.in_(doc_ids), Document.pipeline_id == ctx.job.pipeline_id)
                 .values(status="pending", updated_at=utcnow())
-            )
+                .returning(*events.DOCUMENT_COLUMNS)
+            ).all()
+            events.record_documents(s, back)
             for doc_id in doc_ids:
                 ctx.runtime.queue.enqueue(
                     s,
@@ -184,7 +190,7 @@ class ProcessDocument:
 
     def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
         """The group failed as a whole: its documents not yet past parsing fail with its error."""
-        session.execute(
+        failed = session.execute(
             update(Document)
             .where(
                 Document.id.in_(document_ids(ctx.job.payload)),
@@ -192,7 +198,9 @@ class ProcessDocument:
                 Document.status.in_(("pending", "fetching", "parsing", "chunking")),
             )
             .values(status="failed", error=message, error_kind=kind, updated_at=utcnow())
-        )
+            .returning(*events.DOCUMENT_COLUMNS)
+        ).all()
+        events.record_documents(session, failed)
 
 
 def document_ids(payload: dict[str, Any]) -> list[str]:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from lorebase.adapters.parsers.registry import detect_media_type
 from lorebase.db.models import Chunk, Document, Job, KnowledgeBase, Pipeline, new_id, utcnow
 from lorebase.errors import InvalidInput, PayloadTooLarge
+from lorebase.services import events
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -301,11 +302,13 @@ def _summary(doc_id: str, item: SourceItem, status: str) -> dict[str, Any]:
 
 
 def fail_document(session: Session, document_id: str, message: str, kind: str) -> None:
-    session.execute(
+    failed = session.execute(
         update(Document)
         .where(Document.id == document_id, Document.status.not_in(("indexed", "skipped", "cancelled")))
         .values(status="failed", error=message, error_kind=kind, updated_at=utcnow())
-    )
+        .returning(*events.DOCUMENT_COLUMNS)
+    ).all()
+    events.record_documents(session, failed)
 
 
 def record_failed_page(

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, utcnow
+from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, PipelineEvent, utcnow
 from lorebase.errors import Conflict, NotFound
+from lorebase.services import events
 from lorebase.services.auth import Principal
 from lorebase.services.documents import CRAWL_JOB
 from lorebase.services.events import pipeline_state, publish_pipeline
@@ -68,6 +69,7 @@ def refresh_progress(s: Session, pipeline_id: str) -> None:
         f"indexed {p.chunks_indexed} of {p.chunks_created} chunks"
     )
     p.updated_at = utcnow()
+    events.record(s, pipeline_id, [(events.PIPELINE, to_dict(p))])
 
 
 def _crawling(s: Session, pipeline_id: str) -> bool:
@@ -134,6 +136,7 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
             f"{p.documents_skipped} unchanged; {p.chunks_indexed} chunks indexed"
         )
         _settle_kb(s, p.kb_id, now)
+        events.record(s, pipeline_id, [(events.END, to_dict(p))])
         event = pipeline_state(p)
     publish_pipeline(runtime, pipeline_id, "status", event)
 
@@ -150,11 +153,13 @@ def _close_leftovers(s: Session, p: Pipeline) -> None:
     """Documents still mid-way when all jobs have ended: cancelled, or failed with their job's error."""
     open_docs = select(Document.id).where(Document.pipeline_id == p.id, Document.status.not_in(FINAL_DOC))
     if p.status == "cancelling":
-        s.execute(
+        closed = s.execute(
             update(Document)
             .where(Document.id.in_(open_docs))
             .values(status="cancelled", error="cancelled by request", updated_at=utcnow())
-        )
+            .returning(*events.DOCUMENT_COLUMNS)
+        ).all()
+        events.record_documents(s, closed)
         return
     for doc_id in s.execute(open_docs).scalars().all():
         job = s.execute(
@@ -166,13 +171,15 @@ def _close_leftovers(s: Session, p: Pipeline) -> None:
         message = (
             job.last_error if job and job.last_error else "processing stopped before this document finished"
         )
-        s.execute(
+        failed = s.execute(
             update(Document)
             .where(Document.id == doc_id)
             .values(
                 status="failed", error=message, error_kind=(job.error_kind if job else None) or "transient"
             )
-        )
+            .returning(*events.DOCUMENT_COLUMNS)
+        ).all()
+        events.record_documents(s, failed)
 
 
 def _settle_kb(s: Session, kb_id: str, now: datetime) -> None:
@@ -261,6 +268,26 @@ def get(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         return to_dict(_load(s, p, pipeline_id))
 
 
+def events_since(
+    runtime: Runtime, p: Principal, pipeline_id: str, after: int, limit: int = 500
+) -> tuple[list[dict[str, Any]], bool]:
+    """The pipeline's events after ``after`` (at most ``limit``), and whether the story is over:
+    the pipeline has ended and the watcher, with these, has its final ``end`` event."""
+    with runtime.db.read_session() as s:
+        row = _load(s, p, pipeline_id)
+        batch = events.read(s, pipeline_id, after, limit)
+        seen = batch[-1]["id"] if batch else after
+        over = False
+        if row.status in FINAL_PIPELINE and seen >= row.event_seq:
+            last_kind = s.execute(
+                select(PipelineEvent.kind).where(
+                    PipelineEvent.pipeline_id == pipeline_id, PipelineEvent.seq == row.event_seq
+                )
+            ).scalar()
+            over = last_kind == events.END
+        return batch, over
+
+
 # -- control ----------------------------------------------------------------------------------
 
 
@@ -276,6 +303,7 @@ def cancel(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
             .where(Job.pipeline_id == pipeline_id, Job.status == "pending")
             .values(status="cancelled", finished_at=utcnow(), last_error="cancelled by request")
         )
+        events.record(s, pipeline_id, [(events.PIPELINE, to_dict(row))])
         event = pipeline_state(row)
     publish_pipeline(runtime, pipeline_id, "status", event)
     settle(runtime, pipeline_id)
@@ -288,6 +316,7 @@ def pause(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         if row.status not in ("queued", "running"):
             raise Conflict(f"only a queued or running pipeline can be paused (it is {row.status})")
         row.status, row.message = "paused", "paused by request; finished work is kept"
+        events.record(s, pipeline_id, [(events.PIPELINE, to_dict(row))])
         event = pipeline_state(row)
     publish_pipeline(runtime, pipeline_id, "status", event)
     return get(runtime, p, pipeline_id)
@@ -299,6 +328,7 @@ def resume(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         if row.status != "paused":
             raise Conflict(f"only a paused pipeline can be resumed (it is {row.status})")
         row.status = "running"
+        events.record(s, pipeline_id, [(events.PIPELINE, to_dict(row))])
         event = pipeline_state(row)
     publish_pipeline(runtime, pipeline_id, "status", event)
     runtime.queue.notify()
@@ -341,6 +371,8 @@ def retry(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         kb = s.get(KnowledgeBase, row.kb_id)
         if kb is not None and kb.status == "failed":
             kb.status = "processing"
+        events.record_documents(s, failed)
+        events.record(s, pipeline_id, [(events.PIPELINE, to_dict(row))])
         event = pipeline_state(row)
     publish_pipeline(runtime, pipeline_id, "status", event)
     runtime.queue.notify()
