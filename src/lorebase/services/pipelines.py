@@ -95,7 +95,9 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
         if status != "cancelling" and _active_jobs(s, pipeline_id):
             return
     with runtime.db.session() as s:
-        p = s.get(Pipeline, pipeline_id)
+        # locked: two processes settling at once (PostgreSQL) would both end it (two `end` events,
+        # two notifications); the second waits here, then sees it ended. SQLite writers are serial.
+        p = s.get(Pipeline, pipeline_id, with_for_update=True)
         if p is None or p.status in FINAL_PIPELINE:
             return
         if p.status == "cancelling":  # jobs that went back to pending after the cancel (reaped, retried)
