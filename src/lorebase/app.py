@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from lorebase import __version__
+from lorebase import __version__, web
 from lorebase.api import errors, idempotency
-from lorebase.api.routes import drafts, health, kbs, pipelines, search
+from lorebase.api.routes import drafts, health, kbs, pipelines, queries, search
 from lorebase.runtime import Runtime
 from lorebase.settings import Settings, get_settings
 
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
     )
     errors.install(app)
     idempotency.install(app)
-    for module in (health, drafts, kbs, search, pipelines):
+    for module in (health, drafts, kbs, search, queries, pipelines):
         app.include_router(module.router)
+    web.install(app)  # the dashboard: pages, /static, sign-in, security headers
     return app

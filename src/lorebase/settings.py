@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -139,6 +139,53 @@ class CrawlSettings(BaseModel):
     firecrawl_api_key: str | None = Field(None, description="API key sent to the Firecrawl API.")
 
 
+class NotifySettings(BaseModel):
+    """Notifications when a pipeline ends (webhooks and email; see docs/notifications.md)."""
+
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC-SHA256 signature every webhook carries (`X-Lorebase-Signature`). "
+        "Required for webhooks: a knowledge base with a `notifications.webhook_url` fails validation "
+        "while it is unset, so no unsigned request is ever sent.",
+    )
+    allow_private_networks: bool = Field(
+        False,
+        description="Allow webhooks to loopback/private addresses (an intranet receiver, tests). Off "
+        "by default: a webhook URL is typed by a user and must not reach internal services (SSRF).",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names and CIDRs webhooks may reach even when private "
+        "(e.g. `hooks.corp,10.20.0.0/16`).",
+    )
+    timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest one webhook request or SMTP conversation may take."
+    )
+    max_attempts: int = Field(
+        10,
+        ge=1,
+        description="Attempts to deliver one webhook or email before it ends `dead` (delays follow "
+        "`jobs.backoff_*`: with the defaults, about 10 minutes of retries).",
+    )
+
+
+class SmtpSettings(BaseModel):
+    """The mail server that sends pipeline notifications (unset host: email is off)."""
+
+    host: str | None = Field(
+        None,
+        description="SMTP server host; unset: email notifications are off and a knowledge base "
+        "asking for them (`notifications.email_to`) fails validation.",
+    )
+    port: int = Field(587, ge=1, le=65535, description="SMTP server port.")
+    username: str | None = Field(None, description="SMTP login user (unset: no login).")
+    password: SecretStr | None = Field(None, description="SMTP login password.")
+    starttls: bool = Field(
+        True, description="Upgrade the connection with STARTTLS before logging in and sending."
+    )
+    from_address: str = Field("lorebase@localhost", description="The `From` address of notification emails.")
+
+
 class Settings(BaseSettings):
     """Root settings. Environment variables win over ``.env``; defaults run the embedded mode."""
 
@@ -200,7 +247,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `lorebase serve` listens on.")
     port: int = Field(8000, description="Port `lorebase serve` listens on.")
     workers: int = Field(2, ge=0, description="Embedded worker threads started by `serve` (0: API only).")
-    public_url: str | None = Field(None, description="Base URL used in links the API returns (tracking_url).")
+    public_url: str | None = Field(
+        None,
+        description="Base URL used in links the API returns (tracking_url) and in notifications "
+        "(default there: `http://<host>:<port>`).",
+    )
     draft_ttl_hours: float = Field(24.0, gt=0, description="Drafts expire this long after their last change.")
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Largest accepted upload, per file.")
     embed_batch_size: int = Field(
@@ -209,6 +260,10 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings, description="Job leases, retries and polling.")
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Chunking defaults.")
     crawl: CrawlSettings = Field(default_factory=CrawlSettings, description="Web crawling.")
+    notify: NotifySettings = Field(
+        default_factory=NotifySettings, description="Pipeline-end notifications (webhooks, email)."
+    )
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings, description="Mail server for notifications.")
     idempotency_ttl_seconds: float = Field(
         86400.0,
         gt=0,
@@ -241,6 +296,11 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'lorebase.db'}"
+
+    @property
+    def resolved_public_url(self) -> str:
+        """Base of links in messages sent without a request at hand (notifications)."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def blob_dir(self) -> Path:

@@ -6,11 +6,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from lorebase.runtime import Runtime
 from lorebase.services.auth import Principal, authenticate
 
 SESSION_COOKIE = "lorebase_session"
+#: the header the dashboard's scripts send with every unsafe request (a cross-site form cannot)
+CSRF_HEADER = "x-requested-with"
+CSRF_VALUE = "lorebase"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -21,12 +26,38 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+def same_origin(request: Request) -> bool:
+    """True when the browser says the request comes from a page of this very server."""
+    origin = request.headers.get("origin")
+    host = request.headers.get("host")
+    return bool(origin and host) and origin == f"{request.url.scheme}://{host}"
+
+
+def check_csrf(request: Request) -> None:
+    """A cookie rides along with cross-site requests too: unsafe methods authenticated by the
+    session cookie must prove they come from our own pages, by the custom header (which a
+    cross-site form cannot set, and which a cross-site fetch cannot send without a CORS
+    preflight that we never grant) or a matching ``Origin``. Bearer requests carry their key
+    explicitly and are not affected."""
+    if request.method in SAFE_METHODS:
+        return
+    if request.headers.get(CSRF_HEADER, "").lower() == CSRF_VALUE or same_origin(request):
+        return
+    raise HTTPException(
+        403,
+        f"a request authenticated by the session cookie needs the header "
+        f"'X-Requested-With: {CSRF_VALUE}' or a same-origin Origin",
+    )
+
+
 async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     key = token.strip() if scheme.lower() == "bearer" else None
     if not key:
         key = request.cookies.get(SESSION_COOKIE)
+        if key:
+            check_csrf(request)
     return await run_in_threadpool(authenticate, runtime.db, key)
 
 

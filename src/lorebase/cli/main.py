@@ -37,6 +37,18 @@ def _run(fn: Any) -> Any:
         raise typer.Exit(1) from None
 
 
+def sign_in_url(settings: Settings, host: str, port: int, key: str) -> str:
+    """The dashboard link that signs a browser in with ``key`` (as Jupyter prints its token URL);
+    a wildcard listen address is shown as loopback, which is what a local browser can open."""
+    from urllib.parse import urlencode
+
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    base = (settings.public_url or f"http://{shown}:{port}").rstrip("/")
+    return f"{base}/login?{urlencode({'token': key, 'next': '/'})}"
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
@@ -58,6 +70,10 @@ def serve(
         # plain print: a key must never be wrapped across lines
         print(f"Created the first API key (shown once, keep it):\n\n    {key}\n", flush=True)
         print(f"Try: curl -H 'Authorization: Bearer {key}' http://{host}:{port}/api/v1/kbs\n", flush=True)
+        print(
+            f"Open the dashboard (signs you in):\n\n    {sign_in_url(settings, host, port, key)}\n",
+            flush=True,
+        )
     else:
         print("API keys exist in this data dir; `lorebase keys create` makes another.", flush=True)
     rt.close()
@@ -79,6 +95,14 @@ def worker(
             "embed (default: all)."
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve this process's Prometheus instruments (job durations, embedding latency, "
+            "crawl fetches) on this port, at LOREBASE_HOST (embedded executor only; the API's "
+            "/metrics has the database's figures).",
+        ),
+    ] = None,
 ) -> None:
     """Run background jobs until SIGTERM/SIGINT (which drains).
 
@@ -90,11 +114,20 @@ def worker(
     common.setup_logging()
     settings = get_settings()
     if settings.executor != "embedded":
+        if metrics_port is not None:  # jobs run in pool/work-horse processes, not in this one
+            hint = "--metrics-port"
+            raise typer.BadParameter(f"{hint} is for the embedded executor", param_hint=hint)
         _broker_worker(settings, concurrency=concurrency, queues=queues)
         return
     if queues:
         raise typer.BadParameter("--queues is for the Celery and RQ executors", param_hint="--queues")
     rt = common.runtime()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from lorebase.metrics import REGISTRY
+
+        start_http_server(metrics_port, addr=settings.host, registry=REGISTRY)
     executor = build_executor(rt, concurrency=concurrency, name="worker")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from lorebase.db.models import CrawlPage, Document, KnowledgeBase, Pipeline, Source, utcnow
 from lorebase.errors import Interrupted, LeaseLost, PermanentError
 from lorebase.jobs.context import JobContext
+from lorebase.metrics import CRAWL_PAGES
 from lorebase.services import pipelines as pipeline_service
 from lorebase.services.documents import (
     SourceItem,
@@ -306,6 +307,7 @@ class Crawl:
         """Fetch a page and read its links in a thread, so the commit is database work only."""
         assert self.fetcher is not None
         result = await self.fetcher.fetch(ref.url, etag=ref.etag, last_modified=ref.last_modified)
+        CRAWL_PAGES.labels(result.outcome).inc()
         if result.outcome == "ok" and result.body is not None:
             await asyncio.to_thread(_read_body, result, result.final_url or ref.url)
         return result

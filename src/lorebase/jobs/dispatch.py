@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import OperationalError
 
 from lorebase.services.documents import CRAWL_JOB, EMBED_JOB, PROCESS_JOB
+from lorebase.services.notifications import EMAIL_JOB, WEBHOOK_JOB
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -33,7 +34,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("lorebase.dispatch")
 
 #: job type → the kind of queue it is delivered on
-KINDS = {CRAWL_JOB: "crawl", PROCESS_JOB: "process", EMBED_JOB: "embed"}
+#: (notifications ride on ``process``: short jobs, and every deployment has workers for it)
+KINDS = {
+    CRAWL_JOB: "crawl",
+    PROCESS_JOB: "process",
+    EMBED_JOB: "embed",
+    WEBHOOK_JOB: "process",
+    EMAIL_JOB: "process",
+}
 ALL_KINDS = tuple(dict.fromkeys(KINDS.values()))
 
 #: sends ``(job_id, job_type)`` messages; raises when the broker cannot be reached

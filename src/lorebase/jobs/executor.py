@@ -30,6 +30,7 @@ from lorebase import faults
 from lorebase.errors import Interrupted, LeaseLost, PermanentError, TransientError
 from lorebase.jobs.context import Handler, JobContext
 from lorebase.jobs.queue import ClaimedJob
+from lorebase.metrics import JOB_DURATION
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -164,29 +165,37 @@ class EmbeddedExecutor:
         with self._active_lock:
             self._active[job.id] = ctx
         queue = self.runtime.queue
+        started, outcome = time.monotonic(), "error"  # "error": the bookkeeping itself failed
         try:
             handler.run(ctx)
             faults.point("job.before_succeed")  # the work is done and saved, the job is not marked
             with self.runtime.db.session() as s:
                 queue.succeed(s, job)
+            outcome = "succeeded"
         except LeaseLost:
+            outcome = "lease_lost"
             log.info("job %s attempt %s lost its lease; another worker owns it", job.id, job.attempts)
         except Interrupted as stop:
+            outcome = stop.reason
             with contextlib.suppress(LeaseLost):
                 self._interrupted(job, stop.reason)
         except PermanentError as exc:
+            outcome = "failed"
             with contextlib.suppress(LeaseLost):
                 self._failed(handler, ctx, describe(exc), "permanent")
         except TransientError as exc:
+            outcome = "retried"
             with contextlib.suppress(LeaseLost):
-                self._transient(handler, ctx, describe(exc), exc.retry_after)
+                outcome = self._transient(handler, ctx, describe(exc), exc.retry_after)
         except Exception as exc:  # unknown: treat as transient, bounded by max_attempts
+            outcome = "retried"
             log.error("job %s (%s) crashed:\n%s", job.id, job.type, traceback.format_exc())
             with contextlib.suppress(LeaseLost):
-                self._transient(handler, ctx, f"{type(exc).__name__}: {describe(exc)}", None)
+                outcome = self._transient(handler, ctx, f"{type(exc).__name__}: {describe(exc)}", None)
         finally:
             with self._active_lock:
                 self._active.pop(job.id, None)
+            JOB_DURATION.labels(job.type, outcome).observe(time.monotonic() - started)
         if job.pipeline_id:
             self._settle(job.pipeline_id)
 
@@ -202,13 +211,15 @@ class EmbeddedExecutor:
             self.runtime.queue.fail(s, ctx.job, message, kind=kind)
             handler.on_failure(ctx, s, message, kind)
 
-    def _transient(self, handler: Handler, ctx: JobContext, message: str, retry_after: float | None) -> None:
+    def _transient(self, handler: Handler, ctx: JobContext, message: str, retry_after: float | None) -> str:
+        """Retry later or, out of attempts, dead; returns "retried" or "dead" (for the metric)."""
         with self.runtime.db.session() as s:
             outcome, delay = self.runtime.queue.retry_later(s, ctx.job, message, retry_after=retry_after)
             if outcome == "dead":
                 handler.on_failure(ctx, s, message, "transient")
         if outcome == "pending":
             log.info("job %s retries in %.1fs: %s", ctx.job.id, delay, message)
+        return "dead" if outcome == "dead" else "retried"
 
     def _settle(self, pipeline_id: str) -> None:
         if self.on_settle is None:

@@ -12,6 +12,7 @@ from lorebase.pipeline.index import EmbedChunks
 from lorebase.pipeline.process import ProcessDocument
 from lorebase.services import drafts, pipelines
 from lorebase.services.documents import CRAWL_JOB, EMBED_JOB, PROCESS_JOB
+from lorebase.services.notifications import EMAIL_JOB, WEBHOOK_JOB, SendEmail, SendWebhook
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -20,6 +21,8 @@ HANDLERS: dict[str, Handler] = {
     PROCESS_JOB: ProcessDocument(),
     EMBED_JOB: EmbedChunks(),
     CRAWL_JOB: CrawlSource(),
+    WEBHOOK_JOB: SendWebhook(),
+    EMAIL_JOB: SendEmail(),
 }
 
 

@@ -23,7 +23,13 @@ from lorebase.errors import InvalidInput, LorebaseError, NotFound
 from lorebase.pipeline.chunk import chunk
 from lorebase.runtime import embedder_info
 from lorebase.services.auth import Principal
-from lorebase.services.config import chunking_of, deep_merge, merged_config, parse_config
+from lorebase.services.config import (
+    chunking_of,
+    deep_merge,
+    merged_config,
+    notification_problems,
+    parse_config,
+)
 from lorebase.services.documents import SourceItem, start_pipeline, store_file, store_text_record
 from lorebase.services.sources import create_source, validate_web_source
 
@@ -289,6 +295,7 @@ def validate_draft(runtime: Runtime, draft: DraftRecord) -> dict[str, Any]:
                 "message": "no overlap: context may be cut mid-thought",
             }
         )
+    errors.extend(notification_problems(runtime.settings, cfg))
     if size < 64:
         warnings.append(
             {"field": "config.chunking.chunk_size", "message": "chunks under 64 tokens often retrieve poorly"}

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, PipelineEvent, utcnow
 from lorebase.errors import Conflict, NotFound
-from lorebase.services import events
+from lorebase.services import events, notifications
 from lorebase.services.auth import Principal
 from lorebase.services.documents import CRAWL_JOB
 from lorebase.services.events import pipeline_state, publish_pipeline
@@ -139,6 +139,7 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
         )
         _settle_kb(s, p.kb_id, now)
         events.record(s, pipeline_id, [(events.END, to_dict(p))])
+        notifications.enqueue_pipeline_end(s, runtime, p)  # same transaction: never lost, never twice
         event = pipeline_state(p)
     publish_pipeline(runtime, pipeline_id, "status", event)
 

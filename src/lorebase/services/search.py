@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import literal, select, update
+from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -206,3 +207,91 @@ def feedback(
     if not n:
         raise NotFound(f"query {query_id} not found")
     return {"query_id": query_id, "feedback": value, "comment": comment}
+
+
+# -- the query log (read side) ------------------------------------------------------------------
+
+FEEDBACK_VALUES = ("positive", "negative", "neutral")
+
+
+def query_to_dict(q: QueryLog) -> dict[str, Any]:
+    return {
+        "id": q.id,
+        "kb_id": q.kb_id,
+        "query": q.query,
+        "mode": q.mode,
+        "top_k": q.top_k,
+        "filters": q.filters,
+        "result_count": len(q.result_chunk_ids or []),
+        "latency_ms": q.latency_ms,
+        "feedback": q.feedback,
+        "comment": q.comment,
+        "created_at": q.created_at,
+        "feedback_at": q.feedback_at,
+    }
+
+
+def list_queries(
+    runtime: Runtime,
+    p: Principal,
+    kb_id: str,
+    *,
+    feedback: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """The KB's logged queries, newest first: what people asked and how they judged the answer."""
+    if feedback is not None and feedback not in FEEDBACK_VALUES:
+        raise InvalidInput(f"feedback must be one of {', '.join(FEEDBACK_VALUES)}")
+    with runtime.db.read_session() as s:
+        load_kb(s, p, kb_id)
+        q = select(QueryLog).where(QueryLog.kb_id == kb_id, QueryLog.workspace_id == p.workspace_id)
+        if feedback:
+            q = q.where(QueryLog.feedback == feedback)
+        total = s.execute(select(func.count()).select_from(q.subquery())).scalar_one()
+        rows = s.execute(
+            q.order_by(QueryLog.created_at.desc(), QueryLog.id).limit(limit).offset(offset)
+        ).scalars()
+        return {"items": [query_to_dict(r) for r in rows], "total": total}
+
+
+def feedback_by_day(runtime: Runtime, p: Principal, kb_id: str, *, days: int = 30) -> dict[str, Any]:
+    """Per UTC day of the last ``days``: queries, rated queries, negative ones, and the share of
+    negative among the rated (``None`` on a day nobody rated), so a drift in quality shows up
+    as a rising line rather than as a feeling. Grouped in SQL: the log can be large."""
+    if not 1 <= days <= 366:
+        raise InvalidInput("days must be between 1 and 366")
+    since = utcnow() - timedelta(days=days)
+    day = func.date(QueryLog.created_at)
+    with runtime.db.read_session() as s:
+        load_kb(s, p, kb_id)
+        rows = s.execute(
+            select(
+                day,
+                func.count(),
+                func.count(QueryLog.feedback),
+                func.sum(case((QueryLog.feedback == "negative", 1), else_=0)),
+                func.avg(QueryLog.latency_ms),
+            )
+            .where(
+                QueryLog.kb_id == kb_id,
+                QueryLog.workspace_id == p.workspace_id,
+                QueryLog.created_at >= since,
+            )
+            .group_by(day)
+            .order_by(day)
+        ).all()
+    items = []
+    for d, queries, rated, negative, latency in rows:
+        negative = int(negative or 0)
+        items.append(
+            {
+                "day": str(d),
+                "queries": queries,
+                "rated": rated,
+                "negative": negative,
+                "negative_share": round(negative / rated, 4) if rated else None,
+                "avg_latency_ms": round(float(latency), 2) if latency is not None else None,
+            }
+        )
+    return {"days": days, "items": items}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lorebase.errors import InvalidInput
+from lorebase.metrics import EMBED_BATCH, EMBEDDED_TEXTS
 
 #: models this build can run locally: name -> (dimensions, max tokens)
 LOCAL_MODELS: dict[str, tuple[int, int]] = {"all-MiniLM-L6-v2": (384, 256)}
@@ -93,6 +95,7 @@ class LocalEmbedder:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         with self._lock:
             model = self._load()
+            started = time.perf_counter()  # the batch itself, not the wait for the slot
             vectors = model.encode(
                 list(texts),
                 batch_size=self.batch_size,
@@ -100,4 +103,6 @@ class LocalEmbedder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+            EMBED_BATCH.labels(self.model_id, self._key[1]).observe(time.perf_counter() - started)
+        EMBEDDED_TEXTS.labels(self.model_id, self._key[1]).inc(len(texts))
         return np.asarray(vectors, dtype=np.float32)

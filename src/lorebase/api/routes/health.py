@@ -1,15 +1,23 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/metrics`` needs no API key, like ``/healthz``: scrapers rarely carry one, and it exposes only
+aggregate counts and timings (no names, ids or contents of any workspace). Keep it off the
+public internet the way you would a database port (a reverse proxy rule, a private listener).
+"""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
 from lorebase import __version__
 from lorebase.api.deps import RuntimeDep
+from lorebase.metrics import build_registry
 
 router = APIRouter(tags=["health"])
 
@@ -34,3 +42,23 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(
         {"status": "ready" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
     )
+
+
+_registry_lock = threading.Lock()
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request, runtime: RuntimeDep) -> Response:
+    """The Prometheus text format: this app's database figures and this process's instruments."""
+    return Response(generate_latest(_registry(request, runtime)), media_type=CONTENT_TYPE_LATEST)
+
+
+def _registry(request: Request, runtime: RuntimeDep) -> CollectorRegistry:
+    """One registry per app, built on the first scrape and kept on ``app.state`` (not the global
+    default registry: several apps in one process must not clash)."""
+    state = request.app.state
+    with _registry_lock:
+        registry: CollectorRegistry | None = getattr(state, "metrics_registry", None)
+        if registry is None:
+            registry = state.metrics_registry = build_registry(runtime)
+    return registry

@@ -1,0 +1,177 @@
+// The KB page: live progress of the latest pipeline (Server-Sent Events, or polling when the
+// stream is unavailable), pipeline controls, and the documents table.
+"use strict";
+
+(function () {
+  const { api, el, badge, httpUrl, report, notice, FINAL } = window.lorebase;
+  const kbId = document.getElementById("kb").dataset.kbId;
+  const section = document.getElementById("pipeline");
+  let pipelineId = section ? section.dataset.pipelineId : null;
+  let source = null;
+  let pollTimer = null;
+  let lastEventId = 0; // restarting the stream resumes after it (?after=) instead of replaying
+
+  function setText(id, value) {
+    const node = document.getElementById(id);
+    if (node) node.textContent = value === null || value === undefined ? "" : String(value);
+  }
+
+  function showPipeline(p) {
+    const progress = document.getElementById("progress");
+    const value = Math.max(0, Math.min(100, Number(p.progress) || 0));
+    progress.value = value;
+    progress.textContent = value + " %";
+    setText("progress-text", value + " %");
+    document.getElementById("pipeline-status").replaceChildren(badge(p.status));
+    setText("pipeline-phase", p.phase);
+    setText("pipeline-message", p.message);
+    setText("pipeline-error", p.error);
+    setText("pipeline-eta", p.eta_seconds ? "about " + Math.ceil(p.eta_seconds) + " s left" : "");
+    section.dataset.status = p.status;
+    updateButtons(p);
+  }
+
+  function updateButtons(p) {
+    const status = p.status;
+    const failed = p.counts ? p.counts.documents_failed : 0;
+    const enabled = {
+      pause: status === "queued" || status === "running",
+      resume: status === "paused",
+      cancel: !FINAL.includes(status) && status !== "cancelling",
+      retry: FINAL.includes(status) && (failed > 0 || status === "cancelled" || status === "failed"),
+    };
+    for (const button of section.querySelectorAll("button[data-action]")) {
+      button.disabled = !enabled[button.dataset.action];
+    }
+  }
+
+  function documentRow(d) {
+    const link = httpUrl(d.source_url);
+    const source = link
+      ? el("a", { href: link, rel: "noopener noreferrer", text: d.source_url })
+      : document.createTextNode(d.filename || d.source_type || "");
+    return el(
+      "tr",
+      { "data-document-id": d.id },
+      el("td", { className: "doc-title", text: d.title || d.filename || d.external_id || d.id }),
+      el("td", {}, source),
+      el("td", {}, badge(d.status)),
+      el("td", { className: "num", text: d.chunk_count }),
+      el("td", { className: "error", text: d.error || "" }),
+    );
+  }
+
+  async function refreshDocuments() {
+    const [docs, kb] = await Promise.all([
+      api("GET", `/api/v1/kbs/${encodeURIComponent(kbId)}/documents?limit=1000`),
+      api("GET", `/api/v1/kbs/${encodeURIComponent(kbId)}`),
+    ]);
+    document.querySelector("#documents tbody").replaceChildren(...docs.items.map(documentRow));
+    setText("documents-total", `(${docs.total})`);
+    document.getElementById("kb-status").replaceChildren(badge(kb.status));
+    for (const node of document.querySelectorAll("#kb-counts [data-count]")) {
+      node.textContent = String(kb.counts[node.dataset.count]);
+    }
+  }
+
+  function updateDocument(d) {
+    const row = document.querySelector(`#documents tr[data-document-id="${CSS.escape(d.document_id)}"]`);
+    if (!row) return;
+    const cells = row.children;
+    cells[2].replaceChildren(badge(d.status));
+    cells[3].textContent = String(d.chunk_count ?? "");
+    cells[4].textContent = d.error || "";
+  }
+
+  function ended(p) {
+    showPipeline(p);
+    stopLive();
+    refreshDocuments().catch(report);
+  }
+
+  function stopLive() {
+    if (source) source.close();
+    source = null;
+    if (pollTimer) clearTimeout(pollTimer);
+    pollTimer = null;
+  }
+
+  // polling: the fallback while the events endpoint is missing or refused
+  function poll() {
+    api("GET", `/api/v1/pipelines/${encodeURIComponent(pipelineId)}`)
+      .then((p) => {
+        if (FINAL.includes(p.status)) return ended(p);
+        showPipeline(p);
+        pollTimer = setTimeout(poll, 1000);
+      })
+      .catch((error) => {
+        report(error);
+        pollTimer = setTimeout(poll, 3000);
+      });
+  }
+
+  function parse(event) {
+    const id = Number(event.lastEventId);
+    if (Number.isInteger(id) && id > lastEventId) lastEventId = id;
+    try {
+      return JSON.parse(event.data);
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function startLive() {
+    stopLive();
+    if (!window.EventSource) return poll();
+    let heard = false;
+    const after = lastEventId ? `?after=${lastEventId}` : "";
+    source = new EventSource(`/api/v1/pipelines/${encodeURIComponent(pipelineId)}/events${after}`);
+    source.addEventListener("pipeline", (event) => {
+      heard = true;
+      const p = parse(event);
+      if (p) showPipeline(p);
+    });
+    source.addEventListener("document", (event) => {
+      heard = true;
+      const d = parse(event);
+      if (d) updateDocument(d);
+    });
+    source.addEventListener("end", (event) => {
+      heard = true;
+      parse(event);
+      // the log replays from the start: the 'end' of an earlier run (before a retry) is old
+      // news, so the pipeline's current state decides
+      api("GET", `/api/v1/pipelines/${encodeURIComponent(pipelineId)}`)
+        .then((p) => (FINAL.includes(p.status) ? ended(p) : showPipeline(p)))
+        .catch(report);
+    });
+    source.addEventListener("error", () => {
+      // before any message: no stream here (404/405 or a proxy): poll instead. After one,
+      // EventSource reconnects by itself with Last-Event-ID.
+      if (!heard || source.readyState === EventSource.CLOSED) {
+        stopLive();
+        poll();
+      }
+    });
+  }
+
+  async function control(action) {
+    try {
+      const p = await api("POST", `/api/v1/pipelines/${encodeURIComponent(pipelineId)}/${action}`);
+      notice("");
+      showPipeline(p);
+      if (!FINAL.includes(p.status)) startLive();
+      else refreshDocuments().catch(report);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  if (section) {
+    for (const button of section.querySelectorAll("button[data-action]")) {
+      button.addEventListener("click", () => control(button.dataset.action));
+    }
+    updateButtons({ status: section.dataset.status, counts: { documents_failed: Number(section.dataset.failed) } });
+    if (section.dataset.live === "true") startLive();
+  }
+})();
