@@ -136,8 +136,11 @@ def api_only_server(tmp_path: Path) -> Iterator[Server]:
     yield from _serve(tmp_path, workers=0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One browser per module, stopped when the module ends: Playwright's sync API keeps an event
+    loop marked running in the main thread while it lives, and ``asyncio.run`` in any later test
+    (the crawler's, the SSRF guard's) would then refuse to start."""
     _require_chromium()
     from playwright.sync_api import sync_playwright
 
