@@ -33,15 +33,18 @@ serve: $(STAMP)  ## install and run the API + embedded workers on http://127.0.0
 test: $(DEV_STAMP) test-site  ## install and run the test suite
 	$(BIN)/pytest -q
 
-# The crawl tests serve Debian's python3.11-doc (530 real HTML pages) on loopback. Installed when
-# apt can be used without a password; otherwise those tests skip (and fail under CI=true).
+# The crawl tests serve Debian's python3.11-doc (530 real HTML pages) on loopback; the dashboard
+# tests drive Debian's chromium. Installed when apt can be used without a password; otherwise
+# those tests skip (and fail under CI=true).
 test-site:
-	@if [ ! -d $(PYDOCS) ]; then \
+	@missing=""; [ -d $(PYDOCS) ] || missing=" python3.11-doc"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 		if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
-			echo "installing python3.11-doc for the crawl tests"; \
-			$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3.11-doc >/dev/null; \
-		else echo "note: python3.11-doc is missing and apt-get is not usable here: the crawl tests will skip"; fi; \
+			echo "installing$$missing for the crawl and dashboard tests"; \
+			$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+		else echo "note:$$missing missing and apt-get is not usable here: the tests that need it will skip"; fi; \
 	fi
 
 #: the suites that run on PostgreSQL 16 + pgvector too (started by pgserver for the session)
