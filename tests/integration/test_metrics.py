@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -16,6 +15,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import finalize_draft, key_headers, make_settings, running_app, wait_pipeline
+from support.cluster import free_port
 from support.testdb import database_url_for
 from support.testexec import ON_BROKER
 
@@ -133,7 +133,7 @@ def test_a_worker_process_serves_its_own_instruments(tmp_path: Any) -> None:
     """In the scaled mode the worker's job and embedding figures live in the worker process:
     ``lorebase worker --metrics-port`` serves them; the API's /metrics has the database's."""
     settings = make_settings(tmp_path / "data")
-    port = _free_port()
+    port = free_port()
     url = database_url_for(settings.data_dir)
     worker = subprocess.Popen(
         [
@@ -181,10 +181,3 @@ def test_a_worker_process_serves_its_own_instruments(tmp_path: Any) -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
