@@ -138,9 +138,8 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
             f"{p.documents_skipped} unchanged; {p.chunks_indexed} chunks indexed"
         )
         _settle_kb(s, p.kb_id, now)
-        events.record(s, pipeline_id, [(events.END, to_dict(p))])
+        event = _changed(s, p, events.END)
         notifications.enqueue_pipeline_end(s, runtime, p)  # same transaction: never lost, never twice
-        event = pipeline_state(p)
     publish_pipeline(runtime, pipeline_id, "status", event)
 
 
@@ -257,6 +256,13 @@ def to_dict(p: Pipeline) -> dict[str, Any]:
     }
 
 
+def _changed(s: Session, row: Pipeline, kind: str = events.PIPELINE) -> dict[str, Any]:
+    """A status change: recorded in the pipeline's event log (this transaction); returns the live
+    notice to publish once it has committed."""
+    events.record(s, row.id, [(kind, to_dict(row))])
+    return pipeline_state(row)
+
+
 def _load(s: Session, p: Principal, pipeline_id: str) -> Pipeline:
     row = s.execute(
         select(Pipeline).where(Pipeline.id == pipeline_id, Pipeline.workspace_id == p.workspace_id)
@@ -282,11 +288,14 @@ def events_since(
         seen = batch[-1]["id"] if batch else after
         over = False
         if row.status in FINAL_PIPELINE and seen >= row.event_seq:
-            last_kind = s.execute(
-                select(PipelineEvent.kind).where(
-                    PipelineEvent.pipeline_id == pipeline_id, PipelineEvent.seq == row.event_seq
-                )
-            ).scalar()
+            if batch and batch[-1]["id"] == row.event_seq:  # the log's last event is in hand
+                last_kind = batch[-1]["event"]
+            else:
+                last_kind = s.execute(
+                    select(PipelineEvent.kind).where(
+                        PipelineEvent.pipeline_id == pipeline_id, PipelineEvent.seq == row.event_seq
+                    )
+                ).scalar()
             over = last_kind == events.END
         return batch, over
 
@@ -306,8 +315,7 @@ def cancel(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
             .where(Job.pipeline_id == pipeline_id, Job.status == "pending")
             .values(status="cancelled", finished_at=utcnow(), last_error="cancelled by request")
         )
-        events.record(s, pipeline_id, [(events.PIPELINE, to_dict(row))])
-        event = pipeline_state(row)
+        event = _changed(s, row)
     publish_pipeline(runtime, pipeline_id, "status", event)
     settle(runtime, pipeline_id)
     return get(runtime, p, pipeline_id)
@@ -319,8 +327,7 @@ def pause(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         if row.status not in ("queued", "running"):
             raise Conflict(f"only a queued or running pipeline can be paused (it is {row.status})")
         row.status, row.message = "paused", "paused by request; finished work is kept"
-        events.record(s, pipeline_id, [(events.PIPELINE, to_dict(row))])
-        event = pipeline_state(row)
+        event = _changed(s, row)
     publish_pipeline(runtime, pipeline_id, "status", event)
     return get(runtime, p, pipeline_id)
 
@@ -331,8 +338,7 @@ def resume(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         if row.status != "paused":
             raise Conflict(f"only a paused pipeline can be resumed (it is {row.status})")
         row.status = "running"
-        events.record(s, pipeline_id, [(events.PIPELINE, to_dict(row))])
-        event = pipeline_state(row)
+        event = _changed(s, row)
     publish_pipeline(runtime, pipeline_id, "status", event)
     runtime.queue.notify()
     settle(runtime, pipeline_id)
@@ -375,8 +381,7 @@ def retry(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         if kb is not None and kb.status == "failed":
             kb.status = "processing"
         events.record_documents(s, failed)
-        events.record(s, pipeline_id, [(events.PIPELINE, to_dict(row))])
-        event = pipeline_state(row)
+        event = _changed(s, row)
     publish_pipeline(runtime, pipeline_id, "status", event)
     runtime.queue.notify()
     return get(runtime, p, pipeline_id)
