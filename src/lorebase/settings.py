@@ -186,6 +186,61 @@ class SmtpSettings(BaseModel):
     from_address: str = Field("lorebase@localhost", description="The `From` address of notification emails.")
 
 
+class LimitSettings(BaseModel):
+    """Per-workspace quotas and per-key rate limits (0 turns a limit off)."""
+
+    workspace_max_documents: int = Field(
+        100_000, ge=0, description="Documents one workspace may hold across all its KBs (0: no limit)."
+    )
+    workspace_max_bytes: int = Field(
+        20 * 1024**3,
+        ge=0,
+        description="Bytes of uploaded files and text records one workspace may hold (0: no limit).",
+    )
+    search_per_minute: int = Field(
+        600, ge=0, description="Searches one API key may run per minute (429 beyond; 0: no limit)."
+    )
+    uploads_per_minute: int = Field(
+        120,
+        ge=0,
+        description="Upload and add-sources requests one API key may make per minute (429 beyond; 0: no limit).",
+    )
+    finalize_per_minute: int = Field(
+        30, ge=0, description="Draft finalizes one API key may make per minute (429 beyond; 0: no limit)."
+    )
+
+
+class ParseSettings(BaseModel):
+    """Limits that keep a hostile or pathological file from hurting a worker."""
+
+    max_seconds: float = Field(
+        120.0, gt=0, description="Wall-clock limit for parsing one document; beyond it the document fails."
+    )
+    max_cpu_seconds: int = Field(
+        60, ge=1, description="CPU-time limit (RLIMIT_CPU) of the subprocess that parses one document."
+    )
+    max_memory_mb: int = Field(
+        2048,
+        ge=256,
+        description="Address-space limit (RLIMIT_AS) of a parser subprocess, in MiB; a file that "
+        "needs more fails its document.",
+    )
+    zip_max_entries: int = Field(
+        10_000, ge=1, description="Entries a DOCX (zip) may hold before it is refused unparsed."
+    )
+    zip_max_uncompressed_bytes: int = Field(
+        512 * 1024**2,
+        ge=1,
+        description="Total declared uncompressed size a DOCX (zip) may have before it is refused.",
+    )
+    zip_max_ratio: float = Field(
+        200.0,
+        gt=1,
+        description="Highest compression ratio of a zip entry (uncompressed / compressed) before the "
+        "file is refused as a zip bomb.",
+    )
+
+
 class Settings(BaseSettings):
     """Root settings. Environment variables win over ``.env``; defaults run the embedded mode."""
 
@@ -264,6 +319,17 @@ class Settings(BaseSettings):
         default_factory=NotifySettings, description="Pipeline-end notifications (webhooks, email)."
     )
     smtp: SmtpSettings = Field(default_factory=SmtpSettings, description="Mail server for notifications.")
+    limits: LimitSettings = Field(
+        default_factory=LimitSettings, description="Per-workspace quotas and per-key rate limits."
+    )
+    parse: ParseSettings = Field(
+        default_factory=ParseSettings, description="Resource limits for parsing uploaded files."
+    )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins allowed to call the API from a browser (CORS); empty "
+        "(the default) allows none but the server's own pages.",
+    )
     idempotency_ttl_seconds: float = Field(
         86400.0,
         gt=0,
