@@ -49,6 +49,13 @@ class Unauthorized(LorebaseError):
     status_code = 401
 
 
+class Forbidden(LorebaseError):
+    """The key is valid but its scopes do not allow this (a ``read`` key creating something)."""
+
+    code = "forbidden"
+    status_code = 403
+
+
 class PayloadTooLarge(LorebaseError):
     code = "payload_too_large"
     status_code = 413
@@ -57,6 +64,18 @@ class PayloadTooLarge(LorebaseError):
 class UnsupportedMediaType(LorebaseError):
     code = "unsupported_media_type"
     status_code = 415
+
+
+class RateLimited(LorebaseError):
+    """Too many requests of one kind from one API key; ``retry_after`` (seconds) goes out as the
+    ``Retry-After`` header."""
+
+    code = "rate_limited"
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
 
 
 class JobError(LorebaseError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from conftest import make_settings
 from lorebase.cli.main import app
 from lorebase.db.models import Document, Pipeline, QueryLog, Source
+from lorebase.errors import Unauthorized
 from lorebase.runtime import Runtime
 from lorebase.services.auth import authenticate, local_principal
 from lorebase.settings import get_settings
@@ -187,6 +189,51 @@ def test_keys_create_prints_a_key_that_authenticates_to_the_workspace(cli: Cli) 
         principal = authenticate(rt.db, key)
         assert principal.workspace_id == local_principal(rt.db, "team").workspace_id
         assert principal.workspace_id != local_principal(rt.db, "default").workspace_id
+    finally:
+        rt.close()
+
+
+def test_keys_list_shows_prefixes_and_scopes_never_the_secret_and_revoke_ends_a_key(cli: Cli) -> None:
+    reader = cli.ok("keys", "create", "--workspace", "team", "--name", "bot", "--scopes", "read").stdout.strip()
+    other = cli.ok("keys", "create", "--workspace", "ops").stdout.strip()
+    listed = json.loads(cli.ok("keys", "list", "--json").stdout)
+    assert {k["workspace"] for k in listed} == {"team", "ops"}
+    bot = next(k for k in listed if k["name"] == "bot")
+    assert bot["prefix"] == reader[:10] and bot["scopes"] == ["read"] and bot["state"] == "active"
+    table = cli.ok("keys", "list", "--workspace", "team").stdout
+    assert "bot" in table and reader[:10] in table and "ops" not in table
+    assert reader not in table and other not in cli.ok("keys", "list").stdout  # the secret is never shown
+
+    revoked = cli.ok("keys", "revoke", reader[:10])
+    assert bot["id"] in revoked.stdout
+    rt = cli.runtime()
+    try:
+        with pytest.raises(Unauthorized):
+            authenticate(rt.db, reader)
+        assert authenticate(rt.db, other).scopes == ("read", "write", "admin")
+    finally:
+        rt.close()
+    states = {k["name"]: k["state"] for k in json.loads(cli.ok("keys", "list", "--json").stdout)}
+    assert states == {"bot": "revoked", "": "active"}
+
+
+def test_keys_create_refuses_an_unknown_scope_and_revoke_an_unknown_key(cli: Cli) -> None:
+    bad = cli("keys", "create", "--scopes", "read,root")
+    assert bad.exit_code == 1 and "scopes must be a non-empty subset" in bad.stderr
+    missing = cli("keys", "revoke", "lb_nothere")
+    assert missing.exit_code == 1 and "no API key 'lb_nothere'" in missing.stderr
+    assert "Traceback" not in bad.output + missing.output
+
+
+def test_keys_create_with_an_expiry_makes_a_key_that_expires(cli: Cli) -> None:
+    result = cli.ok("keys", "create", "--expires-in-days", "0.00001")
+    key = result.stdout.strip()
+    assert "expires" in result.stderr
+    time.sleep(1.0)
+    rt = cli.runtime()
+    try:
+        with pytest.raises(Unauthorized, match="expired"):
+            authenticate(rt.db, key)
     finally:
         rt.close()
 

@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from lorebase.runtime import Runtime
-from lorebase.services.auth import Principal, authenticate
+from lorebase.services.auth import Principal, authenticate, required_scope
 
 SESSION_COOKIE = "lorebase_session"
 #: the header the dashboard's scripts send with every unsafe request (a cross-site form cannot)
@@ -51,6 +51,9 @@ def check_csrf(request: Request) -> None:
 
 
 async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """The caller, authenticated by the Bearer key (or the dashboard's session cookie), whose
+    key's scopes allow this request (``services.auth.required_scope``): 401 without a valid
+    key, 403 when the key may not do this."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     key = token.strip() if scheme.lower() == "bearer" else None
@@ -58,7 +61,11 @@ async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
         key = request.cookies.get(SESSION_COOKIE)
         if key:
             check_csrf(request)
-    return await run_in_threadpool(authenticate, runtime.db, key)
+    principal = await run_in_threadpool(authenticate, runtime.db, key)
+    route_path = getattr(request.scope.get("route"), "path", request.url.path)
+    needed = required_scope(request.method, route_path)
+    principal.require(needed, f"{request.method} {route_path}")
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

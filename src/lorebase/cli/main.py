@@ -336,14 +336,88 @@ def jobs(
 def keys_create(
     workspace: Annotated[str, typer.Option(help="Workspace (created when new).")] = "default",
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    scopes: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: read (list, get, search), write (also create, change, delete), "
+            "admin (also manage keys over the API). Each includes the ones before it."
+        ),
+    ] = "read,write,admin",
+    expires_in_days: Annotated[
+        float | None, typer.Option(help="Expire the key this many days from now (default: never).")
+    ] = None,
 ) -> None:
-    """Print a new API key (shown once)."""
+    """Print a new API key (shown once; only its hash is stored)."""
+    from datetime import timedelta
+
+    from lorebase.db.models import utcnow
     from lorebase.services.auth import create_key
 
     rt = common.runtime()
-    key, row = create_key(rt.db, workspace=workspace, name=name)
-    err_console.print(f"created key {row.prefix}… in workspace {workspace!r} (shown once):")
+    expires = utcnow() + timedelta(days=expires_in_days) if expires_in_days is not None else None
+    key, row = _run(
+        lambda: create_key(rt.db, workspace=workspace, name=name, scopes=scopes, expires_at=expires)
+    )
+    until = f", expires {row.expires_at:%Y-%m-%d %H:%M} UTC" if row.expires_at else ""
+    err_console.print(
+        f"created key {row.prefix}… in workspace {workspace!r}, scopes {','.join(row.scopes)}{until} "
+        "(shown once):"
+    )
     print(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    workspace: Annotated[
+        str | None, typer.Option(help="Only this workspace's keys (default: every workspace).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List API keys: prefix, workspace, scopes, state and last use (never the secret)."""
+    from sqlalchemy import select
+
+    from lorebase.db.models import Workspace
+    from lorebase.services.auth import list_keys
+
+    rt = common.runtime()
+    ws_id = None
+    if workspace is not None:
+        with rt.db.read_session() as s:
+            ws_id = s.execute(select(Workspace.id).where(Workspace.name == workspace)).scalar_one_or_none()
+        if ws_id is None:
+            err_console.print(f"[red]error:[/red] no workspace {workspace!r}")
+            raise typer.Exit(1)
+    items = list_keys(rt.db, workspace_id=ws_id)
+    if as_json:
+        print(json.dumps(items, default=str, indent=2))
+        return
+    table = Table(title=f"{len(items)} API key(s)")
+    for col in ("id", "prefix", "workspace", "name", "scopes", "state", "expires", "last used"):
+        table.add_column(col, overflow="fold")
+    for k in items:
+        table.add_row(
+            k["id"],
+            f"{k['prefix']}…",
+            k["workspace"],
+            k["name"],
+            ",".join(k["scopes"]),
+            k["state"],
+            f"{k['expires_at']:%Y-%m-%d %H:%M}" if k["expires_at"] else "never",
+            f"{k['last_used_at']:%Y-%m-%d %H:%M}" if k["last_used_at"] else "never",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key's id or its prefix (as `keys list` shows it).")],
+) -> None:
+    """Revoke an API key: requests with it get 401 from then on."""
+    from lorebase.services.auth import revoke_key
+
+    rt = common.runtime()
+    row = _run(lambda: revoke_key(rt.db, key))
+    console.print(f"revoked key {row['prefix']}… ({row['id']})")
 
 
 @db_app.command("upgrade")

@@ -1,7 +1,8 @@
 """The embed stage: vectors for texts through a cache keyed by (model, text hash).
 
 Unchanged text is never embedded twice: the cache is consulted first and only misses reach
-the model. New cache rows are returned to the caller so they commit in the same transaction
+the model. The hash covers the workspace as well as the text, so workspaces never share cache
+rows: how fast a text is embedded cannot tell one tenant that another already holds it. New cache rows are returned to the caller so they commit in the same transaction
 as the vectors they describe.
 """
 
@@ -36,8 +37,9 @@ class _Tally:
 TEXTS_EMBEDDED = _Tally()
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def text_hash(text: str, scope: str) -> str:
+    """The cache key of ``text`` within ``scope`` (a workspace id)."""
+    return hashlib.sha256(scope.encode("utf-8") + b"\x00" + text.encode("utf-8")).hexdigest()
 
 
 @dataclass(slots=True)
@@ -49,9 +51,9 @@ class Embedded:
     encoded: list[int]
 
 
-def cached_vectors(session: Session, model_id: str, texts: list[str]) -> dict[str, bytes]:
-    """Cache rows for these texts, by text hash (a short read; no model call)."""
-    unique = list(dict.fromkeys(text_hash(t) for t in texts))
+def cached_vectors(session: Session, model_id: str, texts: list[str], scope: str) -> dict[str, bytes]:
+    """Cache rows for these texts in ``scope``, by text hash (a short read; no model call)."""
+    unique = list(dict.fromkeys(text_hash(t, scope) for t in texts))
     cached: dict[str, bytes] = {}
     for i in range(0, len(unique), 500):
         rows = session.execute(
@@ -63,12 +65,14 @@ def cached_vectors(session: Session, model_id: str, texts: list[str]) -> dict[st
     return cached
 
 
-def embed_with_cache(embedder: Embedder, texts: list[str], cached: dict[str, bytes]) -> Embedded:
+def embed_with_cache(
+    embedder: Embedder, texts: list[str], cached: dict[str, bytes], scope: str
+) -> Embedded:
     """Vectors for ``texts``: cached ones reused, the rest (each distinct text once) from the model.
 
     Runs outside any transaction: encoding takes seconds and must not pin a database snapshot.
     """
-    hashes = [text_hash(t) for t in texts]
+    hashes = [text_hash(t, scope) for t in texts]
     vectors = np.zeros((len(texts), embedder.dimensions), dtype=np.float32)
     misses: dict[str, list[int]] = {}
     for i, h in enumerate(hashes):

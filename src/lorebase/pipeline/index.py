@@ -36,7 +36,7 @@ class EmbedChunks:
             ).scalar_one_or_none()
             if kb is None:
                 raise PermanentError("the knowledge base was deleted")
-            kb_id, config = kb.id, kb.config
+            kb_id, config, workspace_id = kb.id, kb.config, kb.workspace_id
         part = _partition(ctx.job.payload)
         embedder = runtime.kb_embedder(config)
         store = runtime.kb_store(config)
@@ -61,8 +61,8 @@ class EmbedChunks:
                 if not rows:
                     return
                 texts = [r.embed_text for r in rows]
-                cached = cached_vectors(s, embedder.model_id, texts)
-            result = embed_with_cache(embedder, texts, cached)
+                cached = cached_vectors(s, embedder.model_id, texts, workspace_id)
+            result = embed_with_cache(embedder, texts, cached, workspace_id)
             with ctx.transaction() as s:
                 write_batch(s, store, embedder.model_id, kb_id, pipeline_id, list(rows), result)
             faults.point("embed.after_batch")  # vectors written, job not done: the re-run must converge

@@ -50,6 +50,11 @@ def list_jobs(
         if status:
             q = q.where(Job.status == status)
         if kb_id:
+            owned = select(KnowledgeBase.id).where(
+                KnowledgeBase.id == kb_id, KnowledgeBase.workspace_id == p.workspace_id
+            )
+            if s.execute(owned).first() is None:  # another workspace's id answers like a missing one
+                raise NotFound(f"knowledge base {kb_id} not found")
             q = q.where(Job.kb_id == kb_id)
         total = s.execute(select(func.count()).select_from(q.subquery())).scalar_one()
         rows = (
