@@ -215,7 +215,7 @@ def run_crawl(
         parse_bytes(warm_html, "text/html", "warm.html")
         page_links(warm_html, f"{site_url}/warm.html")
         runtime.parse_pool.start(wait=True)  # a running worker's parse processes are up already
-        pool_pids = list(runtime.parse_pool._executor()._processes)
+        pool_pids = runtime.parse_pool.pids()
 
         handlers = {k: HANDLERS[k] for k in (CRAWL_JOB, PROCESS_JOB)}  # no embed_chunks
         executor = EmbeddedExecutor(

@@ -25,7 +25,7 @@ from lorebase.db.engine import Database
 from lorebase.db.migrate import upgrade
 from lorebase.errors import InvalidInput
 from lorebase.jobs.queue import JobQueue
-from lorebase.pipeline.isolated import shared_pool
+from lorebase.pipeline.isolated import ParseLimits, shared_pool
 from lorebase.settings import Settings
 
 #: stores this build can run, by name, with the database each lives in (the store writes in the
@@ -107,7 +107,9 @@ class Runtime:
             if settings.blob_store == "database"
             else LocalBlobStore(settings.blob_dir)
         )
-        self.parse_pool = shared_pool(settings.jobs.parse_processes, settings.jobs.parse_niceness)
+        self.parse_pool = shared_pool(
+            settings.jobs.parse_processes, settings.jobs.parse_niceness, ParseLimits.of(settings.parse)
+        )
         self._embedders: dict[str, Embedder] = {}
         self._query_embedders: dict[str, Embedder] = {}
         self._stores: dict[tuple[str, int], Store] = {}

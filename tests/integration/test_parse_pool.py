@@ -61,7 +61,7 @@ def test_a_bad_document_fails_alone_with_its_message(pool: ParsePool) -> None:
 
 def test_a_killed_parser_process_is_a_transient_error_and_the_pool_recovers(pool: ParsePool) -> None:
     pool.prepare_all([(page(1), "text/html", None, CFG, SPEC, 256)])  # the processes are up
-    children = list(pool._executor()._processes)
+    children = pool.pids()
     assert children
 
     def kill_soon() -> None:
@@ -81,7 +81,7 @@ def test_a_killed_parser_process_is_a_transient_error_and_the_pool_recovers(pool
         )
     again = pool.prepare_all([(page(2), "text/html", "after.html", CFG, SPEC, 256)])
     assert isinstance(again[0], Prepared) and again[0].drafts
-    assert set(pool._executor()._processes).isdisjoint(children)
+    assert set(pool.pids()).isdisjoint(children)
 
 
 def test_parse_processes_run_at_a_lower_cpu_priority_than_the_worker() -> None:
@@ -92,10 +92,8 @@ def test_parse_processes_run_at_a_lower_cpu_priority_than_the_worker() -> None:
         niced.start(wait=True)
         plain.start(wait=True)
         mine = os.getpriority(os.PRIO_PROCESS, 0)
-        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in niced._executor()._processes] == [
-            min(19, mine + 7)
-        ]
-        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in plain._executor()._processes] == [mine]
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in niced.pids()] == [min(19, mine + 7)]
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in plain.pids()] == [mine]
         result = niced.prepare_all([(page(2), "text/html", "a.html", CFG, SPEC, 256)])
         assert isinstance(result[0], Prepared) and result[0].drafts
     finally:

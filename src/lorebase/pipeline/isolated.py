@@ -9,31 +9,89 @@ forked copy of locks held by other threads) does that work; a job thread only wa
 
 What crosses the process boundary is small and plain: the document's bytes in, a
 :class:`Prepared` (title, leading heading, page count, chunk drafts) or an error message out.
-A parser that crashes the process (a native library's segfault, the OOM killer) breaks the
-pool: the pool is replaced, and the document's job gets a *transient* error, so it is retried
-and, if it keeps killing parsers, ends ``dead`` while the rest of the queue keeps flowing.
+
+**Hostile files** (``settings.parse``). Each parse process handles one document at a time, so
+a failure is always attributed to the document that caused it. Before each document the
+process lowers its own soft limits: ``RLIMIT_CPU`` to the CPU time it has used plus
+``max_cpu_seconds`` (the kernel then ends it with SIGXCPU), and ``RLIMIT_AS`` to its current
+address space plus ``max_memory_mb`` (allocations beyond it fail: a Python ``MemoryError``, or
+a native crash); both are lifted again after the document. The parent enforces the wall clock
+(``max_seconds``) and kills a process that overruns it. A document whose process stops for one
+of these reasons fails *permanently* with the reason ("parsing stopped: the file needed more
+than 60 s of CPU time"), a fresh process takes the slot, and the other documents of the job
+are unaffected. A process that dies for no reason of ours (SIGKILL from the OOM killer or an
+operator) gives the job a *transient* error: it is retried, split into one job per document,
+and a document that keeps killing parsers ends ``dead`` while the rest of the queue flows. A
+process whose resident memory grew by more than :data:`RECYCLE_RSS_BYTES` is replaced after
+its document, so the worker's footprint stays bounded.
 
 ``parse_processes = 0`` parses in the calling thread (same results; for debugging and for
-machines where extra processes are unwelcome).
+machines where extra processes are unwelcome). There, the zip-bomb and XML-entity checks still
+apply (they are part of the DOCX parser), but **no CPU, memory or wall-clock limit does**: a
+hostile PDF can hold a worker thread or exhaust the worker's memory. Do not use it for
+untrusted files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
+import resource
+import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from lorebase import faults
+from lorebase.adapters.parsers import zipguard
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.errors import LorebaseError, NotFound, PermanentError, TransientError
 from lorebase.pipeline.chunk import chunk
 from lorebase.pipeline.types import ChunkDraft, ChunkingConfig, ParsedDocument
+from lorebase.settings import ParseSettings
+
+#: a parse process whose resident memory grew by more than this is replaced after its document
+RECYCLE_RSS_BYTES = 256 * 1024**2
+#: how long a new parse process may take to import the parsers before it counts as dead
+STARTUP_SECONDS = 300.0
+_MIB = 1024**2
+#: signals of a native crash, which under RLIMIT_AS is most often a failed allocation
+_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGTRAP}
+
+Work = tuple[bytes, str, str | None, ChunkingConfig, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """What one document may cost its parse process (see ``settings.parse``)."""
+
+    max_seconds: float
+    max_cpu_seconds: int
+    max_memory_mb: int
+    zip: zipguard.ZipLimits
+
+    @classmethod
+    def of(cls, parse: ParseSettings) -> ParseLimits:
+        return cls(
+            parse.max_seconds, parse.max_cpu_seconds, parse.max_memory_mb, zipguard.ZipLimits.of(parse)
+        )
+
+    def cpu_message(self) -> str:
+        return f"parsing stopped: the file needed more than {self.max_cpu_seconds} s of CPU time"
+
+    def memory_message(self) -> str:
+        return f"parsing stopped: the file needed more than {self.max_memory_mb} MiB of memory"
+
+    def wall_message(self) -> str:
+        return f"parsing stopped: the file took longer than {self.max_seconds:g} s to parse"
+
+
+DEFAULT_LIMITS = ParseLimits.of(ParseSettings())
 
 
 @dataclass(slots=True)
@@ -50,6 +108,8 @@ def parse(data: bytes, media_type: str, filename: str | None) -> ParsedDocument:
     """:func:`parse_bytes` with every failure turned into a :class:`PermanentError` message."""
     try:
         return parse_bytes(data, media_type, filename)
+    except MemoryError:
+        raise  # the parse process reports it as the memory limit
     except NotFound:
         raise PermanentError("the uploaded file is missing from storage") from None
     except LorebaseError as exc:
@@ -83,12 +143,75 @@ def prepare(
 
 
 def _prepare_in_child(*args: Any) -> tuple[str, Any]:
-    """The pool's entry point: exceptions become plain messages (custom exceptions do not
-    always survive pickling)."""
+    """One document: exceptions become plain messages (custom exceptions do not always survive
+    pickling)."""
     try:
         return "ok", prepare(*args)
     except PermanentError as exc:
         return "error", exc.message
+
+
+def _vm_bytes(field: str) -> int:
+    """``VmSize``/``VmRSS`` of this process from /proc, in bytes (0 where there is no /proc)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _set_soft(which: int, soft: int) -> None:
+    _, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(which, (soft, hard))
+
+
+def _lift(which: int) -> None:
+    _, hard = resource.getrlimit(which)
+    resource.setrlimit(which, (hard, hard))
+
+
+def _run_limited(args: Work, limits: ParseLimits) -> tuple[str, Any]:
+    """:func:`_prepare_in_child` under this document's CPU and address-space limits."""
+    used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    _set_soft(resource.RLIMIT_CPU, math.ceil(used) + limits.max_cpu_seconds)
+    size = _vm_bytes("VmSize")
+    if size:
+        _set_soft(resource.RLIMIT_AS, size + limits.max_memory_mb * _MIB)
+    try:
+        return _prepare_in_child(*args)
+    except MemoryError:
+        return "error", limits.memory_message()
+    except Exception as exc:  # a bug, not the file's fault: the job's own error handling decides
+        return "crash", f"{type(exc).__name__}: {exc}"
+    finally:
+        _lift(resource.RLIMIT_AS)
+        _lift(resource.RLIMIT_CPU)
+
+
+def _child_main(conn: Connection, niceness: int, parent: int, limits: ParseLimits) -> None:
+    """A parse process: warm up, then parse one document per message until told to stop."""
+    _start_child(niceness, parent)
+    zipguard.set_limits(limits.zip)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a parser killed by a limit dumps no core
+    conn.send(("ready", _vm_bytes("VmRSS")))
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        outcome, value = _run_limited(task, limits)
+        try:
+            conn.send((outcome, value, _vm_bytes("VmRSS")))
+        except (BrokenPipeError, OSError):
+            return
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -122,80 +245,212 @@ def _warm_up() -> None:
     import lorebase.adapters.parsers.registry  # noqa: F401
 
 
-class ParsePool:
-    """A lazily started pool of ``processes`` parser processes, replaced when one dies."""
+class _Stopped(Exception):
+    """The parse process ended while it held a document; ``error`` says what it means."""
 
-    def __init__(self, processes: int, niceness: int = 0) -> None:
+    def __init__(self, error: PermanentError | TransientError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _died(exitcode: int | None, limits: ParseLimits) -> PermanentError | TransientError:
+    """What a parse process's death means for the document it held."""
+    if exitcode is not None and exitcode < 0:
+        sig = -exitcode
+        if sig == signal.SIGXCPU:
+            return PermanentError(limits.cpu_message())
+        if sig in _CRASH_SIGNALS:
+            return PermanentError(
+                f"parsing stopped: the parser crashed ({signal.Signals(sig).name}), most likely because "
+                f"the file needed more than {limits.max_memory_mb} MiB of memory"
+            )
+    return TransientError(
+        "a parser process died while parsing this job's documents (crashed or was killed, e.g. out of memory)"
+    )
+
+
+class _Process:
+    """One spawned parse process and the pipe to it."""
+
+    def __init__(self, niceness: int, limits: ParseLimits) -> None:
+        context = multiprocessing.get_context("spawn")  # no forked copies of other threads' locks
+        self.conn, child = context.Pipe(duplex=True)
+        self.proc = context.Process(
+            target=_child_main,
+            args=(child, niceness, os.getpid(), limits),
+            name="lorebase-parse",
+            daemon=True,
+        )
+        self.proc.start()
+        child.close()
+        self.limits = limits
+        self.base_rss: int | None = None  # known once the process said it is ready
+        self.generation = 0
+
+    def _receive(self, timeout: float) -> Any:
+        ready = wait([self.conn, self.proc.sentinel], timeout)
+        if self.conn in ready:
+            try:
+                return self.conn.recv()
+            except (EOFError, OSError):
+                pass
+        elif not ready:
+            self.kill()
+            raise _Stopped(PermanentError(self.limits.wall_message()))
+        self.proc.join(5)
+        raise _Stopped(_died(self.proc.exitcode, self.limits))
+
+    def wait_ready(self) -> None:
+        if self.base_rss is None:
+            try:
+                _, self.base_rss = self._receive(STARTUP_SECONDS)
+            except _Stopped as stopped:  # a process that cannot even start is not the document's fault
+                raise _Stopped(TransientError(f"a parser process failed to start: {stopped}")) from None
+
+    def run(self, work: Work) -> tuple[str, Any, int]:
+        self.wait_ready()
+        try:
+            self.conn.send(work)
+        except (BrokenPipeError, OSError):
+            self.proc.join(5)
+            raise _Stopped(_died(self.proc.exitcode, self.limits)) from None
+        outcome, value, rss = self._receive(self.limits.max_seconds)
+        return outcome, value, rss
+
+    def healthy(self, rss: int) -> bool:
+        return self.proc.is_alive() and rss - (self.base_rss or 0) <= RECYCLE_RSS_BYTES
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.kill()
+        self.proc.join(5)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.is_alive():
+                self.conn.send(None)
+        self.proc.join(2)
+        if self.proc.is_alive():
+            self.kill()
+        self.conn.close()
+
+
+class ParsePool:
+    """``processes`` lazily spawned parse processes, each replaced when it dies or is stopped."""
+
+    def __init__(self, processes: int, niceness: int = 0, limits: ParseLimits | None = None) -> None:
         self.processes = processes
         self.niceness = niceness
-        self._pool: ProcessPoolExecutor | None = None
+        self.limits = limits or DEFAULT_LIMITS
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(processes, 1))
+        self._idle: list[_Process] = []
+        self._all: set[_Process] = set()
+        self._generation = 0
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _spawn(self) -> _Process:
+        child = _Process(self.niceness, self.limits)
+        child.generation = self._generation
+        self._all.add(child)
+        return child
+
+    def _checkout(self) -> _Process:
+        self._slots.acquire()
+        try:
+            with self._lock:
+                return self._idle.pop() if self._idle else self._spawn()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _checkin(self, child: _Process, keep: bool) -> None:
         with self._lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    self.processes,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_start_child,
-                    initargs=(self.niceness, os.getpid()),
-                )
-            return self._pool
+            keep = keep and child.generation == self._generation
+            if keep:
+                self._idle.append(child)
+            else:
+                self._all.discard(child)
+        if not keep:
+            child.stop()
+        self._slots.release()
+
+    def pids(self) -> list[int]:
+        """The process ids of the live parse processes."""
+        with self._lock:
+            return [c.proc.pid for c in self._all if c.proc.pid is not None and c.proc.is_alive()]
 
     def start(self, *, wait: bool = False) -> None:
         """Spawn the processes now (they import the parsers and the tokenizer in the background),
         so the first document does not wait for them. Returns at once unless ``wait``."""
-        if self.processes > 0:
-            pool = self._executor()
-            warming = [pool.submit(_warm_up) for _ in range(self.processes)]
-            if wait:
-                for future in warming:
-                    future.result()
-
-    def _discard(self, broken: ProcessPoolExecutor) -> None:
+        if self.processes <= 0:
+            return
         with self._lock:
-            if self._pool is broken:
-                self._pool = None
-        broken.shutdown(wait=True, cancel_futures=True)  # the broken pool already killed its processes
+            while len(self._all) < self.processes:
+                self._idle.append(self._spawn())
+            idle = list(self._idle)
+        if wait:
+            for child in idle:
+                with contextlib.suppress(_Stopped):
+                    child.wait_ready()
 
-    def prepare_all(
-        self, work: list[tuple[bytes, str, str | None, ChunkingConfig, str, int]]
-    ) -> list[Prepared | PermanentError]:
+    def _one(self, work: Work) -> Prepared | PermanentError | TransientError:
+        child = self._checkout()
+        keep = False
+        try:
+            outcome, value, rss = child.run(work)
+            keep = child.healthy(rss)
+        except _Stopped as stopped:
+            return stopped.error
+        finally:
+            self._checkin(child, keep)
+        if outcome == "ok":
+            return value
+        if outcome == "error":
+            return PermanentError(value)
+        raise RuntimeError(f"parsing failed unexpectedly: {value}")
+
+    def prepare_all(self, work: list[Work]) -> list[Prepared | PermanentError]:
         """:func:`prepare` for each argument tuple, all at once across the pool's processes.
 
-        A document's own failure is returned in its place; a dead parser process raises a
-        :class:`TransientError` for the whole lot (the job is retried).
+        A document's own failure — including one that ran out of CPU time, memory or wall-clock
+        time — is returned in its place as a :class:`PermanentError`; a parse process that died
+        for another reason raises a :class:`TransientError` for the whole lot (the job is retried).
         """
         if self.processes <= 0 or not work:
-            answers = [_prepare_in_child(*args) for args in work]
+            with zipguard.use_limits(self.limits.zip):
+                answers = [_prepare_in_child(*args) for args in work]
             return [value if outcome == "ok" else PermanentError(value) for outcome, value in answers]
-        pool = self._executor()
-        try:
-            futures = [pool.submit(_prepare_in_child, *args) for args in work]
-            answers = [future.result() for future in futures]
-        except BrokenProcessPool:
-            self._discard(pool)
-            raise TransientError(
-                "a parser process died while parsing this job's documents "
-                "(crashed or was killed, e.g. out of memory)"
-            ) from None
-        return [value if outcome == "ok" else PermanentError(value) for outcome, value in answers]
+        if len(work) == 1:
+            results = [self._one(work[0])]
+        else:
+            width = min(len(work), self.processes)
+            with ThreadPoolExecutor(width, thread_name_prefix="parse-dispatch") as dispatch:
+                results = list(dispatch.map(self._one, work))
+        for result in results:
+            if isinstance(result, TransientError):
+                raise result
+        return [r for r in results if not isinstance(r, TransientError)]
 
     def shutdown(self) -> None:
+        """Stop the idle processes now, the busy ones when their document is done."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._generation += 1
+            idle, self._idle = self._idle, []
+            for child in idle:
+                self._all.discard(child)
+        for child in idle:
+            child.stop()
 
 
-_POOLS: dict[tuple[int, int], ParsePool] = {}
+_POOLS: dict[tuple[int, int, ParseLimits], ParsePool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
-def shared_pool(processes: int, niceness: int = 0) -> ParsePool:
-    """One pool per size and priority for the whole process (runtimes come and go; processes
-    stay warm)."""
+def shared_pool(processes: int, niceness: int = 0, limits: ParseLimits | None = None) -> ParsePool:
+    """One pool per size, priority and limits for the whole process (runtimes come and go;
+    processes stay warm)."""
+    key = (processes, niceness, limits or DEFAULT_LIMITS)
     with _POOLS_LOCK:
-        if (processes, niceness) not in _POOLS:
-            _POOLS[processes, niceness] = ParsePool(processes, niceness)
-        return _POOLS[processes, niceness]
+        if key not in _POOLS:
+            _POOLS[key] = ParsePool(processes, niceness, key[2])
+        return _POOLS[key]

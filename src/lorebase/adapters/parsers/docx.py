@@ -9,6 +9,10 @@ items are recognised by their style ("List Bullet 2", "List Number") or by direc
 (``w:numPr``), whose bullet-or-number format is looked up in the numbering part. Consecutive
 items merge into one list block so a list is chunked as a unit. Headers, footers, comments and
 text boxes are not body content and are skipped.
+
+Before python-docx sees the file, its zip directory is checked for a zip bomb and its XML parts
+for DTD/entity declarations (``zipguard``): a crawled DOCX never went through upload-time
+detection, and the checks cost no decompression beyond each part's prolog.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from docx.text.paragraph import Paragraph
 
 from lorebase.errors import PermanentError
 from lorebase.pipeline.types import Block, ParsedDocument
+
+from .zipguard import ZipRefused, check_archive, check_xml_parts
 
 DOCX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 _HEADING_STYLE = re.compile(r"^heading\s*([1-9])$", re.I)
@@ -122,7 +128,17 @@ class DocxParser:
 
     def parse(self, data: bytes, *, filename: str | None = None) -> ParsedDocument:
         try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                check_archive(archive)
+                check_xml_parts(archive)
+        except ZipRefused as exc:
+            raise PermanentError(str(exc)) from None
+        except (zipfile.BadZipFile, ValueError, OSError):
+            pass  # python-docx says what is wrong below
+        try:
             doc = Document(io.BytesIO(data))
+        except MemoryError:
+            raise  # the parse process reports its memory limit
         except zipfile.BadZipFile as exc:
             reason = "the file is not a zip archive (damaged, or not a .docx)"
             raise PermanentError(f"could not read DOCX: {reason}") from exc

@@ -3,8 +3,11 @@
 Magic bytes win because names and declared content types lie (``report.pdf`` saved from a
 browser as HTML, ``application/octet-stream`` on everything). The extension still decides for
 PDF and DOCX when the magic is missing, so that a damaged ``.pdf`` reaches the PDF parser and
-fails with "could not read PDF: ..." rather than a vague "unsupported file type". Binary junk
-(NUL bytes without a known signature) is refused up front instead of being indexed as text.
+fails with "could not read PDF: ..." rather than a vague "unsupported file type" — unless the
+content has a known binary signature (an ELF executable named ``x.pdf``), which is refused up
+front. Binary junk (NUL bytes without a known signature) is refused instead of being indexed as
+text. A DOCX's zip directory is inspected before it is accepted (``zipguard``): a zip bomb is
+refused with :class:`~lorebase.errors.PayloadTooLarge`, before anything is stored.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import re
 import zipfile
 from pathlib import PurePosixPath
 
-from lorebase.errors import UnsupportedMediaType
+from lorebase.errors import PayloadTooLarge, UnsupportedMediaType
 from lorebase.pipeline.types import ParsedDocument
+from lorebase.settings import ParseSettings
 
 from .docx import DOCX_MEDIA_TYPE, DocxParser
 from .html import HtmlParser
@@ -23,6 +27,7 @@ from .markdown import MarkdownParser
 from .pdf import PdfParser
 from .protocol import Parser
 from .text import TextParser
+from .zipguard import DEFAULT_LIMITS, ZipLimits, ZipRefused, check_archive
 
 PLAIN = "text/plain"
 MARKDOWN = "text/markdown"
@@ -87,17 +92,27 @@ _HTML_SNIFF = re.compile(
 _HTML_START = re.compile(r"^\s*<(?:div|p|h[1-6]|table|article|section|main|ul|ol|meta|title|link)\b", re.I)
 
 
-def _zip_media_type(data: bytes) -> str:
-    """A zip is DOCX only if it has ``word/document.xml`` (reads the central directory only)."""
+def _zip_media_type(data: bytes, limits: ZipLimits | None = DEFAULT_LIMITS) -> str:
+    """A zip is DOCX only if it has ``word/document.xml`` (reads the central directory only).
+
+    With ``limits``, a DOCX whose directory is that of a zip bomb is refused (413)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = set(archive.namelist())
+            if "word/document.xml" in names and limits is not None:
+                check_archive(archive, limits)
+    except ZipRefused as exc:
+        raise PayloadTooLarge(str(exc)) from None
     except (zipfile.BadZipFile, ValueError, OSError):
         # A damaged zip: trust a .docx name later, else refuse.
         return ""
     if "word/document.xml" in names:
         return DOCX
     raise UnsupportedMediaType("unsupported file type: a zip archive that is not a Word (.docx) document")
+
+
+def _article(what: str) -> str:
+    return ("an " if what[0].lower() in "aeiou" else "a ") + what
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -113,26 +128,47 @@ def _sniff_text(head: bytes) -> str:
     return PLAIN
 
 
-def detect_media_type(data: bytes, filename: str | None, declared: str | None = None) -> str:
+def _binary_signature(head: bytes) -> str | None:
+    for magic, what in _KNOWN_BINARY:
+        if head.startswith(magic) and (magic != b"MZ" or _looks_binary(head)):
+            return what
+    return None
+
+
+def detect_media_type(
+    data: bytes,
+    filename: str | None,
+    declared: str | None = None,
+    *,
+    limits: ParseSettings | ZipLimits | None = DEFAULT_LIMITS,
+) -> str:
     """The canonical media type to parse ``data`` as, or :class:`UnsupportedMediaType`.
 
-    Order: magic bytes, file extension, declared content type, content sniffing.
+    Order: magic bytes, file extension, declared content type, content sniffing. A DOCX is
+    checked against ``limits`` (the ``parse`` settings or :class:`ZipLimits`: entries, declared
+    size, compression ratio) and refused with :class:`PayloadTooLarge`; ``None`` skips the check
+    (the DOCX parser repeats it anyway).
     """
     head = data[:_SNIFF_BYTES]
     zipped = ""
     if head.startswith(b"%PDF-"):
         return PDF
     if head.startswith(b"PK\x03\x04"):
-        zipped = _zip_media_type(data)
+        zip_limits = ZipLimits.of(limits) if isinstance(limits, ParseSettings) else limits
+        zipped = _zip_media_type(data, zip_limits)
         if zipped:
             return zipped
     suffix = PurePosixPath((filename or "").replace("\\", "/")).suffix.lower()
     by_name = _EXTENSIONS.get(suffix)
+    signature = _binary_signature(head)
     if by_name in (PDF, DOCX):
+        if signature is not None:  # an executable or an image named .pdf is not a damaged PDF
+            raise UnsupportedMediaType(
+                f"unsupported file type: the file is named {suffix} but its content is {_article(signature)}"
+            )
         return by_name  # wrong or damaged content fails at parse with a format-specific message
-    for magic, what in _KNOWN_BINARY:
-        if head.startswith(magic) and (magic != b"MZ" or _looks_binary(head)):
-            raise UnsupportedMediaType(f"unsupported file type: {what}")
+    if signature is not None:
+        raise UnsupportedMediaType(f"unsupported file type: {signature}")
     if head.startswith(b"PK\x03\x04"):
         raise UnsupportedMediaType("unsupported file type: a damaged or unknown zip archive")
     if _looks_binary(head):
