@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -37,10 +40,12 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lorebase.api import uploads
 from lorebase.api.deps import PrincipalDep, RuntimeDep
 from lorebase.db.engine import Database
 from lorebase.db.models import IdempotencyKey, new_id, utcnow
-from lorebase.errors import LorebaseError
+from lorebase.errors import LorebaseError, PayloadTooLarge
+from lorebase.settings import Settings
 
 log = logging.getLogger("lorebase.api")
 
@@ -99,21 +104,53 @@ class _Slot:
 
 
 def fingerprint(*, method: str, path: str, query: str, content_type: str, body: bytes) -> str:
-    """sha256 over method, path, query, content type and the raw body.
+    """sha256 over method, path, query, content type and the sha256 of the raw body.
 
     A multipart body's boundary is random per send (so two sends of the same files differ only
     there); it is replaced by a fixed one in both the body and the content type.
     """
-    ctype, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if ctype == b"multipart/form-data" and boundary:
-        body = body.replace(b"--" + boundary, b"--lorebase-boundary")
-        content_type = "multipart/form-data"
-    digest = hashlib.sha256()
-    for part in (method.encode(), path.encode(), query.encode(), content_type.encode(), body):
-        digest.update(b"%d:" % len(part))
-        digest.update(part)
-    return digest.hexdigest()
+    digest = BodyDigest(content_type)
+    digest.update(body)
+    return digest.fingerprint(method=method, path=path, query=query)
+
+
+class BodyDigest:
+    """``fingerprint`` fed chunk by chunk, so that a large body need not be held in memory."""
+
+    REPLACEMENT = b"--lorebase-boundary"
+
+    def __init__(self, content_type: str) -> None:
+        ctype, params = parse_options_header(content_type)
+        boundary = params.get(b"boundary")
+        self.marker: bytes | None = None
+        self.content_type = content_type
+        if ctype == b"multipart/form-data" and boundary:
+            self.marker = b"--" + boundary
+            self.content_type = "multipart/form-data"
+        self._carry = b""
+        self._body = hashlib.sha256()
+
+    def update(self, chunk: bytes) -> None:
+        if self.marker is None:
+            self._body.update(chunk)
+            return
+        pieces = (self._carry + chunk).split(self.marker)
+        out = self.REPLACEMENT.join(pieces[:-1]) + (self.REPLACEMENT if len(pieces) > 1 else b"")
+        tail, keep = pieces[-1], len(self.marker) - 1  # a marker may straddle the next chunk
+        if len(tail) > keep:
+            out, tail = out + tail[:-keep], tail[-keep:]
+        self._body.update(out)
+        self._carry = tail
+
+    def fingerprint(self, *, method: str, path: str, query: str) -> str:
+        self._body.update(self._carry)
+        self._carry = b""
+        digest = hashlib.sha256()
+        body = self._body.hexdigest().encode()
+        for part in (method.encode(), path.encode(), query.encode(), self.content_type.encode(), body):
+            digest.update(b"%d:" % len(part))
+            digest.update(part)
+        return digest.hexdigest()
 
 
 # -- the key's row: claim, finish, release --------------------------------------------------------
@@ -229,13 +266,7 @@ async def _claim_key(
     slot = request.scope.get(_SCOPE_SLOT)
     if not isinstance(slot, _Slot):
         raise RuntimeError("IdempotencyMiddleware is not installed (api.idempotency.install)")
-    fp = fingerprint(
-        method=request.method,
-        path=request.scope["path"],
-        query=request.url.query,
-        content_type=request.headers.get("content-type", ""),
-        body=await request.body(),  # kept on the request: the route reads it again
-    )
+    fp = await _fingerprint_request(request, runtime.settings)
     slot.claim_id = await run_in_threadpool(
         lambda: claim(
             runtime.db,
@@ -248,6 +279,32 @@ async def _claim_key(
         )
     )
     slot.db = runtime.db
+
+
+async def _fingerprint_request(request: Request, settings: Settings) -> str:
+    """Fingerprint the body while reading it, under the upload cap (413 beyond it), and keep it
+    for the route: a multipart body in a spool file (bounded memory), any other in memory."""
+    cap = uploads.request_cap(settings)
+    uploads.check_content_length(request, cap)
+    digest = BodyDigest(request.headers.get("content-type", ""))
+    received = 0
+    if uploads.is_multipart(request):
+        directory = uploads.spool_dir(settings)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=directory, prefix="body-")
+        request.scope[uploads.SPOOLED_BODY] = Path(name)  # deleted by the middleware
+        with os.fdopen(fd, "wb") as spool:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > cap:
+                    raise PayloadTooLarge(f"the request body is over the {cap} byte limit per request")
+                digest.update(chunk)
+                await anyio.to_thread.run_sync(spool.write, chunk)
+    else:
+        body = await uploads.read_body(request, cap)
+        request._body = body  # kept on the request: the route reads it again
+        digest.update(body)
+    return digest.fingerprint(method=request.method, path=request.scope["path"], query=request.url.query)
 
 
 IDEMPOTENT = Depends(_claim_key)
@@ -286,6 +343,9 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, receive, hold)
         finally:
+            spooled = scope.get(uploads.SPOOLED_BODY)
+            if isinstance(spooled, Path):
+                spooled.unlink(missing_ok=True)
             if slot.claim_id is not None:  # raised (or never answered): free the key for a retry
                 with anyio.CancelScope(shield=True):
                     await _settle(slot, status=500, content_type=None, body=b"")

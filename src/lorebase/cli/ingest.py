@@ -13,6 +13,7 @@ from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, kbs, pipelines, sources
 from lorebase.services.auth import Principal
+from lorebase.services.documents import FileTuple
 
 SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"}
 
@@ -61,7 +62,8 @@ def ingest(
 ) -> dict[str, Any]:
     urls = [raw for raw in paths if is_url(raw)]
     files = collect([raw for raw in paths if not is_url(raw)]) if len(urls) < len(paths) else []
-    payload: list[tuple[str | None, str | None, bytes]] = [(f.name, None, f.read_bytes()) for f, _ in files]
+    # paths, not bytes: each file is read when stored, one at a time
+    payload: list[FileTuple] = [(f.name, None, f) for f, _ in files]
     external_ids: list[str | None] = [ext for _, ext in files]
     existing = kbs.find_by_name(rt, p, kb_name)
     pipeline_ids: list[str] = []

@@ -12,6 +12,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, insert, select, update
@@ -61,19 +62,102 @@ class SourceItem:
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+#: Unicode categories replaced too: controls (C1 included), format characters (bidi overrides that
+#: make ``evil\u202etxt.exe`` display as ``evilexe.txt``), lone surrogates, line/paragraph separators
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+MAX_FILENAME_CHARS = 255
+#: bytes of a spooled upload handed to type detection; a zip container (DOCX) is read whole,
+#: because detection reads its central directory, at the end of the file
+DETECT_HEAD_BYTES = 1024 * 1024
+
+#: an upload's content: bytes in memory, or a file (a spooled upload, a file the CLI ingests)
+FileData = bytes | Path
+FileTuple = tuple[str | None, str | None, FileData]
 
 
 def sanitize_filename(name: str | None) -> str:
-    """Keep only a display name: last path component, no control or path characters, ≤ 255 chars."""
+    """Keep only a display name: the last path component, no control, format or path characters,
+    at most 255 characters (a long name keeps its extension). Never used as a path: blobs are
+    stored under their SHA-256; this is metadata only."""
     name = unicodedata.normalize("NFC", name or "")
     name = re.split(r"[\\/]", name)[-1]
+    name = "".join("_" if unicodedata.category(c) in _UNSAFE_CATEGORIES else c for c in name)
     name = _UNSAFE.sub("_", name).strip(" .")
-    return name[:255] or "upload"
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, ext = name.rpartition(".")
+        if dot and stem and 0 < len(ext) <= 16 and " " not in ext:
+            name = f"{stem[: MAX_FILENAME_CHARS - len(ext) - 1].rstrip(' .')}.{ext}"
+        else:
+            name = name[:MAX_FILENAME_CHARS].rstrip(" .")
+    return name or "upload"
+
+
+def _size_of(data: FileData) -> int:
+    return len(data) if isinstance(data, bytes) else data.stat().st_size
+
+
+def _sha256_of(data: FileData) -> str:
+    if isinstance(data, bytes):
+        return hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with data.open("rb") as f:
+        while block := f.read(1024 * 1024):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _detection_bytes(data: FileData) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    with data.open("rb") as f:
+        head = f.read(DETECT_HEAD_BYTES)
+        if head.startswith(b"PK\x03\x04"):
+            head += f.read()
+    return head
+
+
+def describe_file(
+    runtime: Runtime,
+    data: FileData,
+    filename: str | None,
+    declared: str | None,
+    *,
+    external_id: str | None = None,
+) -> SourceItem:
+    """The item an upload will become, checked (size, type) but not stored yet: its blob key is
+    the SHA-256 of its bytes, exactly what the blob store will answer to ``put``."""
+    limit = runtime.settings.max_upload_bytes
+    size = _size_of(data)
+    name = sanitize_filename(filename)
+    if size > limit:
+        raise PayloadTooLarge(
+            f"{name!r} is {size} bytes: over the {limit} byte upload limit per file",
+            details={"filename": name, "limit_bytes": limit},
+        )
+    media_type = detect_media_type(_detection_bytes(data), name, declared, limits=runtime.settings.parse)
+    key = _sha256_of(data)
+    return SourceItem(
+        source_type="file",
+        blob_key=key,
+        media_type=media_type,
+        content_hash=key,
+        size_bytes=size,
+        filename=name,
+        title=None,
+        external_id=external_id,
+    )
+
+
+def save_file(runtime: Runtime, item: SourceItem, data: FileData) -> SourceItem:
+    """Put a described upload in the blob store (a file is copied through, not read whole)."""
+    key = runtime.blobs.put(data) if isinstance(data, bytes) else runtime.blobs.put_file(data)
+    item.blob_key = key
+    return item
 
 
 def store_file(
     runtime: Runtime,
-    data: bytes,
+    data: FileData,
     filename: str | None,
     declared: str | None,
     *,
@@ -81,24 +165,12 @@ def store_file(
 ) -> SourceItem:
     """Store an upload. With an ``external_id`` (the CLI passes the file's relative path) a changed
     file replaces its earlier version; without one, files are matched by name and content."""
-    if len(data) > runtime.settings.max_upload_bytes:
-        raise PayloadTooLarge(f"file exceeds the {runtime.settings.max_upload_bytes} byte limit")
-    name = sanitize_filename(filename)
-    media_type = detect_media_type(data, name, declared)
-    key = runtime.blobs.put(data)
-    return SourceItem(
-        source_type="file",
-        blob_key=key,
-        media_type=media_type,
-        content_hash=key,
-        size_bytes=len(data),
-        filename=name,
-        title=None,
-        external_id=external_id,
-    )
+    item = describe_file(runtime, data, filename, declared, external_id=external_id)
+    return save_file(runtime, item, data)
 
 
-def store_text_record(runtime: Runtime, record: dict[str, Any], index: int) -> SourceItem:
+def describe_text_record(record: dict[str, Any], index: int) -> tuple[SourceItem, bytes]:
+    """A text record's future item (blob key included) and its bytes, nothing stored yet."""
     text = record.get("text")
     if not isinstance(text, str) or not text.strip():
         raise InvalidInput(f"documents[{index}].text must be a non-empty string")
@@ -108,11 +180,10 @@ def store_text_record(runtime: Runtime, record: dict[str, Any], index: int) -> S
     if not isinstance(metadata, dict):
         raise InvalidInput(f"documents[{index}].metadata must be an object")
     data = text.encode("utf-8")
-    key = runtime.blobs.put(data)
     digest = hashlib.sha256(f"{title or ''}\x00".encode() + data).hexdigest()
-    return SourceItem(
+    item = SourceItem(
         source_type="text",
-        blob_key=key,
+        blob_key=hashlib.sha256(data).hexdigest(),
         media_type="text/plain",
         content_hash=digest,
         size_bytes=len(data),
@@ -120,6 +191,13 @@ def store_text_record(runtime: Runtime, record: dict[str, Any], index: int) -> S
         external_id=str(external_id) if external_id is not None else None,
         metadata=metadata,
     )
+    return item, data
+
+
+def store_text_record(runtime: Runtime, record: dict[str, Any], index: int) -> SourceItem:
+    item, data = describe_text_record(record, index)
+    item.blob_key = runtime.blobs.put(data)
+    return item
 
 
 def check_unique_external_ids(items: list[SourceItem]) -> None:

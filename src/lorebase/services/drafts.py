@@ -22,6 +22,7 @@ from lorebase.db.models import KnowledgeBase, new_id, utcnow
 from lorebase.errors import InvalidInput, LorebaseError, NotFound
 from lorebase.pipeline.chunk import chunk
 from lorebase.runtime import embedder_info
+from lorebase.services import quotas
 from lorebase.services.auth import Principal
 from lorebase.services.config import (
     chunking_of,
@@ -30,7 +31,14 @@ from lorebase.services.config import (
     notification_problems,
     parse_config,
 )
-from lorebase.services.documents import SourceItem, start_pipeline, store_file, store_text_record
+from lorebase.services.documents import (
+    FileTuple,
+    SourceItem,
+    describe_file,
+    describe_text_record,
+    save_file,
+    start_pipeline,
+)
 from lorebase.services.sources import create_source, validate_web_source
 
 if TYPE_CHECKING:
@@ -128,16 +136,24 @@ def add_files(
     runtime: Runtime,
     p: Principal,
     draft_id: str,
-    files: list[tuple[str | None, str | None, bytes]],
+    files: list[FileTuple],
     external_ids: list[str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """``files``: (filename, declared content type, bytes). One source per file."""
-    get(runtime, p, draft_id)  # 404 before storing anything
+    """``files``: (filename, declared content type, bytes or a file's path). One source per file.
+
+    Every file is checked (size, type) and the workspace quota before any is stored."""
+    draft = runtime.drafts.get(p.workspace_id, draft_id)  # 404 before storing anything
     if not files:
         raise InvalidInput("no files in the request (multipart field 'files')")
+    ids = external_ids or [None] * len(files)
+    items = [
+        describe_file(runtime, data, filename, declared, external_id=ext)
+        for (filename, declared, data), ext in zip(files, ids, strict=True)
+    ]
+    quotas.check_new(runtime, p.workspace_id, [*_items(draft.sources), *items])
     sources = []
-    for (filename, declared, data), ext in zip(files, external_ids or [None] * len(files), strict=True):
-        item = store_file(runtime, data, filename, declared, external_id=ext)
+    for item, (_, _, data) in zip(items, files, strict=True):
+        save_file(runtime, item, data)
         sources.append(
             {"id": new_id(), "type": "file", "created_at": utcnow().isoformat(), "items": [item.to_json()]}
         )
@@ -147,10 +163,14 @@ def add_files(
 def add_text(
     runtime: Runtime, p: Principal, draft_id: str, documents: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    get(runtime, p, draft_id)
+    draft = runtime.drafts.get(p.workspace_id, draft_id)
     if not documents:
         raise InvalidInput("a text source needs at least one document")
-    items = [store_text_record(runtime, rec, i) for i, rec in enumerate(documents)]
+    described = [describe_text_record(rec, i) for i, rec in enumerate(documents)]
+    items = [item for item, _ in described]
+    quotas.check_new(runtime, p.workspace_id, [*_items(draft.sources), *items])
+    for item, data in described:
+        item.blob_key = runtime.blobs.put(data)
     src = {
         "id": new_id(),
         "type": "text",
@@ -360,9 +380,11 @@ def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -
         status="processing",
         created_by=p.key_id,
     )
+    items = _items(draft.sources)
+    quotas.check_new_in(runtime, s, p.workspace_id, items)
     s.add(kb)
     s.flush()
-    pipeline, _ = start_pipeline(s, runtime, kb, _items(draft.sources))
+    pipeline, _ = start_pipeline(s, runtime, kb, items)
     for src in _web_sources(draft.sources):
         create_source(s, runtime, kb, pipeline, src["url"], src["crawl"], source_id=src["id"])
     return {

@@ -9,8 +9,18 @@ from sqlalchemy.orm import Session
 
 from lorebase.db.models import Chunk, CrawlPage, Document, Job, KnowledgeBase, Pipeline, QueryLog, Source
 from lorebase.errors import InvalidInput, NotFound
+from lorebase.services import quotas
 from lorebase.services.auth import Principal
-from lorebase.services.documents import start_pipeline, store_file, store_text_record
+from lorebase.services.documents import (
+    FileData,
+    FileTuple,
+    SourceItem,
+    check_unique_external_ids,
+    describe_file,
+    describe_text_record,
+    save_file,
+    start_pipeline,
+)
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -114,25 +124,35 @@ def add_documents(
     kb_id: str,
     *,
     records: list[dict[str, Any]] | None = None,
-    files: list[tuple[str | None, str | None, bytes]] | None = None,
+    files: list[FileTuple] | None = None,
     external_ids: list[str | None] | None = None,
 ) -> dict[str, Any]:
+    """Every item is checked (size, type, the workspace quota) before any blob is stored."""
     get(runtime, p, kb_id)  # 404 before storing anything
-    items = []
+    items: list[SourceItem] = []
+    contents: list[FileData] = []
     if records is not None:
         if not records:
             raise InvalidInput("documents must not be empty")
-        items = [store_text_record(runtime, rec, i) for i, rec in enumerate(records)]
+        for i, rec in enumerate(records):
+            item, text = describe_text_record(rec, i)
+            items.append(item)
+            contents.append(text)
     elif files:
         ids = external_ids or [None] * len(files)
-        items = [
-            store_file(runtime, d, name, ctype, external_id=x)
-            for (name, ctype, d), x in zip(files, ids, strict=True)
-        ]
+        for (name, ctype, d), x in zip(files, ids, strict=True):
+            items.append(describe_file(runtime, d, name, ctype, external_id=x))
+            contents.append(d)
     else:
         raise InvalidInput("send JSON {documents:[...]} or multipart files in the field 'files'")
+    check_unique_external_ids(items)
+    with runtime.db.read_session() as s:
+        quotas.check_kb(runtime, s, load(s, p, kb_id), items)
+    for item, content in zip(items, contents, strict=True):
+        save_file(runtime, item, content)
     with runtime.db.session() as s:
         kb = load(s, p, kb_id)
+        quotas.check_kb(runtime, s, kb, items)  # again: others may have added meanwhile
         pipeline, outcome = start_pipeline(s, runtime, kb, items)
         pipeline_id = pipeline.id
     runtime.queue.notify()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,6 +35,11 @@ class DatabaseBlobStore:
                 ins.values(key=key, data=data, size=len(data)).on_conflict_do_nothing(index_elements=["key"])
             )
         return key
+
+    def put_file(self, path: Path) -> str:
+        """A row holds the whole value: the file is read into memory (uploads are capped per file
+        by ``max_upload_bytes``, and read one at a time)."""
+        return self.put(path.read_bytes())
 
     def get(self, key: str) -> bytes:
         if not _KEY.match(key):  # keys are ours; anything else is tampering

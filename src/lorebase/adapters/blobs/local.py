@@ -11,6 +11,7 @@ from pathlib import Path
 from lorebase.errors import NotFound
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+_BLOCK = 1024 * 1024
 
 
 class LocalBlobStore:
@@ -34,6 +35,27 @@ class LocalBlobStore:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return key
+
+    def put_file(self, path: Path) -> str:
+        """Copy ``path`` in by 1 MiB blocks, hashing on the way; the copy is renamed into place."""
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out, path.open("rb") as src:
+                while block := src.read(_BLOCK):
+                    digest.update(block)
+                    out.write(block)
+            key = digest.hexdigest()
+            target = self._path(key)
+            if target.exists():
+                Path(tmp).unlink()
+                return key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

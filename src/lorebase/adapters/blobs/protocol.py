@@ -6,6 +6,7 @@ hostile filename can never choose where bytes land.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
@@ -13,6 +14,11 @@ from typing import Protocol, runtime_checkable
 class BlobStore(Protocol):
     def put(self, data: bytes) -> str:
         """Store bytes; return their key (idempotent: the same bytes give the same key)."""
+        ...
+
+    def put_file(self, path: Path) -> str:
+        """Store a file's bytes (hashed while copied, never whole in memory where the store allows);
+        return their key, the same as ``put`` of those bytes would."""
         ...
 
     def get(self, key: str) -> bytes:
