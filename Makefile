@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 SCIFACT ?= ../shared/eval/scifact
 
-.PHONY: install install-dev serve test test-postgres test-scale faults lint format eval bench smoke clean test-site
+.PHONY: install install-dev serve test test-postgres test-scale faults lint format eval bench smoke schema-fuzz clean test-site
 PYDOCS := /usr/share/doc/python3.11/html
 
 $(BIN)/python:
@@ -51,7 +51,7 @@ test-site:
 POSTGRES_SUITES := tests/integration/test_job_queue.py tests/integration/test_dispatch.py \
 	tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
 	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py \
-	tests/integration/test_pipeline_events.py
+	tests/integration/test_pipeline_events.py tests/integration/test_isolation.py
 
 test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgvector
 	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(POSTGRES_SUITES)
@@ -60,7 +60,8 @@ test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgv
 SCALE_SUITES := tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
 	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py \
 	tests/integration/test_drafts_redis.py tests/integration/test_external_stores.py \
-	tests/integration/test_pipeline_events.py tests/contract tests/faults
+	tests/integration/test_pipeline_events.py tests/integration/test_isolation.py \
+	tests/contract tests/faults
 
 test-scale: $(DEV_STAMP)  ## the API, store-contract and fault suites with Celery workers on PostgreSQL + Redis
 	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=celery $(BIN)/pytest -q $(SCALE_SUITES)
@@ -91,6 +92,9 @@ bench: $(DEV_STAMP)
 
 smoke: $(STAMP)  ## the shared HTTP contract check against a live server
 	bash .ci/contract-smoke
+
+schema-fuzz: $(DEV_STAMP)  ## schemathesis from /openapi.json against a live server: no 5xx
+	bash .ci/schemathesis
 
 clean:
 	rm -rf $(VENV) lorebase-data lorebase-eval

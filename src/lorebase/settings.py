@@ -222,8 +222,9 @@ class ParseSettings(BaseModel):
     max_memory_mb: int = Field(
         2048,
         ge=256,
-        description="Address-space limit (RLIMIT_AS) of a parser subprocess, in MiB; a file that "
-        "needs more fails its document.",
+        description="Memory one document may take in its parser subprocess, in MiB (RLIMIT_AS set "
+        "to the warmed-up process's size plus this before each document); a file that needs more "
+        "fails its document.",
     )
     zip_max_entries: int = Field(
         10_000, ge=1, description="Entries a DOCX (zip) may hold before it is refused unparsed."

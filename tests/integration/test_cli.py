@@ -194,7 +194,9 @@ def test_keys_create_prints_a_key_that_authenticates_to_the_workspace(cli: Cli) 
 
 
 def test_keys_list_shows_prefixes_and_scopes_never_the_secret_and_revoke_ends_a_key(cli: Cli) -> None:
-    reader = cli.ok("keys", "create", "--workspace", "team", "--name", "bot", "--scopes", "read").stdout.strip()
+    reader = cli.ok(
+        "keys", "create", "--workspace", "team", "--name", "bot", "--scopes", "read"
+    ).stdout.strip()
     other = cli.ok("keys", "create", "--workspace", "ops").stdout.strip()
     listed = json.loads(cli.ok("keys", "list", "--json").stdout)
     assert {k["workspace"] for k in listed} == {"team", "ops"}

@@ -7,9 +7,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from python_multipart.exceptions import MultipartParseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lorebase.errors import LorebaseError
+from lorebase.errors import LorebaseError, RateLimited
 
 _CODES = {
     400: "bad_request",
@@ -34,7 +35,15 @@ def error_body(status: int, message: str, *, code: str | None = None, details: A
 def install(app: FastAPI) -> None:
     @app.exception_handler(LorebaseError)
     async def _lorebase(_: Request, exc: LorebaseError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers: dict[str, str] | None = None
+        if exc.status_code == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after)}
+        elif exc.status_code == 413:
+            # the body may be partly unread: closing stops the client sending the rest (uvicorn
+            # would otherwise read and discard it all to keep the connection alive)
+            headers = {"Connection": "close"}
         return JSONResponse(
             error_body(exc.status_code, exc.message, code=exc.code, details=exc.details),
             status_code=exc.status_code,
@@ -48,6 +57,12 @@ def install(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         return JSONResponse(error_body(422, "the request is not valid", details=details), status_code=422)
+
+    @app.exception_handler(MultipartParseError)
+    async def _multipart(_: Request, exc: MultipartParseError) -> JSONResponse:
+        # a malformed multipart body (bad boundary framing, control characters in a part's
+        # headers) is the client's error, wherever the body is streamed and parsed
+        return JSONResponse(error_body(400, f"the multipart body is malformed: {exc}"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

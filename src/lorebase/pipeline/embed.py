@@ -65,9 +65,7 @@ def cached_vectors(session: Session, model_id: str, texts: list[str], scope: str
     return cached
 
 
-def embed_with_cache(
-    embedder: Embedder, texts: list[str], cached: dict[str, bytes], scope: str
-) -> Embedded:
+def embed_with_cache(embedder: Embedder, texts: list[str], cached: dict[str, bytes], scope: str) -> Embedded:
     """Vectors for ``texts``: cached ones reused, the rest (each distinct text once) from the model.
 
     Runs outside any transaction: encoding takes seconds and must not pin a database snapshot.

@@ -12,12 +12,11 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 def install(app: FastAPI) -> None:
-    """Pages, sign-in, ``/static`` and the security headers of every dashboard response."""
+    """Pages, sign-in and ``/static``. (The security headers of every response, the dashboard's
+    CSP included, are ``web.security.SecurityHeaders``, added by ``create_app``.)"""
     from lorebase.web import session, views
-    from lorebase.web.security import SecurityHeaders
 
     app.include_router(session.router)
     app.include_router(views.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_exception_handler(session.LoginRequired, session.login_redirect)
-    app.add_middleware(SecurityHeaders)

@@ -9,8 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
 from lorebase.api.idempotency import IDEMPOTENT
+from lorebase.api.ratelimit import RATE_FINALIZE, RATE_UPLOAD
 from lorebase.api.schemas.requests import DraftCreate, DraftPatch, PreviewRequest, TextSource, WebSource
-from lorebase.api.uploads import is_multipart, read_files, read_json
+from lorebase.api.uploads import is_multipart, read_json, receive_files, request_cap
 from lorebase.services import drafts
 
 router = APIRouter(prefix="/api/v1/kb-drafts", tags=["drafts"])
@@ -58,15 +59,21 @@ def delete_draft(draft_id: str, runtime: RuntimeDep, p: PrincipalDep) -> Respons
     return Response(status_code=204)
 
 
-@router.post("/{draft_id}/sources", status_code=201, openapi_extra=SOURCES_BODY, dependencies=[IDEMPOTENT])
+@router.post(
+    "/{draft_id}/sources",
+    status_code=201,
+    openapi_extra=SOURCES_BODY,
+    dependencies=[RATE_UPLOAD, IDEMPOTENT],
+)
 async def add_sources(
     draft_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep
 ) -> dict[str, Any]:
     if is_multipart(request):
-        files = await read_files(request, runtime.settings.max_upload_bytes)
-        sources = await run_in_threadpool(drafts.add_files, runtime, p, draft_id, files)
+        await run_in_threadpool(drafts.get, runtime, p, draft_id)  # 404 before reading the body
+        async with receive_files(request, runtime.settings) as files:
+            sources = await run_in_threadpool(drafts.add_files, runtime, p, draft_id, files)
         return {"sources": sources}
-    body = await read_json(request, TextSource, WebSource)
+    body = await read_json(request, TextSource, WebSource, cap=request_cap(runtime.settings))
     if isinstance(body, WebSource):
         sources = await run_in_threadpool(drafts.add_web, runtime, p, draft_id, body.url, body.crawl)
         return {"sources": sources}
@@ -95,7 +102,7 @@ def validate(draft_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, A
     return drafts.validate(runtime, p, draft_id)
 
 
-@router.post("/{draft_id}/finalize", status_code=202, dependencies=[IDEMPOTENT])
+@router.post("/{draft_id}/finalize", status_code=202, dependencies=[RATE_FINALIZE, IDEMPOTENT])
 def finalize(draft_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     result = drafts.finalize(runtime, p, draft_id)
     base = (runtime.settings.public_url or str(request.base_url)).rstrip("/")

@@ -9,9 +9,10 @@ from starlette.concurrency import run_in_threadpool
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
 from lorebase.api.idempotency import IDEMPOTENT
+from lorebase.api.ratelimit import RATE_UPLOAD
 from lorebase.api.routes.drafts import MULTIPART_FILES
 from lorebase.api.schemas.requests import DocumentsBatch, WebSource
-from lorebase.api.uploads import is_multipart, read_files, read_json
+from lorebase.api.uploads import is_multipart, read_json, receive_files, request_cap
 from lorebase.services import kbs, sources
 
 router = APIRouter(prefix="/api/v1", tags=["knowledge bases"])
@@ -46,19 +47,23 @@ def delete_kb(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> Response:
 
 
 @router.post(
-    "/kbs/{kb_id}/documents", status_code=202, openapi_extra=DOCUMENTS_BODY, dependencies=[IDEMPOTENT]
+    "/kbs/{kb_id}/documents",
+    status_code=202,
+    openapi_extra=DOCUMENTS_BODY,
+    dependencies=[RATE_UPLOAD, IDEMPOTENT],
 )
 async def add_documents(kb_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     if is_multipart(request):
-        files = await read_files(request, runtime.settings.max_upload_bytes)
-        return await run_in_threadpool(lambda: kbs.add_documents(runtime, p, kb_id, files=files))
-    body = await read_json(request, DocumentsBatch)
+        await run_in_threadpool(kbs.get, runtime, p, kb_id)  # 404 before reading the body
+        async with receive_files(request, runtime.settings) as files:
+            return await run_in_threadpool(lambda: kbs.add_documents(runtime, p, kb_id, files=files))
+    body = await read_json(request, DocumentsBatch, cap=request_cap(runtime.settings))
     assert isinstance(body, DocumentsBatch)
     records = [r.model_dump() for r in body.documents]
     return await run_in_threadpool(lambda: kbs.add_documents(runtime, p, kb_id, records=records))
 
 
-@router.post("/kbs/{kb_id}/sources", status_code=202, dependencies=[IDEMPOTENT])
+@router.post("/kbs/{kb_id}/sources", status_code=202, dependencies=[RATE_UPLOAD, IDEMPOTENT])
 def add_source(kb_id: str, body: WebSource, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return sources.add_to_kb(runtime, p, kb_id, body.url, body.crawl)
 

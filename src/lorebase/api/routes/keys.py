@@ -10,17 +10,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
+from lorebase.api.schemas.requests import StorableModel
 from lorebase.errors import InvalidInput
 from lorebase.services import auth
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 
 
-class KeyCreate(BaseModel):
+class KeyCreate(StorableModel):
     name: str = Field("", max_length=200)
     scopes: list[str] = Field(default_factory=lambda: ["read"], min_length=1, max_length=3)
     expires_at: datetime | None = Field(None, description="UTC; omitted: the key never expires.")

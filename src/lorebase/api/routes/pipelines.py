@@ -22,6 +22,8 @@ router = APIRouter(prefix="/api/v1", tags=["pipelines"])
 #: process ran the job, so polling it is what works the same in every deployment mode
 EVENT_POLL_SECONDS = 0.25
 KEEPALIVE_SECONDS = 15.0
+#: event ids are a 32-bit ``INTEGER`` column: PostgreSQL refuses to compare it with a larger bound
+MAX_EVENT_ID = 2**31 - 1
 
 
 @router.get("/pipelines/{pipeline_id}")
@@ -44,7 +46,9 @@ async def pipeline_events(
     runtime: RuntimeDep,
     p: PrincipalDep,
     last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="resume after this event id")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_EVENT_ID, description="resume after this event id")
+    ] = None,
 ) -> Response:
     """Server-Sent Events: ``pipeline`` (the pipeline as ``GET /pipelines/{id}`` shows it),
     ``document`` (one document's transition) and ``end`` (the final state; the stream closes).
@@ -61,6 +65,8 @@ async def pipeline_events(
             raise InvalidInput("Last-Event-ID must be an event id (an integer)") from None
         if start < 0:
             raise InvalidInput("Last-Event-ID must not be negative")
+        if start > MAX_EVENT_ID:  # beyond what the database can compare with
+            raise InvalidInput("Last-Event-ID is not an event id of this pipeline")
     batch, over = await run_in_threadpool(pipelines.events_since, runtime, p, pipeline_id, start)
     if over and not batch:
         return Response(status_code=204)

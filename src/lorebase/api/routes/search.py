@@ -7,13 +7,14 @@ from typing import Any
 from fastapi import APIRouter
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
+from lorebase.api.ratelimit import RATE_SEARCH
 from lorebase.api.schemas.requests import FeedbackRequest, SearchRequest
 from lorebase.services import search
 
 router = APIRouter(prefix="/api/v1", tags=["search"])
 
 
-@router.post("/kbs/{kb_id}/search")
+@router.post("/kbs/{kb_id}/search", dependencies=[RATE_SEARCH])
 def search_kb(kb_id: str, body: SearchRequest, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return search.search(
         runtime, p, kb_id, body.query, mode=body.mode, top_k=body.top_k, filters=body.filters
