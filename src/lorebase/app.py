@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
             allow_credentials=False,
             max_age=600,
         )
+    app.add_middleware(guards.BodyLimit, settings=settings)  # 413 before a body is buffered
     app.add_middleware(SecurityHeaders)
     return app
 

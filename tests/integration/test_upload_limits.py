@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from conftest import make_settings, running_app
 from lorebase.settings import LimitSettings
 from support import testdb
+from support.cluster import free_port
 
 BOUNDARY = "lorebase-test-boundary"
 SIGN_IN = re.compile(r"http://\S+/login\?token=(\S+?)&next=")
@@ -187,6 +188,34 @@ def test_a_file_over_the_cap_is_refused_whole_request_and_nothing_is_kept(app_di
         assert not files_in(app_dir / "tmp")
 
 
+def test_json_bodies_are_capped_at_one_file_size_declared_or_streamed(app_dir: Path) -> None:
+    with client_for(app_dir, max_upload_bytes=64 * 1024) as client:
+        auth = new_key(client)
+        declared = client.post("/api/v1/kb-drafts", json={"name": "x" * (70 * 1024)}, headers=auth)
+        assert error_of(declared, 413, "payload_too_large")["details"] == {"limit_bytes": 64 * 1024}
+        d = draft(client, auth)
+
+        def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"type": "text", "documents": [{"text": "'
+            for _ in range(70):
+                yield b"a" * 1024
+            yield b'"}]}'
+
+        streamed = client.post(
+            f"/api/v1/kb-drafts/{d}/sources",
+            content=chunked(),
+            headers={**auth, "Content-Type": "application/json"},
+        )
+        error_of(streamed, 413, "payload_too_large")
+        assert client.get(f"/api/v1/kb-drafts/{d}", headers=auth).json()["sources"] == []
+        ok = client.post(
+            f"/api/v1/kb-drafts/{d}/sources",
+            json={"type": "text", "documents": [{"text": "a" * (60 * 1024)}]},
+            headers=auth,
+        )
+        assert ok.status_code == 201, ok.text
+
+
 def _doc_count(client: TestClient) -> int:
     from sqlalchemy import func, select
 
@@ -275,12 +304,6 @@ GIB2 = 2 * 1024**3
 CAP = 8 * 1024 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _vm(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -291,7 +314,7 @@ def _vm(pid: int, field: str) -> int:
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[tuple[int, str, int]]:
     """``lorebase serve --workers 0`` with an 8 MiB cap: (port, api key, pid)."""
-    data_dir, port = tmp_path / "data", _free_port()
+    data_dir, port = tmp_path / "data", free_port()
     env = {
         **os.environ,
         "LOREBASE_DATA_DIR": str(data_dir),

@@ -13,6 +13,11 @@ import re
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lorebase.errors import PayloadTooLarge
+from lorebase.settings import Settings
 
 #: the largest integer SQLite and PostgreSQL (bigint) accept
 INT64_MAX = 2**63 - 1
@@ -40,3 +45,60 @@ def storable_parameters(request: Request) -> None:
     for name, value in request.path_params.items():
         if isinstance(value, str) and "\x00" in value:
             raise _error("path", name, "NUL characters are not allowed")
+
+
+class BodyLimit:
+    """No request body is read past its cap, on any endpoint: 413 ``payload_too_large``.
+
+    Routes that take JSON (FastAPI parses it whole) would otherwise buffer whatever a client
+    sends. A JSON body may be as large as one uploaded file (``max_upload_bytes``); a multipart
+    body as large as a full batch of files (``uploads.request_cap``, which ``receive_files``
+    also enforces part by part). A declared ``Content-Length`` over the cap is refused before
+    a byte is read; an undeclared (chunked) body is counted as it arrives and refused the moment
+    it passes the cap (the error is raised inside the route that reads it, and answered by the
+    API's error handler). Pure ASGI, so streaming responses are not buffered.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def cap(self, content_type: bytes) -> int:
+        from lorebase.api.uploads import request_cap
+
+        if content_type.lower().startswith(b"multipart/form-data"):
+            return request_cap(self.settings)
+        return self.settings.max_upload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        cap = self.cap(headers.get(b"content-type", b""))
+        declared = headers.get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > cap:
+            from lorebase.api.errors import error_body
+
+            message = f"the request body is {int(declared)} bytes: over the {cap} byte limit"
+            response = JSONResponse(
+                error_body(413, message, details={"limit_bytes": cap}),
+                status_code=413,
+                headers={"Connection": "close"},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > cap:
+                    raise PayloadTooLarge(
+                        f"the request body is over the {cap} byte limit", details={"limit_bytes": cap}
+                    )
+            return message
+
+        await self.app(scope, counted, send)
