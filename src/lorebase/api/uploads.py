@@ -6,7 +6,7 @@ streaming parser of python-multipart) and each file part is written to a spool f
 bytes are counted. Limits, each answered with 413 ``payload_too_large`` at once, without reading on:
 
 * a file over ``settings.max_upload_bytes`` (the moment its part passes the limit);
-* a request over ``MAX_FILES_PER_REQUEST`` times ``max_upload_bytes`` plus ``REQUEST_SLACK_BYTES`` (for
+* a request over ``REQUEST_FILE_CAPS`` times ``max_upload_bytes`` plus ``REQUEST_SLACK_BYTES`` (for
   headers and small fields): by ``Content-Length`` before the body is read, else while streaming;
 * more than ``MAX_FILES_PER_REQUEST`` files, or a text field over ``MAX_FIELD_BYTES``.
 
@@ -33,8 +33,10 @@ from lorebase.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from lorebase.services.documents import FileTuple, sanitize_filename
 from lorebase.settings import Settings
 
-#: files one multipart request may carry; with ``max_upload_bytes`` it also sets the request cap
-MAX_FILES_PER_REQUEST = 20
+#: files one multipart request may carry (a folder's worth; more go in several requests)
+MAX_FILES_PER_REQUEST = 1000
+#: the files of one request may total this many times ``max_upload_bytes`` (bounds the spool)
+REQUEST_FILE_CAPS = 10
 #: room for multipart headers and small text fields on top of the files themselves
 REQUEST_SLACK_BYTES = 1024 * 1024
 #: a non-file form field (text) larger than this is refused
@@ -48,7 +50,7 @@ def is_multipart(request: Request) -> bool:
 
 def request_cap(settings: Settings) -> int:
     """The largest request body accepted by an upload (or JSON) endpoint."""
-    return settings.max_upload_bytes * MAX_FILES_PER_REQUEST + REQUEST_SLACK_BYTES
+    return settings.max_upload_bytes * REQUEST_FILE_CAPS + REQUEST_SLACK_BYTES
 
 
 def spool_dir(settings: Settings) -> Path:
@@ -67,7 +69,8 @@ def check_content_length(request: Request, cap: int) -> None:
     if declared > cap:
         raise PayloadTooLarge(
             f"the request body is {declared} bytes: over the {cap} byte limit per request "
-            f"({MAX_FILES_PER_REQUEST} files of at most {cap // MAX_FILES_PER_REQUEST} bytes)",
+            f"(files of one request may total {REQUEST_FILE_CAPS} times the per-file limit; "
+            "send them in several requests)",
             details={"limit_bytes": cap},
         )
 
