@@ -25,6 +25,7 @@ import io
 import sys
 import zipfile
 import zlib
+from collections.abc import Callable
 
 from docx import Document as DocxDocument
 
@@ -49,46 +50,51 @@ def _zeros_entry(archive: zipfile.ZipFile, name: str, mib: int) -> zipfile.ZipIn
     return info
 
 
-def zip_bomb_docx(entry_mib: int = 100, copies: int = 12) -> bytes:
-    """~``entry_mib * copies`` MiB declared in ~``entry_mib`` KB (see the module docstring)."""
+def _rewrite_docx(
+    add: Callable[[zipfile.ZipFile], object] | None = None,
+    *,
+    text: str = "A harmless paragraph.",
+    change: Callable[[zipfile.ZipInfo, bytes], bytes] | None = None,
+) -> bytes:
+    """A copy of a small python-docx document, each part passed through ``change`` and then
+    ``add`` given the archive to put more entries in."""
     buf = io.BytesIO()
     with (
-        zipfile.ZipFile(io.BytesIO(_small_docx())) as source,
+        zipfile.ZipFile(io.BytesIO(_small_docx(text))) as source,
         zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out,
     ):
         for item in source.infolist():
-            out.writestr(item, source.read(item))
+            data = source.read(item)
+            out.writestr(item, change(item, data) if change else data)
+        if add is not None:
+            add(out)
+    return buf.getvalue()
+
+
+def zip_bomb_docx(entry_mib: int = 100, copies: int = 12) -> bytes:
+    """~``entry_mib * copies`` MiB declared in ~``entry_mib`` KB (see the module docstring)."""
+
+    def add(out: zipfile.ZipFile) -> None:
         zeros = _zeros_entry(out, "word/media/zeros.bin", entry_mib)
         for _ in range(copies - 1):
             out.filelist.append(copy.copy(zeros))  # another directory record, same local entry
-    return buf.getvalue()
+
+    return _rewrite_docx(add)
 
 
 def ratio_bomb_docx(mib: int = 20) -> bytes:
     """A DOCX with one honest entry of ``mib`` MiB of zeros (compression ratio ~1000)."""
-    buf = io.BytesIO()
-    with (
-        zipfile.ZipFile(io.BytesIO(_small_docx())) as source,
-        zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out,
-    ):
-        for item in source.infolist():
-            out.writestr(item, source.read(item))
-        _zeros_entry(out, "word/media/zeros.bin", mib)
-    return buf.getvalue()
+    return _rewrite_docx(lambda out: _zeros_entry(out, "word/media/zeros.bin", mib))
 
 
 def many_entries_docx(extra: int) -> bytes:
     """A valid DOCX with ``extra`` more (tiny) entries."""
-    buf = io.BytesIO()
-    with (
-        zipfile.ZipFile(io.BytesIO(_small_docx())) as source,
-        zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out,
-    ):
-        for item in source.infolist():
-            out.writestr(item, source.read(item))
+
+    def add(out: zipfile.ZipFile) -> None:
         for i in range(extra):
             out.writestr(f"customXml/item{i}.bin", b"x")
-    return buf.getvalue()
+
+    return _rewrite_docx(add)
 
 
 BILLION_LAUGHS_PROLOG = (
@@ -105,18 +111,14 @@ BILLION_LAUGHS_PROLOG = (
 
 def billion_laughs_docx() -> bytes:
     """A python-docx document whose ``word/document.xml`` declares and uses nested entities."""
-    buf = io.BytesIO()
-    with (
-        zipfile.ZipFile(io.BytesIO(_small_docx("LAUGHS-HERE"))) as source,
-        zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out,
-    ):
-        for item in source.infolist():
-            data = source.read(item)
-            if item.filename == "word/document.xml":
-                body = data.split(b"?>", 1)[1].lstrip()  # drop the original XML declaration
-                data = BILLION_LAUGHS_PROLOG + body.replace(b"LAUGHS-HERE", b"&lol9;")
-            out.writestr(item, data)
-    return buf.getvalue()
+
+    def change(item: zipfile.ZipInfo, data: bytes) -> bytes:
+        if item.filename != "word/document.xml":
+            return data
+        body = data.split(b"?>", 1)[1].lstrip()  # drop the original XML declaration
+        return BILLION_LAUGHS_PROLOG + body.replace(b"LAUGHS-HERE", b"&lol9;")
+
+    return _rewrite_docx(text="LAUGHS-HERE", change=change)
 
 
 def _pdf(objects: list[bytes], trailer: bytes, *, xref_prev_self: bool = False) -> bytes:

@@ -155,20 +155,6 @@ def save_file(runtime: Runtime, item: SourceItem, data: FileData) -> SourceItem:
     return item
 
 
-def store_file(
-    runtime: Runtime,
-    data: FileData,
-    filename: str | None,
-    declared: str | None,
-    *,
-    external_id: str | None = None,
-) -> SourceItem:
-    """Store an upload. With an ``external_id`` (the CLI passes the file's relative path) a changed
-    file replaces its earlier version; without one, files are matched by name and content."""
-    item = describe_file(runtime, data, filename, declared, external_id=external_id)
-    return save_file(runtime, item, data)
-
-
 def describe_text_record(record: dict[str, Any], index: int) -> tuple[SourceItem, bytes]:
     """A text record's future item (blob key included) and its bytes, nothing stored yet."""
     text = record.get("text")
