@@ -30,8 +30,11 @@ install-dev: $(DEV_STAMP)
 serve: $(STAMP)  ## install and run the API + embedded workers on http://127.0.0.1:8000
 	$(BIN)/lorebase serve
 
+#: with JUNIT_DIR set (.ci/run does), every pytest run writes a JUnit XML report there
+junit = $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/$(1).xml)
+
 test: $(DEV_STAMP) test-site  ## install and run the test suite
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(call junit,test)
 
 # The crawl tests serve Debian's python3.11-doc (530 real HTML pages) on loopback; the dashboard
 # tests drive Debian's chromium. Installed when apt can be used without a password; otherwise
@@ -54,7 +57,7 @@ POSTGRES_SUITES := tests/integration/test_job_queue.py tests/integration/test_di
 	tests/integration/test_pipeline_events.py tests/integration/test_isolation.py
 
 test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgvector
-	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(POSTGRES_SUITES)
+	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(call junit,test-postgres) $(POSTGRES_SUITES)
 
 #: the suites that run in the scaled mode: PostgreSQL + pgvector, Redis, Celery worker processes
 SCALE_SUITES := tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
@@ -64,8 +67,10 @@ SCALE_SUITES := tests/integration/test_api_e2e.py tests/integration/test_idempot
 	tests/contract tests/faults
 
 test-scale: $(DEV_STAMP)  ## the API, store-contract and fault suites with Celery workers on PostgreSQL + Redis
-	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=celery $(BIN)/pytest -q $(SCALE_SUITES)
-	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=rq $(BIN)/pytest -q tests/integration/test_api_e2e.py
+	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=celery $(BIN)/pytest -q $(call junit,test-scale-celery) \
+		$(SCALE_SUITES)
+	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=rq $(BIN)/pytest -q $(call junit,test-scale-rq) \
+		tests/integration/test_api_e2e.py
 
 faults: $(DEV_STAMP)  ## the fault-injection suite alone (also part of `make test`)
 	$(BIN)/pytest -q tests/faults

@@ -227,6 +227,12 @@ def test_keys_create_refuses_an_unknown_scope_and_revoke_an_unknown_key(cli: Cli
     assert "Traceback" not in bad.output + missing.output
 
 
+def test_worker_refuses_an_unknown_queue_kind_before_it_starts(cli: Cli) -> None:
+    bad = cli("worker", "--queues", "crawl,parse")
+    assert bad.exit_code == 2 and "unknown queue kind(s) parse" in bad.stderr, bad.output
+    assert "Traceback" not in bad.output and not cli.data_dir.exists()  # refused before any start
+
+
 def test_keys_create_with_an_expiry_makes_a_key_that_expires(cli: Cli) -> None:
     result = cli.ok("keys", "create", "--expires-in-days", "0.00001")
     key = result.stdout.strip()

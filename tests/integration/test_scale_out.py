@@ -18,12 +18,11 @@ from sqlalchemy import func, select, text
 from conftest import finalize_draft, wait_pipeline
 from factories import html_page
 from lorebase.db.engine import Database
-from lorebase.db.migrate import upgrade
 from lorebase.db.models import Chunk, Document, Job
 from lorebase.services.auth import create_key
 from support.cluster import Cluster, redis_available
 from support.faults import records
-from support.pg import create_database, drop_database, shared_server_url
+from support.pg import drop_database, migrated_database, shared_server_url
 
 N_RECORDS = 300
 N_FILES = 12
@@ -34,10 +33,9 @@ pytestmark = pytest.mark.timeout(900)
 @pytest.fixture
 def database() -> Iterator[tuple[str, Database]]:
     server = shared_server_url()
-    url = create_database(server)
+    url = migrated_database(server)
     db = Database(url)
     try:
-        upgrade(db.engine)
         yield url, db
     finally:
         db.dispose()

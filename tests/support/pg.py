@@ -6,6 +6,12 @@ also by ``LOREBASE_TEST_DATABASE=postgres`` runs, see ``support.testdb``), and s
 deletes its data dir) at the end. ``fresh_database`` makes an empty database on that server per
 test, so cases never see each other's rows, and drops it afterwards.
 
+``migrated_database`` makes a database that is already at the head migration, with the
+pgvector store's table: a copy (``CREATE DATABASE … TEMPLATE``) of one template database that
+is migrated once per server. An app database costs a file copy instead of running every
+migration again for every test; the migrations themselves are tested from an empty database
+by ``tests/integration/test_migrations.py``.
+
 Tests that need the server import the fixture into their module::
 
     from support.pg import fresh_database, pg_url  # noqa: F401  (pytest fixture)
@@ -28,7 +34,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from lorebase.adapters.stores.pgvector import PgvectorStore
 from lorebase.db.engine import Database
+from lorebase.db.migrate import upgrade
 
 
 @contextmanager
@@ -75,6 +83,7 @@ def stop_shared_server() -> None:
     """Stop the shared server and delete its temp dir; nothing if it is not running."""
     global _shared, _shared_url
     stack, _shared, _shared_url = _shared, None, None
+    _templates.clear()
     if stack is not None:
         stack.close()
 
@@ -85,11 +94,33 @@ def pg_url() -> Iterator[str]:
     stop_shared_server()
 
 
-def create_database(server_url: str) -> str:
-    """Make a new, empty database on the server at ``server_url``; return its URL."""
+def create_database(server_url: str, *, template: str | None = None) -> str:
+    """Make a new database on the server at ``server_url`` (empty, or a copy of the database
+    named ``template``); return its URL."""
     name = f"lorebase_test_{uuid.uuid4().hex[:12]}"  # generated here: safe to quote into DDL
-    _admin(server_url, f'CREATE DATABASE "{name}"')
+    copy = f' TEMPLATE "{template}"' if template else ""
+    _admin(server_url, f'CREATE DATABASE "{name}"{copy}')
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+_templates: dict[str, str] = {}
+
+
+def migrated_database(server_url: str) -> str:
+    """A new database at the head migration, with the pgvector store's tables; return its URL."""
+    if server_url not in _templates:
+        url = create_database(server_url)
+        db = Database(url)
+        try:
+            upgrade(db.engine)
+            with db.session() as s:
+                PgvectorStore(384).ensure_schema(s)
+        finally:
+            db.dispose()  # a template must have no open connection when it is copied
+        name = make_url(url).database
+        assert name is not None
+        _templates[server_url] = name
+    return create_database(server_url, template=_templates[server_url])
 
 
 def drop_database(server_url: str, database_url: str) -> None:

@@ -3,8 +3,9 @@
 ``sqlite`` (the default): each data dir holds its own SQLite file, as in the embedded mode.
 
 ``postgres``: one PostgreSQL 16 + pgvector server (``support.pg``) for the whole session, and
-one fresh, empty database per data dir: ``database_url_for(data_dir)`` makes it on first use
-and gives the same URL for the same data dir afterwards (two runtimes on one data dir share one
+one fresh database per data dir, already migrated (``support.pg.migrated_database``):
+``database_url_for(data_dir)`` makes it on first use and gives the same URL for the same data
+dir afterwards (two runtimes on one data dir share one
 database, as they would share one SQLite file). A database made during a test is dropped when
 the test ends (``conftest``'s autouse ``_test_databases``); one made by a wider fixture lives
 until the session ends, when the server is stopped and its temp dir deleted.
@@ -27,11 +28,11 @@ def database_url_for(data_dir: Path) -> str | None:
     """The database URL the app on ``data_dir`` uses; None on SQLite (the data dir's own file)."""
     if not ON_POSTGRES:
         return None
-    from support.pg import create_database, shared_server_url
+    from support.pg import migrated_database, shared_server_url
 
     key = Path(data_dir).resolve()
     if key not in _by_data_dir:
-        url = create_database(shared_server_url())
+        url = migrated_database(shared_server_url())
         _by_data_dir[key] = url
         if _test_scope is not None:
             _test_scope.append(url)

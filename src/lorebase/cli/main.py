@@ -91,8 +91,8 @@ def worker(
     queues: Annotated[
         str | None,
         typer.Option(
-            help="Celery/RQ: the kinds of jobs this worker takes, comma-separated: crawl, process, "
-            "embed (default: all)."
+            help="The kinds of jobs this worker takes, comma-separated: crawl, process, embed "
+            "(default: all), e.g. embedding on one machine and crawling on others."
         ),
     ] = None,
     metrics_port: Annotated[
@@ -119,8 +119,7 @@ def worker(
             raise typer.BadParameter(f"{hint} is for the embedded executor", param_hint=hint)
         _broker_worker(settings, concurrency=concurrency, queues=queues)
         return
-    if queues:
-        raise typer.BadParameter("--queues is for the Celery and RQ executors", param_hint="--queues")
+    kinds = _queue_kinds(queues)
     rt = common.runtime()
     if metrics_port is not None:
         from prometheus_client import start_http_server
@@ -128,7 +127,7 @@ def worker(
         from lorebase.metrics import REGISTRY
 
         start_http_server(metrics_port, addr=settings.host, registry=REGISTRY)
-    executor = build_executor(rt, concurrency=concurrency, name="worker")
+    executor = build_executor(rt, concurrency=concurrency, name="worker", kinds=kinds)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -136,7 +135,8 @@ def worker(
     crawlers = rt.settings.jobs.crawl_workers
     extra = f" (+{crawlers} for crawls)" if crawlers and concurrency else ""
     console.print(
-        f"worker started with {concurrency} threads{extra} on {common.safe_url(rt.settings.resolved_database_url)}"
+        f"worker started with {concurrency} threads{extra} for {', '.join(kinds)} jobs"
+        f" on {common.safe_url(rt.settings.resolved_database_url)}"
     )
     stop.wait()
     console.print("draining: running jobs checkpoint and release their leases")
@@ -151,13 +151,17 @@ def worker(
     rt.close()
 
 
-def _broker_worker(settings: Settings, *, concurrency: int, queues: str | None) -> None:
+def _queue_kinds(queues: str | None) -> tuple[str, ...]:
     from lorebase.jobs.dispatch import parse_kinds
 
     try:
-        kinds = parse_kinds(queues)
+        return parse_kinds(queues)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--queues") from None
+
+
+def _broker_worker(settings: Settings, *, concurrency: int, queues: str | None) -> None:
+    kinds = _queue_kinds(queues)
     if concurrency < 1:
         raise typer.BadParameter("a Celery or RQ worker needs at least 1", param_hint="--concurrency")
     common.runtime(settings).close()  # checks the settings and applies migrations, once, here

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from lorebase.crawl.job import CrawlSource
 from lorebase.jobs.context import Handler
+from lorebase.jobs.dispatch import kind_of
 from lorebase.jobs.executor import EmbeddedExecutor
 from lorebase.pipeline.index import EmbedChunks
 from lorebase.pipeline.process import ProcessDocument
@@ -39,12 +40,17 @@ class _Maintenance:
             self._last_purge = time.monotonic()
 
 
-def build_executor(runtime: Runtime, *, concurrency: int, name: str = "worker") -> EmbeddedExecutor:
+def build_executor(
+    runtime: Runtime, *, concurrency: int, name: str = "worker", kinds: tuple[str, ...] | None = None
+) -> EmbeddedExecutor:
+    """The embedded executor over every job type, or only those of the queue ``kinds`` given
+    (``("crawl", "process")``: a worker that leaves embedding to others, as ``--queues`` does)."""
+    handlers = HANDLERS if kinds is None else {t: h for t, h in HANDLERS.items() if kind_of(t) in kinds}
     if concurrency > 0:
         runtime.parse_pool.start()  # warm before the first document arrives
     return EmbeddedExecutor(
         runtime,
-        HANDLERS,
+        handlers,
         concurrency=concurrency,
         lanes={CRAWL_JOB: runtime.settings.jobs.crawl_workers},
         name=name,
