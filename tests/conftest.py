@@ -30,7 +30,7 @@ from lorebase.app import create_app
 from lorebase.runtime import Runtime
 from lorebase.services.auth import Principal, create_key, local_principal
 from lorebase.settings import JobSettings, Settings
-from support import testdb, testexec
+from support import testdb, testexec, zygote
 
 FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
 
@@ -74,6 +74,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     testdb.end_session()  # stops the PostgreSQL server, if this run started one, and deletes it
+    zygote.close()  # the worker processes' warm parent, if this run started it
 
 
 @pytest.fixture(autouse=True)

@@ -2,19 +2,23 @@
 searches never cross, keys are stored as hashes only, and a key's scopes are enforced.
 
 Two workspaces build knowledge bases from *identical* text, so a search that leaked across the
-wall would find the other workspace's chunks with the very same score.
+wall would find the other workspace's chunks with the very same score. The tests that only
+read, or are refused, share one app and one pair of workspaces (``shared``); each checks that
+what it tried changed nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from conftest import finalize_draft, key_headers, wait_pipeline
+from conftest import finalize_draft, key_headers, make_settings, running_app, wait_pipeline
 from lorebase.db.models import ApiKey, Base
 from lorebase.services.auth import create_key
 
@@ -50,8 +54,18 @@ def _build(api: TestClient, headers: dict[str, str], name: str) -> dict[str, Any
     return out
 
 
-@pytest.fixture
-def two_workspaces(api: TestClient) -> dict[str, Any]:
+Shared = tuple[TestClient, dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    """One app (with workers) and two workspaces, for the tests of this module that only read."""
+    settings = make_settings(Path(tmp_path_factory.mktemp("isolation")) / "data")
+    with running_app(settings) as client:
+        yield client, _two_workspaces(client)
+
+
+def _two_workspaces(api: TestClient) -> dict[str, Any]:
     a, b = key_headers(api, "alpha"), key_headers(api, "beta")
     kb_a, kb_b = _build(api, a, "shared-facts"), _build(api, b, "shared-facts")
     # A's other resources: an open draft with a source, a logged query, a job, its key
@@ -122,12 +136,12 @@ MATRIX: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def test_every_endpoint_answers_404_to_another_workspaces_key_and_changes_nothing(
-    api: TestClient, two_workspaces: dict[str, Any]
-) -> None:
-    w = two_workspaces
+def test_every_endpoint_answers_404_to_another_workspaces_key_and_changes_nothing(shared: Shared) -> None:
+    api, w = shared
     ids, a, b = w["ids"], w["A"], w["B"]
     before = api.get(f"/api/v1/kbs/{ids['kb']}", headers=a).json()
+    log_before = api.get(f"/api/v1/kbs/{ids['kb']}/queries", headers=a).json()["items"]
+    assert (ids["query"], None) in [(q["id"], q["feedback"]) for q in log_before]
     wrong = []
     for method, template, kwargs in MATRIX:
         path = template.format(**ids)
@@ -144,15 +158,13 @@ def test_every_endpoint_answers_404_to_another_workspaces_key_and_changes_nothin
     draft = api.get(f"/api/v1/kb-drafts/{ids['draft']}", headers=a).json()
     assert draft["name"] == "open draft" and [s["id"] for s in draft["sources"]] == [ids["source"]]
     logged = api.get(f"/api/v1/kbs/{ids['kb']}/queries", headers=a).json()["items"]
-    assert [(q["id"], q["feedback"]) for q in logged] == [(ids["query"], None)]
+    assert logged == log_before  # B's searches logged nothing there, its feedback changed nothing
     assert api.get("/api/v1/keys", headers=a).json()["items"][0]["state"] == "active"
     assert api.get(f"/api/v1/pipelines/{ids['pipeline']}", headers=a).json()["status"] == "completed"
 
 
-def test_searches_never_return_another_workspaces_chunks_even_for_identical_text(
-    api: TestClient, two_workspaces: dict[str, Any]
-) -> None:
-    w = two_workspaces
+def test_searches_never_return_another_workspaces_chunks_even_for_identical_text(shared: Shared) -> None:
+    api, w = shared
     kb_b, theirs = w["kb_b"], w["kb_a"]["documents"]
     for mode in ("hybrid", "vector", "keyword"):
         for query in ("waggle dance of honeybees", "Aletsch glacier retreating", "Eddystone lighthouse"):
@@ -175,8 +187,8 @@ def test_searches_never_return_another_workspaces_chunks_even_for_identical_text
     assert mine["results"][0]["chunk_id"] != other["results"][0]["chunk_id"]
 
 
-def test_lists_show_only_the_callers_workspace(api: TestClient, two_workspaces: dict[str, Any]) -> None:
-    w = two_workspaces
+def test_lists_show_only_the_callers_workspace(shared: Shared) -> None:
+    api, w = shared
     b = w["B"]
     kbs = api.get("/api/v1/kbs", headers=b).json()
     assert [k["id"] for k in kbs["items"]] == [w["kb_b"]["kb_id"]] and kbs["total"] == 1
@@ -188,10 +200,8 @@ def test_lists_show_only_the_callers_workspace(api: TestClient, two_workspaces: 
     assert queue["pending"] == 0 and queue["running"] == 0
 
 
-def test_the_dashboard_answers_404_for_another_workspaces_kb(
-    api: TestClient, two_workspaces: dict[str, Any]
-) -> None:
-    w = two_workspaces
+def test_the_dashboard_answers_404_for_another_workspaces_kb(shared: Shared) -> None:
+    api, w = shared
     b_key = w["B"]["Authorization"].split()[1]
     api.cookies.set("lorebase_session", b_key)
     try:

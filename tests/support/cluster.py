@@ -4,6 +4,8 @@
 Every process gets a data dir of its own, as if each ran on its own host. Each worker runs in
 a session of its own, so ``Cluster.kill_worker`` can SIGKILL it with its pool processes, as a
 host dying would. ``Cluster`` is used by the multi-process tests and by ``benchmarks/scale.py``.
+With ``forked=True`` (the tests) the processes are forked from the session's zygote
+(``support.zygote``) instead of started from scratch; the benchmarks start them from scratch.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ class Cluster:
         executor: str = "celery",
         redis_url: str = REDIS_URL,
         env: dict[str, str] | None = None,
+        forked: bool = False,
     ) -> None:
         self.base_dir = base_dir
+        self.forked = forked
         self.prefix = f"lbt{uuid.uuid4().hex[:10]}"
         self.env = {
             **os.environ,
@@ -79,19 +83,26 @@ class Cluster:
             "LOREBASE_JOBS__REDISPATCH_SECONDS": "10",
             **(env or {}),
         }
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.api: subprocess.Popen[bytes] | None = None
+        self.workers: list[Any] = []  # subprocess.Popen or support.zygote.ForkedProcess
+        self.api: Any = None
         self.base_url = ""
         self._logs: list[Any] = []
 
-    def _spawn(self, name: str, args: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], **extra_env: str) -> Any:
         data_dir = self.base_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**self.env, "LOREBASE_DATA_DIR": str(data_dir), **extra_env}
+        if self.forked:
+            from support import zygote
+
+            forks = zygote.get()
+            if forks is not None:
+                return forks.spawn(args, env, zygote.ForkedProcess, log=self.base_dir / f"{name}.log")
         log = (self.base_dir / f"{name}.log").open("wb")
         self._logs.append(log)
         return subprocess.Popen(
             [sys.executable, "-m", "lorebase.cli.main", *args],
-            env={**self.env, "LOREBASE_DATA_DIR": str(data_dir), **extra_env},
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed together, like a host
@@ -113,7 +124,7 @@ class Cluster:
             time.sleep(0.2)
         raise RuntimeError(f"the API did not start:\n{self.log('api')[-3000:]}")
 
-    def start_worker(self, *, concurrency: int = 1, queues: str | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(self, *, concurrency: int = 1, queues: str | None = None) -> Any:
         args = ["worker", "--concurrency", str(concurrency)]
         if queues:
             args += ["--queues", queues]

@@ -1,7 +1,12 @@
 """A real ``lorebase worker`` process on a data dir, with short leases so a killed one is reaped
 quickly (crash-recovery tests). With ``LOREBASE_TEST_EXECUTOR=celery`` or ``rq`` it is a Celery
 or RQ worker (``support.testexec``), in a process group of its own: ``kill()`` and
-``terminate()`` reach its pool processes too."""
+``terminate()`` reach its pool processes too.
+
+The process is forked from the session's zygote (``support.zygote``: the imports done once),
+or started with ``python -m lorebase.cli.main`` when the zygote is off
+(``LOREBASE_TEST_ZYGOTE=0``); either way it runs the real ``lorebase worker`` command and logs
+to a file that ``worker.stderr`` reads from the start."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from support import zygote
 from support.testdb import database_url_for
 from support.testexec import ON_BROKER, worker_env
 
@@ -31,38 +37,51 @@ class WorkerProcess(subprocess.Popen[bytes]):
                     os.kill(self.pid, sig)
 
 
-def start_worker(data_dir: Path, *, concurrency: int = 2, **env: str) -> WorkerProcess:
+class ForkedWorker(zygote.ForkedProcess):
+    """A worker forked by the zygote; SIGKILL takes its whole process group, as above."""
+
+    def send_signal(self, sig: int) -> None:
+        if sig == signal.SIGKILL and self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+            return
+        super().send_signal(sig)
+
+
+def start_worker(data_dir: Path, *, concurrency: int = 2, **env: str) -> WorkerProcess | ForkedWorker:
     """``env``: extra ``LOREBASE_*`` variables (``LOREBASE_EMBED_BATCH_SIZE="32"`` ...).
 
     On a PostgreSQL test run the worker gets the data dir's database as LOREBASE_DATABASE_URL."""
     url = database_url_for(data_dir)
-    # a Celery worker logs every task: into a file, which a pipe's buffer would not hold
-    log: Any = subprocess.PIPE
-    if ON_BROKER:
-        log = tempfile.NamedTemporaryFile(prefix="lorebase-worker-", suffix=".log")  # noqa: SIM115
+    args = ["worker", "--concurrency", str(concurrency)]
+    full_env = {
+        **os.environ,
+        "LOREBASE_DATA_DIR": str(data_dir),
+        "LOREBASE_JOBS__LEASE_SECONDS": "3",
+        "LOREBASE_JOBS__HEARTBEAT_SECONDS": "1",
+        "LOREBASE_JOBS__REAP_SECONDS": "0.5",
+        "LOREBASE_JOBS__POLL_SECONDS": "0.1",
+        "LOREBASE_JOBS__REDISPATCH_SECONDS": "5",
+        **({"LOREBASE_DATABASE_URL": url} if url else {}),
+        **worker_env(data_dir),
+        # a fault's "kill" takes the whole worker (with its pool processes), as a crash would
+        **({"LOREBASE_FAULTS_KILL": "group"} if ON_BROKER else {}),
+        **env,
+    }
+    forks = zygote.get()
+    if forks is not None:
+        return forks.spawn(args, full_env, ForkedWorker)
+    # a worker logs every job: into a file, which a pipe's buffer would not hold
+    log: Any = tempfile.NamedTemporaryFile(prefix="lorebase-worker-", suffix=".log")  # noqa: SIM115
     proc = WorkerProcess(
-        [sys.executable, "-m", "lorebase.cli.main", "worker", "--concurrency", str(concurrency)],
-        env={
-            **os.environ,
-            "LOREBASE_DATA_DIR": str(data_dir),
-            "LOREBASE_JOBS__LEASE_SECONDS": "3",
-            "LOREBASE_JOBS__HEARTBEAT_SECONDS": "1",
-            "LOREBASE_JOBS__REAP_SECONDS": "0.5",
-            "LOREBASE_JOBS__POLL_SECONDS": "0.1",
-            "LOREBASE_JOBS__REDISPATCH_SECONDS": "5",
-            **({"LOREBASE_DATABASE_URL": url} if url else {}),
-            **worker_env(data_dir),
-            # a fault's "kill" takes the whole worker (with its pool processes), as a crash would
-            **({"LOREBASE_FAULTS_KILL": "group"} if ON_BROKER else {}),
-            **env,
-        },
+        [sys.executable, "-m", "lorebase.cli.main", *args],
+        env=full_env,
         stdout=subprocess.DEVNULL,
         stderr=log,
         start_new_session=True,
     )
-    if ON_BROKER:  # read from the start, as a pipe would be (an offset of its own: opened anew)
-        proc.stderr = open(log.name, "rb")  # type: ignore[union-attr]  # noqa: SIM115
-        proc.log_file = log  # type: ignore[attr-defined]  # deleted when the process object goes
+    proc.stderr = open(log.name, "rb")  # type: ignore[assignment]  # noqa: SIM115  # from the start, as a pipe
+    proc.log_file = log  # type: ignore[attr-defined]  # deleted when the process object goes
     return proc
 
 
