@@ -1,8 +1,8 @@
 """The end of a CI run: the phase table, the budget verdict and the one line CI reads.
 
 Reads the phase log written by ``.ci/run`` (one tab-separated line per phase: name, status,
-milliseconds, the JUnit reports its pytest runs must write) and every JUnit XML file in the
-results directory, and prints, last of all::
+milliseconds, the JUnit reports its pytest runs must write and, for a phase that ran beside the
+others, "beside") and every JUnit XML file in the results directory, and prints, last of all::
 
     ci: N passed, M failed
 
@@ -13,7 +13,7 @@ that collected nothing or wrote no report). Exits 1 when M > 0 or a phase did no
 
 Standard library only: it must run when the virtualenv could not even be installed.
 
-    python3 .ci/report.py PHASE_LOG RESULTS_DIR BUDGET_SECONDS
+    python3 .ci/report.py PHASE_LOG RESULTS_DIR BUDGET_SECONDS WALL_SECONDS
 """
 
 from __future__ import annotations
@@ -57,16 +57,17 @@ def junit_counts(path: Path) -> Counts:
 
 
 def clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes:d}:{secs:02d}"
 
 
-def main(phase_log: Path, results: Path, budget: float) -> int:
+def main(phase_log: Path, results: Path, budget: float, wall: float) -> int:
     phases = []
     if phase_log.exists():
         for line in phase_log.read_text().splitlines():
-            name, status, millis, reports = line.split("\t")
-            phases.append((name, status, int(millis) / 1000, reports.split(",") if reports else []))
+            name, status, millis, reports, *rest = line.split("\t")
+            beside = bool(rest and rest[0] == "beside")
+            phases.append((name, status, int(millis) / 1000, reports.split(",") if reports else [], beside))
     reports: dict[str, Counts] = {}
     unreadable: list[str] = []
     for path in sorted(results.glob("*.xml")):
@@ -80,15 +81,13 @@ def main(phase_log: Path, results: Path, budget: float) -> int:
     width = max([len(p[0]) for p in phases] + [5])
     print(f"\n== phases (budget {clock(budget)})")
     print(f"  {'phase':<{width}}  {'time':>6}  {'status':<8}  tests")
-    elapsed = 0.0
-    for name, status, seconds, names in phases:
-        elapsed += seconds
+    for name, status, seconds, names, beside in phases:
         counts = Counts()
         missing = [n for n in names if n not in reports]
         for n in names:
             counts.add(reports.get(n, Counts()))
         total.add(counts)
-        note = ""
+        note = "(ran beside the phases above it, at nice 19)" if beside else ""
         if names:
             note = f"{counts.passed} passed, {counts.failed} failed, {counts.skipped} skipped"
             if missing:
@@ -99,16 +98,16 @@ def main(phase_log: Path, results: Path, budget: float) -> int:
         if failed_without_case or (names and (missing or counts.tests == 0)):
             extra_failures += 1
         print(f"  {name:<{width}}  {clock(seconds):>6}  {status:<8}  {note}")
-    print(f"  {'total':<{width}}  {clock(elapsed):>6}")
+    print(f"  {'wall time':<{width}}  {clock(wall):>6}")
     for problem in unreadable:
         print(f"warning: unreadable JUnit report {problem}")
         extra_failures += 1
-    if elapsed > budget:
-        print(f"warning: this run took {clock(elapsed)}, over the {clock(budget)} budget (tests/README.md)")
+    if wall > budget:
+        print(f"warning: this run took {clock(wall)}, over the {clock(budget)} budget (tests/README.md)")
     failed = total.failed + extra_failures
     print(f"ci: {total.passed} passed, {failed} failed")
     return 1 if failed or any(p[1] != "ok" for p in phases) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])))

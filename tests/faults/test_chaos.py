@@ -1,8 +1,10 @@
-"""Case 13: about two minutes of ingestion while two worker processes are SIGKILLed and
-restarted at random moments; then the audit, against a clean run of the same records.
+"""Case 13: a minute of ingestion while two worker processes are SIGKILLed and restarted at
+random moments, a kill every 2.75 s on average (at least 15); then the audit, against a clean
+run of the same records.
 
-The seed is printed (and can be set with ``LOREBASE_CHAOS_SEED``) so a failure can be replayed.
-Worker losses are transient failures that count attempts; over two minutes of kills a long
+The seed is printed (and can be set with ``LOREBASE_CHAOS_SEED``) so a failure can be replayed;
+``LOREBASE_CHAOS_SECONDS`` makes the storm longer (at least one kill per 5 s is asserted).
+Worker losses are transient failures that count attempts; over a storm of kills a long
 embed loop may lose a dozen attempts while still making progress, so attempts are raised to 50
 here: the case is about convergence, dead letters have their own case.
 """
@@ -17,21 +19,44 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from conftest import make_settings
+from lorebase.db.models import Document
 from lorebase.runtime import Runtime
 from support.faults import audit, clean_run, ended, records, start_pipeline, wait_for
 from support.worker import start_worker
 
 from .conftest import BATCH
 
-CHAOS_SECONDS = 120
+CHAOS_SECONDS = int(os.environ.get("LOREBASE_CHAOS_SECONDS") or 60)
+MIN_KILLS = max(15, CHAOS_SECONDS // 5)
 WAVE = 60  # records per pipeline; a new one starts whenever the previous ones are done
-ENV = {"LOREBASE_EMBED_BATCH_SIZE": str(BATCH), "LOREBASE_JOBS__MAX_ATTEMPTS": "50"}
+ATTEMPTS = 50
+ENV = {"LOREBASE_EMBED_BATCH_SIZE": str(BATCH), "LOREBASE_JOBS__MAX_ATTEMPTS": str(ATTEMPTS)}
+
+
+def _failures(rt: Runtime) -> dict[str, int]:
+    """Why documents did not end indexed: error -> how many (for the failure message)."""
+    with rt.db.read_session() as s:
+        rows = s.execute(
+            select(Document.error, func.count()).where(Document.status != "indexed").group_by(Document.error)
+        ).all()
+    return {str(error): n for error, n in rows}
 
 
 @pytest.mark.timeout(900)
-def test_random_kills_and_restarts_for_two_minutes(tmp_path: Path, rt: Runtime, data_dir: Path) -> None:
+def test_random_kills_and_restarts_for_a_minute(tmp_path: Path, data_dir: Path) -> None:
+    # The jobs are enqueued here (at finalize), so they carry this runtime's max_attempts,
+    # not the workers': both must say 50.
+    rt = Runtime(make_settings(data_dir, embed_batch_size=BATCH, jobs={"max_attempts": ATTEMPTS}))
+    try:
+        _storm(tmp_path, rt, data_dir)
+    finally:
+        rt.close()
+
+
+def _storm(tmp_path: Path, rt: Runtime, data_dir: Path) -> None:
     seed = int(os.environ.get("LOREBASE_CHAOS_SEED") or random.randrange(1 << 30))
     print(f"chaos seed {seed}")
     rng = random.Random(seed)
@@ -46,12 +71,12 @@ def test_random_kills_and_restarts_for_two_minutes(tmp_path: Path, rt: Runtime, 
                 wave = records(WAVE, skip=1000 + len(ingested))
                 ingested += wave
                 pipelines.append(start_pipeline(rt, wave, name=f"wave{len(pipelines)}")[1])
-            time.sleep(rng.uniform(1.0, 6.0))
+            time.sleep(rng.uniform(0.5, 4.0))
             victim = rng.randrange(len(workers))
             workers[victim].send_signal(signal.SIGKILL)
             workers[victim].wait(10)
             kills += 1
-            time.sleep(rng.uniform(0.0, 2.0))
+            time.sleep(rng.uniform(0.0, 1.0))
             workers[victim] = start_worker(data_dir, **ENV)
         wait_for(
             lambda: all(ended(rt, pid) for pid in pipelines),
@@ -66,9 +91,9 @@ def test_random_kills_and_restarts_for_two_minutes(tmp_path: Path, rt: Runtime, 
         for w in workers:
             w.wait(60)
     print(f"chaos: {kills} kills, {len(pipelines)} pipelines, {len(ingested)} records")
-    assert kills >= 15, f"only {kills} kills in {CHAOS_SECONDS}s"
+    assert kills >= MIN_KILLS, f"only {kills} kills in {CHAOS_SECONDS}s"
     got = audit(rt)
-    assert got["statuses"] == {"indexed": len(ingested)}, f"seed {seed}"
+    assert got["statuses"] == {"indexed": len(ingested)}, f"seed {seed}: {_failures(rt)}"
 
     clean = Runtime(make_settings(tmp_path / "clean", embed_batch_size=BATCH))
     try:
