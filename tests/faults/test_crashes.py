@@ -17,7 +17,7 @@ from lorebase.db.models import Document, Job
 from lorebase.runtime import Runtime
 from lorebase.services import jobs as job_service
 from lorebase.services.auth import local_principal
-from lorebase.services.documents import PROCESS_JOB
+from lorebase.services.documents import EMBED_JOB, PROCESS_JOB
 from support.faults import audit, chunks_indexed, ended, pipeline_status, records, start_pipeline, wait_for
 from support.worker import start_worker
 
@@ -97,6 +97,38 @@ def test_crash_between_saving_and_marking_done_converges(
     # the reaper took the lease back: the job ran again, or a newer pending twin (same dedupe
     # key: the embed loop) superseded it
     assert taken_over, "the crashed job was recovered by the reaper"
+
+
+def test_embed_loop_superseded_and_reaped_at_its_last_attempt_still_indexes_everything(
+    rt: Runtime, data_dir: Path, corpus: list[dict[str, str]], reference: dict[str, Any]
+) -> None:
+    """The supersede/reap race (regression): every worker dies right after its second embed
+    batch, and the embed jobs have a single attempt. The first loop is superseded by the pending
+    twin that the other process jobs queued meanwhile; the twin, reaped, had saved progress
+    every time. Before the attempt rule, the reaper ended it ``dead`` without telling its
+    documents, the pipeline was left with no job while chunks waited, and settling failed them
+    ("processing stopped before this document finished"). Now a lost attempt that saved progress
+    is given back, and the pipeline completes exactly as a clean run."""
+    _, pid = start_pipeline(rt, corpus)  # process jobs: this runtime's 5 attempts
+    env = {"LOREBASE_FAULTS": "embed.after_batch=kill@2", "LOREBASE_JOBS__MAX_ATTEMPTS": "1"}
+    lives = 0
+    while not ended(rt, pid) and lives < 8:
+        worker = start_worker(data_dir, **WORKER_ENV, **env)
+        lives += 1
+        try:
+            wait_for(
+                lambda w=worker: w.poll() is not None or ended(rt, pid), timeout=180, what="a worker life"
+            )
+        finally:
+            _stop(worker)
+    with rt.db.read_session() as s:
+        embed_jobs = s.execute(select(Job.status, Job.last_error).where(Job.type == EMBED_JOB)).all()
+        failures = s.execute(select(Document.error).where(Document.status != "indexed")).scalars().all()
+    assert failures == [], f"documents failed: {failures}"
+    assert pipeline_status(rt, pid) == "completed"
+    assert lives >= 3, "each worker life embeds two batches of six: at least three lives"
+    assert "dead" not in {status for status, _ in embed_jobs}, embed_jobs
+    assert audit(rt) == reference
 
 
 def test_poison_document_ends_dead_alone_and_the_queue_keeps_flowing(rt: Runtime, data_dir: Path) -> None:

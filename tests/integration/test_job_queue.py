@@ -465,6 +465,111 @@ def test_release_gives_job_back_without_counting_the_attempt(runtime: Runtime) -
     assert runtime.queue.heartbeat(job) is False  # the released claim is dead
 
 
+# -- the attempt rule (jobs/retry.py) ---------------------------------------------------------------
+def save_progress(rt: Runtime, job: ClaimedJob) -> None:
+    """What an embed batch or a crawl commit does: a fenced transaction that saves progress."""
+    with rt.db.session() as s:
+        rt.queue.fence(s, job, progress=True)
+
+
+def test_a_lost_attempt_that_saved_progress_is_given_back_even_at_the_last_attempt(runtime: Runtime) -> None:
+    job_id = new_job(runtime, max_attempts=1)
+    for owner in ("A", "B", "C"):  # three lost workers in a row, each having moved the job on
+        job = claim(runtime, owner)
+        assert job.attempts == 1
+        save_progress(runtime, job)
+        expire_lease(runtime, job_id)
+        runtime.queue.reap()
+        row = job_row(runtime, job_id)
+        assert (row.status, row.attempts, row.progressed) == ("pending", 0, True), owner
+        assert row.last_error is not None and "lease expired" in row.last_error
+    assert job_row(runtime, job_id).claims == 3  # the fencing token kept counting
+    job = claim(runtime, "D")
+    assert job_row(runtime, job_id).progressed is False  # reset by the claim
+    expire_lease(runtime, job_id)  # lost once more, without progress this time: it counts
+    runtime.queue.reap()
+    assert (job_row(runtime, job_id).status, job_row(runtime, job_id).attempts) == ("dead", 1)
+
+
+def test_a_claim_given_back_is_still_fenced_out(runtime: Runtime) -> None:
+    """attempts goes back down when an attempt is given back; the fence is on claims, so the
+    lost worker cannot write into the next attempt with the same attempt number."""
+    job_id = new_job(runtime)
+    old = claim(runtime, "host:1:worker-0")
+    save_progress(runtime, old)
+    expire_lease(runtime, job_id)
+    runtime.queue.reap()
+    new = claim(runtime, "host:1:worker-0")
+    assert new.attempts == old.attempts  # given back, then counted again
+    with pytest.raises(LeaseLost), runtime.db.session() as s:
+        runtime.queue.succeed(s, old)
+    with runtime.db.session() as s:
+        runtime.queue.succeed(s, new)
+    assert job_row(runtime, job_id).status == "succeeded"
+
+
+def test_a_transient_error_after_progress_does_not_count(runtime: Runtime) -> None:
+    job_id = new_job(runtime, max_attempts=1)
+    job = claim(runtime)
+    save_progress(runtime, job)
+    with runtime.db.session() as s:
+        outcome, delay = runtime.queue.retry_later(s, job, "HTTP 503")
+    row = job_row(runtime, job_id)
+    assert (outcome, row.status, row.attempts) == ("pending", "pending", 0)
+    assert 0 < delay <= runtime.settings.jobs.backoff_max_seconds
+    assert runtime.queue.claim("B") is None  # not before its backoff
+
+
+def test_an_unchanged_checkpoint_is_not_progress_and_a_changed_one_is(runtime: Runtime) -> None:
+    job_id = new_job(runtime, max_attempts=3)
+    job = claim(runtime)
+    with runtime.db.session() as s:
+        runtime.queue.save_checkpoint(s, job, {})  # the same as the claimed checkpoint
+    assert job_row(runtime, job_id).progressed is False
+    with runtime.db.session() as s:
+        runtime.queue.save_checkpoint(s, job, {"next": "page-2"})
+    assert job_row(runtime, job_id).progressed is True
+
+
+def test_the_reaper_hands_a_dead_job_to_on_dead_in_its_own_transaction(runtime: Runtime) -> None:
+    ws, pipeline_id = make_pipeline(runtime)
+    job_id = new_job(runtime, workspace_id=ws, pipeline_id=pipeline_id, max_attempts=1, payload={"n": 1})
+    claim(runtime)
+    expire_lease(runtime, job_id)
+    seen: list[tuple[str, dict[str, Any], str]] = []
+
+    def broken(s: Session, job: ClaimedJob, message: str) -> None:
+        seen.append((job.id, job.payload, message))
+        s.execute(update(Pipeline).where(Pipeline.id == pipeline_id).values(error=message))
+        raise RuntimeError("the hook failed")
+
+    with pytest.raises(RuntimeError):
+        runtime.queue.reap(on_dead=broken)
+    assert job_row(runtime, job_id).status == "running"  # all or nothing: rolled back together
+    assert seen == [(job_id, {"n": 1}, "worker lost (lease expired)")]
+
+    def hook(s: Session, job: ClaimedJob, message: str) -> None:
+        s.execute(update(Pipeline).where(Pipeline.id == pipeline_id).values(error=message))
+
+    assert runtime.queue.reap(on_dead=hook) == [pipeline_id]
+    assert job_row(runtime, job_id).status == "dead"
+    with runtime.db.read_session() as s:
+        assert s.get(Pipeline, pipeline_id).error == "worker lost (lease expired)"  # type: ignore[union-attr]
+
+
+def test_a_superseded_job_is_never_dead_lettered(runtime: Runtime) -> None:
+    """Out of attempts, but a pending twin will do the same work: superseded, not dead (its
+    task's on_failure would fail the documents the twin is about to finish)."""
+    job, duplicate = _running_job_with_pending_duplicate(runtime)
+    set_job(runtime, job.id, max_attempts=1)
+    expire_lease(runtime, job.id)
+    called: list[str] = []
+    runtime.queue.reap(on_dead=lambda s, j, m: called.append(j.id))
+    row = job_row(runtime, job.id)
+    assert (row.status, called) == ("cancelled", [])
+    assert row.last_error == f"worker lost (lease expired); superseded by job {duplicate}"
+
+
 # -- held pipelines --------------------------------------------------------------------------------
 @pytest.mark.parametrize("held", ["paused", "cancelling", "cancelled"])
 def test_jobs_of_held_pipeline_are_not_claimed(runtime: Runtime, held: str) -> None:

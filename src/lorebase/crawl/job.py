@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -38,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from lorebase.db.models import CrawlPage, Document, KnowledgeBase, Pipeline, Source, utcnow
 from lorebase.errors import Interrupted, LeaseLost, PermanentError
+from lorebase.jobs import retry
 from lorebase.jobs.context import JobContext
 from lorebase.metrics import CRAWL_PAGES
 from lorebase.services import pipelines as pipeline_service
@@ -427,15 +427,15 @@ class Crawl:
 
     # -- saving ------------------------------------------------------------------------------
     @contextmanager
-    def _transaction(self) -> Iterator[Session]:
+    def _transaction(self, *, progress: bool = False) -> Iterator[Session]:
         """The job's fenced transaction; the URLs it queued count as known once it commits."""
         self._inserting.clear()
-        with self.ctx.transaction() as s:
+        with self.ctx.transaction(progress=progress) as s:
             yield s
         self._known |= self._inserting
 
     def _commit(self, results: list[tuple[_Ref, FetchResult]]) -> None:
-        with self._transaction() as s:
+        with self._transaction(progress=True) as s:
             kb = s.get(KnowledgeBase, self.kb_id)
             pipeline = s.get(Pipeline, self.run_id)
             if kb is None or pipeline is None:
@@ -518,8 +518,12 @@ class Crawl:
                 page.document_id, page.status, page.error = None, "gone", result.error
                 page.content_hash = page.etag = page.last_modified = None
                 return None
-        if outcome == "retry" and page.attempts < self.settings.max_attempts:
-            delay = _backoff(page.attempts, result.retry_after)
+        delay = (
+            retry.page_retry(page.attempts, self.settings.max_attempts, result.retry_after)
+            if outcome == "retry"
+            else None
+        )
+        if delay is not None:
             page.not_before = utcnow() + timedelta(seconds=delay)
             page.error = f"{result.error}; retrying in {delay:.0f} s"
             return None
@@ -695,11 +699,6 @@ def _read_body(result: FetchResult, url: str) -> None:
     result.digest = hashlib.sha256(result.body).hexdigest()
     if result.media_type in PAGE_TYPES:
         result.links = page_links(result.body, url)
-
-
-def _backoff(attempt: int, retry_after: float | None) -> float:
-    base = min(60.0, 2.0**attempt) * (0.5 + random.random() / 2)
-    return max(base, min(retry_after or 0.0, 300.0))
 
 
 def _filename(url: str) -> str | None:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -244,6 +245,8 @@ class Pipeline(Base):
     # the sequence number of the pipeline's last event (``PipelineEvent.seq``): bumped in the
     # transaction that records the event, so the row lock orders events as their commits are
     event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: times settling found work that no job covered and queued it again (a safety net, bounded)
+    repairs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -285,7 +288,12 @@ class Job(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     priority: Mapped[int] = mapped_column(Integer, default=0)
+    #: attempts that count against ``max_attempts`` (see ``jobs/retry.py``: one given back is not)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: claims so far, never given back: with ``lease_owner``, the fencing token of an attempt
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: the current attempt saved a checkpoint or progress (reset at each claim)
+    progressed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     max_attempts: Mapped[int] = mapped_column(Integer, default=5)
     run_at: Mapped[datetime] = mapped_column(default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -26,10 +26,14 @@ class JobContext:
         self._draining = draining or threading.Event()
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A write transaction that first proves this worker still owns the job (fencing)."""
+    def transaction(self, *, progress: bool = False) -> Iterator[Session]:
+        """A write transaction that first proves this worker still owns the job (fencing).
+
+        ``progress``: what the transaction writes is progress a later run continues from (an
+        embedded batch, a committed crawl batch): once it commits, this attempt is given back
+        should it end transiently or lose its worker (``jobs/retry.py``)."""
         with self.runtime.db.session() as s:
-            self.runtime.queue.fence(s, self.job)
+            self.runtime.queue.fence(s, self.job, progress=progress)
             yield s
 
     def check_control(self, *, resumable: bool = False) -> None:
@@ -51,8 +55,9 @@ class JobContext:
             raise Interrupted("draining")
 
     def save_checkpoint(self, session: Session, checkpoint: dict[str, Any]) -> None:
-        self.job.checkpoint = checkpoint
+        """Save the checkpoint in ``session`` (a fenced transaction); a changed one is progress."""
         self.runtime.queue.save_checkpoint(session, self.job, checkpoint)
+        self.job.checkpoint = checkpoint
 
 
 class Handler(Protocol):

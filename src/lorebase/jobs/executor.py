@@ -13,7 +13,6 @@ asks running jobs to checkpoint at their next batch boundary and release their l
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -25,9 +24,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from lorebase import faults
-from lorebase.errors import Interrupted, LeaseLost, PermanentError, TransientError
+from lorebase.errors import LeaseLost
+from lorebase.jobs import retry
 from lorebase.jobs.context import Handler, JobContext
 from lorebase.jobs.queue import ClaimedJob
 from lorebase.metrics import JOB_DURATION
@@ -36,12 +37,6 @@ if TYPE_CHECKING:
     from lorebase.runtime import Runtime
 
 log = logging.getLogger("lorebase.jobs")
-
-
-def describe(exc: BaseException) -> str:
-    """A readable one-line message for users (type name only when the message is empty)."""
-    msg = str(exc).strip() or type(exc).__name__
-    return msg if len(msg) <= 2000 else msg[:2000] + "…"
 
 
 class EmbeddedExecutor:
@@ -151,7 +146,7 @@ class EmbeddedExecutor:
         cfg = self.runtime.settings.jobs
         while not self._stop.wait(cfg.reap_seconds):
             try:
-                for pipeline_id in self.runtime.queue.reap():
+                for pipeline_id in self.runtime.queue.reap(on_dead=self._dead_letter):
                     self._settle(pipeline_id)
                 if self.maintenance is not None:
                     self.maintenance(self.runtime)
@@ -160,38 +155,23 @@ class EmbeddedExecutor:
 
     # -- one job ----------------------------------------------------------------------------
     def run_job(self, job: ClaimedJob) -> None:
+        """Run one claimed job and record how it ended (``jobs/retry.py`` decides what next)."""
         handler = self.handlers[job.type]
         ctx = JobContext(self.runtime, job, draining=self._draining)
         with self._active_lock:
             self._active[job.id] = ctx
-        queue = self.runtime.queue
         started, outcome = time.monotonic(), "error"  # "error": the bookkeeping itself failed
         try:
             handler.run(ctx)
             faults.point("job.before_succeed")  # the work is done and saved, the job is not marked
             with self.runtime.db.session() as s:
-                queue.succeed(s, job)
+                self.runtime.queue.succeed(s, job)
             outcome = "succeeded"
-        except LeaseLost:
-            outcome = "lease_lost"
-            log.info("job %s attempt %s lost its lease; another worker owns it", job.id, job.attempts)
-        except Interrupted as stop:
-            outcome = stop.reason
-            with contextlib.suppress(LeaseLost):
-                self._interrupted(job, stop.reason)
-        except PermanentError as exc:
-            outcome = "failed"
-            with contextlib.suppress(LeaseLost):
-                self._failed(handler, ctx, describe(exc), "permanent")
-        except TransientError as exc:
-            outcome = "retried"
-            with contextlib.suppress(LeaseLost):
-                outcome = self._transient(handler, ctx, describe(exc), exc.retry_after)
-        except Exception as exc:  # unknown: treat as transient, bounded by max_attempts
-            outcome = "retried"
-            log.error("job %s (%s) crashed:\n%s", job.id, job.type, traceback.format_exc())
-            with contextlib.suppress(LeaseLost):
-                outcome = self._transient(handler, ctx, f"{type(exc).__name__}: {describe(exc)}", None)
+        except Exception as exc:
+            failure = retry.classify(exc)
+            if failure.unexpected:
+                log.error("job %s (%s) crashed:\n%s", job.id, job.type, traceback.format_exc())
+            outcome = self._ended(handler, ctx, failure)
         finally:
             with self._active_lock:
                 self._active.pop(job.id, None)
@@ -199,27 +179,40 @@ class EmbeddedExecutor:
         if job.pipeline_id:
             self._settle(job.pipeline_id)
 
-    def _interrupted(self, job: ClaimedJob, reason: str) -> None:
-        with self.runtime.db.session() as s:
-            if reason == "cancelled":
-                self.runtime.queue.cancel_running(s, job)
-            else:
-                self.runtime.queue.release(s, job)
+    def _ended(self, handler: Handler, ctx: JobContext, failure: retry.Failure) -> str:
+        """Record an attempt that did not succeed; returns the outcome for the metric."""
+        job, queue = ctx.job, self.runtime.queue
+        if failure.kind == "lease_lost":
+            log.info("job %s attempt %s lost its lease; another worker owns it", job.id, job.attempts)
+            return "lease_lost"
+        try:
+            with self.runtime.db.session() as s:
+                if failure.kind == "interrupted":
+                    if failure.reason == "cancelled":
+                        queue.cancel_running(s, job)
+                    else:
+                        queue.release(s, job)
+                    return failure.reason or "interrupted"
+                if failure.kind == "permanent":
+                    queue.fail(s, job, failure.message, kind="permanent")
+                    handler.on_failure(ctx, s, failure.message, "permanent")
+                    return "failed"
+                status, delay = queue.retry_later(s, job, failure.message, retry_after=failure.retry_after)
+                if status == "dead":
+                    handler.on_failure(ctx, s, failure.message, "transient")
+                    return "dead"
+            if status == "pending":
+                log.info("job %s retries in %.1fs: %s", job.id, delay, failure.message)
+            return "retried"
+        except LeaseLost:  # taken over while it failed: the new owner decides
+            return "lease_lost"
 
-    def _failed(self, handler: Handler, ctx: JobContext, message: str, kind: str) -> None:
-        with self.runtime.db.session() as s:
-            self.runtime.queue.fail(s, ctx.job, message, kind=kind)
-            handler.on_failure(ctx, s, message, kind)
-
-    def _transient(self, handler: Handler, ctx: JobContext, message: str, retry_after: float | None) -> str:
-        """Retry later or, out of attempts, dead; returns "retried" or "dead" (for the metric)."""
-        with self.runtime.db.session() as s:
-            outcome, delay = self.runtime.queue.retry_later(s, ctx.job, message, retry_after=retry_after)
-            if outcome == "dead":
-                handler.on_failure(ctx, s, message, "transient")
-        if outcome == "pending":
-            log.info("job %s retries in %.1fs: %s", ctx.job.id, delay, message)
-        return "dead" if outcome == "dead" else "retried"
+    def _dead_letter(self, session: Session, job: ClaimedJob, message: str) -> None:
+        """The reaper ended ``job`` dead (its worker lost once too often without progress): its
+        task records the error on what it was working on, in the reaper's transaction."""
+        handler = self.handlers.get(job.type)
+        if handler is not None:
+            handler.on_failure(JobContext(self.runtime, job), session, message, "transient")
 
     def _settle(self, pipeline_id: str) -> None:
         if self.on_settle is None:

@@ -1,14 +1,17 @@
-"""Job table semantics: enqueue, claim, lease, heartbeat, fenced transitions, retry, dead letters.
+"""Job table semantics: enqueue, claim, lease, heartbeat, fenced transitions, dead letters.
 
 The job row is the only source of truth. A claim takes a lease (owner + expiry) and bumps
-``attempts``; every later write by that worker is *fenced* on ``(id, attempts, lease_owner,
-status='running')`` so a worker whose lease was taken over changes nothing. Execution is
-at-least-once; handlers make their effects idempotent.
+``attempts`` and ``claims``; every later write by that worker is *fenced* on ``(id, claims,
+lease_owner, status='running')`` so a worker whose lease was taken over changes nothing.
+Execution is at-least-once; handlers make their effects idempotent.
+
+Whether a job runs again, when, and whether an attempt counts is not decided here but in
+``jobs/retry.py``; this module applies its verdicts to the rows.
 """
 
 from __future__ import annotations
 
-import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +24,7 @@ from sqlalchemy.orm import Session
 from lorebase.db.engine import Database
 from lorebase.db.models import Job, Pipeline, new_id, utcnow
 from lorebase.errors import LeaseLost
+from lorebase.jobs import retry
 from lorebase.settings import JobSettings
 
 #: pipelines in these states hand out no new work
@@ -45,15 +49,18 @@ class ClaimedJob:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
     concurrency_key: str | None = None
+    #: the job's claims when this one was taken: with ``owner``, the fencing token
+    claims: int = 0
+
+
+#: called by the reaper, in its transaction, for a job it ends ``dead`` (a lost worker out of
+#: attempts): the executor hands it to the task's ``on_failure``
+OnDead = Callable[[Session, ClaimedJob, str], None]
 
 
 def backoff_delay(attempts: int, cfg: JobSettings, retry_after: float | None = None) -> float:
-    """Exponential backoff with 'equal jitter'; a server's Retry-After wins when it is longer."""
-    ceiling = min(cfg.backoff_max_seconds, cfg.backoff_base_seconds * (2 ** max(0, attempts - 1)))
-    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cfg.backoff_max_seconds))
-    return delay
+    """The jobs' backoff (``jobs/retry.py``) for attempt ``attempts`` under these settings."""
+    return retry.Backoff.of(cfg).delay(attempts, retry_after)
 
 
 class JobQueue:
@@ -202,6 +209,8 @@ class JobQueue:
                 .values(
                     status="running",
                     attempts=Job.attempts + 1,
+                    claims=Job.claims + 1,
+                    progressed=False,
                     lease_owner=owner,
                     lease_expires_at=lease_until,
                     heartbeat_at=now,
@@ -221,6 +230,7 @@ class JobQueue:
                     Job.checkpoint,
                     Job.priority,
                     Job.concurrency_key,
+                    Job.claims,
                 )
             ).first()
             if result is None:
@@ -245,6 +255,7 @@ class JobQueue:
                 checkpoint=dict(result.checkpoint or {}),
                 priority=result.priority,
                 concurrency_key=result.concurrency_key,
+                claims=result.claims,
             )
 
     # -- fenced writes ----------------------------------------------------------------------
@@ -252,24 +263,28 @@ class JobQueue:
     def _fence(job: ClaimedJob) -> Any:
         return and_(
             Job.id == job.id,
-            Job.attempts == job.attempts,
+            Job.claims == job.claims,
             Job.lease_owner == job.owner,
             Job.status == "running",
         )
 
-    def fence(self, session: Session, job: ClaimedJob) -> None:
+    def fence(self, session: Session, job: ClaimedJob, *, progress: bool = False) -> None:
         """Prove ownership inside the caller's transaction (and renew the lease), or raise LeaseLost.
 
         Called first in every transaction a job writes in: on SQLite the transaction already holds
         the write lock, on PostgreSQL the row lock taken here holds until commit, so the reaper
-        cannot take the lease between this check and the job's writes.
+        cannot take the lease between this check and the job's writes. With ``progress`` the
+        transaction saves progress: if it commits, this attempt no longer counts should it end
+        transiently or lose its worker (``jobs/retry.py``).
         """
         now = utcnow()
-        result = session.execute(
-            update(Job)
-            .where(self._fence(job))
-            .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=self.cfg.lease_seconds))
-        )
+        values: dict[str, Any] = {
+            "heartbeat_at": now,
+            "lease_expires_at": now + timedelta(seconds=self.cfg.lease_seconds),
+        }
+        if progress:
+            values["progressed"] = True
+        result = session.execute(update(Job).where(self._fence(job)).values(**values))
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise LeaseLost(f"job {job.id} attempt {job.attempts} no longer owned by {job.owner}")
 
@@ -283,7 +298,12 @@ class JobQueue:
             return False
 
     def save_checkpoint(self, session: Session, job: ClaimedJob, checkpoint: dict[str, Any]) -> None:
-        session.execute(update(Job).where(self._fence(job)).values(checkpoint=checkpoint))
+        """Save the job's checkpoint in the caller's (fenced) transaction; a changed checkpoint
+        is progress."""
+        values: dict[str, Any] = {"checkpoint": checkpoint}
+        if checkpoint != job.checkpoint:
+            values["progressed"] = True
+        session.execute(update(Job).where(self._fence(job)).values(**values))
 
     @staticmethod
     def _pending_twin(session: Session, job_id: str) -> str | None:
@@ -334,17 +354,30 @@ class JobQueue:
     def retry_later(
         self, session: Session, job: ClaimedJob, error: str, *, retry_after: float | None = None
     ) -> tuple[str, float]:
-        """Back to ``pending`` after a backoff, or ``dead`` once ``max_attempts`` are spent."""
-        if job.attempts >= job.max_attempts:
+        """A transient error ended the attempt: ``pending`` again after a backoff, or ``dead``,
+        as ``retry.after_error`` rules. Returns ``("pending" | "superseded" | "dead", delay)``."""
+        progressed = session.execute(select(Job.progressed).where(self._fence(job))).scalar()
+        verdict = retry.after_error(
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            progressed=bool(progressed),
+            backoff=retry.Backoff.of(self.cfg),
+            retry_after=retry_after,
+        )
+        if verdict.status == "dead":
             self._finish(
                 session, job, status="dead", finished_at=utcnow(), last_error=error, error_kind="transient"
             )
             return "dead", 0.0
-        delay = backoff_delay(job.attempts, self.cfg, retry_after)
         outcome = self._back_to_pending(
-            session, job, run_at=utcnow() + timedelta(seconds=delay), last_error=error, error_kind="transient"
+            session,
+            job,
+            attempts=job.attempts if verdict.counted else job.attempts - 1,
+            run_at=utcnow() + timedelta(seconds=verdict.delay),
+            last_error=error,
+            error_kind="transient",
         )
-        return outcome, delay
+        return outcome, verdict.delay
 
     def release(self, session: Session, job: ClaimedJob) -> None:
         """Give the job back untouched (pause, drain): this attempt does not count."""
@@ -354,11 +387,16 @@ class JobQueue:
         self._finish(session, job, status="cancelled", finished_at=utcnow(), last_error=reason)
 
     # -- maintenance ------------------------------------------------------------------------
-    def reap(self) -> list[str]:
-        """Return running jobs whose lease expired to ``pending`` (or ``dead`` when out of attempts).
+    def reap(self, on_dead: OnDead | None = None) -> list[str]:
+        """Take back the jobs whose lease expired (their worker was lost), one transaction.
 
-        The lease, not elapsed time, decides: a slow job that heartbeats is never reaped.
-        Returns the pipeline ids touched, so callers can re-check them.
+        The lease, not elapsed time, decides: a slow job that heartbeats is never reaped. A job
+        with a newer pending twin (same dedupe key) is closed as superseded: the twin, which is
+        pending and so covers the same work, does it. Otherwise ``retry.after_loss`` rules:
+        ``pending`` again at once (the attempt given back when it saved progress), or ``dead``
+        when it is out of attempts without having moved; ``on_dead`` then records the error on
+        what the job was working on, in this same transaction. Returns the pipeline ids touched,
+        so callers can settle them.
         """
         now = utcnow()
         with self.db.read_session() as s:  # the common case: nothing expired, nothing to write
@@ -371,33 +409,48 @@ class JobQueue:
                 return []
         with self.db.session() as s:
             expired = s.execute(
-                select(Job.id, Job.attempts, Job.max_attempts, Job.pipeline_id).where(
-                    Job.status == "running", Job.lease_expires_at < now
-                )
-            ).all()
-            for row in expired:
-                dead = row.attempts >= row.max_attempts
-                twin = None if dead else self._pending_twin(s, row.id)
-                status = "dead" if dead else ("cancelled" if twin else "pending")
-                s.execute(
-                    update(Job)
-                    .where(Job.id == row.id, Job.attempts == row.attempts, Job.status == "running")
-                    .where(Job.lease_expires_at < now)
-                    .values(
-                        status=status,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        run_at=now,
-                        dispatched_at=None,
-                        finished_at=None if status == "pending" else now,
-                        last_error=f"worker lost (lease expired); superseded by job {twin}"
-                        if twin
-                        else "worker lost (lease expired)",
-                        error_kind="transient",
-                        updated_at=now,
-                    )
-                )
-            return sorted({r.pipeline_id for r in expired if r.pipeline_id})
+                select(Job).where(Job.status == "running", Job.lease_expires_at < now).order_by(Job.id)
+            ).scalars()
+            touched: set[str] = set()
+            for row in list(expired):
+                taken = self._reap_one(s, row, now, on_dead)
+                if taken and row.pipeline_id:
+                    touched.add(row.pipeline_id)
+            return sorted(touched)
+
+    def _reap_one(self, s: Session, row: Job, now: datetime, on_dead: OnDead | None) -> bool:
+        held = _claimed(row)
+        twin = self._pending_twin(s, row.id)
+        values: dict[str, Any] = {
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "dispatched_at": None,
+            "error_kind": "transient",
+            "updated_at": now,
+        }
+        if twin is not None:
+            values |= {"status": "cancelled", "finished_at": now}
+            values["last_error"] = f"{retry.WORKER_LOST}; superseded by job {twin}"
+        else:
+            verdict = retry.after_loss(
+                attempts=row.attempts, max_attempts=row.max_attempts, progressed=row.progressed
+            )
+            values |= {"status": verdict.status, "last_error": retry.WORKER_LOST, "run_at": now}
+            values["finished_at"] = now if verdict.status == "dead" else None
+            if not verdict.counted:
+                values["attempts"] = row.attempts - 1
+        result = s.execute(
+            update(Job)
+            .where(Job.id == row.id, Job.claims == row.claims, Job.status == "running")
+            .where(Job.lease_expires_at < now)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            return False  # renewed or finished meanwhile (PostgreSQL: another transaction won)
+        if values["status"] == "dead" and on_dead is not None:
+            on_dead(s, held, retry.WORKER_LOST)
+        return True
 
     # -- broker executors (Celery, RQ) --------------------------------------------------------
     def due_for_dispatch(self, limit: int = 500) -> list[tuple[str, str]]:
@@ -453,3 +506,23 @@ class JobQueue:
         due = utcnow() - timedelta(seconds=max(0.0, self.cfg.redispatch_seconds - seconds))
         with self.db.session() as s:
             s.execute(update(Job).where(Job.id == job_id, Job.status == "pending").values(dispatched_at=due))
+
+
+def _claimed(row: Job) -> ClaimedJob:
+    """The attempt a row holds, as its worker saw it (for ``on_dead`` hooks)."""
+    return ClaimedJob(
+        id=row.id,
+        type=row.type,
+        payload=dict(row.payload or {}),
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        owner=row.lease_owner or "",
+        workspace_id=row.workspace_id,
+        pipeline_id=row.pipeline_id,
+        kb_id=row.kb_id,
+        document_id=row.document_id,
+        checkpoint=dict(row.checkpoint or {}),
+        priority=row.priority,
+        concurrency_key=row.concurrency_key,
+        claims=row.claims,
+    )

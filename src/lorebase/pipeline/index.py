@@ -63,7 +63,7 @@ class EmbedChunks:
                 texts = [r.embed_text for r in rows]
                 cached = cached_vectors(s, embedder.model_id, texts, workspace_id)
             result = embed_with_cache(embedder, texts, cached, workspace_id)
-            with ctx.transaction() as s:
+            with ctx.transaction(progress=True) as s:
                 write_batch(s, store, embedder.model_id, kb_id, pipeline_id, list(rows), result)
             faults.point("embed.after_batch")  # vectors written, job not done: the re-run must converge
 

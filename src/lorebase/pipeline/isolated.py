@@ -51,6 +51,7 @@ from lorebase import faults
 from lorebase.adapters.parsers import zipguard
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.errors import LorebaseError, NotFound, PermanentError, TransientError
+from lorebase.jobs import retry
 from lorebase.pipeline.chunk import chunk
 from lorebase.pipeline.types import ChunkDraft, ChunkingConfig, ParsedDocument
 from lorebase.settings import ParseSettings
@@ -60,8 +61,6 @@ RECYCLE_RSS_BYTES = 256 * 1024**2
 #: how long a new parse process may take to import the parsers before it counts as dead
 STARTUP_SECONDS = 300.0
 _MIB = 1024**2
-#: signals of a native crash, which under RLIMIT_AS is most often a failed allocation
-_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGTRAP}
 
 Work = tuple[bytes, str, str | None, ChunkingConfig, str, int]
 
@@ -254,16 +253,15 @@ class _Stopped(Exception):
 
 
 def _died(exitcode: int | None, limits: ParseLimits) -> PermanentError | TransientError:
-    """What a parse process's death means for the document it held."""
-    if exitcode is not None and exitcode < 0:
-        sig = -exitcode
-        if sig == signal.SIGXCPU:
-            return PermanentError(limits.cpu_message())
-        if sig in _CRASH_SIGNALS:
-            return PermanentError(
-                f"parsing stopped: the parser crashed ({signal.Signals(sig).name}), most likely because "
-                f"the file needed more than {limits.max_memory_mb} MiB of memory"
-            )
+    """What a parse process's death means for the document it held (``retry.parse_process_death``)."""
+    cause = retry.parse_process_death(exitcode)
+    if cause == "cpu":
+        return PermanentError(limits.cpu_message())
+    if cause == "crash" and exitcode is not None:
+        return PermanentError(
+            f"parsing stopped: the parser crashed ({signal.Signals(-exitcode).name}), most likely because "
+            f"the file needed more than {limits.max_memory_mb} MiB of memory"
+        )
     return TransientError(
         "a parser process died while parsing this job's documents (crashed or was killed, e.g. out of memory)"
     )

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from lorebase import faults
 from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, utcnow
 from lorebase.errors import NotFound, PermanentError, TransientError
+from lorebase.jobs import retry
 from lorebase.jobs.context import JobContext
 from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
 from lorebase.runtime import embedder_info
@@ -82,7 +83,7 @@ class ProcessDocument:
         try:
             outcomes = self._prepare(runtime, work)
         except TransientError:
-            if len(work) < 2:
+            if not retry.split_group(len(work)):
                 raise
             self._split(ctx, [w[0] for w in work])
             return
@@ -115,24 +116,13 @@ class ProcessDocument:
                     doc.status, doc.indexed_at = "indexed", utcnow()
             events.record_documents(s, [doc for doc, _, _ in items])
             if waiting:
-                partitions = runtime.settings.jobs.embed_partitions
-                for part in range(partitions):
-                    key = f"embed:{ctx.job.pipeline_id}" + (f":{part}/{partitions}" if partitions > 1 else "")
-                    runtime.queue.enqueue(
-                        s,
-                        type=EMBED_JOB,
-                        workspace_id=ctx.job.workspace_id,
-                        pipeline_id=ctx.job.pipeline_id,
-                        kb_id=ctx.job.kb_id,
-                        payload={
-                            "pipeline_id": ctx.job.pipeline_id,
-                            "partition": part,
-                            "partitions": partitions,
-                        },
-                        priority=EMBED_PRIORITY,
-                        dedupe_key=key,
-                        concurrency_key=key,
-                    )
+                enqueue_embedding(
+                    s,
+                    runtime,
+                    workspace_id=ctx.job.workspace_id,
+                    pipeline_id=ctx.job.pipeline_id,
+                    kb_id=ctx.job.kb_id,
+                )
             if ctx.job.pipeline_id:
                 pipeline_service.refresh_progress(s, ctx.job.pipeline_id)
         runtime.queue.notify()
@@ -201,6 +191,27 @@ class ProcessDocument:
             .returning(*events.DOCUMENT_COLUMNS)
         ).all()
         events.record_documents(session, failed)
+
+
+def enqueue_embedding(
+    s: Session, runtime: Any, *, workspace_id: str, pipeline_id: str | None, kb_id: str | None
+) -> None:
+    """Queue the pipeline's embedding jobs (one per partition), unless pending ones exist: the
+    dedupe key makes one pending job per partition do the work of every request."""
+    partitions = runtime.settings.jobs.embed_partitions
+    for part in range(partitions):
+        key = f"embed:{pipeline_id}" + (f":{part}/{partitions}" if partitions > 1 else "")
+        runtime.queue.enqueue(
+            s,
+            type=EMBED_JOB,
+            workspace_id=workspace_id,
+            pipeline_id=pipeline_id,
+            kb_id=kb_id,
+            payload={"pipeline_id": pipeline_id, "partition": part, "partitions": partitions},
+            priority=EMBED_PRIORITY,
+            dedupe_key=key,
+            concurrency_key=key,
+        )
 
 
 def document_ids(payload: dict[str, Any]) -> list[str]:

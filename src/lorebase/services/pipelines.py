@@ -2,29 +2,54 @@
 
 Counts of documents are derived from the documents themselves (never drift); chunk counters
 are incremented in the same transactions that write the chunks and vectors.
+
+**The settle invariant.** A pipeline settles (takes a final state) only when no work remains:
+
+1. no job of the pipeline is ``pending`` or ``running``;
+2. every document of the pipeline is final (``indexed``, ``failed``, ``skipped``, ``cancelled``),
+   so no chunk of its documents waits for the embedder.
+
+When (1) holds and (2) does not, some work is *uncovered*: no job will ever finish it. Settling
+then closes nothing. It gives each such document what it needs: ``failed`` with the error of
+its own latest job when that job ended ``failed`` or ``dead`` (the only way a document fails
+at settle), ``indexed`` when its chunks are all embedded already, and otherwise a new job that
+finishes it (``process_document`` before embedding, ``embed_chunks`` during it), and settles
+later. The engine keeps work covered by construction (a job is superseded only by a pending
+twin that does the same work; a lost worker's job goes back to ``pending`` or ends ``dead``
+with its task's ``on_failure`` in the same transaction; a release is a return to ``pending``),
+so this repair is a safety net, logged and counted on the pipeline (``repairs``), and bounded
+(:data:`MAX_REPAIRS`) so that a handler that would never finish a document cannot loop.
+A cancelling pipeline is the exception: its unfinished documents end ``cancelled``.
+``tests/integration/test_settle_invariant.py`` checks the invariant over random interleavings
+of claim, reap, supersede, release and success.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, PipelineEvent, utcnow
+from lorebase.db.models import Chunk, Document, Job, KnowledgeBase, Pipeline, PipelineEvent, utcnow
 from lorebase.errors import Conflict, NotFound
 from lorebase.services import events, notifications
 from lorebase.services.auth import Principal
-from lorebase.services.documents import CRAWL_JOB
+from lorebase.services.documents import CRAWL_JOB, EMBED_JOB, PROCESS_JOB
 from lorebase.services.events import pipeline_state, publish_pipeline
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
 
+log = logging.getLogger("lorebase.pipelines")
+
 FINAL_PIPELINE = ("completed", "completed_with_errors", "failed", "cancelled")
 FINAL_DOC = ("indexed", "failed", "skipped", "cancelled")
 ACTIVE_JOB = ("pending", "running")
+#: repair rounds a pipeline may need before its uncovered documents fail (see the module doc)
+MAX_REPAIRS = 10
 
 
 def _doc_counts(s: Session, pipeline_id: str) -> dict[str, int]:
@@ -83,7 +108,8 @@ def _crawling(s: Session, pipeline_id: str) -> bool:
 
 
 def settle(runtime: Runtime, pipeline_id: str) -> None:
-    """When no job of the pipeline is pending or running, give it (and its KB) a final state.
+    """When no work of the pipeline remains, give it (and its KB) a final state; when only jobs
+    have ended but work remains uncovered, queue what finishes it (the invariant above).
 
     Called after every job, so the common case (work remains) is a cheap read that writes nothing;
     progress is kept current by the jobs themselves.
@@ -109,38 +135,51 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
         if _active_jobs(s, pipeline_id) or p.status == "paused":
             refresh_progress(s, pipeline_id)
             return
-        _close_leftovers(s, p)
-        counts = _doc_counts(s, pipeline_id)
-        failed, indexed = counts.get("failed", 0), counts.get("indexed", 0)
-        now = utcnow()
-        if p.status == "cancelling":
-            p.status = "cancelled"
-        elif failed == 0:
-            p.status = "completed"
-        elif indexed > 0 or p.documents_skipped or p.kind == "refresh":
-            # some documents made it, or were already there unchanged: the KB serves them
-            p.status = "completed_with_errors"
+        if p.status != "cancelling" and _cover_leftovers(s, runtime, p):
+            refresh_progress(s, pipeline_id)
+            event = None
         else:
-            p.status = "failed"
-            p.error = f"all {failed} documents failed"
-        p.documents_done = sum(counts.get(k, 0) for k in FINAL_DOC)
-        p.documents_failed = failed
-        p.progress, p.phase, p.finished_at, p.updated_at = 100, "done", now, now
-        p.started_at = p.started_at or now
-        pages = ""
-        if p.pages_discovered:
-            pages = (
-                f"{p.pages_fetched} of {p.pages_discovered} pages fetched, "
-                f"{p.pages_skipped} unchanged or skipped; "
-            )
-        p.message = (
-            f"{p.status.replace('_', ' ')}: {pages}{indexed} indexed, {failed} failed, "
-            f"{p.documents_skipped} unchanged; {p.chunks_indexed} chunks indexed"
-        )
-        _settle_kb(s, p.kb_id, now)
-        event = _changed(s, p, events.END)
-        notifications.enqueue_pipeline_end(s, runtime, p)  # same transaction: never lost, never twice
+            _close_cancelled(s, p)
+            event = _end(s, runtime, p)
+    if event is None:  # work was queued again: wake the workers
+        runtime.queue.notify()
+        return
     publish_pipeline(runtime, pipeline_id, "status", event)
+
+
+def _end(s: Session, runtime: Runtime, p: Pipeline) -> dict[str, Any]:
+    """Give ``p`` its final state (every document is final); returns the live notice."""
+    counts = _doc_counts(s, p.id)
+    failed, indexed = counts.get("failed", 0), counts.get("indexed", 0)
+    now = utcnow()
+    if p.status == "cancelling":
+        p.status = "cancelled"
+    elif failed == 0:
+        p.status = "completed"
+    elif indexed > 0 or p.documents_skipped or p.kind == "refresh":
+        # some documents made it, or were already there unchanged: the KB serves them
+        p.status = "completed_with_errors"
+    else:
+        p.status = "failed"
+        p.error = f"all {failed} documents failed"
+    p.documents_done = sum(counts.get(k, 0) for k in FINAL_DOC)
+    p.documents_failed = failed
+    p.progress, p.phase, p.finished_at, p.updated_at = 100, "done", now, now
+    p.started_at = p.started_at or now
+    pages = ""
+    if p.pages_discovered:
+        pages = (
+            f"{p.pages_fetched} of {p.pages_discovered} pages fetched, "
+            f"{p.pages_skipped} unchanged or skipped; "
+        )
+    p.message = (
+        f"{p.status.replace('_', ' ')}: {pages}{indexed} indexed, {failed} failed, "
+        f"{p.documents_skipped} unchanged; {p.chunks_indexed} chunks indexed"
+    )
+    _settle_kb(s, p.kb_id, now)
+    event = _changed(s, p, events.END)
+    notifications.enqueue_pipeline_end(s, runtime, p)  # same transaction: never lost, never twice
+    return event
 
 
 def _active_jobs(s: Session, pipeline_id: str) -> int:
@@ -151,37 +190,131 @@ def _active_jobs(s: Session, pipeline_id: str) -> int:
     ).scalar_one()
 
 
-def _close_leftovers(s: Session, p: Pipeline) -> None:
-    """Documents still mid-way when all jobs have ended: cancelled, or failed with their job's error."""
-    open_docs = select(Document.id).where(Document.pipeline_id == p.id, Document.status.not_in(FINAL_DOC))
-    if p.status == "cancelling":
-        closed = s.execute(
-            update(Document)
-            .where(Document.id.in_(open_docs))
-            .values(status="cancelled", error="cancelled by request", updated_at=utcnow())
-            .returning(*events.DOCUMENT_COLUMNS)
-        ).all()
-        events.record_documents(s, closed)
+def _close_cancelled(s: Session, p: Pipeline) -> None:
+    """A cancelled pipeline's documents still mid-way end ``cancelled``."""
+    if p.status != "cancelling":
         return
-    for doc_id in s.execute(open_docs).scalars().all():
-        job = s.execute(
-            select(Job.last_error, Job.error_kind)
-            .where(Job.document_id == doc_id, Job.pipeline_id == p.id)
-            .order_by(Job.updated_at.desc())
-            .limit(1)
-        ).first()
-        message = (
-            job.last_error if job and job.last_error else "processing stopped before this document finished"
+    open_docs = select(Document.id).where(Document.pipeline_id == p.id, Document.status.not_in(FINAL_DOC))
+    closed = s.execute(
+        update(Document)
+        .where(Document.id.in_(open_docs))
+        .values(status="cancelled", error="cancelled by request", updated_at=utcnow())
+        .returning(*events.DOCUMENT_COLUMNS)
+    ).all()
+    events.record_documents(s, closed)
+
+
+def _cover_leftovers(s: Session, runtime: Runtime, p: Pipeline) -> bool:
+    """Documents not final while no job of ``p`` is active (the invariant's repair): fail those
+    whose own latest job ended failed or dead, with its error; index those whose chunks are
+    all embedded; queue a job for the rest. Returns whether any job was queued."""
+    from lorebase.pipeline.process import enqueue_embedding
+    from lorebase.services.documents import INTERACTIVE_PRIORITY, PROCESS_JOB, group_documents
+
+    open_docs = s.execute(
+        select(Document.id, Document.status, Document.size_bytes).where(
+            Document.pipeline_id == p.id, Document.status.not_in(FINAL_DOC)
         )
-        failed = s.execute(
+    ).all()
+    if not open_docs:
+        return False
+    process_jobs = _latest_process_jobs(s, p.id, {d.id for d in open_docs if d.status != "embedding"})
+    embed_job = s.execute(
+        select(Job.status, Job.last_error, Job.error_kind)
+        .where(Job.pipeline_id == p.id, Job.type == EMBED_JOB)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(1)
+    ).first()
+    waiting = set(
+        s.execute(
+            select(Chunk.document_id)
+            .where(Chunk.document_id.in_([d.id for d in open_docs]), Chunk.embedded.is_(False))
+            .distinct()
+        ).scalars()
+    )
+    failed: list[tuple[str, str, str]] = []
+    indexed: list[str] = []
+    to_process: list[tuple[str, int]] = []
+    to_embed: list[str] = []
+    for doc in open_docs:
+        if doc.status == "embedding":
+            if doc.id not in waiting:
+                indexed.append(doc.id)
+            elif embed_job is not None and embed_job.status in ("failed", "dead"):
+                message = f"embedding failed: {embed_job.last_error}"
+                failed.append((doc.id, message, embed_job.error_kind or "transient"))
+            else:
+                to_embed.append(doc.id)
+            continue
+        job = process_jobs.get(doc.id)
+        if job is not None and job.status in ("failed", "dead"):
+            failed.append((doc.id, job.last_error or "processing failed", job.error_kind or "transient"))
+        else:
+            to_process.append((doc.id, doc.size_bytes or 0))
+    if (to_process or to_embed) and p.repairs >= MAX_REPAIRS:
+        message = f"processing stopped before this document finished (queued again {MAX_REPAIRS} times)"
+        failed += [(doc_id, message, "transient") for doc_id, _ in to_process]
+        failed += [(doc_id, message, "transient") for doc_id in to_embed]
+        to_process, to_embed = [], []
+    now = utcnow()
+    for doc_id, message, kind in failed:
+        rows = s.execute(
             update(Document)
             .where(Document.id == doc_id)
-            .values(
-                status="failed", error=message, error_kind=(job.error_kind if job else None) or "transient"
-            )
+            .values(status="failed", error=message, error_kind=kind, updated_at=now)
             .returning(*events.DOCUMENT_COLUMNS)
         ).all()
-        events.record_documents(s, failed)
+        events.record_documents(s, rows)
+    if indexed:
+        rows = s.execute(
+            update(Document)
+            .where(Document.id.in_(indexed))
+            .values(status="indexed", indexed_at=now, updated_at=now)
+            .returning(*events.DOCUMENT_COLUMNS)
+        ).all()
+        events.record_documents(s, rows)
+    if not (to_process or to_embed):
+        return False
+    p.repairs = (p.repairs or 0) + 1
+    log.warning(
+        "pipeline %s: %d document(s) had no job left to finish them; queued again (repair %d)",
+        p.id,
+        len(to_process) + len(to_embed),
+        p.repairs,
+    )
+    for group in group_documents(to_process):
+        runtime.queue.enqueue(
+            s,
+            type=PROCESS_JOB,
+            workspace_id=p.workspace_id,
+            pipeline_id=p.id,
+            kb_id=p.kb_id,
+            document_id=group[0] if len(group) == 1 else None,
+            payload={"document_id": group[0]} if len(group) == 1 else {"document_ids": group},
+            priority=INTERACTIVE_PRIORITY,
+        )
+    if to_embed:
+        enqueue_embedding(s, runtime, workspace_id=p.workspace_id, pipeline_id=p.id, kb_id=p.kb_id)
+    return True
+
+
+def _latest_process_jobs(s: Session, pipeline_id: str, doc_ids: set[str]) -> dict[str, Any]:
+    """The latest ``process_document`` job of each of ``doc_ids`` in the pipeline (a job of one
+    document names it in ``document_id``; a group's are in its payload)."""
+    if not doc_ids:
+        return {}
+    rows = s.execute(
+        select(Job.status, Job.last_error, Job.error_kind, Job.document_id, Job.payload)
+        .where(Job.pipeline_id == pipeline_id, Job.type == PROCESS_JOB)
+        .order_by(Job.created_at, Job.id)
+    ).all()
+    latest: dict[str, Any] = {}
+    for row in rows:
+        ids = [row.document_id] if row.document_id else list((row.payload or {}).get("document_ids") or [])
+        for doc_id in ids:
+            if doc_id in doc_ids:
+                latest[doc_id] = row
+    return latest
 
 
 def _settle_kb(s: Session, kb_id: str, now: datetime) -> None:
