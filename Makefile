@@ -54,7 +54,8 @@ test-site:
 POSTGRES_SUITES := tests/integration/test_job_queue.py tests/integration/test_dispatch.py \
 	tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
 	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py \
-	tests/integration/test_pipeline_events.py tests/integration/test_isolation.py
+	tests/integration/test_pipeline_events.py tests/integration/test_isolation.py \
+	tests/integration/test_settle_invariant.py
 
 test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgvector
 	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(call junit,test-postgres) $(POSTGRES_SUITES)

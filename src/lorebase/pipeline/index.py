@@ -26,6 +26,14 @@ from lorebase.services import pipelines as pipeline_service
 
 class EmbedChunks:
     def run(self, ctx: JobContext) -> None:
+        while True:
+            ctx.check_control(resumable=True)  # what is written stays written: a drain may stop here
+            if not self.run_batch(ctx):
+                return
+
+    def run_batch(self, ctx: JobContext) -> bool:
+        """Embed and write one batch of the pipeline's pending chunks (this job's partition), in
+        one fenced transaction that saves progress; False when none is left."""
         runtime = ctx.runtime
         pipeline_id = ctx.job.payload["pipeline_id"]
         with runtime.db.read_session() as s:
@@ -37,35 +45,36 @@ class EmbedChunks:
             if kb is None:
                 raise PermanentError("the knowledge base was deleted")
             kb_id, config, workspace_id = kb.id, kb.config, kb.workspace_id
-        part = _partition(ctx.job.payload)
-        embedder = runtime.kb_embedder(config)
-        store = runtime.kb_store(config)
-        batch_size = runtime.settings.embed_batch_size
-        while True:
-            ctx.check_control(resumable=True)  # what is written stays written: a drain may stop here
-            with runtime.db.read_session() as s:
-                rows = s.execute(
-                    select(
-                        Chunk.pk,
-                        Chunk.embed_text,
-                        Chunk.content,
-                        Chunk.document_id,
-                        Chunk.meta,
-                        Document.title,
-                    )
-                    .join(Document, Document.id == Chunk.document_id)
-                    .where(Document.pipeline_id == pipeline_id, Chunk.embedded.is_(False), *part)
-                    .order_by(Chunk.pk)
-                    .limit(batch_size)
-                ).all()
-                if not rows:
-                    return
-                texts = [r.embed_text for r in rows]
-                cached = cached_vectors(s, embedder.model_id, texts, workspace_id)
-            result = embed_with_cache(embedder, texts, cached, workspace_id)
-            with ctx.transaction(progress=True) as s:
-                write_batch(s, store, embedder.model_id, kb_id, pipeline_id, list(rows), result)
-            faults.point("embed.after_batch")  # vectors written, job not done: the re-run must converge
+            embedder = runtime.kb_embedder(config)
+            rows = s.execute(
+                select(
+                    Chunk.pk,
+                    Chunk.embed_text,
+                    Chunk.content,
+                    Chunk.document_id,
+                    Chunk.meta,
+                    Document.title,
+                )
+                .join(Document, Document.id == Chunk.document_id)
+                .where(
+                    Document.pipeline_id == pipeline_id,
+                    Chunk.embedded.is_(False),
+                    *_partition(ctx.job.payload),
+                )
+                .order_by(Chunk.pk)
+                .limit(runtime.settings.embed_batch_size)
+            ).all()
+            if not rows:
+                return False
+            texts = [r.embed_text for r in rows]
+            cached = cached_vectors(s, embedder.model_id, texts, workspace_id)
+        result = embed_with_cache(embedder, texts, cached, workspace_id)
+        with ctx.transaction(progress=True) as s:
+            write_batch(
+                s, runtime.kb_store(config), embedder.model_id, kb_id, pipeline_id, list(rows), result
+            )
+        faults.point("embed.after_batch")  # vectors written, job not done: the re-run must converge
+        return True
 
     def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
         """The embedder gave up: the documents waiting on it fail, their siblings stay indexed."""
