@@ -51,11 +51,11 @@ test-site:
 	fi
 
 #: the suites that run on PostgreSQL 16 + pgvector too (started by pgserver for the session)
-POSTGRES_SUITES := tests/integration/test_job_queue.py tests/integration/test_dispatch.py \
+POSTGRES_SUITES := tests/integration/jobs/test_job_queue.py tests/integration/jobs/test_dispatch.py \
 	tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
 	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py \
 	tests/integration/test_pipeline_events.py tests/integration/test_isolation.py \
-	tests/integration/test_settle_invariant.py
+	tests/integration/services/test_settle_invariant.py
 
 test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgvector
 	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(call junit,test-postgres) $(POSTGRES_SUITES)
@@ -80,6 +80,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -156,7 +156,7 @@ def _report(runtime: Any, pipeline_id: str) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from lorebase.db.models import Document, Job, Pipeline
-    from lorebase.services.documents import PROCESS_JOB
+    from lorebase.tasks.process_document import NAME as PROCESS_JOB
 
     with runtime.db.read_session() as s:
         docs = dict(
@@ -193,12 +193,15 @@ def run_crawl(
     from lorebase.adapters.parsers.registry import parse_bytes
     from lorebase.crawl.links import page_links
     from lorebase.jobs.executor import EmbeddedExecutor
-    from lorebase.pipeline.runner import HANDLERS
+    from lorebase.pipeline.isolated import pool_for
     from lorebase.runtime import Runtime
-    from lorebase.services import drafts, pipelines
+    from lorebase.services import drafts
     from lorebase.services.auth import local_principal
-    from lorebase.services.documents import CRAWL_JOB, PROCESS_JOB
+    from lorebase.services.settle import settle
     from lorebase.settings import Settings
+    from lorebase.tasks import REGISTRY
+    from lorebase.tasks.crawl_source import NAME as CRAWL_JOB
+    from lorebase.tasks.process_document import NAME as PROCESS_JOB
 
     with tempfile.TemporaryDirectory(prefix="lorebase-bench-crawl-") as tmp:
         data = Path(tmp) / "data"
@@ -214,17 +217,17 @@ def run_crawl(
         runtime.embedder().tokenizer()
         parse_bytes(warm_html, "text/html", "warm.html")
         page_links(warm_html, f"{site_url}/warm.html")
-        runtime.parse_pool.start(wait=True)  # a running worker's parse processes are up already
-        pool_pids = runtime.parse_pool.pids()
+        pool_for(runtime.settings).start(wait=True)  # a running worker's parse processes are up already
+        pool_pids = pool_for(runtime.settings).pids()
 
-        handlers = {k: HANDLERS[k] for k in (CRAWL_JOB, PROCESS_JOB)}  # no embed_chunks
+        handlers = {k: REGISTRY.handler(k) for k in (CRAWL_JOB, PROCESS_JOB)}  # no embed_chunks
         executor = EmbeddedExecutor(
             runtime,
             handlers,
             concurrency=workers,
             lanes={CRAWL_JOB: settings.jobs.crawl_workers},  # as ``build_executor`` does
             name="bench",
-            on_settle=pipelines.settle,
+            on_settle=settle,
         )
         executor.start()
         # the engine's own SQLite driver: a second SQLite library in one process would share POSIX

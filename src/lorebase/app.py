@@ -1,6 +1,6 @@
-"""create_app(): the FastAPI app. The lifespan builds the runtime once and, in the embedded
-mode, starts the worker threads; shutdown drains them (jobs checkpoint and release leases).
-With the Celery or RQ executor it starts a dispatcher instead (``jobs.dispatch``)."""
+"""create_app(): the FastAPI app. The lifespan assembles the process once (``assembly.py``): the
+runtime and, in the embedded mode, the worker threads; shutdown drains them (jobs checkpoint and
+release leases). With the Celery or RQ executor it starts a dispatcher instead."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from lorebase import __version__, web
 from lorebase.api import errors, guards, idempotency, openapi, ratelimit
 from lorebase.api.routes import drafts, health, kbs, keys, pipelines, queries, search
-from lorebase.runtime import Runtime
+from lorebase.assembly import assemble
 from lorebase.settings import Settings, get_settings
 from lorebase.web.security import SecurityHeaders
 
@@ -27,29 +27,15 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings)
-        app.state.runtime = runtime
-        if n_workers > 0 and settings.executor == "embedded":
-            from lorebase.pipeline.runner import build_executor
-
-            executor = build_executor(runtime, concurrency=n_workers, name="serve")
-            executor.start()
-            runtime.executor = executor
-        elif settings.executor != "embedded":
-            # Celery/RQ workers run the jobs; this process sends the messages for the jobs it
-            # enqueues (and for any that are due, like every process of the scaled mode)
-            from lorebase.jobs.dispatch import Dispatcher, make_sender
-
-            runtime.dispatcher = Dispatcher(runtime, make_sender(settings))
-            runtime.dispatcher.start()
+        # embedded: worker threads (none with --workers 0); Celery/RQ: a dispatcher that sends
+        # the jobs this process enqueues (like every process of the scaled mode)
+        process = assemble(settings, role="serve", concurrency=n_workers).start()
+        app.state.process = process
+        app.state.runtime = process.runtime
         try:
             yield
         finally:
-            if runtime.dispatcher is not None:
-                runtime.dispatcher.stop()
-            if runtime.executor is not None:
-                runtime.executor.stop(drain=True, timeout=30)
-            runtime.close()
+            process.stop()
 
     app = FastAPI(
         title="lorebase",

@@ -13,7 +13,7 @@ Two kinds of figures, because two kinds of truth exist:
   and pipeline tables, so every API node reports the same cluster-wide numbers whichever
   process did the work, and nothing drifts across restarts.
 
-``build_registry(runtime)`` joins both for one app; each app gets its own registry, so several
+``build_registry(db)`` joins both for one app; each app gets its own registry, so several
 apps in one process (tests) never clash over collector names.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
@@ -38,10 +38,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from lorebase.db.engine import Database
 from lorebase.db.models import Job, Pipeline, utcnow
-
-if TYPE_CHECKING:
-    from lorebase.runtime import Runtime
+from lorebase.db.states import PIPELINE_FINAL
 
 log = logging.getLogger("lorebase.metrics")
 
@@ -76,15 +75,12 @@ CRAWL_PAGES = Counter(
     registry=REGISTRY,
 )
 
-FINAL_JOB = ("succeeded", "failed", "cancelled", "dead")
-FINAL_PIPELINE = ("completed", "completed_with_errors", "failed", "cancelled")
 
-
-def build_registry(runtime: Runtime) -> CollectorRegistry:
+def build_registry(db: Database) -> CollectorRegistry:
     """A registry for one app: the database's figures, this process's instruments, and the
     standard process/platform/GC collectors (fresh instances, so nothing global)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(runtime))
+    registry.register(DatabaseCollector(db))
     registry.register(REGISTRY)  # a registry is itself a collector
     ProcessCollector(registry=registry)  # each registers itself with the registry it is given
     PlatformCollector(registry=registry)
@@ -99,13 +95,13 @@ class DatabaseCollector(Collector):
     and without the database's families, so an alert can tell "down" from "no data".
     """
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("lorebase_database_up", "1 when /metrics could read the database.")
         try:
-            with self.runtime.db.read_session() as s:
+            with self.db.read_session() as s:
                 families = list(self._families(s))
         except Exception as exc:  # a scrape must never fail because of the database
             log.warning("metrics: database not readable: %s", exc)
@@ -184,7 +180,7 @@ class DatabaseCollector(Collector):
         seconds = self._seconds_between(s, Pipeline.started_at, Pipeline.finished_at)
         for status, n, total in s.execute(
             select(Pipeline.status, func.count(), func.coalesce(func.sum(seconds), 0))
-            .where(Pipeline.status.in_(FINAL_PIPELINE), Pipeline.finished_at.is_not(None))
+            .where(Pipeline.status.in_(PIPELINE_FINAL), Pipeline.finished_at.is_not(None))
             .where(Pipeline.started_at.is_not(None))
             .group_by(Pipeline.status)
         ).all():

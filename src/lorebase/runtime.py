@@ -16,7 +16,8 @@ from lorebase.adapters.blobs.database import DatabaseBlobStore
 from lorebase.adapters.blobs.local import LocalBlobStore
 from lorebase.adapters.blobs.protocol import BlobStore
 from lorebase.adapters.drafts import DraftRepository, build_draft_repository
-from lorebase.adapters.embedders.local import LOCAL_MODELS, LocalEmbedder
+from lorebase.adapters.embedders import embedder_info
+from lorebase.adapters.embedders.local import LocalEmbedder
 from lorebase.adapters.embedders.protocol import Embedder
 from lorebase.adapters.events import EventBus, build_event_bus, connect_redis
 from lorebase.adapters.stores.protocol import Store
@@ -25,7 +26,6 @@ from lorebase.db.engine import Database
 from lorebase.db.migrate import upgrade
 from lorebase.errors import InvalidInput
 from lorebase.jobs.queue import JobQueue
-from lorebase.pipeline.isolated import ParseLimits, shared_pool
 from lorebase.settings import Settings
 
 #: stores this build can run, by name, with the database each lives in (the store writes in the
@@ -40,16 +40,6 @@ STORE_DATABASES: dict[str, str | None] = {
 AVAILABLE_STORES = tuple(STORE_DATABASES)
 #: the package each external store needs, and the extra that installs it
 _STORE_PACKAGES = {"qdrant": ("qdrant_client", "qdrant"), "chroma": ("chromadb", "chroma")}
-
-
-def embedder_info(spec: str) -> tuple[int, int]:
-    """(dimensions, max_tokens) of an embedder spec without loading it; InvalidInput if unknown."""
-    kind, _, name = spec.partition(":")
-    if kind == "local" and name in LOCAL_MODELS:
-        return LOCAL_MODELS[name]
-    raise InvalidInput(
-        f"unknown embedding model {spec!r}; available: {', '.join('local:' + m for m in LOCAL_MODELS)}"
-    )
 
 
 def check_supported(settings: Settings) -> None:
@@ -107,9 +97,6 @@ class Runtime:
             if settings.blob_store == "database"
             else LocalBlobStore(settings.blob_dir)
         )
-        self.parse_pool = shared_pool(
-            settings.jobs.parse_processes, settings.jobs.parse_niceness, ParseLimits.of(settings.parse)
-        )
         self._embedders: dict[str, Embedder] = {}
         self._query_embedders: dict[str, Embedder] = {}
         self._stores: dict[tuple[str, int], Store] = {}
@@ -117,8 +104,6 @@ class Runtime:
         self._redis = connect_redis(settings)  # one client for drafts and events; None when embedded
         self.events: EventBus = build_event_bus(settings, self._redis)  # live events (pub/sub)
         self.drafts: DraftRepository = build_draft_repository(settings, self.db, self._redis)
-        self.executor: Any = None  # the embedded executor, when this process runs one
-        self.dispatcher: Any = None  # sends job messages (Celery/RQ executors), when this process runs one
         # The store's tables exist before any transaction needs them: creating them lazily from
         # inside another write transaction would wait on SQLite's lock held by that transaction.
         self.store(settings.vector_store, embedder_info(settings.embedder)[0])

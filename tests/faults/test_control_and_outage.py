@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from lorebase.assembly import build_executor
 from lorebase.db.models import Document
 from lorebase.pipeline.embed import TEXTS_EMBEDDED
-from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
 from lorebase.services import pipelines, search
 from lorebase.services.auth import local_principal

@@ -17,7 +17,8 @@ from lorebase.db.models import Document, Job
 from lorebase.runtime import Runtime
 from lorebase.services import jobs as job_service
 from lorebase.services.auth import local_principal
-from lorebase.services.documents import EMBED_JOB, PROCESS_JOB
+from lorebase.tasks.embed_chunks import NAME as EMBED_JOB
+from lorebase.tasks.process_document import NAME as PROCESS_JOB
 from support.faults import audit, chunks_indexed, ended, pipeline_status, records, start_pipeline, wait_for
 from support.worker import start_worker
 

@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from lorebase.db.models import Job
 from lorebase.runtime import Runtime
-from lorebase.services.documents import EMBED_JOB, PROCESS_JOB
+from lorebase.tasks.embed_chunks import NAME as EMBED_JOB
+from lorebase.tasks.process_document import NAME as PROCESS_JOB
 from support.faults import audit, chunks_indexed, ended, pipeline_status, records, start_pipeline, wait_for
 from support.worker import start_worker
 

@@ -18,15 +18,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from conftest import make_settings
+from lorebase.assembly import build_executor
 from lorebase.db.models import Job, utcnow
 from lorebase.errors import LeaseLost
 from lorebase.jobs.context import JobContext
 from lorebase.jobs.executor import EmbeddedExecutor
-from lorebase.pipeline.runner import HANDLERS, build_executor
 from lorebase.runtime import Runtime
-from lorebase.services import pipelines
 from lorebase.services.auth import local_principal
-from lorebase.services.documents import EMBED_JOB, PROCESS_JOB
+from lorebase.services.settle import settle
+from lorebase.tasks import REGISTRY
+from lorebase.tasks.embed_chunks import NAME as EMBED_JOB
+from lorebase.tasks.process_document import NAME as PROCESS_JOB
 from support.faults import audit, ended, pipeline_status, running_jobs, start_pipeline, wait_for
 from support.worker import owned_by, start_worker
 
@@ -232,14 +234,14 @@ def test_the_same_job_delivered_twice_has_one_effect(
     _, pid = start_pipeline(rt, corpus)
     first = rt.queue.claim("lost-ack", (PROCESS_JOB,))
     assert first is not None
-    HANDLERS[PROCESS_JOB].run(JobContext(rt, first))  # the work is saved; the ack never comes
+    REGISTRY.handler(PROCESS_JOB).run(JobContext(rt, first))  # the work is saved; the ack never comes
     with rt.db.session() as s:
         s.execute(
             update(Job).where(Job.id == first.id).values(lease_expires_at=utcnow() - timedelta(seconds=1))
         )
     assert first.id in {j for j in _reaped_jobs(rt)}
     build_executor(rt, concurrency=1).run_until_idle()
-    pipelines.settle(rt, pid)
+    settle(rt, pid)
     assert _job(rt, first.id).status == "succeeded" and _job(rt, first.id).attempts == 2
     assert running_jobs(rt) == 0
     assert audit(rt) == reference

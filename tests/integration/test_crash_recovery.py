@@ -9,10 +9,10 @@ from pathlib import Path
 from sqlalchemy import func, select, text
 
 from conftest import make_settings
+from lorebase.assembly import build_executor
 from lorebase.db.models import Chunk, Document, Job, Pipeline
-from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
-from lorebase.services import pipelines
+from lorebase.services.settle import settle
 from support.faults import records, start_pipeline
 from support.worker import start_worker
 
@@ -44,7 +44,7 @@ def test_sigkill_mid_batch_then_restart_matches_a_clean_run(tmp_path: Path) -> N
     clean = Runtime(make_settings(tmp_path / "clean", embed_batch_size=32))
     _, pid = start_pipeline(clean, docs, name="crash")
     build_executor(clean, concurrency=1).run_until_idle()
-    pipelines.settle(clean, pid)
+    settle(clean, pid)
     expected = _snapshot(clean)
     clean.close()
     assert expected["statuses"] == {"indexed": 160}

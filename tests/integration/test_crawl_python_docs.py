@@ -29,8 +29,8 @@ from sqlalchemy import select
 
 from conftest import key_headers, make_settings, wait_pipeline
 from lorebase.app import create_app
+from lorebase.assembly import build_executor
 from lorebase.db.models import Document
-from lorebase.pipeline.runner import build_executor
 from support.site import serve
 from support.waiting import wait_for
 

@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import func, select, text
 
 from conftest import make_settings
+from lorebase.assembly import build_executor
 from lorebase.db.models import Chunk, CrawlPage, Document, Job, Pipeline
-from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
 from lorebase.services import drafts
 from lorebase.services.auth import local_principal

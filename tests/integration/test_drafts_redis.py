@@ -28,9 +28,9 @@ from lorebase.adapters.drafts.protocol import DraftRecord
 from lorebase.adapters.drafts.redis import RedisDraftRepository
 from lorebase.adapters.events.redis import RedisEventBus
 from lorebase.app import create_app
+from lorebase.assembly import build_executor
 from lorebase.db.models import KnowledgeBase, Pipeline
 from lorebase.errors import NotFound
-from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, pipelines
 from lorebase.services.auth import local_principal

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from conftest import finalize_draft, key_headers, make_settings, running_app, wait_pipeline
 from lorebase.adapters.parsers.zipguard import DEFAULT_LIMITS as ZIP_DEFAULTS
 from lorebase.errors import PermanentError
-from lorebase.pipeline.isolated import ParseLimits, ParsePool, Prepared
+from lorebase.pipeline.isolated import ParseLimits, ParsePool, Prepared, pool_for
 from lorebase.pipeline.types import ChunkingConfig
 from lorebase.settings import ParseSettings
 from support import hostile
@@ -179,7 +179,7 @@ def test_hostile_uploads_are_refused_or_fail_alone_and_the_worker_keeps_indexing
 
     # the worker side stayed small: this process (API + worker threads) and its parse processes
     growth = _vm("self", "VmHWM") - hwm_before
-    children = runtime.parse_pool.pids()
+    children = pool_for(runtime.settings).pids()
     print(
         f"\npeak RSS growth of the test process across the hostile batch: {growth / 1024**2:.0f} MiB; "
         f"parse processes VmHWM: {[round(_vm(p, 'VmHWM') / 1024**2) for p in children]} MiB"

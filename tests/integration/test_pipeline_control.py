@@ -19,8 +19,8 @@ from sqlalchemy import func, select, text
 
 from conftest import FINAL, finalize_draft, make_settings, running_app, wait_pipeline
 from factories import pdf_bytes
+from lorebase.assembly import build_executor
 from lorebase.db.models import Chunk, Document, Job, Pipeline, QueryLog
-from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, pipelines
 from lorebase.services.auth import create_key

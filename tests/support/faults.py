@@ -20,11 +20,12 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from lorebase.adapters.stores.pgvector import PgvectorStore
+from lorebase.assembly import build_executor
 from lorebase.db.models import Chunk, Document, Job, Pipeline
-from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
-from lorebase.services import drafts, pipelines
+from lorebase.services import drafts
 from lorebase.services.auth import local_principal
+from lorebase.services.settle import settle
 from support.waiting import wait_for
 
 __all__ = ["audit", "clean_run", "records", "start_pipeline", "wait_for"]
@@ -62,7 +63,7 @@ def clean_run(rt: Runtime, docs: list[dict[str, str]]) -> dict[str, Any]:
     """The reference: the same records ingested with nothing going wrong."""
     _, pid = start_pipeline(rt, docs, name="clean")
     build_executor(rt, concurrency=1).run_until_idle()
-    pipelines.settle(rt, pid)
+    settle(rt, pid)
     return audit(rt)
 
 

@@ -40,7 +40,7 @@ ENABLED = os.environ.get("LOREBASE_TEST_ZYGOTE", "1") != "0"
 #: what a worker process imports on its way (the first embedding batch included)
 PRELOAD = (
     "lorebase.cli.main",
-    "lorebase.pipeline.runner",
+    "lorebase.assembly",
     "lorebase.jobs.celery_executor",
     "lorebase.jobs.rq_executor",
     "lorebase.adapters.stores.pgvector",

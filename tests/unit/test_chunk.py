@@ -10,11 +10,12 @@ from fpdf import FPDF
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from lorebase.adapters.embedders.local import load_tokenizer
+from lorebase.adapters.parsers.document import Block, ParsedDocument
 from lorebase.adapters.parsers.html import HtmlParser
 from lorebase.adapters.parsers.markdown import MarkdownParser
 from lorebase.adapters.parsers.pdf import PdfParser
 from lorebase.pipeline.chunk import chunk, count_tokens
-from lorebase.pipeline.types import Block, ChunkDraft, ChunkingConfig, ParsedDocument
+from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from lorebase.api.idempotency import BodyDigest
-from lorebase.services.documents import sanitize_filename
+from lorebase.pipeline.documents import sanitize_filename
 
 
 @pytest.mark.parametrize(

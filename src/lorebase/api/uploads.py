@@ -30,7 +30,8 @@ from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from lorebase.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from lorebase.services.documents import FileTuple, sanitize_filename
+from lorebase.pipeline.documents import sanitize_filename
+from lorebase.services.documents import FileTuple
 from lorebase.settings import Settings
 
 #: files one multipart request may carry (a folder's worth; more go in several requests)

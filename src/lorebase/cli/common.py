@@ -37,14 +37,19 @@ def safe_url(url: str) -> str:
         return "<unreadable URL>"
 
 
-def runtime(settings: Settings | None = None) -> Runtime:
+def checked(settings: Settings | None = None) -> Settings:
+    """The settings of a command that works on the local data dir (refused with a server URL)."""
     settings = settings or get_settings()
     if settings.server_url:
         raise SystemExit(
             "error: LOREBASE_SERVER_URL is set, but talking to a remote server is not in this build yet; "
             "unset it to work on the local data dir"
         )
-    return Runtime(settings)
+    return settings
+
+
+def runtime(settings: Settings | None = None) -> Runtime:
+    return Runtime(checked(settings))
 
 
 def principal(rt: Runtime, workspace: str | None) -> Principal:

@@ -17,11 +17,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from lorebase.assembly import assemble
 from lorebase.cli.common import console
 from lorebase.cli.follow import follow
 from lorebase.db.models import Chunk, Document
 from lorebase.errors import InvalidInput
-from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, kbs
 from lorebase.services.auth import Principal
@@ -68,12 +68,11 @@ def build_from_corpus(rt: Runtime, p: Principal, name: str, corpus: str) -> str:
     drafts.add_text(rt, p, draft["id"], records)
     result = drafts.finalize(rt, p, draft["id"])
     console.print(f"building {name} from {len(records)} corpus documents")
-    executor = build_executor(rt, concurrency=2, name="eval")
-    executor.start()
+    process = assemble(rt.settings, role="cli", concurrency=2, runtime=rt).start()
     try:
         state = follow(rt, p, result["pipeline_id"], interval=1.0)
     finally:
-        executor.stop(drain=True)
+        process.stop()
     if state["status"] not in ("completed", "completed_with_errors"):
         raise InvalidInput(f"building the KB ended {state['status']}: {state.get('error')}")
     return str(result["kb_id"])

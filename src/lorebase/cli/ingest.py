@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lorebase.assembly import assemble
 from lorebase.cli.common import console
 from lorebase.cli.follow import follow
 from lorebase.errors import InvalidInput
-from lorebase.pipeline.runner import build_executor
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, kbs, pipelines, sources
 from lorebase.services.auth import Principal
@@ -99,14 +99,14 @@ def ingest(
                     console.print(f"crawling {src['url']} into [bold]{kb_name}[/]")
     states = [pipelines.get(rt, p, pid) for pid in pipeline_ids]
     if wait:
-        executor = build_executor(rt, concurrency=workers, name="cli") if workers > 0 else None
-        if executor:
-            executor.start()
+        process = assemble(rt.settings, role="cli", concurrency=workers, runtime=rt) if workers > 0 else None
+        if process:
+            process.start()
         try:
             states = [follow(rt, p, pid, quiet=quiet) for pid in pipeline_ids]
         finally:
-            if executor:
-                executor.stop(drain=True)
+            if process:
+                process.stop()
     return {"kb_id": kb_id, "pipeline": states[-1], "pipelines": states}
 
 

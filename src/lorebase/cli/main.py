@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import threading
 from typing import Annotated, Any
@@ -109,7 +108,7 @@ def worker(
     With the embedded executor the worker claims jobs from the shared database; with
     LOREBASE_EXECUTOR=celery or rq it runs a Celery or RQ worker that takes job messages from
     the broker (the job table still decides what runs)."""
-    from lorebase.pipeline.runner import build_executor
+    from lorebase.assembly import assemble
 
     common.setup_logging()
     settings = get_settings()
@@ -120,42 +119,33 @@ def worker(
         _broker_worker(settings, concurrency=concurrency, queues=queues)
         return
     kinds = _queue_kinds(queues)
-    rt = common.runtime()
+    process = assemble(common.checked(settings), role="worker", concurrency=concurrency, kinds=kinds)
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
         from lorebase.metrics import REGISTRY
 
         start_http_server(metrics_port, addr=settings.host, registry=REGISTRY)
-    executor = build_executor(rt, concurrency=concurrency, name="worker", kinds=kinds)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    executor.start()
-    crawlers = rt.settings.jobs.crawl_workers
+    process.start()
+    crawlers = settings.jobs.crawl_workers
     extra = f" (+{crawlers} for crawls)" if crawlers and concurrency else ""
     console.print(
         f"worker started with {concurrency} threads{extra} for {', '.join(kinds)} jobs"
-        f" on {common.safe_url(rt.settings.resolved_database_url)}"
+        f" on {common.safe_url(settings.resolved_database_url)}"
     )
     stop.wait()
     console.print("draining: running jobs checkpoint and release their leases")
-    executor.stop(drain=True, timeout=60)
-    from lorebase.pipeline.embed import TEXTS_EMBEDDED
-
-    logging.getLogger("lorebase.worker").info(
-        "worker stopped: %d jobs still running, %d texts embedded by this process",
-        executor.active_jobs,
-        TEXTS_EMBEDDED.value,
-    )
-    rt.close()
+    process.stop(drain_timeout=60)
 
 
 def _queue_kinds(queues: str | None) -> tuple[str, ...]:
-    from lorebase.jobs.dispatch import parse_kinds
+    from lorebase.tasks import REGISTRY
 
     try:
-        return parse_kinds(queues)
+        return REGISTRY.parse_kinds(queues)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--queues") from None
 
@@ -168,14 +158,9 @@ def _broker_worker(settings: Settings, *, concurrency: int, queues: str | None) 
     console.print(
         f"{settings.executor} worker: queues {', '.join(kinds)} on {common.safe_url(settings.resolved_database_url)}"
     )
-    if settings.executor == "celery":
-        from lorebase.jobs.celery_executor import run_worker
+    from lorebase.assembly import run_broker_worker
 
-        run_worker(settings, concurrency=concurrency, kinds=kinds)
-    else:
-        from lorebase.jobs.rq_executor import run_worker as run_rq_worker
-
-        run_rq_worker(settings, kinds=kinds)
+    run_broker_worker(settings, concurrency=concurrency, kinds=kinds)
 
 
 @app.command()

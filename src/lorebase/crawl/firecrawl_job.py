@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,9 +18,12 @@ from sqlalchemy.orm import Session
 from lorebase.db.models import Document, KnowledgeBase, Pipeline, Source, utcnow
 from lorebase.errors import PermanentError
 from lorebase.jobs.context import JobContext
-from lorebase.services import pipelines as pipeline_service
-from lorebase.services.documents import SourceItem, add_items, record_failed_page, remove_documents
+from lorebase.pipeline import progress
+from lorebase.pipeline.documents import SourceItem, add_items, record_failed_page, remove_documents
+from lorebase.runtime import Runtime
+from lorebase.tasks import crawl_source
 
+from .counters import apply_page_counts
 from .firecrawl import FirecrawlBatch, FirecrawlClient, FirecrawlPage
 from .options import CrawlOptions
 from .urls import normalize_url
@@ -30,12 +32,12 @@ from .urls import normalize_url
 POLL_SECONDS = 1.0
 
 
-def run_firecrawl(ctx: JobContext, source_id: str, kb_id: str, start: str, options: CrawlOptions) -> None:
+def run_firecrawl(
+    ctx: JobContext[Runtime], source_id: str, kb_id: str, start: str, options: CrawlOptions
+) -> None:
     settings = ctx.runtime.settings.crawl
     if not settings.firecrawl_url:
         raise PermanentError("crawl.engine 'firecrawl' needs LOREBASE_CRAWL__FIRECRAWL_URL on the worker")
-    from .job import CRAWL_PRIORITY, apply_page_counts  # job.py imports this module lazily
-
     with FirecrawlClient(
         settings.firecrawl_url, settings.firecrawl_api_key, timeout=settings.request_timeout_seconds
     ) as client:
@@ -53,19 +55,19 @@ def run_firecrawl(ctx: JobContext, source_id: str, kb_id: str, start: str, optio
             )
             with ctx.transaction() as s:
                 ctx.save_checkpoint(s, {**checkpoint, "firecrawl_id": crawl_id, "next": None})
-        batch = _wait_until_done(ctx, client, crawl_id, apply_page_counts)
+        batch = _wait_until_done(ctx, client, crawl_id)
         resume_at = ctx.job.checkpoint.get("next")
         if resume_at:
             batch = client.fetch(crawl_id, next_url=resume_at)
         while True:
             with ctx.transaction() as s:
-                _save_pages(s, ctx, kb_id, source_id, batch.pages, CRAWL_PRIORITY)
+                _save_pages(s, ctx, kb_id, source_id, batch.pages, crawl_source.PRIORITY)
                 ctx.save_checkpoint(s, {**ctx.job.checkpoint, "next": batch.next, "done": not batch.next})
                 if not batch.next:
                     source = s.get(Source, source_id)
                     if source is not None:
                         source.last_refreshed_at = utcnow()
-                pipeline_service.refresh_progress(s, ctx.job.pipeline_id or "")
+                progress.refresh_progress(s, ctx.job.pipeline_id or "")
             ctx.runtime.queue.notify()
             if not batch.next:
                 return
@@ -73,15 +75,13 @@ def run_firecrawl(ctx: JobContext, source_id: str, kb_id: str, start: str, optio
             batch = client.fetch(crawl_id, next_url=batch.next)
 
 
-def _wait_until_done(
-    ctx: JobContext, client: FirecrawlClient, crawl_id: str, apply_page_counts: Any
-) -> FirecrawlBatch:
+def _wait_until_done(ctx: JobContext[Runtime], client: FirecrawlClient, crawl_id: str) -> FirecrawlBatch:
     while True:
         ctx.check_control(resumable=True)
         batch = client.fetch(crawl_id)
         with ctx.transaction() as s:
             apply_page_counts(s, ctx, {"discovered": batch.total, "fetched": batch.completed, "skipped": 0})
-            pipeline_service.refresh_progress(s, ctx.job.pipeline_id or "")
+            progress.refresh_progress(s, ctx.job.pipeline_id or "")
         if batch.status == "completed":
             return batch
         if batch.status == "cancelled":
@@ -90,7 +90,12 @@ def _wait_until_done(
 
 
 def _save_pages(
-    s: Session, ctx: JobContext, kb_id: str, source_id: str, pages: list[FirecrawlPage], priority: int
+    s: Session,
+    ctx: JobContext[Runtime],
+    kb_id: str,
+    source_id: str,
+    pages: list[FirecrawlPage],
+    priority: int,
 ) -> None:
     kb = s.get(KnowledgeBase, kb_id)
     pipeline = s.get(Pipeline, ctx.job.pipeline_id) if ctx.job.pipeline_id else None

@@ -1,4 +1,4 @@
-"""The ``crawl_source`` job: a web source's crawl, resumable from its frontier in the database.
+"""The ``crawl_source`` task's handler (``tasks/crawl_source.py``): a web source's crawl, resumable from its frontier in the database.
 
 One job per source and pipeline (finalize, ``POST /kbs/{id}/sources``, ``/refresh``). It fetches
 pages concurrently (asyncio, per-host gates) and commits results in small batches, each in one
@@ -31,24 +31,26 @@ from typing import Any
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from lorebase.db.engine import insert_or_skip
 from lorebase.db.models import CrawlPage, Document, KnowledgeBase, Pipeline, Source, utcnow
 from lorebase.errors import Interrupted, LeaseLost, PermanentError
 from lorebase.jobs import retry
 from lorebase.jobs.context import JobContext
 from lorebase.metrics import CRAWL_PAGES
-from lorebase.services import pipelines as pipeline_service
-from lorebase.services.documents import (
+from lorebase.pipeline import progress
+from lorebase.pipeline.documents import (
     SourceItem,
     add_items,
     record_failed_page,
     remove_documents,
     sanitize_filename,
 )
+from lorebase.runtime import Runtime
+from lorebase.tasks import crawl_source
 
+from .counters import SKIPPED, apply_page_counts
 from .fetch import Fetcher, FetchResult, HostGate
 from .guard import AddressPolicy, BlockedAddress, blocked_cause, guarded_client, precheck_url
 from .links import PAGE_TYPES, looks_like_document, page_links
@@ -58,17 +60,12 @@ from .urls import normalize_url, same_host, url_path_matches
 
 log = logging.getLogger(__name__)
 
-CRAWL_PRIORITY = 5  # bulk work (the crawl and its pages): below uploads (10) and the embedder (20)
 COMMIT_EVERY_PAGES = 16
 COMMIT_EVERY_SECONDS = 1.0
 CONTROL_EVERY_SECONDS = 0.25
 #: frontier pages read at once (fetched in order from memory; the rest stay queued in the table)
 FRONTIER_READ = 64
 MAX_SITEMAPS = 20
-#: pipeline counters: ``pages_fetched`` counts pages that got an HTTP answer this run;
-#: ``pages_skipped`` those that led to no processing (robots, duplicates, noindex, unchanged)
-SKIPPED = ("skipped", "unchanged")
-
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
@@ -90,7 +87,7 @@ class CrawlSource:
 
     resolver: Resolver | None = None
 
-    def run(self, ctx: JobContext) -> None:
+    def run(self, ctx: JobContext[Runtime]) -> None:
         source_id = ctx.job.payload["source_id"]
         with ctx.runtime.db.read_session() as s:
             source = s.get(Source, source_id)
@@ -105,7 +102,7 @@ class CrawlSource:
             return
         asyncio.run(Crawl(ctx, source_id, kb_id, start, options, resolver=self.resolver).main())
 
-    def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
+    def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
         """The crawl itself gave up (dead after retries): say so on the pipeline."""
         if ctx.job.pipeline_id:
             session.execute(
@@ -118,7 +115,7 @@ class CrawlSource:
 class Crawl:
     def __init__(
         self,
-        ctx: JobContext,
+        ctx: JobContext[Runtime],
         source_id: str,
         kb_id: str,
         start: str,
@@ -461,7 +458,7 @@ class Crawl:
                     items.append((page, item))
             if items:
                 outcome = add_items(
-                    s, self.runtime, kb, pipeline, [item for _, item in items], priority=CRAWL_PRIORITY
+                    s, self.runtime, kb, pipeline, [item for _, item in items], priority=crawl_source.PRIORITY
                 )
                 for (page, _), out in zip(items, outcome, strict=True):
                     page.document_id = out["id"]
@@ -469,7 +466,7 @@ class Crawl:
             if discovered:
                 self._insert_pages(s, discovered, cap=self.options.max_pages)
             self._update_counters(s)
-            pipeline_service.refresh_progress(s, self.run_id)
+            progress.refresh_progress(s, self.run_id)
         self.runtime.queue.notify()
 
     def _known_contents(self, s: Session, results: list[tuple[_Ref, FetchResult]]) -> dict[str, str]:
@@ -646,9 +643,7 @@ class Crawl:
             }
             for h, u, f, d in fresh
         ]
-        dialect = s.get_bind().dialect.name
-        insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
-        s.execute(insert_fn(CrawlPage).values(rows).on_conflict_do_nothing())
+        s.execute(insert_or_skip(s, CrawlPage, rows))
         self._inserting.update(h for h, _, _, _ in fresh)
 
     def _update_counters(self, s: Session) -> None:
@@ -673,23 +668,7 @@ class Crawl:
             if source is not None:
                 source.last_refreshed_at = utcnow()
             self._update_counters(s)
-            pipeline_service.refresh_progress(s, self.run_id)
-
-
-def apply_page_counts(s: Session, ctx: JobContext, mine: dict[str, int]) -> None:
-    """Set this source's share of the pipeline's page counters (several sources may share a
-    pipeline: the job's checkpoint remembers what it added last time, in the same transaction)."""
-    pipeline = s.get(Pipeline, ctx.job.pipeline_id) if ctx.job.pipeline_id else None
-    if pipeline is None:
-        return
-    before = ctx.job.checkpoint.get("counts") or {"discovered": 0, "fetched": 0, "skipped": 0}
-    # added in SQL, not read-modify-write: on PostgreSQL another source's crawl job may update the
-    # same pipeline at once (SQLite runs write transactions one at a time)
-    pipeline.pages_discovered = Pipeline.pages_discovered + (mine["discovered"] - before["discovered"])
-    pipeline.pages_fetched = Pipeline.pages_fetched + (mine["fetched"] - before["fetched"])
-    pipeline.pages_skipped = Pipeline.pages_skipped + (mine["skipped"] - before["skipped"])
-    s.flush()  # the new values are read back (expired attributes reload) by whoever looks next
-    ctx.save_checkpoint(s, {**ctx.job.checkpoint, "counts": mine})
+            progress.refresh_progress(s, self.run_id)
 
 
 def _read_body(result: FetchResult, url: str) -> None:

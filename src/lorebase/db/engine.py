@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +38,25 @@ def _sqlite_module() -> Any:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def insert_or_skip(
+    session: Session,
+    table: Any,
+    rows: dict[str, Any] | list[dict[str, Any]],
+    *,
+    index_elements: list[str] | None = None,
+    index_where: Any = None,
+) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` in the session's dialect (SQLite or PostgreSQL): rows
+    that would break a unique constraint (the one on ``index_elements``, partial when
+    ``index_where`` is given; any when neither is) are skipped. Returns the statement, for the
+    caller to execute (with ``.returning(…)`` when it needs to know what went in)."""
+    dialect = session.get_bind().dialect.name
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(table).values(rows)
+    if index_elements is None:
+        return stmt.on_conflict_do_nothing()
+    return stmt.on_conflict_do_nothing(index_elements=index_elements, index_where=index_where)
 
 
 def make_engine(url: str) -> Engine:

@@ -37,7 +37,8 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 
 from lorebase.jobs.delivery import close_worker_state, run_delivered, worker_state
-from lorebase.jobs.dispatch import Sender, kind_of, queue_name
+from lorebase.jobs.dispatch import Sender, queue_name
+from lorebase.jobs.registry import Registry
 from lorebase.settings import Settings
 
 log = logging.getLogger("lorebase.celery")
@@ -79,15 +80,14 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def celery_sender(app: Celery, prefix: str) -> Sender:
+def celery_sender(app: Celery, prefix: str, registry: Registry) -> Sender:
     """A ``Sender`` that publishes one ``run_job`` message per job on its kind's queue."""
 
     def send(jobs: Sequence[tuple[str, str]]) -> None:
         with app.producer_or_acquire() as producer:
             for job_id, job_type in jobs:
-                app.send_task(
-                    TASK_NAME, args=[job_id], queue=queue_name(prefix, kind_of(job_type)), producer=producer
-                )
+                queue = queue_name(prefix, registry.kind_of(job_type))
+                app.send_task(TASK_NAME, args=[job_id], queue=queue, producer=producer)
 
     return send
 
@@ -103,11 +103,12 @@ def _init_pool_process(**_: Any) -> None:
     me = multiprocessing.current_process()
     me._config.pop("daemon", None)  # type: ignore[attr-defined]
     me._config["authkey"] = multiprocessing.process.AuthenticationString(os.urandom(32))  # type: ignore[attr-defined]
-    state = worker_state()  # warm: load the runtime before the first message
-    signal.signal(DRAIN_SIGNAL, lambda *_: state.executor.drain())
+    executor = worker_state().executor  # warm: load the runtime before the first message
+    assert executor is not None
+    signal.signal(DRAIN_SIGNAL, lambda *_: executor.drain())
     # SIGTERM sent to the whole process group (systemd's default, `kill -- -PGID`) drains too,
     # instead of ending this process mid-job: the worker's warm shutdown then waits for it
-    signal.signal(signal.SIGTERM, lambda *_: state.executor.drain())
+    signal.signal(signal.SIGTERM, lambda *_: executor.drain())
 
 
 @worker_shutting_down.connect

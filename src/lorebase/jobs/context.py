@@ -5,24 +5,52 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lorebase.db.engine import Database
 from lorebase.db.models import Pipeline
+from lorebase.db.states import PipelineStatus
 from lorebase.errors import Interrupted, LeaseLost
-from lorebase.jobs.queue import ClaimedJob
+from lorebase.jobs.queue import ClaimedJob, JobQueue
 
 if TYPE_CHECKING:
-    from lorebase.runtime import Runtime
+    from lorebase.settings import Settings
 
 
-class JobContext:
-    def __init__(self, runtime: Runtime, job: ClaimedJob, *, draining: threading.Event | None = None) -> None:
-        self.runtime = runtime
+class Host(Protocol):
+    """What the engine needs of the process it runs in (``lorebase.runtime.Runtime`` is one):
+    the database, the job queue and the settings. Handlers get the whole runtime."""
+
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def queue(self) -> JobQueue: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+
+R = TypeVar("R", bound=Host)
+
+
+class JobContext(Generic[R]):
+    def __init__(
+        self,
+        runtime: R,
+        job: ClaimedJob,
+        *,
+        draining: threading.Event | None = None,
+        resumable: bool = False,
+    ) -> None:
+        self.runtime: R = runtime
         self.job = job
         self.lease_lost = threading.Event()
+        #: the task saves checkpoints or progress (its TaskSpec says so): a drain may stop it
+        self.resumable = resumable
         self._draining = draining or threading.Event()
 
     @contextmanager
@@ -36,10 +64,11 @@ class JobContext:
             self.runtime.queue.fence(s, self.job, progress=progress)
             yield s
 
-    def check_control(self, *, resumable: bool = False) -> None:
+    def check_control(self, *, resumable: bool | None = None) -> None:
         """Called between batches: stop cooperatively on lost lease, pause or cancel, and on a
-        drain (SIGTERM) only where the handler can resume from what it saved (``resumable``):
-        a short job without checkpoints rather finishes than starts over."""
+        drain (SIGTERM) only where the handler can resume from what it saved (``resumable``,
+        by default what its task declares): a short job without checkpoints rather finishes
+        than starts over."""
         if self.lease_lost.is_set():
             raise LeaseLost(f"job {self.job.id} lost its lease")
         if self.job.pipeline_id:
@@ -47,24 +76,14 @@ class JobContext:
                 status = s.execute(
                     select(Pipeline.status).where(Pipeline.id == self.job.pipeline_id)
                 ).scalar()
-            if status in ("cancelling", "cancelled"):
+            if status in (PipelineStatus.CANCELLING, PipelineStatus.CANCELLED):
                 raise Interrupted("cancelled")
-            if status == "paused":
+            if status == PipelineStatus.PAUSED:
                 raise Interrupted("paused")
-        if resumable and self._draining.is_set():
+        if (self.resumable if resumable is None else resumable) and self._draining.is_set():
             raise Interrupted("draining")
 
     def save_checkpoint(self, session: Session, checkpoint: dict[str, Any]) -> None:
         """Save the checkpoint in ``session`` (a fenced transaction); a changed one is progress."""
         self.runtime.queue.save_checkpoint(session, self.job, checkpoint)
         self.job.checkpoint = checkpoint
-
-
-class Handler(Protocol):
-    """A job type's behaviour. ``run`` must be idempotent: it may run more than once."""
-
-    def run(self, ctx: JobContext) -> None: ...
-
-    def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
-        """The job ended ``failed`` or ``dead``: record it on what the job was working on."""
-        ...

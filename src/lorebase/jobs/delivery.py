@@ -1,72 +1,68 @@
 """The worker side of the broker executors (Celery, RQ): run the job a message names.
 
-A worker process holds one ``WorkerState``: its runtime, an ``EmbeddedExecutor`` with no
-claiming threads of its own (only its heartbeat and maintenance threads run: leases, the reaper,
-the pipeline sweep), and a ``Dispatcher`` that sends the jobs this process enqueues or finds due.
-``run_delivered`` claims the named job by the embedded executor's rules and runs it through the
-same ``run_job``, so leases, fencing, retries and the dead letter are the same in every mode.
+A worker process holds one *process* (``lorebase.assembly.assemble(role="pool")``): its
+runtime, an ``EmbeddedExecutor`` with no claiming threads of its own (only its heartbeat and
+maintenance threads run: leases, the reaper, the pipeline sweep), and a ``Dispatcher`` that
+sends the jobs this process enqueues or finds due. ``run_delivered`` claims the named job by
+the embedded executor's rules and runs it through the same ``run_job``, so leases, fencing,
+retries and the dead letter are the same in every mode.
+
+The engine does not build processes: ``configure`` is given the function that does (by
+``lorebase.assembly`` when ``lorebase worker`` starts a Celery or RQ worker), and the pool
+processes forked from that worker inherit it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from lorebase.jobs.dispatch import Dispatcher, make_sender
-from lorebase.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from lorebase.jobs.executor import EmbeddedExecutor
-    from lorebase.runtime import Runtime
-
+from lorebase.jobs.context import Host
+from lorebase.jobs.executor import EmbeddedExecutor
 
 log = logging.getLogger("lorebase.worker")
 
 
-class WorkerState:
-    def __init__(self, settings: Settings) -> None:
-        from lorebase.pipeline.runner import build_executor
-        from lorebase.runtime import Runtime
+class WorkerProcess(Protocol):
+    """What a delivered job needs of its process (``lorebase.assembly.Process``)."""
 
-        self.runtime: Runtime = Runtime(settings, migrate=False)
-        try:
-            self.runtime.parse_pool.start()
-            self.executor: EmbeddedExecutor = build_executor(
-                self.runtime, concurrency=0, name=settings.executor
-            )
-            self.dispatcher = Dispatcher(self.runtime, make_sender(settings))
-        except BaseException:
-            self.runtime.close()  # no connections left behind by a worker that cannot start
-            raise
-        self.executor.start()
-        self.runtime.executor = self.executor
-        self.runtime.dispatcher = self.dispatcher
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{settings.executor}"
-        self.dispatcher.start()
+    @property
+    def runtime(self) -> Host: ...
 
-    def close(self) -> None:
-        from lorebase.pipeline.embed import TEXTS_EMBEDDED
+    @property
+    def executor(self) -> EmbeddedExecutor | None: ...
 
-        self.dispatcher.stop()
-        self.executor.stop(drain=True, timeout=30)
-        self.runtime.close()
-        log.info("worker process stopped: %d texts embedded by this process", TEXTS_EMBEDDED.value)
+    @property
+    def owner(self) -> str: ...
+
+    def stop(self) -> None: ...
 
 
-_state: WorkerState | None = None
+_factory: Callable[[], Any] | None = None
+_state: Any = None
 _state_lock = threading.Lock()
 
 
-def worker_state() -> WorkerState:
-    """This process's state, built on first use from the environment's settings."""
+def configure(factory: Callable[[], WorkerProcess]) -> None:
+    """Set how this process (and the pool processes it forks) builds its worker process."""
+    global _factory
+    _factory = factory
+
+
+def worker_state() -> WorkerProcess:
+    """This process's worker process, built on first use by the configured factory."""
     global _state
     with _state_lock:
         if _state is None:
-            _state = WorkerState(get_settings())
-        return _state
+            if _factory is None:
+                raise RuntimeError(
+                    "no worker process is configured: start Celery or RQ workers with `lorebase worker`"
+                )
+            _state = _factory()
+        state: WorkerProcess = _state
+        return state
 
 
 def close_worker_state() -> None:
@@ -74,7 +70,7 @@ def close_worker_state() -> None:
     with _state_lock:
         state, _state = _state, None
     if state is not None:
-        state.close()
+        state.stop()
 
 
 def run_delivered(job_id: str) -> str:
@@ -91,5 +87,6 @@ def run_delivered(job_id: str) -> str:
             job_id, seconds=max(1.0, state.runtime.settings.jobs.poll_seconds * 4)
         )
         return "skipped"
+    assert state.executor is not None
     state.executor.run_job(job)
     return "ran"

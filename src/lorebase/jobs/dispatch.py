@@ -20,55 +20,24 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
 
-from lorebase.services.documents import CRAWL_JOB, EMBED_JOB, PROCESS_JOB
-from lorebase.services.notifications import EMAIL_JOB, WEBHOOK_JOB
-
-if TYPE_CHECKING:
-    from lorebase.runtime import Runtime
-    from lorebase.settings import Settings
+from lorebase.jobs.context import Host
 
 log = logging.getLogger("lorebase.dispatch")
-
-#: job type → the kind of queue it is delivered on
-#: (notifications ride on ``process``: short jobs, and every deployment has workers for it)
-KINDS = {
-    CRAWL_JOB: "crawl",
-    PROCESS_JOB: "process",
-    EMBED_JOB: "embed",
-    WEBHOOK_JOB: "process",
-    EMAIL_JOB: "process",
-}
-ALL_KINDS = tuple(dict.fromkeys(KINDS.values()))
 
 #: sends ``(job_id, job_type)`` messages; raises when the broker cannot be reached
 Sender = Callable[[Sequence[tuple[str, str]]], None]
 
 
 def queue_name(prefix: str, kind: str) -> str:
+    """The broker queue of one kind of job (``lorebase.crawl``, ``lorebase.process`` …)."""
     return f"{prefix}.{kind}"
 
 
-def kind_of(job_type: str) -> str:
-    return KINDS.get(job_type, "process")
-
-
-def parse_kinds(value: str | None) -> tuple[str, ...]:
-    """``"crawl,embed"`` → ("crawl", "embed"); None or empty → every kind. Unknown kinds raise."""
-    if not value:
-        return ALL_KINDS
-    kinds = tuple(dict.fromkeys(k.strip() for k in value.split(",") if k.strip()))
-    unknown = [k for k in kinds if k not in ALL_KINDS]
-    if unknown or not kinds:
-        raise ValueError(f"unknown queue kind(s) {', '.join(unknown)}; use any of {', '.join(ALL_KINDS)}")
-    return kinds
-
-
 class Dispatcher:
-    def __init__(self, runtime: Runtime, send: Sender, *, batch: int = 500) -> None:
+    def __init__(self, runtime: Host, send: Sender, *, batch: int = 500) -> None:
         self.runtime = runtime
         self.send = send
         self.batch = batch
@@ -124,16 +93,3 @@ class Dispatcher:
             delay = poll * min(2**failures, 60) if failures else poll
             self._wake.wait(delay * random.uniform(0.5, 1.5))
             self._wake.clear()
-
-
-def make_sender(settings: Settings) -> Sender:
-    """The sender of the configured broker executor (``celery`` or ``rq``)."""
-    if settings.executor == "celery":
-        from lorebase.jobs.celery_executor import celery_sender, make_celery
-
-        return celery_sender(make_celery(settings), settings.queue_prefix)
-    if settings.executor == "rq":
-        from lorebase.jobs.rq_executor import rq_sender
-
-        return rq_sender(settings)
-    raise ValueError(f"the {settings.executor!r} executor does not use a broker")

@@ -4,6 +4,10 @@ Runs inside ``lorebase serve`` and as ``lorebase worker`` (same database, anothe
 One heartbeat thread renews the leases of every job this process runs; one maintenance
 thread reaps expired leases and settles pipelines whose work has ended.
 
+It runs the tasks of the registry it is given (``lorebase.tasks.REGISTRY`` in every real
+process; ``types`` narrows what it claims, as ``lorebase worker --queues`` does) and knows none
+by name. How an attempt ended is classified by ``jobs/retry.py``, which decides what follows.
+
 ``lanes`` gives job types threads of their own (``{"crawl_source": 1}``): those threads claim
 only those types and the ``concurrency`` general threads claim everything else. A crawl waits
 on the network for its whole run; in a lane of its own it never holds a thread that would
@@ -20,8 +24,8 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -29,12 +33,10 @@ from sqlalchemy.orm import Session
 from lorebase import faults
 from lorebase.errors import LeaseLost
 from lorebase.jobs import retry
-from lorebase.jobs.context import Handler, JobContext
+from lorebase.jobs.context import Host, JobContext
 from lorebase.jobs.queue import ClaimedJob
+from lorebase.jobs.registry import Handler, Registry
 from lorebase.metrics import JOB_DURATION
-
-if TYPE_CHECKING:
-    from lorebase.runtime import Runtime
 
 log = logging.getLogger("lorebase.jobs")
 
@@ -42,20 +44,24 @@ log = logging.getLogger("lorebase.jobs")
 class EmbeddedExecutor:
     def __init__(
         self,
-        runtime: Runtime,
-        handlers: Mapping[str, Handler],
+        runtime: Host,
+        registry: Registry | Mapping[str, Handler],
         *,
+        types: Iterable[str] | None = None,
         concurrency: int = 2,
         lanes: Mapping[str, int] | None = None,
         name: str = "worker",
-        on_settle: Callable[[Runtime, str], None] | None = None,
-        maintenance: Callable[[Runtime], None] | None = None,
+        on_settle: Callable[[Any, str], None] | None = None,
+        maintenance: Callable[[Any], None] | None = None,
     ) -> None:
         self.runtime = runtime
-        self.handlers = dict(handlers)
+        #: every job type this process knows (a dead job of any of them goes to its on_failure)
+        self.registry = registry if isinstance(registry, Registry) else Registry.of_handlers(registry)
+        #: the job types this executor claims
+        self.types = tuple(self.registry.names() if types is None else types)
         self.concurrency = concurrency
-        #: job types with threads of their own, and how many (only types this executor handles)
-        self.lanes = {t: n for t, n in (lanes or {}).items() if n > 0 and t in self.handlers}
+        #: job types with threads of their own, and how many (only types this executor claims)
+        self.lanes = {t: n for t, n in (lanes or {}).items() if n > 0 and t in self.types}
         self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:{name}"
         self.on_settle = on_settle
         self.maintenance = maintenance
@@ -63,7 +69,7 @@ class EmbeddedExecutor:
         self._draining = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._active: dict[str, JobContext] = {}
+        self._active: dict[str, JobContext[Host]] = {}
         self._active_lock = threading.Lock()
         runtime.queue.add_listener(self._wake.set)
 
@@ -71,7 +77,7 @@ class EmbeddedExecutor:
     def start(self) -> None:
         """Start the threads; with ``concurrency`` 0 (an API-only process) none claims jobs."""
         if self.concurrency > 0:
-            general = tuple(t for t in self.handlers if t not in self.lanes)
+            general = tuple(t for t in self.types if t not in self.lanes)
             for i in range(self.concurrency if general else 0):
                 self._spawn(self._work_loop, f"{self.owner_prefix}-{i}", general)
             for job_type, n in self.lanes.items():
@@ -156,8 +162,10 @@ class EmbeddedExecutor:
     # -- one job ----------------------------------------------------------------------------
     def run_job(self, job: ClaimedJob) -> None:
         """Run one claimed job and record how it ended (``jobs/retry.py`` decides what next)."""
-        handler = self.handlers[job.type]
-        ctx = JobContext(self.runtime, job, draining=self._draining)
+        handler = self.registry.handler(job.type)
+        ctx = JobContext(
+            self.runtime, job, draining=self._draining, resumable=self.registry[job.type].resumable
+        )
         with self._active_lock:
             self._active[job.id] = ctx
         started, outcome = time.monotonic(), "error"  # "error": the bookkeeping itself failed
@@ -179,7 +187,7 @@ class EmbeddedExecutor:
         if job.pipeline_id:
             self._settle(job.pipeline_id)
 
-    def _ended(self, handler: Handler, ctx: JobContext, failure: retry.Failure) -> str:
+    def _ended(self, handler: Handler, ctx: JobContext[Host], failure: retry.Failure) -> str:
         """Record an attempt that did not succeed; returns the outcome for the metric."""
         job, queue = ctx.job, self.runtime.queue
         if failure.kind == "lease_lost":
@@ -210,8 +218,8 @@ class EmbeddedExecutor:
     def _dead_letter(self, session: Session, job: ClaimedJob, message: str) -> None:
         """The reaper ended ``job`` dead (its worker lost once too often without progress): its
         task records the error on what it was working on, in the reaper's transaction."""
-        handler = self.handlers.get(job.type)
-        if handler is not None:
+        if job.type in self.registry:
+            handler = self.registry.handler(job.type)
             handler.on_failure(JobContext(self.runtime, job), session, message, "transient")
 
     def _settle(self, pipeline_id: str) -> None:
@@ -228,7 +236,7 @@ class EmbeddedExecutor:
         deadline = time.monotonic() + timeout
         owner = f"{self.owner_prefix}-inline"
         while time.monotonic() < deadline:
-            job = self.runtime.queue.claim(owner, tuple(self.handlers))
+            job = self.runtime.queue.claim(owner, self.types)
             if job is None:
                 return
             self.run_job(job)

@@ -17,19 +17,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from lorebase.db.engine import Database
+from lorebase.db.engine import Database, insert_or_skip
 from lorebase.db.models import Job, Pipeline, new_id, utcnow
+from lorebase.db.states import PIPELINE_HELD
 from lorebase.errors import LeaseLost
 from lorebase.jobs import retry
 from lorebase.settings import JobSettings
-
-#: pipelines in these states hand out no new work
-_HELD = ("paused", "cancelling", "cancelled")
-FINAL_JOB_STATES = ("succeeded", "failed", "cancelled", "dead")
 
 
 @dataclass(slots=True)
@@ -56,11 +51,6 @@ class ClaimedJob:
 #: called by the reaper, in its transaction, for a job it ends ``dead`` (a lost worker out of
 #: attempts): the executor hands it to the task's ``on_failure``
 OnDead = Callable[[Session, ClaimedJob, str], None]
-
-
-def backoff_delay(attempts: int, cfg: JobSettings, retry_after: float | None = None) -> float:
-    """The jobs' backoff (``jobs/retry.py``) for attempt ``attempts`` under these settings."""
-    return retry.Backoff.of(cfg).delay(attempts, retry_after)
 
 
 class JobQueue:
@@ -113,8 +103,10 @@ class JobQueue:
         if dedupe_key is None:
             session.execute(insert(Job), [row])
             return str(row["id"])
-        ins = pg_insert(Job) if session.get_bind().dialect.name == "postgresql" else sqlite_insert(Job)
-        stmt = ins.values(**row).on_conflict_do_nothing(
+        stmt = insert_or_skip(
+            session,
+            Job,
+            row,
             index_elements=["dedupe_key"],
             index_where=and_(Job.status == "pending", Job.dedupe_key.is_not(None)),
         )
@@ -164,7 +156,7 @@ class JobQueue:
         """
         now = utcnow()
         busy = select(Job.concurrency_key).where(Job.status == "running", Job.concurrency_key.is_not(None))
-        held = select(Pipeline.id).where(Pipeline.status.in_(_HELD))
+        held = select(Pipeline.id).where(Pipeline.status.in_(PIPELINE_HELD))
         candidate = (
             select(Job.id)
             .where(
@@ -241,22 +233,7 @@ class JobQueue:
                     .where(Pipeline.id == result.pipeline_id, Pipeline.status == "queued")
                     .values(status="running", started_at=now, updated_at=now)
                 )
-            return ClaimedJob(
-                id=result.id,
-                type=result.type,
-                payload=dict(result.payload or {}),
-                attempts=result.attempts,
-                max_attempts=result.max_attempts,
-                owner=owner,
-                workspace_id=result.workspace_id,
-                pipeline_id=result.pipeline_id,
-                kb_id=result.kb_id,
-                document_id=result.document_id,
-                checkpoint=dict(result.checkpoint or {}),
-                priority=result.priority,
-                concurrency_key=result.concurrency_key,
-                claims=result.claims,
-            )
+            return _claimed(result, owner)
 
     # -- fenced writes ----------------------------------------------------------------------
     @staticmethod
@@ -465,7 +442,7 @@ class JobQueue:
         """
         now = utcnow()
         stale = now - timedelta(seconds=self.cfg.redispatch_seconds)
-        held = select(Pipeline.id).where(Pipeline.status.in_(_HELD))
+        held = select(Pipeline.id).where(Pipeline.status.in_(PIPELINE_HELD))
         query = (
             select(Job.id, Job.type)
             .where(
@@ -508,15 +485,16 @@ class JobQueue:
             s.execute(update(Job).where(Job.id == job_id, Job.status == "pending").values(dispatched_at=due))
 
 
-def _claimed(row: Job) -> ClaimedJob:
-    """The attempt a row holds, as its worker saw it (for ``on_dead`` hooks)."""
+def _claimed(row: Any, owner: str | None = None) -> ClaimedJob:
+    """The attempt a row (a Job, or a row of its columns) holds, as its worker sees it; without
+    ``owner``, the row's own lease owner (the reaper's view, for ``on_dead`` hooks)."""
     return ClaimedJob(
         id=row.id,
         type=row.type,
         payload=dict(row.payload or {}),
         attempts=row.attempts,
         max_attempts=row.max_attempts,
-        owner=row.lease_owner or "",
+        owner=owner if owner is not None else (row.lease_owner or ""),
         workspace_id=row.workspace_id,
         pipeline_id=row.pipeline_id,
         kb_id=row.kb_id,

@@ -20,7 +20,8 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from lorebase.jobs.delivery import close_worker_state, run_delivered, worker_state
-from lorebase.jobs.dispatch import Sender, kind_of, queue_name
+from lorebase.jobs.dispatch import Sender, queue_name
+from lorebase.jobs.registry import Registry
 from lorebase.settings import Settings
 
 
@@ -30,7 +31,7 @@ def _redis(settings: Settings) -> Redis:
     return Redis.from_url(settings.redis_url)
 
 
-def rq_sender(settings: Settings) -> Sender:
+def rq_sender(settings: Settings, registry: Registry) -> Sender:
     connection = _redis(settings)
     timeout = int(settings.jobs.time_limit_seconds)
     queues: dict[str, Queue] = {}
@@ -38,7 +39,7 @@ def rq_sender(settings: Settings) -> Sender:
     def send(jobs: Sequence[tuple[str, str]]) -> None:
         with connection.pipeline() as pipe:
             for job_id, job_type in jobs:
-                name = queue_name(settings.queue_prefix, kind_of(job_type))
+                name = queue_name(settings.queue_prefix, registry.kind_of(job_type))
                 queue = queues.setdefault(name, Queue(name, connection=connection))
                 queue.enqueue(
                     run_job, job_id, job_timeout=timeout, result_ttl=0, failure_ttl=86400, pipeline=pipe

@@ -38,7 +38,8 @@ from typing import Any
 
 from tokenizers import Tokenizer, pre_tokenizers
 
-from lorebase.pipeline.types import Block, ChunkDraft, ChunkingConfig, ParsedDocument
+from lorebase.adapters.parsers.document import Block, ParsedDocument
+from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
 
 _first = itemgetter(0)
 _SPACE = re.compile(r"\s+")

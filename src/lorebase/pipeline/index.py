@@ -1,4 +1,4 @@
-"""The ``embed_chunks`` job: embed a pipeline's pending chunks in batches that span documents,
+"""The ``embed_chunks`` task's handler (``tasks/embed_chunks.py``): embed a pipeline's pending chunks in batches that span documents,
 and write vectors, keyword entries, chunk states, cache rows and counters in one transaction
 per batch. Re-running is harmless: only chunks still pending are written, upserts by pk.
 
@@ -9,29 +9,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lorebase import faults
 from lorebase.adapters.stores.protocol import IndexEntry, Store
+from lorebase.db.engine import insert_or_skip
 from lorebase.db.models import Chunk, Document, EmbeddingCache, KnowledgeBase, Pipeline, utcnow
+from lorebase.db.states import DocumentStatus, transition
 from lorebase.errors import PermanentError
 from lorebase.jobs.context import JobContext
+from lorebase.pipeline import progress
 from lorebase.pipeline.embed import Embedded, cached_vectors, embed_with_cache
-from lorebase.services import events
-from lorebase.services import pipelines as pipeline_service
+from lorebase.runtime import Runtime
 
 
 class EmbedChunks:
-    def run(self, ctx: JobContext) -> None:
+    def run(self, ctx: JobContext[Runtime]) -> None:
         while True:
-            ctx.check_control(resumable=True)  # what is written stays written: a drain may stop here
+            ctx.check_control()  # what is written stays written: a drain may stop here (resumable)
             if not self.run_batch(ctx):
                 return
 
-    def run_batch(self, ctx: JobContext) -> bool:
+    def run_batch(self, ctx: JobContext[Runtime]) -> bool:
         """Embed and write one batch of the pipeline's pending chunks (this job's partition), in
         one fenced transaction that saves progress; False when none is left."""
         runtime = ctx.runtime
@@ -76,21 +76,21 @@ class EmbedChunks:
         faults.point("embed.after_batch")  # vectors written, job not done: the re-run must converge
         return True
 
-    def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
+    def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
         """The embedder gave up: the documents waiting on it fail, their siblings stay indexed."""
         pipeline_id = ctx.job.payload["pipeline_id"]
         waiting = select(Chunk.document_id).where(Chunk.embedded.is_(False), *_partition(ctx.job.payload))
-        failed = session.execute(
-            update(Document)
-            .where(
-                Document.pipeline_id == pipeline_id, Document.status == "embedding", Document.id.in_(waiting)
-            )
-            .values(
-                status="failed", error=f"embedding failed: {message}", error_kind=kind, updated_at=utcnow()
-            )
-            .returning(*events.DOCUMENT_COLUMNS)
-        ).all()
-        events.record_documents(session, failed)
+        transition(
+            session,
+            [
+                Document.pipeline_id == pipeline_id,
+                Document.status == DocumentStatus.EMBEDDING,
+                Document.id.in_(waiting),
+            ],
+            DocumentStatus.FAILED,
+            error=f"embedding failed: {message}",
+            error_kind=kind,
+        )
 
 
 def _partition(payload: dict[str, Any]) -> tuple[Any, ...]:
@@ -122,20 +122,12 @@ def write_batch(
     if still:
         s.execute(update(Chunk).where(Chunk.pk.in_(list(still))).values(embedded=True))
     if result.new_cache_rows:
-        ins = (
-            pg_insert(EmbeddingCache)
-            if s.get_bind().dialect.name == "postgresql"
-            else sqlite_insert(EmbeddingCache)
-        )
         now = utcnow()
-        s.execute(
-            ins.values(
-                [
-                    {"model_id": model_id, "text_hash": h, "vector": v, "created_at": now}
-                    for h, v in result.new_cache_rows
-                ]
-            ).on_conflict_do_nothing()
-        )
+        cache_rows = [
+            {"model_id": model_id, "text_hash": h, "vector": v, "created_at": now}
+            for h, v in result.new_cache_rows
+        ]
+        s.execute(insert_or_skip(s, EmbeddingCache, cache_rows))
     encoded_now = sum(1 for i in result.encoded if rows[i].pk in still)
     s.execute(
         update(Pipeline)
@@ -149,13 +141,14 @@ def write_batch(
     )
     doc_ids = list({r.document_id for r in rows})
     pending_docs = select(Chunk.document_id).where(Chunk.document_id.in_(doc_ids), Chunk.embedded.is_(False))
-    indexed = s.execute(
-        update(Document)
-        .where(
-            and_(Document.id.in_(doc_ids), Document.status == "embedding", Document.id.not_in(pending_docs))
-        )
-        .values(status="indexed", indexed_at=utcnow(), updated_at=utcnow())
-        .returning(*events.DOCUMENT_COLUMNS)
-    ).all()
-    events.record_documents(s, indexed)
-    pipeline_service.refresh_progress(s, pipeline_id)
+    transition(
+        s,
+        [
+            Document.id.in_(doc_ids),
+            Document.status == DocumentStatus.EMBEDDING,
+            Document.id.not_in(pending_docs),
+        ],
+        DocumentStatus.INDEXED,
+        indexed_at=utcnow(),
+    )
+    progress.refresh_progress(s, pipeline_id)

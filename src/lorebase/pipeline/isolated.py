@@ -49,12 +49,13 @@ from typing import Any
 
 from lorebase import faults
 from lorebase.adapters.parsers import zipguard
+from lorebase.adapters.parsers.document import ParsedDocument
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.errors import LorebaseError, NotFound, PermanentError, TransientError
 from lorebase.jobs import retry
 from lorebase.pipeline.chunk import chunk
-from lorebase.pipeline.types import ChunkDraft, ChunkingConfig, ParsedDocument
-from lorebase.settings import ParseSettings
+from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
+from lorebase.settings import ParseSettings, Settings
 
 #: a parse process whose resident memory grew by more than this is replaced after its document
 RECYCLE_RSS_BYTES = 256 * 1024**2
@@ -452,3 +453,11 @@ def shared_pool(processes: int, niceness: int = 0, limits: ParseLimits | None = 
         if key not in _POOLS:
             _POOLS[key] = ParsePool(processes, niceness, key[2])
         return _POOLS[key]
+
+
+def pool_for(settings: Settings) -> ParsePool:
+    """This process's parse pool for ``settings`` (``jobs.parse_processes``, ``parse_niceness``,
+    ``parse.*`` limits): the one :func:`shared_pool` of that size, priority and limits."""
+    return shared_pool(
+        settings.jobs.parse_processes, settings.jobs.parse_niceness, ParseLimits.of(settings.parse)
+    )

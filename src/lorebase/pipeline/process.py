@@ -1,4 +1,5 @@
-"""The ``process_document`` job: read → parse → chunk → save chunks (pending embedding).
+"""The ``process_document`` task's handler (``tasks/process_document.py``): read → parse → chunk
+→ save chunks (pending embedding).
 
 Saving replaces the document's chunks in one transaction: chunk ids are deterministic
 (document id + index + content hash), so unchanged chunks keep their rows and vectors, stale
@@ -16,16 +17,18 @@ from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from lorebase import faults
+from lorebase.adapters.embedders import embedder_info
 from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, utcnow
+from lorebase.db.states import DOCUMENT_BEFORE_EMBEDDING, DocumentStatus, transition
 from lorebase.errors import NotFound, PermanentError, TransientError
 from lorebase.jobs import retry
 from lorebase.jobs.context import JobContext
+from lorebase.pipeline import progress
+from lorebase.pipeline.documents import fail_document
+from lorebase.pipeline.isolated import pool_for
 from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
-from lorebase.runtime import embedder_info
-from lorebase.services import events
-from lorebase.services import pipelines as pipeline_service
-from lorebase.services.config import chunking_of
-from lorebase.services.documents import EMBED_JOB, EMBED_PRIORITY, PROCESS_JOB, fail_document
+from lorebase.runtime import Runtime
+from lorebase.tasks import embed_chunks, process_document
 
 _CHUNK_NS = uuid.UUID("6f1c1f3e-52a1-4c1e-9d7a-2f4c8f0b1a77")
 #: at most this many tokens of title/section go in front of a chunk's text for embedding
@@ -62,24 +65,20 @@ class ProcessDocument:
     document (one that kills the parser every time) ends ``dead`` alone, not with its group.
     """
 
-    def run(self, ctx: JobContext) -> None:
+    def run(self, ctx: JobContext[Runtime]) -> None:
         runtime = ctx.runtime
-        ids = document_ids(ctx.job.payload)
+        ids = process_document.document_ids(ctx.job.payload)
         ctx.check_control()
         with ctx.transaction() as s:
             rows = s.execute(
                 select(Document, KnowledgeBase)
                 .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
-                .where(Document.id.in_(ids))
-            ).all()
-            work, started = [], []
-            for doc, kb in rows:
-                if doc.pipeline_id != ctx.job.pipeline_id:
-                    continue  # a newer pipeline owns this document now
-                doc.status = "parsing"
-                started.append(doc)
-                work.append((doc.id, doc.blob_key, doc.media_type, doc.filename, doc.title, kb.config))
-            events.record_documents(s, started)
+                .where(Document.id.in_(ids), Document.pipeline_id == ctx.job.pipeline_id)
+            ).all()  # a document another pipeline owns now is left to that one
+            work = [
+                (doc.id, doc.blob_key, doc.media_type, doc.filename, doc.title, kb.config) for doc, kb in rows
+            ]
+            transition(s, Document.id.in_([w[0] for w in work]), DocumentStatus.PARSING)
         try:
             outcomes = self._prepare(runtime, work)
         except TransientError:
@@ -109,14 +108,11 @@ class ProcessDocument:
             ).all()  # documents deleted meanwhile are simply absent
             items = [(doc, kb, by_id[doc.id]) for doc, kb in rows]
             waiting = save_chunks(s, runtime, items)
-            for doc, _, _ in items:
-                if doc.id in waiting:
-                    doc.status = "embedding"
-                else:
-                    doc.status, doc.indexed_at = "indexed", utcnow()
-            events.record_documents(s, [doc for doc, _, _ in items])
+            done = [doc.id for doc, _, _ in items if doc.id not in waiting]
+            transition(s, Document.id.in_(list(waiting)), DocumentStatus.EMBEDDING)
+            transition(s, Document.id.in_(done), DocumentStatus.INDEXED, indexed_at=utcnow())
             if waiting:
-                enqueue_embedding(
+                embed_chunks.enqueue(
                     s,
                     runtime,
                     workspace_id=ctx.job.workspace_id,
@@ -124,35 +120,33 @@ class ProcessDocument:
                     kb_id=ctx.job.kb_id,
                 )
             if ctx.job.pipeline_id:
-                pipeline_service.refresh_progress(s, ctx.job.pipeline_id)
+                progress.refresh_progress(s, ctx.job.pipeline_id)
         runtime.queue.notify()
 
     @staticmethod
-    def _split(ctx: JobContext, doc_ids: list[str]) -> None:
+    def _split(ctx: JobContext[Runtime], doc_ids: list[str]) -> None:
         """Hand each document of the group to a job of its own (this job then succeeds)."""
+        runtime = ctx.runtime
         with ctx.transaction() as s:
-            back = s.execute(
-                update(Document)
-                .where(Document.id.in_(doc_ids), Document.pipeline_id == ctx.job.pipeline_id)
-                .values(status="pending", updated_at=utcnow())
-                .returning(*events.DOCUMENT_COLUMNS)
-            ).all()
-            events.record_documents(s, back)
-            for doc_id in doc_ids:
-                ctx.runtime.queue.enqueue(
-                    s,
-                    type=PROCESS_JOB,
-                    workspace_id=ctx.job.workspace_id,
-                    pipeline_id=ctx.job.pipeline_id,
-                    kb_id=ctx.job.kb_id,
-                    document_id=doc_id,
-                    payload={"document_id": doc_id},
-                    priority=ctx.job.priority,
-                )
-        ctx.runtime.queue.notify()
+            back = transition(
+                s,
+                [Document.id.in_(doc_ids), Document.pipeline_id == ctx.job.pipeline_id],
+                DocumentStatus.PENDING,
+            )
+            process_document.enqueue(
+                s,
+                runtime,
+                [(row.id, 0) for row in back],
+                workspace_id=ctx.job.workspace_id,
+                pipeline_id=ctx.job.pipeline_id,
+                kb_id=ctx.job.kb_id,
+                priority=ctx.job.priority,
+                grouped=False,
+            )
+        runtime.queue.notify()
 
     @staticmethod
-    def _prepare(runtime: Any, work: list[tuple[Any, ...]]) -> list[_Prepared | PermanentError]:
+    def _prepare(runtime: Runtime, work: list[tuple[Any, ...]]) -> list[_Prepared | PermanentError]:
         """Parse and chunk the documents (in parallel, in the parse pool); failures in place."""
         loaded: list[tuple[bytes, str, str | None, ChunkingConfig, str, int] | PermanentError] = []
         for _, blob_key, media_type, filename, _, config in work:
@@ -162,9 +156,11 @@ class ProcessDocument:
                 loaded.append(exc)
                 continue
             spec = config["embedding"]["model"]
-            loaded.append((data, media_type, filename, chunking_of(config), spec, embedder_info(spec)[1]))
+            loaded.append(
+                (data, media_type, filename, ChunkingConfig.of(config), spec, embedder_info(spec)[1])
+            )
         parsed = iter(
-            runtime.parse_pool.prepare_all([a for a in loaded if not isinstance(a, PermanentError)])
+            pool_for(runtime.settings).prepare_all([a for a in loaded if not isinstance(a, PermanentError)])
         )
         outcomes: list[_Prepared | PermanentError] = []
         for (doc_id, _, _, filename, title, _), item in zip(work, loaded, strict=True):
@@ -178,49 +174,22 @@ class ProcessDocument:
                 outcomes.append(_Prepared(doc_id, result.page_count, result.drafts, title))
         return outcomes
 
-    def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
+    def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
         """The group failed as a whole: its documents not yet past parsing fail with its error."""
-        failed = session.execute(
-            update(Document)
-            .where(
-                Document.id.in_(document_ids(ctx.job.payload)),
+        transition(
+            session,
+            [
+                Document.id.in_(process_document.document_ids(ctx.job.payload)),
                 Document.pipeline_id == ctx.job.pipeline_id,
-                Document.status.in_(("pending", "fetching", "parsing", "chunking")),
-            )
-            .values(status="failed", error=message, error_kind=kind, updated_at=utcnow())
-            .returning(*events.DOCUMENT_COLUMNS)
-        ).all()
-        events.record_documents(session, failed)
-
-
-def enqueue_embedding(
-    s: Session, runtime: Any, *, workspace_id: str, pipeline_id: str | None, kb_id: str | None
-) -> None:
-    """Queue the pipeline's embedding jobs (one per partition), unless pending ones exist: the
-    dedupe key makes one pending job per partition do the work of every request."""
-    partitions = runtime.settings.jobs.embed_partitions
-    for part in range(partitions):
-        key = f"embed:{pipeline_id}" + (f":{part}/{partitions}" if partitions > 1 else "")
-        runtime.queue.enqueue(
-            s,
-            type=EMBED_JOB,
-            workspace_id=workspace_id,
-            pipeline_id=pipeline_id,
-            kb_id=kb_id,
-            payload={"pipeline_id": pipeline_id, "partition": part, "partitions": partitions},
-            priority=EMBED_PRIORITY,
-            dedupe_key=key,
-            concurrency_key=key,
+                Document.status.in_(DOCUMENT_BEFORE_EMBEDDING),
+            ],
+            DocumentStatus.FAILED,
+            error=message,
+            error_kind=kind,
         )
 
 
-def document_ids(payload: dict[str, Any]) -> list[str]:
-    """``{"document_ids": [...]}`` for groups, ``{"document_id": ...}`` for one."""
-    ids = payload.get("document_ids")
-    return list(ids) if ids else [payload["document_id"]]
-
-
-def _load(runtime: Any, blob_key: str | None, media_type: str | None) -> bytes:
+def _load(runtime: Runtime, blob_key: str | None, media_type: str | None) -> bytes:
     if blob_key is None or media_type is None:
         raise PermanentError("the document has no stored content")
     try:
@@ -257,7 +226,9 @@ def _chunk_rows(doc: Document, drafts: list[ChunkDraft], title: str | None) -> l
     return rows
 
 
-def save_chunks(s: Session, runtime: Any, items: list[tuple[Document, KnowledgeBase, _Prepared]]) -> set[str]:
+def save_chunks(
+    s: Session, runtime: Runtime, items: list[tuple[Document, KnowledgeBase, _Prepared]]
+) -> set[str]:
     """Replace the chunks of several documents in a handful of statements.
 
     Chunks whose id (document, index, content hash) is unchanged keep their rows and vectors;

@@ -1,4 +1,5 @@
-"""Typed values that flow between pipeline stages (parse -> chunk -> embed -> index).
+"""Typed values that flow between pipeline stages (parse -> chunk -> embed -> index); what a
+parser returns (``ParsedDocument``, ``Block``) is ``adapters/parsers/document.py``.
 
 Stages are plain functions over these values; none of them knows about HTTP, the queue
 or database sessions.
@@ -9,39 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-BlockKind = Literal["heading", "paragraph", "list", "table", "code"]
-
-
-@dataclass(slots=True)
-class Block:
-    """One structural unit of a parsed document, in reading order.
-
-    ``text`` is plain text with light markdown conventions: list items start with "- " or
-    "1. ", table rows are "a | b | c" lines, code keeps its line breaks. ``level`` is the
-    heading level (1-6) for headings and 0 otherwise. ``page`` is 1-based for paged formats.
-    ``anchor`` is the element id of a heading when the source has one (HTML).
-    """
-
-    kind: BlockKind
-    text: str
-    level: int = 0
-    page: int | None = None
-    anchor: str | None = None
-
-
-@dataclass(slots=True)
-class ParsedDocument:
-    """What a parser returns: a title (may be None) and blocks in reading order."""
-
-    title: str | None
-    blocks: list[Block]
-    page_count: int | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def text(self) -> str:
-        return "\n\n".join(b.text for b in self.blocks)
-
 
 @dataclass(slots=True)
 class ChunkingConfig:
@@ -50,6 +18,12 @@ class ChunkingConfig:
     strategy: Literal["recursive", "structure"] = "recursive"
     chunk_size: int = 200
     chunk_overlap: int = 20
+
+    @classmethod
+    def of(cls, kb_config: dict[str, Any]) -> ChunkingConfig:
+        """The chunking of a KB's (validated) config."""
+        c = kb_config["chunking"]
+        return cls(strategy=c["strategy"], chunk_size=c["chunk_size"], chunk_overlap=c["chunk_overlap"])
 
 
 @dataclass(slots=True)

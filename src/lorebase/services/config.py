@@ -23,7 +23,6 @@ from pydantic import (
 
 from lorebase.crawl.guard import AddressPolicy, BlockedAddress, parse_ip_literal, precheck_url
 from lorebase.errors import InvalidInput, PermanentError
-from lorebase.pipeline.types import ChunkingConfig
 from lorebase.settings import Settings
 
 
@@ -126,13 +125,6 @@ def merged_config(settings: Settings, *patches: dict[str, Any] | None) -> dict[s
         if patch:
             cfg = deep_merge(cfg, patch)
     return parse_config(cfg).model_dump()
-
-
-def chunking_of(config: dict[str, Any]) -> ChunkingConfig:
-    c = config["chunking"]
-    return ChunkingConfig(
-        strategy=c["strategy"], chunk_size=c["chunk_size"], chunk_overlap=c["chunk_overlap"]
-    )
 
 
 def webhook_policy(settings: Settings) -> AddressPolicy:

@@ -16,16 +16,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.drafts.protocol import DraftRecord
+from lorebase.adapters.embedders import embedder_info
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.crawl.preview import fetch_one
 from lorebase.db.models import KnowledgeBase, new_id, utcnow
 from lorebase.errors import InvalidInput, LorebaseError, NotFound
 from lorebase.pipeline.chunk import chunk
-from lorebase.runtime import embedder_info
+from lorebase.pipeline.documents import SourceItem
+from lorebase.pipeline.types import ChunkingConfig
 from lorebase.services import quotas
 from lorebase.services.auth import Principal
 from lorebase.services.config import (
-    chunking_of,
     deep_merge,
     merged_config,
     notification_problems,
@@ -33,7 +34,6 @@ from lorebase.services.config import (
 )
 from lorebase.services.documents import (
     FileTuple,
-    SourceItem,
     describe_file,
     describe_text_record,
     save_file,
@@ -265,7 +265,7 @@ def _preview_chunks(
 ) -> dict[str, Any]:
     _, max_tokens = embedder_info(cfg["embedding"]["model"])
     tokenizer = runtime.embedder(cfg["embedding"]["model"]).tokenizer()
-    chunks = chunk(parsed, chunking_of(cfg), tokenizer, max_tokens=max_tokens)
+    chunks = chunk(parsed, ChunkingConfig.of(cfg), tokenizer, max_tokens=max_tokens)
     return {
         "source_id": source_id,
         "title": parsed.title or title,

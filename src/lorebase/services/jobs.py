@@ -8,13 +8,22 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 
 from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline, utcnow
+from lorebase.db.states import (
+    JOB_GAVE_UP,
+    PIPELINE_FINAL,
+    DocumentStatus,
+    JobStatus,
+    PipelineStatus,
+    transition,
+)
 from lorebase.errors import Conflict, InvalidInput, NotFound
 from lorebase.services.auth import Principal
+from lorebase.tasks import REGISTRY
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
 
-JOB_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "dead")
+JOB_STATUSES = tuple(JobStatus)
 
 
 def to_dict(j: Job) -> dict[str, Any]:
@@ -81,7 +90,7 @@ def queue_stats(runtime: Runtime, p: Principal) -> dict[str, Any]:
     durations = [
         (r.finished_at - r.started_at).total_seconds() for r in done if r.started_at and r.finished_at
     ]
-    ended = [r for r in recent if r.status in ("succeeded", "failed", "dead")]
+    ended = [r for r in recent if r.status in (JobStatus.SUCCEEDED, *JOB_GAVE_UP)]
     return {
         "pending": by_status.get("pending", 0),
         "running": by_status.get("running", 0),
@@ -105,18 +114,22 @@ def retry_job(runtime: Runtime, p: Principal, job_id: str) -> dict[str, Any]:
         ).scalar_one_or_none()
         if job is None:
             raise NotFound(f"job {job_id} not found")
-        if job.status not in ("dead", "failed"):
+        if job.status not in JOB_GAVE_UP:
             raise Conflict(f"only dead or failed jobs can be retried (this one is {job.status})")
-        job.status, job.run_at, job.finished_at = "pending", utcnow(), None
-        job.max_attempts = job.attempts + runtime.settings.jobs.max_attempts
+        job.status, job.run_at, job.finished_at = JobStatus.PENDING, utcnow(), None
+        spec = REGISTRY.specs.get(job.type)
+        budget = spec.retry.max_attempts(runtime.settings) if spec else runtime.settings.jobs.max_attempts
+        job.max_attempts = job.attempts + budget
         if job.document_id:
-            doc = s.get(Document, job.document_id)
-            if doc is not None and doc.status == "failed":
-                doc.status, doc.error, doc.error_kind = "pending", None, None
+            transition(
+                s,
+                [Document.id == job.document_id, Document.status == DocumentStatus.FAILED],
+                DocumentStatus.PENDING,
+            )
         if job.pipeline_id:
             pipe = s.get(Pipeline, job.pipeline_id)
-            if pipe is not None and pipe.status in ("completed", "completed_with_errors", "failed"):
-                pipe.status, pipe.finished_at = "running", None
+            if pipe is not None and pipe.status in PIPELINE_FINAL and pipe.status != PipelineStatus.CANCELLED:
+                pipe.status, pipe.finished_at = PipelineStatus.RUNNING, None
             if job.kb_id:
                 kb = s.get(KnowledgeBase, job.kb_id)
                 if kb is not None and kb.status == "failed":

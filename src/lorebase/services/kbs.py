@@ -8,34 +8,26 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from lorebase.db.models import Chunk, CrawlPage, Document, Job, KnowledgeBase, Pipeline, QueryLog, Source
+from lorebase.db.states import DocumentStatus
 from lorebase.errors import InvalidInput, NotFound
+from lorebase.pipeline.documents import SourceItem
 from lorebase.services import quotas
 from lorebase.services.auth import Principal
 from lorebase.services.documents import (
     FileData,
     FileTuple,
-    SourceItem,
     check_unique_external_ids,
     describe_file,
     describe_text_record,
     save_file,
     start_pipeline,
 )
+from lorebase.services.settle import settle
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
 
-DOC_STATUSES = (
-    "pending",
-    "fetching",
-    "parsing",
-    "chunking",
-    "embedding",
-    "indexed",
-    "failed",
-    "skipped",
-    "cancelled",
-)
+DOC_STATUSES = tuple(DocumentStatus)
 
 
 def load(s: Session, p: Principal, kb_id: str) -> KnowledgeBase:
@@ -156,9 +148,7 @@ def add_documents(
         pipeline, outcome = start_pipeline(s, runtime, kb, items)
         pipeline_id = pipeline.id
     runtime.queue.notify()
-    from lorebase.services import pipelines
-
-    pipelines.settle(runtime, pipeline_id)  # a batch of unchanged records ends at once
+    settle(runtime, pipeline_id)  # a batch of unchanged records ends at once
     return {"pipeline_id": pipeline_id, "documents": outcome}
 
 

@@ -1,13 +1,14 @@
 """Pipeline-end notifications: durable jobs that post a signed webhook or send an email.
 
 ``enqueue_pipeline_end`` runs inside the transaction that gives a pipeline its final state
-(``pipelines.settle``), so the notification commits with that state or not at all: a crash
+(``services/settle.py``), so the notification commits with that state or not at all: a crash
 after the commit still notifies (the job is a row), a crash before it notifies nothing. The
 summary is taken in that same transaction and travels in the job's payload, so what is sent
 is what was true when the pipeline ended, even if the KB is changed or deleted meanwhile.
 
 Delivery is at-least-once (a job may run twice); ``X-Lorebase-Delivery`` (the job id) lets a
-receiver drop duplicates. Retries use the queue's backoff (``jobs.*`` settings).
+receiver drop duplicates. Retries use the queue's backoff (``jobs.*`` settings). The two job types
+are declared in ``tasks/notify_webhook.py`` and ``tasks/notify_email.py``; their handlers are here.
 See docs/notifications.md for the payload and how to verify a signature.
 """
 
@@ -32,7 +33,9 @@ from sqlalchemy.orm import Session
 from lorebase.crawl.guard import blocked_cause, guarded_client, precheck_url
 from lorebase.db.models import Document, Job, KnowledgeBase, Pipeline
 from lorebase.errors import PermanentError, TransientError
+from lorebase.jobs.registry import TaskSpec
 from lorebase.services.config import webhook_policy
+from lorebase.tasks import notify_email, notify_webhook
 
 if TYPE_CHECKING:
     from lorebase.jobs.context import JobContext
@@ -41,11 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lorebase.notify")
 
-WEBHOOK_JOB = "notify_webhook"
-EMAIL_JOB = "notify_email"
 EVENT = "pipeline.ended"
-#: above bulk work (crawl 5, uploads 10), below the embedder loop (20): small and time-sensitive
-NOTIFY_PRIORITY = 15
 USER_AGENT = "lorebase-webhooks/1"
 
 
@@ -64,29 +63,28 @@ def enqueue_pipeline_end(s: Session, runtime: Runtime, p: Pipeline) -> None:
     if kb is None:
         return
     notes = (kb.config or {}).get("notifications") or {}
-    channels: list[tuple[str, str, dict[str, Any]]] = []
+    channels: list[tuple[str, TaskSpec, dict[str, Any]]] = []
     if notes.get("webhook_url"):
-        channels.append(("webhook", WEBHOOK_JOB, {"url": notes["webhook_url"]}))
+        channels.append(("webhook", notify_webhook.SPEC, {"url": notes["webhook_url"]}))
     if notes.get("email_to"):
-        channels.append(("email", EMAIL_JOB, {"to": list(notes["email_to"])}))
+        channels.append(("email", notify_email.SPEC, {"to": list(notes["email_to"])}))
     if not channels:
         return
     summary = pipeline_summary(s, runtime.settings, kb, p)
     ending = (p.finished_at or p.updated_at).isoformat()
-    for channel, job_type, target in channels:
+    for channel, spec, target in channels:
         key = f"notify:{channel}:{p.id}:{ending}"
         already = s.execute(select(Job.id).where(Job.kb_id == kb.id, Job.dedupe_key == key).limit(1)).scalar()
         if already is not None:  # this ending was notified (or is being) already
             continue
-        runtime.queue.enqueue(
+        spec.enqueue(
             s,
-            type=job_type,
+            runtime.queue,
+            runtime.settings,
             workspace_id=p.workspace_id,
             kb_id=kb.id,
             payload={**target, "event": summary},
-            priority=NOTIFY_PRIORITY,
             dedupe_key=key,
-            max_attempts=runtime.settings.notify.max_attempts,
         )
 
 
@@ -150,7 +148,7 @@ def webhook_request(secret: str, delivery_id: str, event: dict[str, Any]) -> tup
 class SendWebhook:
     """Job handler: POST the summary; 2xx done, 408/429/5xx and network errors retried."""
 
-    def run(self, ctx: JobContext) -> None:
+    def run(self, ctx: JobContext[Runtime]) -> None:
         settings = ctx.runtime.settings
         secret = settings.notify.webhook_secret
         if secret is None:
@@ -160,7 +158,7 @@ class SendWebhook:
         response = asyncio.run(_post(settings, url, body, headers))
         _judge(url, response)
 
-    def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
+    def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
         log.warning(
             "webhook for pipeline %s gave up: %s", ctx.job.payload["event"].get("pipeline_id"), message
         )
@@ -235,14 +233,14 @@ def email_message(settings: Settings, to: list[str], event: dict[str, Any]) -> E
 class SendEmail:
     """Job handler: send the summary over SMTP; connection trouble and 4xx replies retried."""
 
-    def run(self, ctx: JobContext) -> None:
+    def run(self, ctx: JobContext[Runtime]) -> None:
         settings = ctx.runtime.settings
         if not settings.smtp.host:
             raise PermanentError("email is off on this server (LOREBASE_SMTP__HOST is not set)")
         to = [str(a) for a in ctx.job.payload["to"]]
         send_email(settings, email_message(settings, to, ctx.job.payload["event"]))
 
-    def on_failure(self, ctx: JobContext, session: Session, message: str, kind: str) -> None:
+    def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
         log.warning("email for pipeline %s gave up: %s", ctx.job.payload["event"].get("pipeline_id"), message)
 
 

@@ -24,8 +24,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lorebase.db.models import Document, KnowledgeBase
+from lorebase.db.states import DOCUMENT_RETRYABLE
 from lorebase.errors import PayloadTooLarge
-from lorebase.services.documents import SourceItem, _existing, _key
+from lorebase.pipeline.documents import SourceItem, existing_documents, item_key
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -93,15 +94,15 @@ def check_new_in(runtime: Runtime, session: Session, workspace_id: str, items: l
 def delta(session: Session, kb: KnowledgeBase, items: list[SourceItem]) -> tuple[int, int]:
     """(new documents, change in bytes) if ``items`` were added to ``kb`` now, by the upsert rule
     of ``documents.add_items``: unchanged → nothing, changed → size difference, else new."""
-    existing = _existing(session, kb, items)
+    existing = existing_documents(session, kb, items)
     documents = nbytes = 0
     for item in items:
         counted = item.size_bytes if item.source_type in COUNTED_BYTES else 0
-        doc = existing.get(_key(item))
+        doc = existing.get(item_key(item))
         if doc is None:
             documents += 1
             nbytes += counted
-        elif doc.content_hash != item.content_hash or doc.status in ("failed", "cancelled"):
+        elif doc.content_hash != item.content_hash or doc.status in DOCUMENT_RETRYABLE:
             old = (doc.size_bytes or 0) if doc.source_type in COUNTED_BYTES else 0
             nbytes += counted - old
     return documents, nbytes

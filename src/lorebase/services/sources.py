@@ -13,14 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lorebase.crawl.guard import AddressPolicy, BlockedAddress, precheck_url
-from lorebase.crawl.job import CRAWL_PRIORITY
 from lorebase.crawl.options import parse_options
 from lorebase.crawl.urls import fetch_form, normalize_url
 from lorebase.db.models import KnowledgeBase, Pipeline, Source, new_id, utcnow
 from lorebase.errors import InvalidInput
+from lorebase.pipeline.documents import new_pipeline
 from lorebase.services.auth import Principal
-from lorebase.services.documents import CRAWL_JOB, new_pipeline
 from lorebase.services.kbs import load as load_kb
+from lorebase.tasks import crawl_source
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -87,16 +87,8 @@ def create_source(
 def enqueue_crawl(
     s: Session, runtime: Runtime, kb: KnowledgeBase, pipeline: Pipeline, source: Source
 ) -> None:
-    runtime.queue.enqueue(
-        s,
-        type=CRAWL_JOB,
-        workspace_id=kb.workspace_id,
-        pipeline_id=pipeline.id,
-        kb_id=kb.id,
-        payload={"source_id": source.id},
-        priority=CRAWL_PRIORITY,
-        dedupe_key=f"crawl:{pipeline.id}:{source.id}",
-        concurrency_key=f"crawl:{source.id}",
+    crawl_source.enqueue(
+        s, runtime, workspace_id=kb.workspace_id, kb_id=kb.id, pipeline_id=pipeline.id, source_id=source.id
     )
     if kb.status == "failed":  # new work can rescue a KB that had nothing indexed
         kb.status = "processing"

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from lorebase.api.deps import RuntimeDep
+from lorebase.db.states import PIPELINE_FINAL
 from lorebase.services import jobs, kbs, pipelines, search
 from lorebase.services.config import default_config
 from lorebase.services.kbs import DOC_STATUSES
@@ -17,7 +18,6 @@ from lorebase.web.render import render
 from lorebase.web.session import PagePrincipal
 
 router = APIRouter(include_in_schema=False)
-FINAL_PIPELINE = ("completed", "completed_with_errors", "failed", "cancelled")
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -50,7 +50,7 @@ def kb_page(
         "documents": docs["items"],
         "documents_total": docs["total"],
         "pipeline": pipeline,
-        "live": pipeline is not None and pipeline["status"] not in FINAL_PIPELINE,
+        "live": pipeline is not None and pipeline["status"] not in PIPELINE_FINAL,
         "nav": "kbs",
     }
     return render(request, "kb.html", context)

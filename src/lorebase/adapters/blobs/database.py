@@ -13,10 +13,8 @@ import re
 from pathlib import Path
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from lorebase.db.engine import Database
+from lorebase.db.engine import Database, insert_or_skip
 from lorebase.db.models import Blob
 from lorebase.errors import NotFound
 
@@ -30,9 +28,8 @@ class DatabaseBlobStore:
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         with self.db.session() as s:
-            ins = pg_insert(Blob) if s.get_bind().dialect.name == "postgresql" else sqlite_insert(Blob)
             s.execute(
-                ins.values(key=key, data=data, size=len(data)).on_conflict_do_nothing(index_elements=["key"])
+                insert_or_skip(s, Blob, {"key": key, "data": data, "size": len(data)}, index_elements=["key"])
             )
         return key
 

@@ -27,8 +27,8 @@ from docx.oxml.ns import qn
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 
+from lorebase.adapters.parsers.document import Block, ParsedDocument
 from lorebase.errors import PermanentError
-from lorebase.pipeline.types import Block, ParsedDocument
 
 from .zipguard import ZipRefused, check_archive, check_xml_parts
 

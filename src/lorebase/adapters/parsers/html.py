@@ -29,8 +29,8 @@ from typing import Any
 import trafilatura
 from lxml import etree
 
+from lorebase.adapters.parsers.document import Block, ParsedDocument
 from lorebase.errors import PermanentError
-from lorebase.pipeline.types import Block, ParsedDocument
 
 from .html_dom import (
     clean_heading,

@@ -12,7 +12,7 @@ from typing import Any
 
 from lxml import etree
 
-from lorebase.pipeline.types import Block
+from lorebase.adapters.parsers.document import Block
 
 from .text import decode_text
 

@@ -16,8 +16,8 @@ import re
 from markdown_it import MarkdownIt
 from markdown_it.tree import SyntaxTreeNode
 
+from lorebase.adapters.parsers.document import Block, ParsedDocument
 from lorebase.errors import PermanentError
-from lorebase.pipeline.types import Block, ParsedDocument
 
 from .text import decode_text
 

@@ -17,8 +17,8 @@ import threading
 
 import pypdfium2 as pdfium
 
+from lorebase.adapters.parsers.document import Block, ParsedDocument
 from lorebase.errors import PermanentError
-from lorebase.pipeline.types import Block, ParsedDocument
 
 from .text import split_paragraphs
 

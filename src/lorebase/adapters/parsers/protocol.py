@@ -1,6 +1,6 @@
 """The contract every document parser meets, so the pipeline can treat formats alike.
 
-A parser turns raw bytes into a :class:`~lorebase.pipeline.types.ParsedDocument`: an optional
+A parser turns raw bytes into a :class:`~lorebase.adapters.parsers.document.ParsedDocument`: an optional
 title and structural blocks in reading order. Parsers are stateless and thread-safe, so one
 instance per format is shared by the whole process (see ``registry.py``).
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from lorebase.pipeline.types import ParsedDocument
+from lorebase.adapters.parsers.document import ParsedDocument
 
 
 @runtime_checkable

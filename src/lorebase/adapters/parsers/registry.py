@@ -17,8 +17,8 @@ import re
 import zipfile
 from pathlib import PurePosixPath
 
+from lorebase.adapters.parsers.document import ParsedDocument
 from lorebase.errors import PayloadTooLarge, UnsupportedMediaType
-from lorebase.pipeline.types import ParsedDocument
 from lorebase.settings import ParseSettings
 
 from .docx import DOCX_MEDIA_TYPE, DocxParser

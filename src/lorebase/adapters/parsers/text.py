@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
+from lorebase.adapters.parsers.document import Block, ParsedDocument
 from lorebase.errors import PermanentError
-from lorebase.pipeline.types import Block, ParsedDocument
 
 _BLANK_LINES = re.compile(r"\n[ \t\f\v]*\n\s*")
 #: control characters that only confuse tokenizers (keeps \t and \n)

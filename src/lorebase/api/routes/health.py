@@ -28,7 +28,7 @@ def healthz() -> dict[str, Any]:
 
 
 @router.get("/readyz")
-def readyz(runtime: RuntimeDep) -> JSONResponse:
+def readyz(request: Request, runtime: RuntimeDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         with runtime.db.read_session() as s:
@@ -36,7 +36,8 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {exc}"
-    executor = getattr(runtime, "executor", None)
+    process = getattr(request.app.state, "process", None)
+    executor = process.executor if process is not None else None
     checks["workers"] = f"{executor.concurrency} threads" if executor else "none in this process"
     ok = checks["database"] == "ok"
     return JSONResponse(
@@ -60,5 +61,5 @@ def _registry(request: Request, runtime: RuntimeDep) -> CollectorRegistry:
     with _registry_lock:
         registry: CollectorRegistry | None = getattr(state, "metrics_registry", None)
         if registry is None:
-            registry = state.metrics_registry = build_registry(runtime)
+            registry = state.metrics_registry = build_registry(runtime.db)
     return registry

@@ -27,14 +27,15 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
 from conftest import make_settings
+from lorebase.assembly import build_executor
 from lorebase.db.models import Chunk, Document, Job, Pipeline, utcnow
 from lorebase.jobs import retry
 from lorebase.jobs.context import JobContext
 from lorebase.jobs.executor import EmbeddedExecutor
 from lorebase.jobs.queue import ClaimedJob
-from lorebase.pipeline.runner import HANDLERS, build_executor
 from lorebase.runtime import Runtime
-from lorebase.services import documents, pipelines
+from lorebase.services.settle import settle
+from lorebase.tasks import REGISTRY, process_document
 from support.faults import records, start_pipeline
 
 WORKERS = ("w0", "w1", "w2")
@@ -56,7 +57,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, E
     batches of one chunk, parsing in the job's thread (no parse processes to start)."""
     data_dir = tmp_path_factory.mktemp("settle") / "data"
     rt = Runtime(make_settings(data_dir, embed_batch_size=1, jobs={"max_attempts": 2, "parse_processes": 0}))
-    executor = EmbeddedExecutor(rt, HANDLERS, concurrency=0, name="schedule")
+    executor = EmbeddedExecutor(rt, REGISTRY, concurrency=0, name="schedule")
     try:
         yield rt, executor
     finally:
@@ -65,7 +66,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, E
 
 @pytest.fixture(autouse=True)
 def _one_job_per_document(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(documents, "GROUP_MAX_DOCUMENTS", 1)
+    monkeypatch.setattr(process_document, "GROUP_MAX_DOCUMENTS", 1)
 
 
 class Schedule:
@@ -78,7 +79,7 @@ class Schedule:
     def step(self, action: str, worker: str) -> None:
         job = self.held.get(worker)
         if action == "settle":
-            pipelines.settle(self.rt, self.pipeline_id)
+            settle(self.rt, self.pipeline_id)
             self.check_settled()
             return
         if job is None:  # every other step starts by taking the most urgent job, if any
@@ -89,7 +90,7 @@ class Schedule:
         if action == "claim":
             return
         ctx = JobContext(self.rt, job)
-        handler = HANDLERS[job.type]
+        handler = REGISTRY.handler(job.type)
         if action == "batch" and hasattr(handler, "run_batch"):
             try:
                 if handler.run_batch(ctx):
@@ -150,7 +151,7 @@ class Schedule:
             with self.rt.db.session() as s:  # backoffs are not the point here
                 s.execute(update(Job).where(Job.status == "pending").values(run_at=utcnow()))
             runner.run_until_idle(timeout=120)
-            pipelines.settle(self.rt, self.pipeline_id)
+            settle(self.rt, self.pipeline_id)
             self.check_settled()
             with self.rt.db.read_session() as s:
                 status = s.execute(
@@ -232,7 +233,7 @@ def test_a_pipeline_whose_jobs_all_ended_mid_way_is_repaired_not_failed(
             .where(Job.pipeline_id == pipeline_id, Job.type == "embed_chunks")
             .values(status="cancelled", last_error="closed by the test")
         )
-    pipelines.settle(rt, pipeline_id)
+    settle(rt, pipeline_id)
     with rt.db.read_session() as s:
         p = s.get(Pipeline, pipeline_id)
         assert p is not None and (p.status, p.repairs) == ("running", 1)
@@ -243,7 +244,7 @@ def test_a_pipeline_whose_jobs_all_ended_mid_way_is_repaired_not_failed(
         )
     assert pending == ["embed_chunks"]
     runner.run_until_idle(timeout=60)
-    pipelines.settle(rt, pipeline_id)
+    settle(rt, pipeline_id)
     with rt.db.read_session() as s:
         statuses = s.execute(select(Document.status).where(Document.pipeline_id == pipeline_id)).scalars()
         assert sorted(statuses) == ["indexed", "indexed"]

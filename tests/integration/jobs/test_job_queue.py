@@ -21,10 +21,12 @@ from sqlalchemy.orm import Session
 
 from conftest import make_settings
 from lorebase.db.models import Job, KnowledgeBase, Pipeline, Workspace, utcnow
+from lorebase.db.states import JOB_FINAL as FINAL_JOB_STATES
 from lorebase.errors import LeaseLost, PermanentError, TransientError
 from lorebase.jobs.context import JobContext
 from lorebase.jobs.executor import EmbeddedExecutor
-from lorebase.jobs.queue import FINAL_JOB_STATES, ClaimedJob, backoff_delay
+from lorebase.jobs.queue import ClaimedJob
+from lorebase.jobs.retry import Backoff
 from lorebase.runtime import Runtime
 from lorebase.settings import JobSettings
 from support.waiting import wait_for
@@ -424,7 +426,7 @@ def test_retry_after_longer_than_backoff_wins_but_is_capped(runtime: Runtime) ->
         assert delay == pytest.approx(expected)
     # a Retry-After shorter than the backoff does not shorten it
     for _ in range(50):
-        assert backoff_delay(3, cfg, retry_after=0.0) >= _ceiling(3, cfg) / 2
+        assert Backoff.of(cfg).delay(3, retry_after=0.0) >= _ceiling(3, cfg) / 2
 
 
 def test_backoff_delay_grows_exponentially_within_jittered_bounds() -> None:
@@ -435,7 +437,7 @@ def test_backoff_delay_grows_exponentially_within_jittered_bounds() -> None:
         means: list[float] = []
         for attempts in range(0, 16):
             ceiling = _ceiling(attempts, cfg)
-            samples = [backoff_delay(attempts, cfg) for _ in range(200)]
+            samples = [Backoff.of(cfg).delay(attempts) for _ in range(200)]
             assert all(ceiling / 2 <= d <= ceiling for d in samples), (attempts, min(samples), max(samples))
             assert max(samples) - min(samples) > 0  # jittered, not a constant
             means.append(sum(samples) / len(samples))

@@ -16,8 +16,9 @@ from test_job_queue import job_row, new_job
 
 from conftest import make_settings
 from lorebase.db.models import Job, utcnow
-from lorebase.jobs.dispatch import Dispatcher, parse_kinds, queue_name
+from lorebase.jobs.dispatch import Dispatcher, queue_name
 from lorebase.runtime import Runtime
+from lorebase.tasks import REGISTRY
 
 
 @pytest.fixture
@@ -109,8 +110,8 @@ def test_the_dispatcher_thread_sends_what_this_process_enqueues(rt: Runtime) -> 
 
 
 def test_queue_kinds() -> None:
-    assert parse_kinds(None) == ("crawl", "process", "embed")
-    assert parse_kinds(" embed, crawl ") == ("embed", "crawl")
+    assert REGISTRY.parse_kinds(None) == ("crawl", "process", "embed")
+    assert REGISTRY.parse_kinds(" embed, crawl ") == ("embed", "crawl")
     assert queue_name("acme", "embed") == "acme.embed"
     with pytest.raises(ValueError, match="unknown queue kind"):
-        parse_kinds("crawl,parse")
+        REGISTRY.parse_kinds("crawl,parse")

@@ -1,0 +1,29 @@
+"""The job types of lorebase, each declared once in a file of its own (``jobs/registry.py``).
+
+| task | file | queue | what it does |
+|---|---|---|---|
+| ``process_document`` | ``process_document.py`` | process | parse + chunk + save a document (or a group of small ones) |
+| ``embed_chunks`` | ``embed_chunks.py`` | embed | embed a pipeline's pending chunks, batch by batch |
+| ``crawl_source`` | ``crawl_source.py`` | crawl | crawl a web source (native or Firecrawl), resumable |
+| ``notify_webhook`` | ``notify_webhook.py`` | process | post a signed webhook when a pipeline ends |
+| ``notify_email`` | ``notify_email.py`` | process | send an email when a pipeline ends |
+
+To add one: a file here with its ``SPEC`` (and an ``enqueue`` helper for its callers), its
+handler where its work lives, and a line in :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from lorebase.jobs.registry import Registry
+from lorebase.tasks import crawl_source, embed_chunks, notify_email, notify_webhook, process_document
+
+#: every job type; the executors, the dispatcher and the Celery/RQ delivery read it
+REGISTRY = Registry.of(
+    [
+        process_document.SPEC,
+        embed_chunks.SPEC,
+        crawl_source.SPEC,
+        notify_webhook.SPEC,
+        notify_email.SPEC,
+    ]
+)
