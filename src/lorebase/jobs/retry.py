@@ -192,11 +192,12 @@ def parse_process_death(exitcode: int | None) -> Literal["cpu", "crash", "lost"]
     return "lost"
 
 
-def split_group(documents: int) -> bool:
-    """A group of documents that failed transiently is split into one job per document rather
-    than retried whole, so that a poison document (one that kills its parser every time) ends
-    ``dead`` alone while its siblings are indexed."""
-    return documents >= 2
+def split_group(documents: int, *, tried_before: bool) -> bool:
+    """A group of documents that failed transiently (``tried_before``: a parse process died under
+    it, or its last attempt counted: it failed or lost its worker) is split into one job per
+    document rather than tried whole again, so that a poison document (one that kills its
+    parser, or its worker, every time) ends ``dead`` alone while its siblings are indexed."""
+    return tried_before and documents >= 2
 
 
 #: the crawler's per-page backoff: 2, 4, 8 … s up to a minute (a Retry-After up to five minutes)

@@ -61,14 +61,19 @@ class ProcessDocument:
     Grouping small documents amortises the per-job costs (claim, fencing, settling) that would
     otherwise compete with the embedder for the CPU. Failure stays per document: a permanent
     error fails its document only; a transient one retries the group, which is idempotent.
-    A group whose parser process died is split into one job per document, so that a poison
-    document (one that kills the parser every time) ends ``dead`` alone, not with its group.
+    A group whose parser process died, or that is run again after an attempt that failed or lost
+    its worker, is split into one job per document (``retry.split_group``), so that a poison
+    document (one that kills the parser, or the worker, every time) ends ``dead`` alone, not
+    with its group.
     """
 
     def run(self, ctx: JobContext[Runtime]) -> None:
         runtime = ctx.runtime
         ids = process_document.document_ids(ctx.job.payload)
         ctx.check_control()
+        if retry.split_group(len(ids), tried_before=ctx.job.attempts > 1):
+            self._split(ctx, ids)  # its last attempt failed or lost its worker: one job each now
+            return
         with ctx.transaction() as s:
             rows = s.execute(
                 select(Document, KnowledgeBase)
@@ -82,7 +87,7 @@ class ProcessDocument:
         try:
             outcomes = self._prepare(runtime, work)
         except TransientError:
-            if not retry.split_group(len(work)):
+            if not retry.split_group(len(work), tried_before=True):
                 raise
             self._split(ctx, [w[0] for w in work])
             return

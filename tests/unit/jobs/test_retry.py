@@ -93,5 +93,7 @@ def test_a_parse_process_death_means_what_its_signal_says() -> None:
     assert retry.parse_process_death(None) == "lost"
 
 
-def test_only_a_group_is_split() -> None:
-    assert retry.split_group(2) and not retry.split_group(1)
+def test_only_a_group_tried_before_is_split() -> None:
+    assert retry.split_group(2, tried_before=True)
+    assert not retry.split_group(1, tried_before=True)
+    assert not retry.split_group(16, tried_before=False)
