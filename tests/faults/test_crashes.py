@@ -109,7 +109,7 @@ def test_embed_loop_superseded_and_reaped_at_its_last_attempt_still_indexes_ever
     every time. Before the attempt rule, the reaper ended it ``dead`` without telling its
     documents, the pipeline was left with no job while chunks waited, and settling failed them
     ("processing stopped before this document finished"). Now a lost attempt that saved progress
-    is given back, and the pipeline completes exactly as a clean run."""
+    does not count, and the pipeline completes exactly as a clean run."""
     _, pid = start_pipeline(rt, corpus)  # process jobs: this runtime's 5 attempts
     env = {"LOREBASE_FAULTS": "embed.after_batch=kill@2", "LOREBASE_JOBS__MAX_ATTEMPTS": "1"}
     lives = 0

@@ -288,7 +288,8 @@ class Job(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    #: attempts that count against ``max_attempts`` (see ``jobs/retry.py``: one given back is not)
+    #: attempts in a row that moved nothing, against ``max_attempts`` (``jobs/retry.py``: progress
+    #: starts the count afresh)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: claims so far, never given back: with ``lease_owner``, the fencing token of an attempt
     claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

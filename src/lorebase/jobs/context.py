@@ -58,7 +58,7 @@ class JobContext(Generic[R]):
         """A write transaction that first proves this worker still owns the job (fencing).
 
         ``progress``: what the transaction writes is progress a later run continues from (an
-        embedded batch, a committed crawl batch): once it commits, this attempt is given back
+        embedded batch, a committed crawl batch): once it commits, this attempt does not count
         should it end transiently or lose its worker (``jobs/retry.py``)."""
         with self.runtime.db.session() as s:
             self.runtime.queue.fence(s, self.job, progress=progress)

@@ -349,7 +349,7 @@ class JobQueue:
         outcome = self._back_to_pending(
             session,
             job,
-            attempts=job.attempts if verdict.counted else job.attempts - 1,
+            attempts=job.attempts if verdict.attempts is None else verdict.attempts,
             run_at=utcnow() + timedelta(seconds=verdict.delay),
             last_error=error,
             error_kind="transient",
@@ -370,7 +370,7 @@ class JobQueue:
         The lease, not elapsed time, decides: a slow job that heartbeats is never reaped. A job
         with a newer pending twin (same dedupe key) is closed as superseded: the twin, which is
         pending and so covers the same work, does it. Otherwise ``retry.after_loss`` rules:
-        ``pending`` again at once (the attempt given back when it saved progress), or ``dead``
+        ``pending`` again at once (the count started afresh when it saved progress), or ``dead``
         when it is out of attempts without having moved; ``on_dead`` then records the error on
         what the job was working on, in this same transaction. Returns the pipeline ids touched,
         so callers can settle them.
@@ -414,8 +414,8 @@ class JobQueue:
             )
             values |= {"status": verdict.status, "last_error": retry.WORKER_LOST, "run_at": now}
             values["finished_at"] = now if verdict.status == "dead" else None
-            if not verdict.counted:
-                values["attempts"] = row.attempts - 1
+            if verdict.attempts is not None:
+                values["attempts"] = verdict.attempts
         result = s.execute(
             update(Job)
             .where(Job.id == row.id, Job.claims == row.claims, Job.status == "running")

@@ -62,7 +62,7 @@ class TaskSpec:
     #: claim order: higher first (uploads 10 > crawls 5; the embedder 20 keeps the model fed)
     priority: int
     #: saves checkpoints or progress as it goes: a drain (SIGTERM) may stop it between batches,
-    #: and a lost attempt that moved it on is given back (``jobs/retry.py``)
+    #: and a lost attempt that moved it on does not count (``jobs/retry.py``)
     resumable: bool = False
     retry: RetryPolicy = DEFAULT_POLICY
     #: at most one running job per key (``None``: no limit), from the job's payload

@@ -19,10 +19,13 @@ failures at all.
 **The attempt rule.** A claim counts an attempt. An attempt that ends transiently (an error
 or a lost worker) *keeps* counting only when it saved no progress: no checkpoint and no
 progress write of a resumable task (``JobContext.transaction(progress=True)``, a changed
-checkpoint). An attempt that saved progress is given back. So a resumable job that keeps
-moving (the embed loop, a crawl) is never dead-lettered by restarts, however many, while a
-job that fails or is lost without moving (a poison document killing its worker every time)
-is ``dead`` after ``max_attempts``. A released attempt (pause, drain) never counts.
+checkpoint). An attempt that saved progress does not count, and starts the count afresh
+(``attempts`` back to 0): the job has shown it moves, and what it saved is never redone. So
+``attempts`` counts the attempts in a row that moved nothing, and a job is ``dead`` only
+after ``max_attempts`` of those: a resumable job that keeps moving (the embed loop, a crawl)
+is never dead-lettered by restarts, however many, while a job that fails or is lost without
+moving (a poison document killing its worker every time; a loop stuck on the batch that kills
+it) is ``dead`` after ``max_attempts``. A released attempt (pause, drain) never counts.
 
 **Backoff.** Exponential with "equal jitter" (half the ceiling fixed, half random, so
 retries of many jobs spread out), capped; a server's ``Retry-After`` wins when it is longer,
@@ -118,11 +121,12 @@ class Backoff:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What happens to a job after an attempt: ``pending`` again after ``delay`` seconds, or
-    ``dead``; ``counted`` says whether the attempt stays counted against ``max_attempts``."""
+    ``dead``; ``attempts``: the job's count from now on (None: unchanged, the attempt counted;
+    0: it saved progress, the count starts afresh)."""
 
     status: Literal["pending", "dead"]
     delay: float = 0.0
-    counted: bool = True
+    attempts: int | None = None
 
 
 def after_error(
@@ -135,8 +139,8 @@ def after_error(
 ) -> Verdict:
     """A transient error ended attempt ``attempts`` (counted at its claim)."""
     if progressed:
-        # given back: the next run continues from what this one saved
-        return Verdict("pending", backoff.delay(attempts, retry_after), counted=False)
+        # the next run continues from what this one saved: a fresh count, the first backoff
+        return Verdict("pending", backoff.delay(1, retry_after), attempts=0)
     if attempts >= max_attempts:
         return Verdict("dead")
     return Verdict("pending", backoff.delay(attempts, retry_after))
@@ -147,7 +151,7 @@ def after_loss(*, attempts: int, max_attempts: int, progressed: bool) -> Verdict
     (a lost worker is not the job's fault, nothing to back off from), unless it is out of
     attempts without having moved."""
     if progressed:
-        return Verdict("pending", counted=False)
+        return Verdict("pending", attempts=0)
     if attempts >= max_attempts:
         return Verdict("dead")
     return Verdict("pending")

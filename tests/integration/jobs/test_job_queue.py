@@ -493,8 +493,28 @@ def test_a_lost_attempt_that_saved_progress_is_given_back_even_at_the_last_attem
     assert (job_row(runtime, job_id).status, job_row(runtime, job_id).attempts) == ("dead", 1)
 
 
-def test_a_claim_given_back_is_still_fenced_out(runtime: Runtime) -> None:
-    """attempts goes back down when an attempt is given back; the fence is on claims, so the
+def test_progress_starts_the_count_afresh_so_only_attempts_in_a_row_that_moved_nothing_kill(
+    runtime: Runtime,
+) -> None:
+    job_id = new_job(runtime, max_attempts=2)
+
+    def lose(owner: str, *, progress: bool) -> Job:
+        job = claim(runtime, owner)
+        if progress:
+            save_progress(runtime, job)
+        expire_lease(runtime, job_id)
+        runtime.queue.reap()
+        return job_row(runtime, job_id)
+
+    assert (lose("A", progress=False).attempts, job_row(runtime, job_id).status) == (1, "pending")
+    assert lose("B", progress=True).attempts == 0  # moved on: the earlier loss is forgiven too
+    assert (lose("C", progress=False).status, job_row(runtime, job_id).attempts) == ("pending", 1)
+    row = lose("D", progress=False)  # two in a row that moved nothing
+    assert (row.status, row.attempts, row.claims) == ("dead", 2, 4)
+
+
+def test_a_claim_after_progress_still_fences_out_the_lost_one(runtime: Runtime) -> None:
+    """attempts goes back down when an attempt saved progress; the fence is on claims, so the
     lost worker cannot write into the next attempt with the same attempt number."""
     job_id = new_job(runtime)
     old = claim(runtime, "host:1:worker-0")
@@ -502,7 +522,7 @@ def test_a_claim_given_back_is_still_fenced_out(runtime: Runtime) -> None:
     expire_lease(runtime, job_id)
     runtime.queue.reap()
     new = claim(runtime, "host:1:worker-0")
-    assert new.attempts == old.attempts  # given back, then counted again
+    assert new.attempts == old.attempts == 1  # started afresh, then counted again: the same number
     with pytest.raises(LeaseLost), runtime.db.session() as s:
         runtime.queue.succeed(s, old)
     with runtime.db.session() as s:

@@ -41,8 +41,8 @@ def test_a_message_is_one_readable_line_of_bounded_length() -> None:
     [
         (1, 3, False, Verdict("pending")),  # counted, retried at once
         (3, 3, False, Verdict("dead")),  # out of attempts without moving: the dead letter
-        (3, 3, True, Verdict("pending", counted=False)),  # moved on: given back, never dead
-        (9, 3, True, Verdict("pending", counted=False)),
+        (3, 3, True, Verdict("pending", attempts=0)),  # moved on: a fresh count, never dead
+        (9, 3, True, Verdict("pending", attempts=0)),
     ],
 )
 def test_a_lost_worker_counts_only_when_its_attempt_saved_nothing(
@@ -51,13 +51,14 @@ def test_a_lost_worker_counts_only_when_its_attempt_saved_nothing(
     assert after_loss(attempts=attempts, max_attempts=max_attempts, progressed=progressed) == expected
 
 
-def test_a_transient_error_backs_off_and_counts_only_without_progress() -> None:
+def test_a_transient_error_backs_off_and_counts_only_without_progress_which_starts_afresh() -> None:
     backoff = Backoff(base=2.0, cap=300.0)
     counted = after_error(attempts=2, max_attempts=5, progressed=False, backoff=backoff)
-    assert (counted.status, counted.counted) == ("pending", True)
+    assert (counted.status, counted.attempts) == ("pending", None)
     assert 2.0 <= counted.delay <= 4.0  # attempt 2: ceiling 4 s, equal jitter
-    given_back = after_error(attempts=5, max_attempts=5, progressed=True, backoff=backoff)
-    assert (given_back.status, given_back.counted) == ("pending", False)
+    fresh = after_error(attempts=5, max_attempts=5, progressed=True, backoff=backoff)
+    assert (fresh.status, fresh.attempts) == ("pending", 0)
+    assert 1.0 <= fresh.delay <= 2.0  # the first backoff again
     assert after_error(attempts=5, max_attempts=5, progressed=False, backoff=backoff) == Verdict("dead")
 
 

@@ -2,7 +2,7 @@
 
 * ``jobs.claims``: how many times the job was claimed, never given back; with ``lease_owner``
   it is the fencing token, so ``attempts`` can count only what counts against
-  ``max_attempts`` (an attempt lost after saving progress is given back);
+  ``max_attempts`` (progress starts the count afresh);
 * ``jobs.progressed``: the current attempt saved a checkpoint or progress (reset at each claim);
 * ``pipelines.repairs``: how many times settling found work no job covered and queued it again.
 
