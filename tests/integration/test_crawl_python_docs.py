@@ -103,7 +103,7 @@ def test_the_whole_site_is_crawled_each_page_once_parsed_and_chunked(tmp_path: P
         assert len(files) == 530
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
         executor = build_executor(runtime, concurrency=2, kinds=("crawl", "process"))
-        assert "embed_chunks" not in executor.handlers
+        assert "embed_chunks" not in executor.types  # it claims crawls and processing only
         executor.start()
         try:
             h = key_headers(client)
