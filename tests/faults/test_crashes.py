@@ -73,7 +73,10 @@ def test_crash_between_saving_and_marking_done_converges(
 ) -> None:
     """3. A crash after the vector write and before the job is marked done: the re-run converges."""
     _, pid = start_pipeline(rt, corpus)
-    crashing = start_worker(data_dir, **WORKER_ENV, LOREBASE_FAULTS=fault)
+    # one worker thread (Celery: one pool process): a fault point counts per process, and with two
+    # pool processes the 4-5 jobs of this corpus can split 2 + 2, so that no process ever reaches
+    # its third `job.before_succeed` (seen once in CI, on Celery)
+    crashing = start_worker(data_dir, concurrency=1, **WORKER_ENV, LOREBASE_FAULTS=fault)
     try:
         crashing.wait(180)
     finally:
