@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import make_settings
-from lorebase.db.models import Document, Job
+from lorebase.db.models import Document, Job, Pipeline
 from lorebase.runtime import Runtime
 from support.faults import audit, clean_run, ended, pipeline_status, records, start_pipeline, wait_for
 from support.worker import start_worker
@@ -110,6 +110,8 @@ def _storm(tmp_path: Path, rt: Runtime, data_dir: Path) -> None:
             w.wait(60)
     print(f"chaos: {kills} kills, {len(pipelines)} pipelines, {len(ingested)} records")
     print(f"chaos: jobs (type, status, most claims, most attempts): {_jobs(rt)}")
+    with rt.db.read_session() as s:  # settle's safety net: uncovered work queued again
+        print(f"chaos: settle repairs: {s.execute(select(func.sum(Pipeline.repairs))).scalar() or 0}")
     assert kills >= MIN_KILLS, f"only {kills} kills in {CHAOS_SECONDS}s"
     got = audit(rt)
     assert got["statuses"] == {"indexed": len(ingested)}, f"seed {seed}: {_failures(rt)}"
