@@ -86,8 +86,12 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-eval: $(STAMP)  ## SciFact train queries: builds the KB on first run (~10 min on 2 cores)
-	LOREBASE_DATA_DIR=$${LOREBASE_DATA_DIR:-./lorebase-eval} $(BIN)/lorebase eval --kb scifact \
+#: the embedding model of the eval KB (one KB per model): make eval MODEL=local:all-MiniLM-L6-v2-int8
+MODEL ?= local:all-MiniLM-L6-v2
+EVAL_KB = scifact$(if $(findstring -int8,$(MODEL)),-int8,)
+
+eval: $(STAMP)  ## SciFact train queries: builds the KB on first run (~10 min on 2 cores; int8: ~5)
+	LOREBASE_DATA_DIR=$${LOREBASE_DATA_DIR:-./lorebase-eval} $(BIN)/lorebase eval --kb $(EVAL_KB) --model $(MODEL) \
 		--corpus $(SCIFACT)/corpus.jsonl --queries $(SCIFACT)/queries-train.jsonl --qrels $(SCIFACT)/qrels-train.tsv
 
 bench: $(DEV_STAMP)

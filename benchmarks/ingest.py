@@ -98,9 +98,9 @@ def build_texts(n: int) -> list[str]:
 def load_raw_model() -> Any:
     from sentence_transformers import SentenceTransformer
 
-    from lorebase.adapters.embedders.local import LOCAL_MODELS, _model_dir
+    from lorebase.adapters.embedders.local import LOCAL_MODELS, model_dir
 
-    model = SentenceTransformer(str(_model_dir(MODEL)), device="cpu")
+    model = SentenceTransformer(str(model_dir(MODEL)), device="cpu")
     model.max_seq_length = LOCAL_MODELS[MODEL][1]  # same as lorebase's LocalEmbedder
     return model
 

@@ -16,8 +16,7 @@ from lorebase.adapters.blobs.database import DatabaseBlobStore
 from lorebase.adapters.blobs.local import LocalBlobStore
 from lorebase.adapters.blobs.protocol import BlobStore
 from lorebase.adapters.drafts import DraftRepository, build_draft_repository
-from lorebase.adapters.embedders import embedder_info
-from lorebase.adapters.embedders.local import LocalEmbedder
+from lorebase.adapters.embedders import build_embedder, embedder_info, embedder_problem
 from lorebase.adapters.embedders.protocol import Embedder
 from lorebase.adapters.events import EventBus, build_event_bus, connect_redis
 from lorebase.adapters.stores.protocol import Store
@@ -79,6 +78,8 @@ def check_supported(settings: Settings) -> None:
         embedder_info(settings.embedder)
     except InvalidInput as exc:
         problems.append(f"LOREBASE_EMBEDDER: {exc.message}")
+    if (problem := embedder_problem(settings.embedder)) is not None:
+        problems.append(f"LOREBASE_EMBEDDER: {problem}")
     if problems:
         raise InvalidInput("unsupported configuration: " + "; ".join(problems))
 
@@ -112,8 +113,9 @@ class Runtime:
         spec = spec or self.settings.embedder
         with self._lock:
             if spec not in self._embedders:
-                embedder_info(spec)
-                self._embedders[spec] = LocalEmbedder(spec.partition(":")[2])
+                self._embedders[spec] = build_embedder(
+                    spec, data_dir=self.settings.data_dir, threads=self.settings.embed_threads
+                )
             return self._embedders[spec]
 
     def query_embedder(self, spec: str | None = None) -> Embedder:
@@ -121,8 +123,9 @@ class Runtime:
         spec = spec or self.settings.embedder
         with self._lock:
             if spec not in self._query_embedders:
-                embedder_info(spec)
-                self._query_embedders[spec] = LocalEmbedder(spec.partition(":")[2], slot="query")
+                self._query_embedders[spec] = build_embedder(
+                    spec, data_dir=self.settings.data_dir, slot="query", threads=self.settings.embed_threads
+                )
             return self._query_embedders[spec]
 
     def store(self, name: str | None, dimensions: int) -> Store:

@@ -313,6 +313,12 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(
         64, ge=1, description="Chunks per embedding batch (batches span documents)."
     )
+    embed_threads: int = Field(
+        0,
+        ge=0,
+        description="Intra-op threads of the local embedding model (torch or ONNX Runtime); 0: the "
+        "runtime's default, one per core.",
+    )
     jobs: JobSettings = Field(default_factory=JobSettings, description="Job leases, retries and polling.")
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Chunking defaults.")
     crawl: CrawlSettings = Field(default_factory=CrawlSettings, description="Web crawling.")

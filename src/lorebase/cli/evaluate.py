@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from lorebase.adapters.embedders import embedder_info
 from lorebase.assembly import assemble
 from lorebase.cli.common import console
 from lorebase.cli.follow import follow
@@ -55,7 +56,7 @@ def load_queries(path: str) -> dict[str, str]:
         return {q["_id"]: q["text"] for q in map(json.loads, f) if q}
 
 
-def build_from_corpus(rt: Runtime, p: Principal, name: str, corpus: str) -> str:
+def build_from_corpus(rt: Runtime, p: Principal, name: str, corpus: str, model: str | None = None) -> str:
     records = []
     with open(corpus) as f:
         for line in f:
@@ -64,10 +65,11 @@ def build_from_corpus(rt: Runtime, p: Principal, name: str, corpus: str) -> str:
                 records.append(
                     {"external_id": str(d["_id"]), "title": d.get("title") or None, "text": d["text"]}
                 )
-    draft = drafts.create(rt, p, name=name, description=f"built from {Path(corpus).name}", config=None)
+    config = {"embedding": {"model": model}} if model else None
+    draft = drafts.create(rt, p, name=name, description=f"built from {Path(corpus).name}", config=config)
     drafts.add_text(rt, p, draft["id"], records)
     result = drafts.finalize(rt, p, draft["id"])
-    console.print(f"building {name} from {len(records)} corpus documents")
+    console.print(f"building {name} from {len(records)} corpus documents ({model or rt.settings.embedder})")
     process = assemble(rt.settings, role="cli", concurrency=2, runtime=rt).start()
     try:
         state = follow(rt, p, result["pipeline_id"], interval=1.0)
@@ -88,14 +90,25 @@ def run_eval(
     corpus: str | None,
     modes: list[str],
     limit: int | None,
+    model: str | None = None,
 ) -> dict[str, Any]:
+    """``model`` (an embedding model spec) is the one a KB built from ``corpus`` uses; an existing
+    KB built with another model is an error, not a silent comparison of the wrong vectors."""
+    if model:
+        embedder_info(model)  # an unknown model fails before anything is built
     found = kbs.find_by_name(rt, p, kb)
     if found is None:
         if corpus is None:
             raise InvalidInput(f"no knowledge base {kb!r}; pass --corpus to build it from a BEIR corpus")
-        kb_id = build_from_corpus(rt, p, kb, corpus)
+        kb_id = build_from_corpus(rt, p, kb, corpus, model)
     else:
         kb_id = found["id"]
+        built_with = found["config"]["embedding"]["model"]
+        if model and built_with != model:
+            raise InvalidInput(
+                f"knowledge base {kb!r} was built with {built_with}, not {model}: "
+                "pass another --kb name to build one with this model"
+            )
     judgements = load_qrels(qrels)
     texts = load_queries(queries)
     qids = [q for q in texts if q in judgements][: limit or None]
@@ -104,6 +117,7 @@ def run_eval(
     report: dict[str, Any] = {"kb_id": kb_id, "queries": len(qids), "modes": {}}
     with rt.db.read_session() as s:
         kb_row = kbs.load(s, p, kb_id)
+        report["model"] = kb_row.config["embedding"]["model"]
         ext = dict(
             s.execute(
                 select(Chunk.pk, Document.external_id)

@@ -428,6 +428,13 @@ def evaluate(
     limit: Annotated[
         int | None, typer.Option(help="Evaluate only the first N queries that have judgements.")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedding model of a KB built from --corpus, e.g. local:all-MiniLM-L6-v2-int8 "
+            "(default: LOREBASE_EMBEDDER); an existing KB must have been built with it."
+        ),
+    ] = None,
     workspace: Workspace = None,
 ) -> None:
     """nDCG@10, recall@10 and recall@100 of a KB on BEIR-format queries and qrels."""
@@ -438,10 +445,18 @@ def evaluate(
     p = common.principal(rt, workspace)
     report = _run(
         lambda: run_eval(
-            rt, p, kb=kb, queries=queries, qrels=qrels, corpus=corpus, modes=modes.split(","), limit=limit
+            rt,
+            p,
+            kb=kb,
+            queries=queries,
+            qrels=qrels,
+            corpus=corpus,
+            modes=modes.split(","),
+            limit=limit,
+            model=model,
         )
     )
-    table = Table(title=f"retrieval quality of {kb} ({report['queries']} queries)")
+    table = Table(title=f"retrieval quality of {kb} ({report['model']}, {report['queries']} queries)")
     for col in ("mode", "nDCG@10", "recall@10", "recall@100", "ms/query"):
         table.add_column(col)
     for mode, m in report["modes"].items():

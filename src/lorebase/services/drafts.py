@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.drafts.protocol import DraftRecord
-from lorebase.adapters.embedders import embedder_info
+from lorebase.adapters.embedders import embedder_info, embedder_problem
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.crawl.preview import fetch_one
 from lorebase.db.models import KnowledgeBase, new_id, utcnow
@@ -291,6 +291,8 @@ def validate_draft(runtime: Runtime, draft: DraftRecord) -> dict[str, Any]:
         _, max_tokens = embedder_info(cfg["embedding"]["model"])
     except InvalidInput as exc:
         errors.append({"field": "config.embedding.model", "message": exc.message})
+    if (problem := embedder_problem(cfg["embedding"]["model"])) is not None:
+        errors.append({"field": "config.embedding.model", "message": problem})
     if (problem := runtime.store_problem(cfg["store"]["type"])) is not None:
         errors.append({"field": "config.store.type", "message": problem})
     size, overlap = cfg["chunking"]["chunk_size"], cfg["chunking"]["chunk_overlap"]

@@ -1,9 +1,14 @@
-"""Embedders: the ``Embedder`` protocol (``protocol.py``) and its implementations, by spec
-(``local:<model>``)."""
+"""Embedders: the ``Embedder`` protocol (``protocol.py``) and its implementations, by spec:
+``local:all-MiniLM-L6-v2`` (torch fp32, ``local.py``) and ``local:all-MiniLM-L6-v2-int8``
+(ONNX Runtime int8, built once per data dir, ``int8.py``)."""
 
 from __future__ import annotations
 
-from lorebase.adapters.embedders.local import LOCAL_MODELS
+import importlib.util
+from pathlib import Path
+
+from lorebase.adapters.embedders.local import INT8_SUFFIX, LOCAL_MODELS, LocalEmbedder
+from lorebase.adapters.embedders.protocol import Embedder
 from lorebase.errors import InvalidInput
 
 
@@ -15,3 +20,30 @@ def embedder_info(spec: str) -> tuple[int, int]:
     raise InvalidInput(
         f"unknown embedding model {spec!r}; available: {', '.join('local:' + m for m in LOCAL_MODELS)}"
     )
+
+
+def embedder_problem(spec: str) -> str | None:
+    """Why this machine cannot run ``spec`` (a known model whose runtime packages are missing),
+    or None. Unknown specs are ``embedder_info``'s to refuse."""
+    if spec.partition(":")[2].endswith(INT8_SUFFIX):
+        missing = [m for m in ("onnxruntime", "onnx") if importlib.util.find_spec(m) is None]
+        if missing:
+            return (
+                f"{spec} runs on ONNX Runtime and this installation lacks {', '.join(missing)}: "
+                "pip install 'onnxruntime>=1.20' 'onnx>=1.17'"
+            )
+    return None
+
+
+def build_embedder(spec: str, *, data_dir: Path, slot: str = "ingest", threads: int = 0) -> Embedder:
+    """The embedder for ``spec``; models load on first use. ``data_dir`` holds built models (int8),
+    ``threads`` caps the runtime's intra-op threads (0: its default, one per core)."""
+    dimensions, max_tokens = embedder_info(spec)
+    name = spec.partition(":")[2]
+    if name.endswith(INT8_SUFFIX):
+        from lorebase.adapters.embedders.int8 import Int8Embedder
+
+        return Int8Embedder(
+            name, data_dir=data_dir, dimensions=dimensions, max_tokens=max_tokens, threads=threads, slot=slot
+        )
+    return LocalEmbedder(name, slot=slot, threads=threads)

