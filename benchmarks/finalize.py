@@ -124,6 +124,10 @@ def main() -> None:
             "LOREBASE_DATA_DIR": str(Path(tmp) / "data"),
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            # the latency of finalize is measured here, not the per-key limits (30 finalizes and
+            # 120 uploads a minute by default)
+            "LOREBASE_LIMITS__FINALIZE_PER_MINUTE": "0",
+            "LOREBASE_LIMITS__UPLOADS_PER_MINUTE": "0",
         }
         for var in ("LOREBASE_SERVER_URL", "LOREBASE_API_KEY", "LOREBASE_DATABASE_URL", "LOREBASE_REDIS_URL"):
             env.pop(var, None)  # the CLI must work on this data dir, not on a configured server
