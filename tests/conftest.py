@@ -109,6 +109,17 @@ def make_settings(data_dir: Path, *, jobs: dict[str, Any] | None = None, **overr
     return Settings(data_dir=data_dir, jobs=job_settings, _env_file=None, **overrides)  # type: ignore[call-arg]
 
 
+@pytest.fixture(scope="session")
+def int8_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir holding the built int8 model (``models/``), built once per test session (~15 s);
+    copy its ``models`` folder into a test's data dir to skip the build there."""
+    from lorebase.adapters.embedders.int8 import ensure_model
+
+    root = tmp_path_factory.mktemp("int8-models")
+    ensure_model(root, "all-MiniLM-L6-v2-int8")
+    return root
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data")

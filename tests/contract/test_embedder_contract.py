@@ -1,6 +1,6 @@
 """The ``Embedder`` contract, run by every implementation: torch fp32 and ONNX Runtime int8.
 
-The int8 model is built once for the session (a few seconds) in its own data dir; its build under
+The int8 model is built once for the session (``int8_models`` in conftest); its build under
 concurrency and failure is pinned in ``tests/integration/test_int8_build.py``.
 """
 
@@ -29,8 +29,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("embedder-models")
+def models_dir(int8_models: Path) -> Path:
+    return int8_models
 
 
 @pytest.fixture(scope="module", params=[FP32, INT8])
