@@ -30,10 +30,8 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -41,9 +39,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from lorebase.adapters.embedders.local import base_model, load_tokenizer, model_dir
+from lorebase.adapters.embedders.local import SlotEmbedder, base_model, load_tokenizer, model_dir
 from lorebase.errors import PermanentError, TransientError
-from lorebase.metrics import EMBED_BATCH, EMBEDDED_TEXTS
 
 log = logging.getLogger(__name__)
 
@@ -296,17 +293,14 @@ def _batches(lengths: list[int], size: int) -> list[list[int]]:
     return batches
 
 
-_SESSIONS: dict[tuple[Path, str], _Session] = {}
-_LOCKS: dict[tuple[Path, str], threading.Lock] = {}
-_REGISTRY_LOCK = threading.Lock()
+_SESSIONS: dict[tuple[object, str], _Session] = {}
 
 
-class Int8Embedder:
+class Int8Embedder(SlotEmbedder):
     """The bundled model as int8 on ONNX Runtime; same protocol and tokenizer as ``LocalEmbedder``.
 
-    Sessions are shared process-wide per (data dir, ``slot``), like ``LocalEmbedder``'s models: a
-    query never queues behind an ingestion batch. ``threads`` is ONNX Runtime's intra-op thread
-    count (0: one per core).
+    Sessions are shared per process, data dir and ``slot``. ``threads`` is ONNX Runtime's
+    intra-op thread count (0: one per core).
     """
 
     def __init__(
@@ -326,12 +320,7 @@ class Int8Embedder:
         self.batch_size = batch_size
         self.threads = threads
         self.data_dir = data_dir
-        self._key = (data_dir.resolve(), slot)
-        with _REGISTRY_LOCK:
-            self._lock = _LOCKS.setdefault(self._key, threading.Lock())
-
-    def tokenizer(self) -> Tokenizer:
-        return load_tokenizer(self.name)
+        super().__init__((data_dir.resolve(), slot))
 
     def _load(self) -> _Session:
         if self._key not in _SESSIONS:
@@ -339,17 +328,5 @@ class Int8Embedder:
             _SESSIONS[self._key] = _Session(path, threads=self.threads)
         return _SESSIONS[self._key]
 
-    def warm_up(self) -> None:
-        with self._lock:
-            self._load()
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        with self._lock:
-            session = self._load()
-            started = time.perf_counter()
-            vectors = session.encode(self.name, list(texts), self.max_tokens, self.batch_size)
-            EMBED_BATCH.labels(self.model_id, self._key[1]).observe(time.perf_counter() - started)
-        EMBEDDED_TEXTS.labels(self.model_id, self._key[1]).inc(len(texts))
-        return vectors
+    def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
+        return model.encode(self.name, texts, self.max_tokens, self.batch_size)

@@ -52,23 +52,58 @@ def load_tokenizer(name: str) -> Tokenizer:
     return tok
 
 
-_MODELS: dict[tuple[str, str], Any] = {}
-_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_MODELS: dict[tuple[object, str], Any] = {}
+_LOCKS: dict[tuple[object, str], threading.Lock] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def _slot_lock(key: tuple[str, str]) -> threading.Lock:
+def _slot_lock(key: tuple[object, str]) -> threading.Lock:
     with _REGISTRY_LOCK:
         return _LOCKS.setdefault(key, threading.Lock())
 
 
-class LocalEmbedder:
-    """sentence-transformers on the CPU.
+class SlotEmbedder:
+    """What the local runtimes share: a model loaded once per process and ``slot`` (ingestion
+    uses one instance and queries another, ``slot="query"``, so a search never queues behind an
+    ingestion batch), one batch at a time per slot, the model's own tokenizer, and the metrics.
+    Subclasses load (``_load``) and encode (``_encode``)."""
 
-    Loaded models are shared process-wide per ``slot``: ingestion uses one instance and queries
-    another (``slot="query"``), so a search never queues behind an ingestion batch. Each slot
-    encodes one batch at a time.
-    """
+    name: str
+    model_id: str
+    dimensions: int
+    max_tokens: int
+
+    def __init__(self, key: tuple[object, str]) -> None:
+        self._key = key
+        self._lock = _slot_lock(key)
+
+    def _load(self) -> Any:
+        raise NotImplementedError
+
+    def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def tokenizer(self) -> Tokenizer:
+        return load_tokenizer(self.name)
+
+    def warm_up(self) -> None:
+        with self._lock:
+            self._load()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        with self._lock:
+            model = self._load()
+            started = time.perf_counter()  # the batch itself, not the wait for the slot
+            vectors = self._encode(model, list(texts))
+            EMBED_BATCH.labels(self.model_id, self._key[1]).observe(time.perf_counter() - started)
+        EMBEDDED_TEXTS.labels(self.model_id, self._key[1]).inc(len(texts))
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class LocalEmbedder(SlotEmbedder):
+    """sentence-transformers (torch fp32) on the CPU; models shared per process and slot."""
 
     def __init__(
         self, name: str = "all-MiniLM-L6-v2", *, batch_size: int = 32, slot: str = "ingest", threads: int = 0
@@ -80,11 +115,7 @@ class LocalEmbedder:
         self.dimensions, self.max_tokens = LOCAL_MODELS[name]
         self.batch_size = batch_size
         self.threads = threads
-        self._key = (name, slot)
-        self._lock = _slot_lock(self._key)
-
-    def tokenizer(self) -> Tokenizer:
-        return load_tokenizer(self.name)
+        super().__init__((name, slot))
 
     def _load(self) -> Any:
         if self._key not in _MODELS:
@@ -105,23 +136,11 @@ class LocalEmbedder:
             _MODELS[self._key] = model
         return _MODELS[self._key]
 
-    def warm_up(self) -> None:
-        with self._lock:
-            self._load()
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
-        with self._lock:
-            model = self._load()
-            started = time.perf_counter()  # the batch itself, not the wait for the slot
-            vectors = model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            EMBED_BATCH.labels(self.model_id, self._key[1]).observe(time.perf_counter() - started)
-        EMBEDDED_TEXTS.labels(self.model_id, self._key[1]).inc(len(texts))
-        return np.asarray(vectors, dtype=np.float32)
+    def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
+        return model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
