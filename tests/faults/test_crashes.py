@@ -91,15 +91,14 @@ def test_crash_between_saving_and_marking_done_converges(
     with rt.db.read_session() as s:
         taken_over = (
             s.execute(
-                select(Job.id).where(
-                    or_(Job.attempts > 1, Job.last_error.like("worker lost (lease expired)%"))
-                )
+                select(Job.id).where(or_(Job.claims > 1, Job.last_error.like("worker lost (lease expired)%")))
             )
             .scalars()
             .all()
         )
-    # the reaper took the lease back: the job ran again, or a newer pending twin (same dedupe
-    # key: the embed loop) superseded it
+    # the reaper took the lease back: the job was claimed again (``claims`` counts every claim;
+    # ``attempts`` starts afresh after progress, and a re-run that succeeds clears last_error), or
+    # a newer pending twin (same dedupe key: the embed loop) superseded it
     assert taken_over, "the crashed job was recovered by the reaper"
 
 
