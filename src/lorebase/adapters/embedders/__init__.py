@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from lorebase.adapters.embedders.local import INT8_SUFFIX, LOCAL_MODELS, LocalEmbedder
+from lorebase.adapters.embedders.local import INT8_PACKAGES_HINT, INT8_SUFFIX, LOCAL_MODELS, LocalEmbedder
 from lorebase.adapters.embedders.protocol import Embedder
 from lorebase.errors import InvalidInput
 
@@ -30,7 +30,7 @@ def embedder_problem(spec: str) -> str | None:
         if missing:
             return (
                 f"{spec} runs on ONNX Runtime and this installation lacks {', '.join(missing)}: "
-                "pip install 'onnxruntime>=1.20' 'onnx>=1.17'"
+                + INT8_PACKAGES_HINT
             )
     return None
 

@@ -29,6 +29,8 @@ LOCAL_MODELS: dict[str, tuple[int, int]] = {
     "all-MiniLM-L6-v2-int8": (384, 256),
 }
 INT8_SUFFIX = "-int8"
+#: what to install when the int8 runtime's packages are missing
+INT8_PACKAGES_HINT = "pip install 'onnxruntime>=1.20' 'onnx>=1.17'"
 
 
 def base_model(name: str) -> str:
