@@ -98,8 +98,7 @@ class Runtime:
             if settings.blob_store == "database"
             else LocalBlobStore(settings.blob_dir)
         )
-        self._embedders: dict[str, Embedder] = {}
-        self._query_embedders: dict[str, Embedder] = {}
+        self._embedders: dict[tuple[str, str], Embedder] = {}  # (spec, slot) -> embedder
         self._stores: dict[tuple[str, int], Store] = {}
         self._lock = threading.Lock()
         self._redis = connect_redis(settings)  # one client for drafts and events; None when embedded
@@ -109,24 +108,18 @@ class Runtime:
         # inside another write transaction would wait on SQLite's lock held by that transaction.
         self.store(settings.vector_store, embedder_info(settings.embedder)[0])
 
-    def embedder(self, spec: str | None = None) -> Embedder:
-        spec = spec or self.settings.embedder
+    def embedder(self, spec: str | None = None, *, slot: str = "ingest") -> Embedder:
+        key = (spec or self.settings.embedder, slot)
         with self._lock:
-            if spec not in self._embedders:
-                self._embedders[spec] = build_embedder(
-                    spec, data_dir=self.settings.data_dir, threads=self.settings.embed_threads
+            if key not in self._embedders:
+                self._embedders[key] = build_embedder(
+                    key[0], data_dir=self.settings.data_dir, slot=slot, threads=self.settings.embed_threads
                 )
-            return self._embedders[spec]
+            return self._embedders[key]
 
     def query_embedder(self, spec: str | None = None) -> Embedder:
         """A second model instance for queries, so searches never wait behind an ingestion batch."""
-        spec = spec or self.settings.embedder
-        with self._lock:
-            if spec not in self._query_embedders:
-                self._query_embedders[spec] = build_embedder(
-                    spec, data_dir=self.settings.data_dir, slot="query", threads=self.settings.embed_threads
-                )
-            return self._query_embedders[spec]
+        return self.embedder(spec, slot="query")
 
     def store(self, name: str | None, dimensions: int) -> Store:
         name = name or self.settings.vector_store
