@@ -21,7 +21,10 @@ from lorebase.web.security import SecurityHeaders
 log = logging.getLogger("lorebase")
 
 
-def create_app(settings: Settings | None = None, *, workers: int | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, workers: int | None = None, freeze_heap: bool = False
+) -> FastAPI:
+    """The app; ``freeze_heap`` when it is the process's own (``lorebase serve``: ``Process.start``)."""
     settings = settings or get_settings()
     n_workers = settings.workers if workers is None else workers
 
@@ -29,7 +32,7 @@ def create_app(settings: Settings | None = None, *, workers: int | None = None) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # embedded: worker threads (none with --workers 0); Celery/RQ: a dispatcher that sends
         # the jobs this process enqueues (like every process of the scaled mode)
-        process = assemble(settings, role="serve", concurrency=n_workers).start()
+        process = assemble(settings, role="serve", concurrency=n_workers).start(freeze_heap=freeze_heap)
         app.state.process = process
         app.state.runtime = process.runtime
         try:

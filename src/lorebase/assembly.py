@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lorebase.heap import freeze_long_lived
 from lorebase.jobs import delivery
 from lorebase.jobs.dispatch import Dispatcher, Sender
 from lorebase.jobs.executor import EmbeddedExecutor
@@ -102,7 +103,12 @@ class Process:
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     owns_runtime: bool = True
 
-    def start(self) -> Process:
+    def start(self, *, freeze_heap: bool = False) -> Process:
+        """Start the threads. ``freeze_heap``: the process's own entry point (``serve``, ``worker``,
+        a broker's pool process) freezes what it has imported first, so full garbage collections
+        stop scanning it (``lorebase/heap.py``); in-process uses (tests, ``ingest``) leave the heap alone."""
+        if freeze_heap:
+            freeze_long_lived()
         if self.executor is not None:
             self.executor.start()
         if self.dispatcher is not None:
@@ -162,7 +168,7 @@ def assemble(
 def run_broker_worker(settings: Settings, *, concurrency: int, kinds: tuple[str, ...]) -> None:
     """``lorebase worker`` with Celery or RQ: the worker process (and every pool process it forks)
     builds its process with :func:`assemble` on first use; then the broker's worker runs."""
-    delivery.configure(lambda: assemble(settings, role="pool").start())
+    delivery.configure(lambda: assemble(settings, role="pool").start(freeze_heap=True))
     if settings.executor == "celery":
         from lorebase.jobs.celery_executor import run_worker
 

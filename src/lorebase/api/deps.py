@@ -18,7 +18,9 @@ CSRF_VALUE = "lorebase"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """``async`` (no I/O): a sync dependency is a hop to the thread pool and back, and under load
+    each hop waits for the GIL (finalize under ingestion, ``benchmarks/README.md``)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -36,7 +36,8 @@ def _beyond_int64(value: str) -> bool:
     return len(digits) > len(str(INT64_MAX)) or (bool(digits) and int(digits) > INT64_MAX)
 
 
-def storable_parameters(request: Request) -> None:
+async def storable_parameters(request: Request) -> None:
+    """422 for parameters no database can store; ``async`` (no I/O): no thread-pool hop."""
     for name, value in request.query_params.multi_items():
         if "\x00" in value or "\x00" in name:
             raise _error("query", name, "NUL characters are not allowed")

@@ -26,6 +26,7 @@ from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage
 from limits.strategies import MovingWindowRateLimiter
+from starlette.concurrency import run_in_threadpool
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
 from lorebase.errors import RateLimited
@@ -104,11 +105,13 @@ def identity(principal: Principal) -> str:
 
 
 def _limit(bucket: str, setting: str) -> Any:
-    # a sync dependency: FastAPI runs it in the thread pool, so a Redis round trip does not block
-    # the event loop
-    def dependency(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> None:
+    # the hit runs in the thread pool, so a Redis round trip does not block the event loop; a
+    # limit switched off (0) costs no hop at all
+    async def dependency(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> None:
         per_minute = int(getattr(runtime.settings.limits, setting))
-        get_limiter(request, runtime.settings).hit(bucket, per_minute, identity(principal))
+        if per_minute > 0:
+            limiter = get_limiter(request, runtime.settings)
+            await run_in_threadpool(limiter.hit, bucket, per_minute, identity(principal))
 
     dependency.__name__ = f"rate_limit_{bucket}"
     return Depends(dependency)

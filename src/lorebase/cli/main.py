@@ -76,7 +76,9 @@ def serve(
     else:
         print("API keys exist in this data dir; `lorebase keys create` makes another.", flush=True)
     rt.close()
-    uvicorn.run(create_app(settings, workers=workers), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(settings, workers=workers, freeze_heap=True), host=host, port=port, log_level="info"
+    )
 
 
 @app.command()
@@ -129,7 +131,7 @@ def worker(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    process.start()
+    process.start(freeze_heap=True)
     crawlers = settings.jobs.crawl_workers
     extra = f" (+{crawlers} for crawls)" if crawlers and concurrency else ""
     console.print(

@@ -177,10 +177,12 @@ class Document(Base):
     __table_args__ = (
         UniqueConstraint("kb_id", "external_id", name="uq_document_kb_external_id"),
         Index("ix_documents_kb_status", "kb_id", "status"),
+        # the workspace quota's usage (count, bytes) from the index alone (migration 0008)
+        Index("ix_documents_workspace_usage", "workspace_id", "source_type", "size_bytes"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     kb_id: Mapped[str] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"))
-    workspace_id: Mapped[str] = mapped_column(String(36), index=True)
+    workspace_id: Mapped[str] = mapped_column(String(36))
     source_id: Mapped[str | None] = mapped_column(String(36), default=None)
     pipeline_id: Mapped[str | None] = mapped_column(String(36), default=None, index=True)
     external_id: Mapped[str | None] = mapped_column(String(500), default=None)

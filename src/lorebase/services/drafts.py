@@ -276,11 +276,14 @@ def _preview_chunks(
     }
 
 
-def validate_draft(runtime: Runtime, draft: DraftRecord) -> dict[str, Any]:
+def validate_draft(
+    runtime: Runtime, draft: DraftRecord, items: list[SourceItem] | None = None
+) -> dict[str, Any]:
+    """The validation report of ``draft`` (``items``: its source items, when the caller has them)."""
     errors: list[dict[str, str]] = []
     warnings: list[dict[str, str]] = []
     cfg = draft.config
-    items = _items(draft.sources)
+    items = _items(draft.sources) if items is None else items
     web = _web_sources(draft.sources)
     if not items and not web:
         errors.append(
@@ -370,7 +373,8 @@ def finalize(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
 
 
 def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -> dict[str, Any]:
-    report = validate_draft(runtime, draft)  # the draft as taken: it may have changed since
+    items = _items(draft.sources)
+    report = validate_draft(runtime, draft, items)  # the draft as taken: it may have changed since
     if not report["is_valid"]:
         raise InvalidInput("the draft is not valid", details=report["errors"], code="draft_invalid")
     kb = KnowledgeBase(
@@ -382,7 +386,6 @@ def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -
         status="processing",
         created_by=p.key_id,
     )
-    items = _items(draft.sources)
     quotas.check_new_in(runtime, s, p.workspace_id, items)
     s.add(kb)
     s.flush()

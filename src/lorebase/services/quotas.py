@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from lorebase.db.models import Document, KnowledgeBase
@@ -38,14 +38,10 @@ CODE = "workspace_quota"
 
 def usage(session: Session, workspace_id: str) -> tuple[int, int]:
     """(documents, bytes of files and text records) the workspace holds now."""
-    documents = session.execute(
-        select(func.count()).select_from(Document).where(Document.workspace_id == workspace_id)
-    ).scalar_one()
-    nbytes = session.execute(
-        select(func.coalesce(func.sum(Document.size_bytes), 0)).where(
-            Document.workspace_id == workspace_id, Document.source_type.in_(COUNTED_BYTES)
-        )
-    ).scalar_one()
+    counted = case((Document.source_type.in_(COUNTED_BYTES), Document.size_bytes), else_=0)
+    documents, nbytes = session.execute(
+        select(func.count(), func.coalesce(func.sum(counted), 0)).where(Document.workspace_id == workspace_id)
+    ).one()  # one pass over the workspace's documents
     return int(documents), int(nbytes or 0)
 
 

@@ -19,14 +19,22 @@ from lorebase.db.models import Draft, utcnow
 from lorebase.errors import NotFound
 
 
-def _record(row: Draft) -> DraftRecord:
+def _record(row: Draft, *, copy_json: bool = False) -> DraftRecord:
+    """The row as a record. ``copy_json`` when the row stays in use after the record is changed
+    (``update``): the JSON columns have no mutation tracking, so a record that changed the row's
+    own lists in place would leave nothing for the flush to see. Elsewhere the row is discarded
+    and the record may keep its freshly decoded values (a deep copy of a 100-source draft cost
+    a finalize ~3 ms, twice)."""
+    config, sources = (
+        (copy.deepcopy(row.config), copy.deepcopy(row.sources)) if copy_json else (row.config, row.sources)
+    )
     return DraftRecord(
         id=row.id,
         workspace_id=row.workspace_id,
         name=row.name,
         description=row.description,
-        config=copy.deepcopy(row.config),
-        sources=copy.deepcopy(row.sources),
+        config=config,
+        sources=sources,
         created_at=row.created_at,
         updated_at=row.updated_at,
         expires_at=row.expires_at,
@@ -73,7 +81,7 @@ class SqlDraftRepository:
     def update(self, workspace_id: str, draft_id: str, change: Callable[[DraftRecord], None]) -> DraftRecord:
         with self.db.session() as s:
             row = self._load(s, workspace_id, draft_id, lock=True)
-            draft = _record(row)
+            draft = _record(row, copy_json=True)
             change(draft)
             now = utcnow()
             draft.updated_at, draft.expires_at = now, now + self.ttl

@@ -277,9 +277,6 @@ class _Session:
         return out  # unit length: the graph ends in L2 normalisation
 
 
-_SESSIONS: dict[tuple[object, str], _Session] = {}
-
-
 class Int8Embedder(SlotEmbedder):
     """The bundled model as int8 on ONNX Runtime; same protocol and tokenizer as ``LocalEmbedder``.
 
@@ -306,11 +303,9 @@ class Int8Embedder(SlotEmbedder):
         self.data_dir = data_dir
         super().__init__((data_dir.resolve(), slot))
 
-    def _load(self) -> _Session:
-        if self._key not in _SESSIONS:
-            path, _ = ensure_model(self.data_dir, self.name)
-            _SESSIONS[self._key] = _Session(path, threads=self.threads)
-        return _SESSIONS[self._key]
+    def _create(self) -> _Session:
+        path, _ = ensure_model(self.data_dir, self.name)
+        return _Session(path, threads=self.threads)
 
     def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
         return model.encode(self.name, texts, self.max_tokens, self.batch_size)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from lorebase import heap
 from lorebase.errors import InvalidInput
 from lorebase.metrics import EMBED_BATCH, EMBEDDED_TEXTS
 
@@ -83,6 +84,7 @@ def length_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
     return batches
 
 
+#: loaded models (torch modules, ONNX Runtime sessions) by slot key (``SlotEmbedder._key``)
 _MODELS: dict[tuple[object, str], Any] = {}
 _LOCKS: dict[tuple[object, str], threading.Lock] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -97,7 +99,7 @@ class SlotEmbedder:
     """What the local runtimes share: a model loaded once per process and ``slot`` (ingestion
     uses one instance and queries another, ``slot="query"``, so a search never queues behind an
     ingestion batch), one batch at a time per slot, the model's own tokenizer, and the metrics.
-    Subclasses load (``_load``) and encode (``_encode``)."""
+    Subclasses create the model (``_create``) and encode (``_encode``)."""
 
     name: str
     model_id: str
@@ -109,6 +111,14 @@ class SlotEmbedder:
         self._lock = _slot_lock(key)
 
     def _load(self) -> Any:
+        """This slot's model, created on first use (callers hold the slot lock)."""
+        model = _MODELS.get(self._key)
+        if model is None:
+            with heap.loading():  # no collection pauses while it loads; frozen after (heap.py)
+                model = _MODELS[self._key] = self._create()
+        return model
+
+    def _create(self) -> Any:
         raise NotImplementedError
 
     def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
@@ -148,24 +158,22 @@ class LocalEmbedder(SlotEmbedder):
         self.threads = threads
         super().__init__((name, slot))
 
-    def _load(self) -> Any:
-        if self._key not in _MODELS:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            from sentence_transformers import SentenceTransformer
+    def _create(self) -> Any:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from sentence_transformers import SentenceTransformer
 
-            if self.threads:
-                import torch
+        if self.threads:
+            import torch
 
-                torch.set_num_threads(self.threads)  # process-wide: torch has one intra-op pool
+            torch.set_num_threads(self.threads)  # process-wide: torch has one intra-op pool
 
-            model = SentenceTransformer(str(model_dir(self.name)), device="cpu")
-            model.max_seq_length = self.max_tokens
-            _MODELS[self._key] = model
-        return _MODELS[self._key]
+        model = SentenceTransformer(str(model_dir(self.name)), device="cpu")
+        model.max_seq_length = self.max_tokens
+        return model
 
     def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
         lengths = [len(e.ids) for e in truncating_tokenizer(self.name, self.max_tokens).encode_batch(texts)]
