@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from lorebase.adapters.embedders.local import length_batches
 
 
-@given(st.lists(st.integers(min_value=1, max_value=256), max_size=200), st.integers(min_value=1, max_value=64))
+@given(
+    st.lists(st.integers(min_value=1, max_value=256), max_size=200), st.integers(min_value=1, max_value=64)
+)
 def test_every_text_once_in_batches_of_at_most_size_sorted_by_length(lengths: list[int], size: int) -> None:
     batches = length_batches(lengths, size)
     flat = [i for b in batches for i in b]
