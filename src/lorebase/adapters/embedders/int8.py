@@ -257,6 +257,10 @@ class _Session:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads  # 0: one per core
         options.inter_op_num_threads = 1
+        # idle intra-op threads sleep instead of spinning: spinning took CPU from everything else
+        # in the process (finalize p50 with workers embedding 26.7-29.0 ms spinning, 15.5-19.3 not)
+        # and bought no throughput (ingest e2e/bare fp32 2.26-2.32 either way; benchmarks/README)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.dimensions = int(self.session.get_outputs()[0].shape[1])  # [batch, dimensions]
