@@ -33,8 +33,12 @@ _was_enabled = True
 def freeze_long_lived() -> None:
     """Collect what is garbage now, then freeze every object still alive."""
     with _LOCK:
-        gc.collect()
-        gc.freeze()
+        _collect_and_freeze()
+
+
+def _collect_and_freeze() -> None:
+    gc.collect()  # garbage first: a frozen cycle would never be freed
+    gc.freeze()
 
 
 @contextmanager
@@ -53,7 +57,6 @@ def loading() -> Iterator[None]:
         with _LOCK:
             _loading -= 1
             if _loading == 0:
-                gc.collect()
-                gc.freeze()
+                _collect_and_freeze()
                 if _was_enabled:
                     gc.enable()

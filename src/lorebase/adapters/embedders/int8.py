@@ -41,8 +41,8 @@ from lorebase.adapters.embedders.local import (
     INT8_PACKAGES_HINT,
     SlotEmbedder,
     base_model,
-    length_batches,
     model_dir,
+    token_batches,
     truncating_tokenizer,
 )
 from lorebase.errors import PermanentError, TransientError
@@ -267,9 +267,9 @@ class _Session:
 
     def encode(self, name: str, texts: list[str], max_tokens: int, batch: int) -> np.ndarray:
         """Vectors of ``texts`` in their order, computed in batches of similar length (little padding)."""
-        encodings = truncating_tokenizer(name, max_tokens).encode_batch(texts)
+        encodings, batches = token_batches(name, max_tokens, texts, batch)
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for idx in length_batches([len(e.ids) for e in encodings], batch):
+        for idx in batches:
             width = len(encodings[idx[-1]].ids)
             ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from lorebase import heap
 from lorebase.errors import InvalidInput
@@ -82,6 +82,15 @@ def length_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
         else:
             batches.append([i])
     return batches
+
+
+def token_batches(
+    name: str, max_tokens: int, texts: list[str], size: int
+) -> tuple[list[Encoding], list[list[int]]]:
+    """The texts' encodings, truncated as the model reads them, and their indexes in
+    :func:`length_batches` of at most ``size``: how both local runtimes cut a call."""
+    encodings = truncating_tokenizer(name, max_tokens).encode_batch(texts)
+    return encodings, length_batches([len(e.ids) for e in encodings], size)
 
 
 #: loaded models (torch modules, ONNX Runtime sessions) by slot key (``SlotEmbedder._key``)
@@ -176,9 +185,9 @@ class LocalEmbedder(SlotEmbedder):
         return model
 
     def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
-        lengths = [len(e.ids) for e in truncating_tokenizer(self.name, self.max_tokens).encode_batch(texts)]
+        _, batches = token_batches(self.name, self.max_tokens, texts, self.batch_size)
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for idx in length_batches(lengths, self.batch_size):
+        for idx in batches:
             out[idx] = model.encode(
                 [texts[i] for i in idx],
                 batch_size=len(idx),
