@@ -22,9 +22,14 @@ log = logging.getLogger("lorebase")
 
 
 def create_app(
-    settings: Settings | None = None, *, workers: int | None = None, freeze_heap: bool = False
+    settings: Settings | None = None,
+    *,
+    workers: int | None = None,
+    freeze_heap: bool = False,
+    worker_process: bool = False,
 ) -> FastAPI:
-    """The app; ``freeze_heap`` when it is the process's own (``lorebase serve``: ``Process.start``)."""
+    """The app; ``freeze_heap`` when it is the process's own (``lorebase serve``: ``Process.start``),
+    ``worker_process`` to run its embedded workers in a child process (``assembly.WorkerChild``)."""
     settings = settings or get_settings()
     n_workers = settings.workers if workers is None else workers
 
@@ -32,7 +37,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # embedded: worker threads (none with --workers 0); Celery/RQ: a dispatcher that sends
         # the jobs this process enqueues (like every process of the scaled mode)
-        process = assemble(settings, role="serve", concurrency=n_workers).start(freeze_heap=freeze_heap)
+        process = assemble(
+            settings, role="serve", concurrency=n_workers, worker_process=worker_process
+        ).start(freeze_heap=freeze_heap)
         app.state.process = process
         app.state.runtime = process.runtime
         try:

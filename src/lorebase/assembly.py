@@ -3,8 +3,10 @@
 Every process that runs or sends jobs is built by :func:`assemble`, for its role:
 
 * ``serve``: ``lorebase serve``. In the embedded mode, worker threads (``--workers``; none with
-  0: an API-only process); with Celery or RQ, a dispatcher that sends the jobs this process
-  enqueues (the transactional outbox, ``jobs/dispatch.py``).
+  0: an API-only process), which ``lorebase serve`` runs in a child process of its own at a lower
+  CPU priority (:class:`WorkerChild`, ``jobs.serve_worker_process``); with Celery or RQ, a
+  dispatcher that sends the jobs this process enqueues (the transactional outbox,
+  ``jobs/dispatch.py``).
 * ``worker``: ``lorebase worker`` with the embedded executor: worker threads on the shared
   database, for the queue kinds given (``--queues``).
 * ``pool``: a Celery pool process or an RQ worker (``lorebase worker`` with a broker configures
@@ -20,17 +22,25 @@ their maintenance thread. The engine (``jobs/``) knows none of this: it is given
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Literal
 
+from lorebase.child import end_with_parent, lower_priority
 from lorebase.heap import freeze_long_lived
 from lorebase.jobs import delivery
 from lorebase.jobs.dispatch import Dispatcher, Sender
 from lorebase.jobs.executor import EmbeddedExecutor
+from lorebase.jobs.queue import JobQueue
 from lorebase.pipeline.embed import TEXTS_EMBEDDED
 from lorebase.pipeline.isolated import pool_for
 from lorebase.runtime import Runtime
@@ -91,6 +101,165 @@ def make_sender(settings: Settings) -> Sender:
     raise ValueError(f"the {settings.executor!r} executor does not use a broker")
 
 
+class WorkerChild:
+    """The embedded workers of ``lorebase serve`` in a child process (``jobs.serve_worker_process``).
+
+    Worker threads beside the API share its interpreter: every SQL call and thread-pool hop of a
+    request gives the GIL away and waits for it behind the workers' Python, and torch or ONNX
+    Runtime take both cores. A nice value on the worker *threads* does not help (a request then
+    waits for the GIL held by a thread the scheduler keeps off the CPU). In a child process at
+    ``jobs.worker_niceness`` the workers still use every cycle the API leaves, and a request
+    takes the CPU when it needs it: finalize under an embedding backlog, ``benchmarks/README.md``.
+
+    The child is a ``lorebase worker`` on the same database (``assemble(role="worker")``, heap
+    frozen, maintenance thread and all). It is spawned by a supervising thread that restarts it
+    (1 s, doubling to 30 s) if it dies; its jobs' leases then expire and are reaped as after any
+    crash. Work this process enqueues wakes the child at once through a pipe (one byte per
+    ``queue.notify``), so nothing waits for a poll. The child ends the moment this process
+    ends (``child.end_with_parent``), and ``stop`` drains it: SIGTERM, running jobs checkpoint and
+    release their leases, as ``lorebase worker`` does.
+    """
+
+    #: restart delays after the child died: first, and the cap of its doubling
+    RESTART_SECONDS = (1.0, 30.0)
+
+    def __init__(self, settings: Settings, concurrency: int) -> None:
+        self.settings, self.concurrency = settings, concurrency
+        self._context = multiprocessing.get_context("spawn")  # no forked copies of other threads' locks
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._proc: BaseProcess | None = None
+        self._wake_fd: int | None = None  # our end of the wake-up pipe (non-blocking)
+        self._wake_conn: Connection | None = None
+        self._supervisor: threading.Thread | None = None
+        #: how often the child was restarted after it died
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.is_alive() else None
+
+    def start(self) -> None:
+        # the supervising thread spawns the child and lives as long as it: the kernel's "end with
+        # the parent" signal is tied to the thread that spawned it (child.end_with_parent)
+        self._supervisor = threading.Thread(target=self._supervise, name="worker-process", daemon=True)
+        self._supervisor.start()
+
+    def wake(self) -> None:
+        """Tell the child that work was enqueued (a ``JobQueue`` listener). Never blocks: a full
+        pipe already holds a wake-up, and a child that is restarting looks for work when it starts."""
+        with self._lock:
+            if self._wake_fd is not None:
+                # full (BlockingIOError: a wake-up is already waiting) or the child is gone
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_fd, b"\0")
+
+    def _spawn(self) -> BaseProcess | None:
+        reader, writer = self._context.Pipe(duplex=False)
+        proc = self._context.Process(
+            target=_worker_child_main,
+            args=(self.settings, self.concurrency, reader, os.getpid()),
+            name="lorebase-worker",
+            daemon=False,  # it drains on SIGTERM: multiprocessing must not kill it at exit
+        )
+        with self._lock:
+            if self._stopping.is_set():
+                reader.close()
+                writer.close()
+                return None
+            proc.start()
+            reader.close()
+            os.set_blocking(writer.fileno(), False)
+            self._proc, self._wake_conn, self._wake_fd = proc, writer, writer.fileno()
+        return proc
+
+    def _close_wake(self) -> None:
+        with self._lock:
+            if self._wake_conn is not None:
+                self._wake_conn.close()
+            self._wake_conn = self._wake_fd = None
+
+    def _supervise(self) -> None:
+        first, cap = self.RESTART_SECONDS
+        delay = first
+        while not self._stopping.is_set():
+            proc = self._spawn()
+            if proc is None:
+                return
+            started = time.monotonic()
+            proc.join()
+            self._close_wake()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            if time.monotonic() - started > 4 * cap:  # it ran a good while: a fresh failure
+                delay = first
+            log.error(
+                "the worker process %s exited with code %s; starting a new one in %.0f s",
+                proc.pid,
+                proc.exitcode,
+                delay,
+            )
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, cap)
+
+    def stop(self, *, drain_timeout: float = 30.0) -> None:
+        """Drain the child (SIGTERM: jobs checkpoint and release their leases) and wait for it."""
+        with self._lock:
+            self._stopping.set()
+            proc = self._proc
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+            proc.join(drain_timeout + 10)
+            if proc.is_alive():
+                log.warning("the worker process %s did not drain in time: killed", proc.pid)
+                proc.kill()
+                proc.join(5)
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+        self._close_wake()
+
+
+def _relay_wake_ups(fd: int, queue: JobQueue) -> None:
+    """In the worker process: each byte from the server is a ``queue.notify`` (idle threads look
+    for work now). Ends when the server closes its end."""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            return
+        if not data:
+            return
+        queue.notify()
+
+
+def _worker_child_main(settings: Settings, concurrency: int, wake: Connection, parent: int) -> None:
+    """The worker process of ``lorebase serve`` (:class:`WorkerChild`)."""
+    end_with_parent(parent, kill_at_once=True)
+    lower_priority(settings.jobs.worker_niceness)  # before any thread starts: they all inherit it
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "sentence_transformers", "urllib3"):  # as the CLI's own logging
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C reaches the whole process group
+        signal.signal(sig, lambda *_: stop.set())
+    process = assemble(settings, role="worker", concurrency=concurrency)
+    threading.Thread(
+        target=_relay_wake_ups, args=(wake.fileno(), process.runtime.queue), name="wake-ups", daemon=True
+    ).start()
+    process.start(freeze_heap=True)
+    log.info(
+        "worker process %d: %d threads, CPU priority lowered by %d",
+        os.getpid(),
+        concurrency,
+        settings.jobs.worker_niceness,
+    )
+    stop.wait()
+    process.stop(drain_timeout=30)
+
+
 @dataclass
 class Process:
     """A running process's parts. ``stop`` drains the executor (jobs checkpoint and release
@@ -99,6 +268,8 @@ class Process:
     runtime: Runtime
     executor: EmbeddedExecutor | None = None
     dispatcher: Dispatcher | None = None
+    #: ``serve``'s workers in a process of their own (``jobs.serve_worker_process``)
+    worker_child: WorkerChild | None = None
     #: the lease owner of jobs a broker delivers to this process
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     owns_runtime: bool = True
@@ -113,11 +284,15 @@ class Process:
             self.executor.start()
         if self.dispatcher is not None:
             self.dispatcher.start()
+        if self.worker_child is not None:
+            self.worker_child.start()
         return self
 
     def stop(self, *, drain_timeout: float = 30.0) -> None:
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.worker_child is not None:
+            self.worker_child.stop(drain_timeout=drain_timeout)
         running = 0
         if self.executor is not None:
             self.executor.stop(drain=True, timeout=drain_timeout)
@@ -139,9 +314,11 @@ def assemble(
     concurrency: int = 0,
     kinds: tuple[str, ...] | None = None,
     runtime: Runtime | None = None,
+    worker_process: bool = False,
 ) -> Process:
     """Build (not start) the process of ``role`` (see the module doc). ``runtime``: one the caller
-    already has and keeps (the CLI's); otherwise the process makes its own and closes it."""
+    already has and keeps (the CLI's); otherwise the process makes its own and closes it.
+    ``worker_process``: ``serve``'s worker threads go to a :class:`WorkerChild`."""
     owns = runtime is None
     rt = runtime or Runtime(settings, migrate=role != "pool")  # a pool's parent migrated already
     try:
@@ -155,6 +332,10 @@ def assemble(
             return Process(rt, dispatcher=Dispatcher(rt, make_sender(settings)), owns_runtime=owns)
         if role == "serve" and concurrency <= 0:
             return Process(rt, owns_runtime=owns)  # API only: workers run elsewhere
+        if role == "serve" and worker_process:
+            child = WorkerChild(settings, concurrency)
+            rt.queue.add_listener(child.wake)
+            return Process(rt, worker_child=child, owns_runtime=owns)
         if role == "worker" and settings.executor != "embedded":
             raise ValueError("a Celery or RQ worker is started with run_broker_worker")
         executor = build_executor(rt, concurrency=concurrency, name=role, kinds=kinds)

@@ -63,6 +63,20 @@ class JobSettings(BaseModel):
         "parsing does not hold their GIL (0: parse in the worker thread itself).",
     )
 
+    serve_worker_process: bool = Field(
+        True,
+        description="`lorebase serve` runs its embedded worker threads in a child process of its own, "
+        "at `worker_niceness`, instead of beside the API in one interpreter: requests then never wait "
+        "for the GIL or the CPU behind embedding (false: threads in the server process).",
+    )
+    worker_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower the CPU priority of `serve`'s worker process is than the API's "
+        "(Unix nice increment): background work takes the CPU the requests leave (0: same priority).",
+    )
+
     parse_niceness: int = Field(
         10,
         ge=0,

@@ -52,7 +52,10 @@ def sign_in_url(settings: Settings, host: str, port: int, key: str) -> str:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Embedded worker threads (0: API only).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Embedded worker threads, in a child process of the server (0: API only)."),
+    ] = None,
 ) -> None:
     """Run the API with embedded workers (migrations are applied first)."""
     import uvicorn
@@ -77,7 +80,15 @@ def serve(
         print("API keys exist in this data dir; `lorebase keys create` makes another.", flush=True)
     rt.close()
     uvicorn.run(
-        create_app(settings, workers=workers, freeze_heap=True), host=host, port=port, log_level="info"
+        create_app(
+            settings,
+            workers=workers,
+            freeze_heap=True,
+            worker_process=settings.jobs.serve_worker_process,
+        ),
+        host=host,
+        port=port,
+        log_level="info",
     )
 
 

@@ -41,7 +41,6 @@ import os
 import resource
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -51,6 +50,7 @@ from lorebase import faults
 from lorebase.adapters.parsers import zipguard
 from lorebase.adapters.parsers.document import ParsedDocument
 from lorebase.adapters.parsers.registry import parse_bytes
+from lorebase.child import end_with_parent, lower_priority
 from lorebase.errors import LorebaseError, NotFound, PermanentError, TransientError
 from lorebase.jobs import retry
 from lorebase.pipeline.chunk import chunk
@@ -214,28 +214,14 @@ def _child_main(conn: Connection, niceness: int, parent: int, limits: ParseLimit
             return
 
 
-def _exit_with_parent(parent: int) -> None:
-    """End this parse process once the process that started it is gone. A parse process waits
-    on its call queue, whose write end it holds itself, so it would never see the queue close:
-    without this, a worker killed (OOM, SIGKILL) or ended without shutting its pool down leaves
-    its parse processes blocked forever."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(0)
-
-
 def _start_child(niceness: int, parent: int | None = None) -> None:
     """A parse process starts at a lower CPU priority (parsing is batch work: the worker's own
-    threads, a crawl's network I/O, heartbeats and API requests come first), watches its
-    parent, then imports."""
+    threads, a crawl's network I/O, heartbeats and API requests come first), ends with its parent
+    (it waits on its call queue, whose write end it holds itself, so it would never see the queue
+    close: a worker killed by the OOM killer would leave it blocked forever), then imports."""
     if parent is not None:
-        if os.getppid() != parent:  # the parent is already gone
-            os._exit(0)
-        threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
-    if niceness > 0:
-        with contextlib.suppress(OSError, AttributeError):  # not permitted, or not a POSIX system
-            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+        end_with_parent(parent)
+    lower_priority(niceness)
     _warm_up()
 
 

@@ -38,7 +38,14 @@ def readyz(request: Request, runtime: RuntimeDep) -> JSONResponse:
         checks["database"] = f"error: {exc}"
     process = getattr(request.app.state, "process", None)
     executor = process.executor if process is not None else None
-    checks["workers"] = f"{executor.concurrency} threads" if executor else "none in this process"
+    child = process.worker_child if process is not None else None
+    if child is not None:
+        pid = child.pid
+        checks["workers"] = (
+            f"{child.concurrency} threads in worker process {pid}" if pid else "worker process starting"
+        )
+    else:
+        checks["workers"] = f"{executor.concurrency} threads" if executor else "none in this process"
     ok = checks["database"] == "ok"
     return JSONResponse(
         {"status": "ready" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
