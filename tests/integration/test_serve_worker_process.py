@@ -111,9 +111,13 @@ def test_the_worker_process_builds_kbs_is_woken_restarted_and_drained(server: Se
     wait_for(lambda: os.getpriority(os.PRIO_PROCESS, child) == niceness, 30, "the lower CPU priority")
 
     first = server.finalize_text("first")
-    wait_for(lambda: server.pipeline(first)["counts"]["chunks_created"] > 0, 10, "the woken worker's first job")
+    wait_for(
+        lambda: server.pipeline(first)["counts"]["chunks_created"] > 0, 10, "the woken worker's first job"
+    )
     done = wait_for(
-        lambda: (p := server.pipeline(first))["status"] not in ("queued", "running") and p, 180, "the pipeline"
+        lambda: (p := server.pipeline(first))["status"] not in ("queued", "running") and p,
+        180,
+        "the pipeline",
     )
     assert done["status"] == "completed", done
     assert done["counts"]["chunks_indexed"] == 1
@@ -124,7 +128,9 @@ def test_the_worker_process_builds_kbs_is_woken_restarted_and_drained(server: Se
     wait_for(lambda: _gone(child), 10, "the killed worker process")
     second_child = server.worker_pid(timeout=30, not_=child)
     second = server.finalize_text("second")
-    wait_for(lambda: server.pipeline(second)["counts"]["chunks_created"] > 0, 20, "the new worker's first job")
+    wait_for(
+        lambda: server.pipeline(second)["counts"]["chunks_created"] > 0, 20, "the new worker's first job"
+    )
     assert "exited with code -9; starting a new one" in server.log.read_text()
 
     server.proc.terminate()  # a clean stop drains the worker process first
