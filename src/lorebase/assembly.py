@@ -117,11 +117,15 @@ class WorkerChild:
     crash. Work this process enqueues wakes the child at once through a pipe (one byte per
     ``queue.notify``), so nothing waits for a poll. The child ends the moment this process
     ends (``child.end_with_parent``), and ``stop`` drains it: SIGTERM, running jobs checkpoint and
-    release their leases, as ``lorebase worker`` does.
+    release their leases, as ``lorebase worker`` does. Its instruments (job durations, embedding
+    latency, crawl fetches) reach the server's ``/metrics`` through a second pipe
+    (:meth:`metrics_text`, ``metrics.MergedInstruments``).
     """
 
     #: restart delays after the child died: first, and the cap of its doubling
     RESTART_SECONDS = (1.0, 30.0)
+    #: how long ``/metrics`` waits for the child's instruments
+    METRICS_SECONDS = 2.0
 
     def __init__(self, settings: Settings, concurrency: int) -> None:
         self.settings, self.concurrency = settings, concurrency
@@ -131,6 +135,8 @@ class WorkerChild:
         self._proc: BaseProcess | None = None
         self._wake_fd: int | None = None  # our end of the wake-up pipe (non-blocking)
         self._wake_conn: Connection | None = None
+        self._metrics_lock = threading.Lock()
+        self._metrics_conn: Connection | None = None  # asks the child for its instruments
         self._supervisor: threading.Thread | None = None
         #: how often the child was restarted after it died
         self.restarts = 0
@@ -155,30 +161,55 @@ class WorkerChild:
                 with contextlib.suppress(OSError):
                     os.write(self._wake_fd, b"\0")
 
+    def metrics_text(self) -> str:
+        """The child's process-local instruments in the Prometheus text format ("" while it is
+        restarting or if it does not answer within :data:`METRICS_SECONDS`), for ``/metrics``."""
+        with self._metrics_lock:
+            conn = self._metrics_conn
+            if conn is None:
+                return ""
+            try:
+                while conn.poll(0):  # a late answer to an earlier request that timed out
+                    conn.recv_bytes()
+                conn.send_bytes(b"?")
+                if conn.poll(self.METRICS_SECONDS):
+                    return conn.recv_bytes().decode()
+            except (EOFError, OSError):
+                pass
+            return ""
+
     def _spawn(self) -> BaseProcess | None:
         reader, writer = self._context.Pipe(duplex=False)
+        metrics, child_metrics = self._context.Pipe(duplex=True)
         proc = self._context.Process(
             target=_worker_child_main,
-            args=(self.settings, self.concurrency, reader, os.getpid()),
+            args=(self.settings, self.concurrency, reader, child_metrics, os.getpid()),
             name="lorebase-worker",
             daemon=False,  # it drains on SIGTERM: multiprocessing must not kill it at exit
         )
         with self._lock:
             if self._stopping.is_set():
-                reader.close()
-                writer.close()
+                for conn in (reader, writer, metrics, child_metrics):
+                    conn.close()
                 return None
             proc.start()
             reader.close()
+            child_metrics.close()
             os.set_blocking(writer.fileno(), False)
             self._proc, self._wake_conn, self._wake_fd = proc, writer, writer.fileno()
+        with self._metrics_lock:
+            self._metrics_conn = metrics
         return proc
 
-    def _close_wake(self) -> None:
+    def _close_pipes(self) -> None:
         with self._lock:
             if self._wake_conn is not None:
                 self._wake_conn.close()
             self._wake_conn = self._wake_fd = None
+        with self._metrics_lock:
+            if self._metrics_conn is not None:
+                self._metrics_conn.close()
+            self._metrics_conn = None
 
     def _supervise(self) -> None:
         first, cap = self.RESTART_SECONDS
@@ -189,7 +220,7 @@ class WorkerChild:
                 return
             started = time.monotonic()
             proc.join()
-            self._close_wake()
+            self._close_pipes()
             if self._stopping.is_set():
                 return
             self.restarts += 1
@@ -219,7 +250,7 @@ class WorkerChild:
                 proc.join(5)
         if self._supervisor is not None:
             self._supervisor.join(5)
-        self._close_wake()
+        self._close_pipes()
 
 
 def _relay_wake_ups(fd: int, queue: JobQueue) -> None:
@@ -235,7 +266,23 @@ def _relay_wake_ups(fd: int, queue: JobQueue) -> None:
         queue.notify()
 
 
-def _worker_child_main(settings: Settings, concurrency: int, wake: Connection, parent: int) -> None:
+def _serve_metrics(conn: Connection) -> None:
+    """In the worker process: answer each request with this process's instruments."""
+    from prometheus_client import generate_latest
+
+    from lorebase.metrics import REGISTRY
+
+    while True:
+        try:
+            conn.recv_bytes()
+            conn.send_bytes(generate_latest(REGISTRY))
+        except (EOFError, OSError):
+            return
+
+
+def _worker_child_main(
+    settings: Settings, concurrency: int, wake: Connection, metrics: Connection, parent: int
+) -> None:
     """The worker process of ``lorebase serve`` (:class:`WorkerChild`)."""
     end_with_parent(parent, kill_at_once=True)
     lower_priority(settings.jobs.worker_niceness)  # before any thread starts: they all inherit it
@@ -249,6 +296,7 @@ def _worker_child_main(settings: Settings, concurrency: int, wake: Connection, p
     threading.Thread(
         target=_relay_wake_ups, args=(wake.fileno(), process.runtime.queue), name="wake-ups", daemon=True
     ).start()
+    threading.Thread(target=_serve_metrics, args=(metrics,), name="metrics", daemon=True).start()
     process.start(freeze_heap=True)
     log.info(
         "worker process %d: %d threads, CPU priority lowered by %d",

@@ -14,14 +14,17 @@ Two kinds of figures, because two kinds of truth exist:
   process did the work, and nothing drifts across restarts.
 
 ``build_registry(db)`` joins both for one app; each app gets its own registry, so several
-apps in one process (tests) never clash over collector names.
+apps in one process (tests) never clash over collector names. ``lorebase serve`` runs its
+workers in a child process (``assembly.WorkerChild``): ``build_registry(db, also=...)`` adds that
+child's instruments to the server's own (:class:`MergedInstruments`), so the embedded mode still
+has one ``/metrics`` with everything.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -32,6 +35,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -76,16 +80,57 @@ CRAWL_PAGES = Counter(
 )
 
 
-def build_registry(db: Database) -> CollectorRegistry:
+def build_registry(db: Database, *, also: Callable[[], str] | None = None) -> CollectorRegistry:
     """A registry for one app: the database's figures, this process's instruments, and the
-    standard process/platform/GC collectors (fresh instances, so nothing global)."""
+    standard process/platform/GC collectors (fresh instances, so nothing global). ``also`` gives
+    another process's instruments in the text format (``serve``'s worker process), added to ours."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(db))
-    registry.register(REGISTRY)  # a registry is itself a collector
+    # a registry is itself a collector
+    registry.register(REGISTRY if also is None else MergedInstruments(REGISTRY, also))
     ProcessCollector(registry=registry)  # each registers itself with the registry it is given
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry
+
+
+class MergedInstruments(Collector):
+    """This process's instruments plus another process's, read from its text exposition.
+
+    The instruments are counters and histograms, which add: a series both processes have is
+    summed (its ``_created`` time is the earlier one), so the scrape stays valid (one family per
+    name) and reads as if one process had done all the work. An unreadable or empty text adds
+    nothing: the other process may be restarting."""
+
+    def __init__(self, own: CollectorRegistry, other: Callable[[], str]) -> None:
+        self.own, self.other = own, other
+
+    def collect(self) -> Iterator[Metric]:
+        families = {f.name: f for f in self.own.collect()}
+        try:
+            theirs = list(text_string_to_metric_families(self.other()))
+        except Exception:  # a partial or garbled answer: ours alone
+            log.warning("could not read the worker process's metrics", exc_info=True)
+            theirs = []
+        for family in theirs:
+            mine = families.get(family.name)
+            if mine is None:
+                families[family.name] = family
+                continue
+            index = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(mine.samples)}
+            for sample in family.samples:
+                at = index.get((sample.name, tuple(sorted(sample.labels.items()))))
+                if at is None:
+                    mine.samples.append(sample)
+                    continue
+                old = mine.samples[at]
+                merged = (
+                    min(old.value, sample.value)
+                    if sample.name.endswith("_created")
+                    else old.value + sample.value
+                )
+                mine.samples[at] = old._replace(value=merged)
+        yield from families.values()
 
 
 class DatabaseCollector(Collector):

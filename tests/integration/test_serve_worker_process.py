@@ -2,7 +2,8 @@
 
 A real server in a subprocess: its worker process runs at a lower CPU priority, builds a
 knowledge base end to end, is woken by the server as soon as work is enqueued (the poll period is
-set far beyond the test's deadlines, so only the wake-up can start the jobs in time), comes back
+set far beyond the test's deadlines, so only the wake-up can start the jobs in time), reports its
+instruments in the server's ``/metrics``, comes back
 after it is killed, and does not outlive the server, whether the server stops cleanly or is killed.
 """
 
@@ -123,6 +124,18 @@ def test_the_worker_process_builds_kbs_is_woken_restarted_and_drained(server: Se
     assert done["counts"]["chunks_indexed"] == 1
     hits = server.client.post(f"/api/v1/kbs/{done['kb_id']}/search", json={"query": "moon tides"}).json()
     assert hits["results"] and "moon" in hits["results"][0]["text"]
+    # the worker process's instruments are in the server's /metrics, beside the server's own
+    scrape = server.client.get("/metrics").text
+    assert re.search(
+        r'lorebase_job_duration_seconds_count\{outcome="succeeded",type="process_document"\} 1\.0', scrape
+    )
+    assert re.search(
+        r'lorebase_embedder_texts_total\{model="local:all-MiniLM-L6-v2",slot="ingest"\} 1\.0', scrape
+    )
+    assert re.search(
+        r'lorebase_embedder_texts_total\{model="local:all-MiniLM-L6-v2",slot="query"\} 1\.0', scrape
+    )
+    assert scrape.count("# TYPE lorebase_embedder_texts_total counter") <= 1
 
     os.kill(child, signal.SIGKILL)  # a worker process that dies is replaced, and the new one is woken
     wait_for(lambda: _gone(child), 10, "the killed worker process")

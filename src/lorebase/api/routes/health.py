@@ -68,5 +68,9 @@ def _registry(request: Request, runtime: RuntimeDep) -> CollectorRegistry:
     with _registry_lock:
         registry: CollectorRegistry | None = getattr(state, "metrics_registry", None)
         if registry is None:
-            registry = state.metrics_registry = build_registry(runtime.db)
+            process = getattr(state, "process", None)
+            child = process.worker_child if process is not None else None  # serve's worker process
+            registry = state.metrics_registry = build_registry(
+                runtime.db, also=child.metrics_text if child is not None else None
+            )
     return registry
