@@ -23,6 +23,7 @@ from lorebase.adapters.stores.protocol import Store
 from lorebase.adapters.stores.sqlite import SqliteStore
 from lorebase.db.engine import Database
 from lorebase.db.migrate import upgrade
+from lorebase.db.querylog import QueryLogWriter
 from lorebase.errors import InvalidInput
 from lorebase.jobs.queue import JobQueue
 from lorebase.settings import Settings
@@ -93,6 +94,8 @@ class Runtime:
         if migrate:
             upgrade(self.db.engine)
         self.queue = JobQueue(self.db, settings.jobs)
+        #: search's query log, written in batches off the request path (``db/querylog.py``)
+        self.query_log = QueryLogWriter(self.db, delay=settings.query_log_delay_seconds)
         self.blobs: BlobStore = (
             DatabaseBlobStore(self.db)
             if settings.blob_store == "database"
@@ -173,6 +176,7 @@ class Runtime:
         return self.embedder(config["embedding"]["model"])
 
     def close(self) -> None:
+        self.query_log.close()  # what is queued is written: a clean shutdown loses no query
         for store in self._stores.values():
             closer = getattr(store, "close", None)  # external stores hold files or connections
             if closer is not None:

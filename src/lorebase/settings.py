@@ -324,6 +324,14 @@ class Settings(BaseSettings):
     )
     draft_ttl_hours: float = Field(24.0, gt=0, description="Drafts expire this long after their last change.")
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Largest accepted upload, per file.")
+    query_log_delay_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Searches are logged by a background writer in batches, at most this long after "
+        "the search (a crash loses at most this much of the query log; a clean shutdown loses "
+        "nothing). 0: each search writes its row before it answers.",
+    )
     embed_batch_size: int = Field(
         64, ge=1, description="Chunks per embedding batch (batches span documents)."
     )

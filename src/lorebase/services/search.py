@@ -170,20 +170,18 @@ def search(
         kb = load_kb(s, p, kb_id)
         results = hydrate(s, retrieve(runtime, s, kb, query, mode=mode, top_k=top_k, filters=filters))
     latency = (time.perf_counter() - started) * 1000
-    with runtime.db.session() as s:
-        log = QueryLog(
-            kb_id=kb_id,
-            workspace_id=p.workspace_id,
-            query=query,
-            mode=mode,
-            top_k=top_k,
-            filters=filters or {},
-            result_chunk_ids=[r["chunk_id"] for r in results],
-            latency_ms=round(latency, 2),
-        )
-        s.add(log)
-        s.flush()
-        query_id = log.id
+    # queued, written by the query log's own thread within a second (db/querylog.py): a search
+    # never waits for the database's writer
+    query_id = runtime.query_log.record(
+        kb_id=kb_id,
+        workspace_id=p.workspace_id,
+        query=query,
+        mode=mode,
+        top_k=top_k,
+        filters=filters or {},
+        result_chunk_ids=[r["chunk_id"] for r in results],
+        latency_ms=round(latency, 2),
+    )
     return {
         "query_id": query_id,
         "query": query,
@@ -198,6 +196,8 @@ def feedback(
 ) -> dict[str, Any]:
     if value not in ("positive", "negative", "neutral"):
         raise InvalidInput("feedback must be positive, negative or neutral")
+    if runtime.query_log.holds(query_id):  # asked for before the writer's next pass
+        runtime.query_log.flush()
     with runtime.db.session() as s:
         n = s.execute(
             update(QueryLog)
@@ -243,6 +243,7 @@ def list_queries(
     """The KB's logged queries, newest first: what people asked and how they judged the answer."""
     if feedback is not None and feedback not in FEEDBACK_VALUES:
         raise InvalidInput(f"feedback must be one of {', '.join(FEEDBACK_VALUES)}")
+    runtime.query_log.flush()  # this process's queued queries first: a client sees its own
     with runtime.db.read_session() as s:
         load_kb(s, p, kb_id)
         q = select(QueryLog).where(QueryLog.kb_id == kb_id, QueryLog.workspace_id == p.workspace_id)
@@ -263,6 +264,7 @@ def feedback_by_day(runtime: Runtime, p: Principal, kb_id: str, *, days: int = 3
         raise InvalidInput("days must be between 1 and 366")
     since = utcnow() - timedelta(days=days)
     day = func.date(QueryLog.created_at)
+    runtime.query_log.flush()
     with runtime.db.read_session() as s:
         load_kb(s, p, kb_id)
         rows = s.execute(
