@@ -28,7 +28,9 @@ def test_loading_pauses_collection_then_freezes_what_was_built() -> None:
     frozen = gc.get_freeze_count()
     assert frozen >= len(kept)  # what was built now lives in the permanent generation
     gc.collect()
-    assert gc.get_freeze_count() == frozen  # a full collection leaves the frozen objects alone
+    # a full collection leaves the frozen objects alone (another test's thread that is still
+    # loading a model may freeze more meanwhile: the count never goes down)
+    assert gc.get_freeze_count() >= frozen
     assert all(n.me is n for n in kept)
 
 
