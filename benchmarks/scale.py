@@ -96,7 +96,11 @@ HYBRID_DEPTH = 50  # services.search.retrieve: depth = max(top_k, 50) in hybrid 
 TOP_K = 10
 RECALL_TARGET = 0.95
 SUBSPACE, LOW_NORM, ISO_NORM, QUERY_NOISE = 24, 0.8, 0.45, 0.3
-STORES = ("sqlite", "pgvector")
+#: ``sqlite-memory``: the same SQLite file and tables as ``sqlite``, searched through the store's
+#: in-memory vector cache (``vector_cache.py``, the embedded default); ``sqlite``: ``vec0`` scans
+STORES = ("sqlite", "sqlite-memory", "pgvector")
+#: the cache's budget in the benchmark: enough for the measured KB at 1M chunks
+MEMORY_CACHE_BYTES = 4 * 1024**3
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _WORD = re.compile(r"[a-z]{4,}")
 
@@ -314,6 +318,15 @@ class Bench:
         return self._corpus
 
     def store(self, name: str) -> Loaded:
+        if name == "sqlite-memory" and name not in self._stores:
+            plain = self.store("sqlite")  # the same file, another store object with its cache on
+            store = SqliteStore(DIMENSIONS, cache_bytes=MEMORY_CACHE_BYTES)
+            started = time.perf_counter()
+            with plain.db.read_session() as s:  # the first search loads the KB into memory
+                store.vector_search(s, KB, self.corpus.query_vectors[0], 1)
+            loaded = time.perf_counter() - started
+            self._stores[name] = Loaded(plain.db, store, {"cache_load_seconds": round(loaded, 1)})
+            log(f"{name}: {self._stores[name].figures}")
         if name not in self._stores:
             log(f"loading {name} ...")
             opener = open_sqlite if name == "sqlite" else open_pgvector
@@ -337,39 +350,52 @@ def hybrid(loaded: Loaded, vector: np.ndarray, query: str) -> tuple[float, float
 
 
 def section_search(bench: Bench) -> dict[str, Any]:
-    corpus, warm = bench.corpus, bench.args.warm_up
-    loaded = {name: bench.store(name) for name in STORES}
-    pg = loaded["pgvector"].store
-    assert isinstance(pg, CountingPgvectorStore)
+    corpus, warm, stores = bench.corpus, bench.args.warm_up, bench.args.stores
+    loaded = {name: bench.store(name) for name in stores}
+    pg = loaded["pgvector"].store if "pgvector" in loaded else None
+    assert pg is None or isinstance(pg, CountingPgvectorStore)
     for i in range(warm):
-        for name in STORES:
+        for name in stores:
             hybrid(loaded[name], corpus.query_vectors[i], corpus.query_texts[i])
-    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in STORES}
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in stores}
     fell_back: list[bool] = []  # per query: pgvector's vector search went exact
+    queries = 0
     for i in range(warm, len(corpus.query_texts)):
-        for name in STORES if i % 2 else STORES[::-1]:
-            before = pg.exact_searches
+        queries += 1
+        for name in stores if i % 2 else stores[::-1]:
+            before = pg.exact_searches if pg is not None else 0
             total, vec, kw, _ = hybrid(loaded[name], corpus.query_vectors[i], corpus.query_texts[i])
             times[name].append((1000 * total, 1000 * vec, 1000 * kw))
-            if name == "pgvector":
+            if name == "pgvector" and pg is not None:
                 fell_back.append(pg.exact_searches > before)
-    out: dict[str, Any] = {name: latency_figures(times[name]) | loaded[name].figures for name in STORES}
-    vec_ms = [t[1] for t in times["pgvector"]]
-    out["pgvector"]["exact_fallbacks"] = sum(fell_back)
-    for label, flag in (("index", False), ("exact", True)):
-        part = [ms for ms, f in zip(vec_ms, fell_back, strict=True) if f is flag]
-        out["pgvector"][f"vector_p50_ms_{label}"] = round(percentile(part, 50), 2) if part else None
+    out: dict[str, Any] = {name: latency_figures(times[name]) | loaded[name].figures for name in stores}
     keys = ("p50_ms", "p99_ms", "mean_ms")
-    out["ratio_pg_over_sqlite"] = {k: round(out["pgvector"][k] / out["sqlite"][k], 2) for k in keys}
-    out["queries"] = len(fell_back)
+    out["queries"] = queries
     head = ("", *keys, "vector_p50_ms", "keyword_p50_ms", "exact_fallbacks", "load_seconds")
-    rows = [head] + [(name, *(out[name].get(k, "") for k in head[1:])) for name in STORES]
-    rows.append(("pg/sqlite", *out["ratio_pg_over_sqlite"].values(), "", "", "", ""))
-    table(f"hybrid search, {bench.args.chunks:,} chunks, {out['queries']} queries", rows)
-    log(
-        f"pgvector vector_search p50: {out['pgvector']['vector_p50_ms_index']} ms from the HNSW index, "
-        f"{out['pgvector']['vector_p50_ms_exact']} ms when it came back short and the store went exact"
-    )
+    rows = [head] + [(name, *(out[name].get(k, "") for k in head[1:])) for name in stores]
+    for name in stores:
+        if name != "sqlite" and "sqlite" in stores:
+            ratio = {k: round(out[name][k] / out["sqlite"][k], 2) for k in keys}
+            out[f"ratio_{name.replace('-', '_')}_over_sqlite"] = ratio
+            rows.append((f"{name}/sqlite", *ratio.values(), "", "", "", ""))
+    table(f"hybrid search, {bench.args.chunks:,} chunks, {queries} queries", rows)
+    if pg is not None:
+        vec_ms = [t[1] for t in times["pgvector"]]
+        out["pgvector"]["exact_fallbacks"] = sum(fell_back)
+        for label, flag in (("index", False), ("exact", True)):
+            part = [ms for ms, f in zip(vec_ms, fell_back, strict=True) if f is flag]
+            out["pgvector"][f"vector_p50_ms_{label}"] = round(percentile(part, 50), 2) if part else None
+        log(
+            f"pgvector vector_search p50: {out['pgvector']['vector_p50_ms_index']} ms from the HNSW index, "
+            f"{out['pgvector']['vector_p50_ms_exact']} ms when it came back short and the store went exact"
+        )
+    if "sqlite-memory" in loaded and "sqlite" in loaded:  # exact from memory: vec0's own answers
+        same = 0
+        for i in range(warm, len(corpus.query_texts)):
+            q, words = corpus.query_vectors[i], corpus.query_texts[i]
+            scanned, cached = (hybrid(loaded[n], q, words)[3] for n in ("sqlite", "sqlite-memory"))
+            same += [r.pk for r in scanned] == [r.pk for r in cached]
+        out["sqlite-memory"]["same_top10_as_vec0"] = f"{same}/{queries}"
     return {"search": out}
 
 
@@ -493,6 +519,9 @@ def parse_args() -> argparse.Namespace:
         default="incremental",
         help="when the HNSW index is built",
     )
+    ap.add_argument(
+        "--stores", default=",".join(STORES), help=f"comma-separated, of {', '.join(STORES)} (search section)"
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--docs", type=Path, default=DOCS, help=f"HTML docs to take sentences from ({DOCS})")
     ap.add_argument("--smoke", action="store_true", help="a quick run: 5,000 chunks, 30 queries")
@@ -500,6 +529,9 @@ def parse_args() -> argparse.Namespace:
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if unknown := [s for s in args.sections if s not in SECTIONS]:
         ap.error(f"unknown sections {unknown}; known: {', '.join(SECTIONS)}")
+    args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    if unknown := [s for s in args.stores if s not in STORES]:
+        ap.error(f"unknown stores {unknown}; known: {', '.join(STORES)}")
     args.chunks = args.chunks or (5000 if args.smoke else 100_000)
     args.other_kb_chunks = args.chunks // 50 if args.other_kb_chunks is None else args.other_kb_chunks
     args.queries = args.queries or (30 if args.smoke else 200)

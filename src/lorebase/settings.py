@@ -324,6 +324,13 @@ class Settings(BaseSettings):
     )
     draft_ttl_hours: float = Field(24.0, gt=0, description="Drafts expire this long after their last change.")
     max_upload_bytes: int = Field(100 * 1024 * 1024, gt=0, description="Largest accepted upload, per file.")
+    vector_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="Memory each process may use to search the sqlite store's vectors exactly from "
+        "RAM instead of scanning `vec0` (a KB costs 1.5 MB per 1,000 chunks at 384 dimensions; least "
+        "recently searched KBs leave first; a KB larger than this is scanned as before). 0: off.",
+    )
     query_log_delay_seconds: float = Field(
         1.0,
         ge=0,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from conftest import make_settings
 from lorebase.adapters.stores.protocol import Hit, IndexEntry, Store
@@ -356,3 +357,75 @@ class TestSqliteStore(StoreContract):
 
     def new_store(self) -> Store:
         return SqliteStore(dimensions=self.dimensions)
+
+
+class TestSqliteStoreFromMemory(TestSqliteStore):
+    """The same contract with the vector cache on (``vector_cache.py``), the embedded default:
+    searches come from memory, kept in step with the file through the change log."""
+
+    def new_store(self) -> Store:
+        return SqliteStore(dimensions=self.dimensions, cache_bytes=64 * 1024 * 1024)
+
+    def test_another_process_s_writes_are_seen_at_the_next_search(self, db: Database, store: Store) -> None:
+        # a second store object over the same file stands for another process (a worker)
+        writer = SqliteStore(dimensions=self.dimensions, cache_bytes=64 * 1024 * 1024)
+        self.upsert(db, writer, [self.entry(1, self.unit(0)), self.entry(2, self.unit(1))])
+        assert [h.pk for h in self.vsearch(db, store, self.unit(0), k=1)] == [1]  # loaded
+        self.upsert(db, writer, [self.entry(3, self.unit(0) * 3)])  # added
+        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(0), k=2)) == [1, 3]
+        self.upsert(db, writer, [self.entry(1, self.unit(1))])  # replaced: now points elsewhere
+        assert [h.pk for h in self.vsearch(db, store, self.unit(0), k=1)] == [3]
+        with db.session() as s:
+            writer.delete(s, KB, [3])
+        assert [h.pk for h in self.vsearch(db, store, self.unit(0), k=3)] in ([1, 2], [2, 1])
+        with db.session() as s:
+            writer.delete_kb(s, KB)
+        assert self.vsearch(db, store, self.unit(0)) == []
+        self.upsert(db, writer, [self.entry(9, self.unit(0))])  # a KB emptied and filled again
+        assert [h.pk for h in self.vsearch(db, store, self.unit(0))] == [9]
+
+    def test_a_rolled_back_write_never_reaches_the_cache(self, db: Database, store: Store) -> None:
+        self.upsert(db, store, [self.entry(1, self.unit(0))])
+        assert [h.pk for h in self.vsearch(db, store, self.unit(0))] == [1]
+        with pytest.raises(RuntimeError), db.session() as s:
+            store.upsert(s, [self.entry(2, self.unit(0))])
+            raise RuntimeError("abort")
+        assert [h.pk for h in self.vsearch(db, store, self.unit(0))] == [1]
+
+    def test_a_cache_behind_the_pruned_log_reloads_and_matches_vec0(
+        self, db: Database, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from lorebase.adapters.stores import vector_cache
+
+        rng = np.random.default_rng(7)
+        vectors = rng.standard_normal((300, self.dimensions)).astype(np.float32)
+        self.upsert(db, store, [self.entry(i + 1, v) for i, v in enumerate(vectors[:100])])
+        query = rng.standard_normal(self.dimensions).astype(np.float32)
+        assert len(self.vsearch(db, store, query, k=5)) == 5  # cached now
+        monkeypatch.setattr(vector_cache, "KEEP_CHANGES", 10)  # the writers keep only 10 rows,
+        monkeypatch.setattr(vector_cache, "PRUNE_EVERY", 40)  # pruned every 40
+        writer = SqliteStore(dimensions=self.dimensions, cache_bytes=64 * 1024 * 1024)
+        for i in range(100, 300, 50):
+            self.upsert(db, writer, [self.entry(j + 1, vectors[j]) for j in range(i, i + 50)])
+        with db.session() as s:
+            writer.delete(s, KB, list(range(1, 40)))
+            oldest = s.execute(text(f"SELECT min(seq) FROM vec_changes_{self.dimensions}")).scalar()
+        assert oldest > 101  # the log no longer holds what follows the cache's last change
+        scanned = SqliteStore(dimensions=self.dimensions)  # no cache: vec0 itself
+        for q in (query, *rng.standard_normal((5, self.dimensions)).astype(np.float32)):
+            got = self.vsearch(db, store, q, k=10)
+            want = self.vsearch(db, scanned, q, k=10)
+            assert [h.pk for h in got] == [h.pk for h in want]
+            assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+
+    def test_filters_match_a_brute_force_reference(self, db: Database, store: Store) -> None:
+        rng = np.random.default_rng(11)
+        vectors = rng.standard_normal((500, self.dimensions)).astype(np.float32)
+        self.upsert(db, store, [self.entry(i + 1, v) for i, v in enumerate(vectors)])
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        for share in (0.002, 0.1, 0.9):
+            allowed = sorted(rng.choice(np.arange(1, 501), max(1, int(500 * share)), replace=False).tolist())
+            q = rng.standard_normal(self.dimensions).astype(np.float32)
+            scores = unit[np.asarray(allowed) - 1] @ (q / np.linalg.norm(q))
+            want = [allowed[i] for i in np.argsort(-scores)[:10]]
+            assert [h.pk for h in self.vsearch(db, store, q, k=10, allowed=allowed)] == want

@@ -2,7 +2,9 @@
 
 Vectors go to a ``vec0`` table per dimension, partitioned by KB so a KNN query only scans
 its own KB. Keywords go to an FTS5 table (porter stemming, unicode61) ranked by BM25.
-Both are written in the caller's transaction.
+Both are written in the caller's transaction, with a change log (``vec_changes_<dim>``) that
+lets each process search a KB's vectors from memory, exactly, kept in step with the file
+(``vector_cache.py``; ``cache_bytes`` 0: every search scans ``vec0``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
+from lorebase.adapters.stores.vector_cache import WHOLE_KB, VectorCache
 
 # A short English stop list: dropping these keeps OR-queries fast and BM25 focused.
 _STOP = frozenset(
@@ -104,9 +107,10 @@ def fts_query(query: str) -> str:
 class SqliteStore:
     name = "sqlite"
 
-    def __init__(self, dimensions: int) -> None:
+    def __init__(self, dimensions: int, *, cache_bytes: int = 0) -> None:
         self.dimensions = dimensions
         self.vec_table = f"vec_chunks_{dimensions}"
+        self.cache = VectorCache(self.vec_table, f"vec_changes_{dimensions}", dimensions, cache_bytes)
 
     def ensure_schema(self, session: Session) -> None:
         session.execute(
@@ -121,6 +125,8 @@ class SqliteStore:
                 "content, title, section, kb_id UNINDEXED, tokenize='porter unicode61 remove_diacritics 2')"
             )
         )
+        for statement in self.cache.schema():  # the change log is written even where no cache reads it
+            session.execute(text(statement))
 
     def upsert(self, session: Session, entries: Sequence[IndexEntry]) -> None:
         entries = list({e.pk: e for e in entries}.values())  # the last entry for a pk wins
@@ -141,6 +147,7 @@ class SqliteStore:
             ),
             [{"pk": e.pk, "c": e.text, "t": e.title, "s": e.section, "kb": e.kb_id} for e in entries],
         )
+        self.cache.log_changes(session, [(e.kb_id, e.pk) for e in entries])
 
     def _delete_pks(self, session: Session, pks: Sequence[int]) -> None:
         for i in range(0, len(pks), 500):
@@ -151,16 +158,22 @@ class SqliteStore:
 
     def delete(self, session: Session, kb_id: str, pks: Sequence[int]) -> None:
         self._delete_pks(session, pks)
+        self.cache.log_changes(session, [(kb_id, int(p)) for p in pks])
 
     def delete_kb(self, session: Session, kb_id: str) -> None:
         session.execute(text(f"DELETE FROM {self.vec_table} WHERE kb_id = :kb"), {"kb": kb_id})
         session.execute(text("DELETE FROM chunks_fts WHERE kb_id = :kb"), {"kb": kb_id})
+        self.cache.log_changes(session, [(kb_id, WHOLE_KB)])
 
     def vector_search(
         self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None = None
     ) -> list[Hit]:
         if (allowed is not None and not allowed) or k <= 0 or not np.any(vector):
             return []  # nothing allowed, nothing asked, or a zero vector (no direction to compare)
+        if self.cache.max_bytes > 0:
+            found = self.cache.search(session, kb_id, vector, int(k), allowed)
+            if found is not None:
+                return [Hit(pk=pk, score=score) for pk, score in found]
         k = min(int(k), 4096)  # vec0 caps k at 4096
         where = ""
         if allowed is not None:

@@ -1,0 +1,237 @@
+"""Exact vector search for the sqlite store from a per-KB matrix held in memory, kept in step with
+the SQLite file through a change log.
+
+sqlite-vec's ``vec0`` answers a KNN query by reading every vector of the KB's partition from the
+database pages and comparing them one by one: ~60-75 ms at 100k chunks of 384 dimensions on this
+machine (``benchmarks/README.md``, Scale). Its ``int8``/``bit`` columns were measured slower
+still (no SIMD kernels in 0.1.9), and recall of the ``bit`` candidates was ~0.5. The same exact
+search as one matrix-vector product over a float32 matrix in memory (BLAS) takes a few ms, with
+the same results: no approximation, recall 1.0.
+
+**The SQLite file stays the truth.** Every write of the store (``upsert``, ``delete``,
+``delete_kb``) appends ``(kb_id, pk)`` rows to ``vec_changes_<dim>`` in the same transaction as
+the vectors (``pk`` -1: the whole KB went). A cache remembers the last change it applied; each
+search reads, in its own read transaction, whether the log has moved (one indexed lookup), and
+applies the KB's new changes by reading those pks' vectors back from ``vec0``: present → (re)load,
+absent → drop. A crash between writes cannot desynchronise anything: the log and the vectors
+commit together, and a process that restarts builds its caches from the file. Another process
+(``serve``'s worker process, ``lorebase worker``) writing is seen at the next search.
+
+The log is pruned by the writers to its newest :data:`KEEP_CHANGES` rows; a cache that fell
+further behind than that reloads its KB in full. Caches are built on a KB's first search and
+evicted least recently used beyond ``max_bytes`` (``LOREBASE_VECTOR_CACHE_MB``); a KB larger than
+the whole budget is searched by ``vec0`` as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+#: change-log rows the writers keep (older ones are pruned; a cache behind them reloads in full)
+KEEP_CHANGES = 200_000
+#: how often (in change-log rows) a writer prunes the log
+PRUNE_EVERY = 1_000
+#: a ``pk`` in the change log that means "every entry of the KB was removed"
+WHOLE_KB = -1
+
+
+def _normalised(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+
+
+@dataclass
+class _KbVectors:
+    """One KB's unit vectors (rows ``[:n]`` of ``matrix``) and their pks. Searches read a
+    consistent (matrix, pks, n) triple taken under the lock; appends write rows past ``n``, and
+    any change to an existing row builds new arrays (copy on write)."""
+
+    matrix: np.ndarray
+    pks: np.ndarray
+    n: int
+    seq: int  # the last change-log row applied
+    rows: dict[int, int] = field(default_factory=dict)  # pk -> row
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.matrix.nbytes + self.pks.nbytes)
+
+
+class VectorCache:
+    def __init__(self, vec_table: str, log_table: str, dimensions: int, max_bytes: int) -> None:
+        self.vec_table, self.log_table, self.dimensions = vec_table, log_table, dimensions
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._kbs: OrderedDict[str, _KbVectors] = OrderedDict()  # least recently searched first
+        self._too_big: set[str] = set()
+
+    # -- the change log (written by the store, in the caller's transaction) ------------------
+    def schema(self) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {self.log_table} ("
+            "seq INTEGER PRIMARY KEY AUTOINCREMENT, kb_id TEXT NOT NULL, pk INTEGER NOT NULL)",
+            f"CREATE INDEX IF NOT EXISTS ix_{self.log_table}_kb ON {self.log_table}(kb_id, seq)",
+        ]
+
+    def log_changes(self, session: Session, changes: Sequence[tuple[str, int]]) -> None:
+        if not changes:
+            return
+        session.execute(
+            text(f"INSERT INTO {self.log_table}(kb_id, pk) VALUES (:kb, :pk)"),
+            [{"kb": kb, "pk": int(pk)} for kb, pk in changes],
+        )
+        last = session.execute(text(f"SELECT max(seq) FROM {self.log_table}")).scalar() or 0
+        if last % PRUNE_EVERY < len(changes):  # now and then, not on every write
+            session.execute(text(f"DELETE FROM {self.log_table} WHERE seq <= :s"), {"s": last - KEEP_CHANGES})
+
+    # -- search ------------------------------------------------------------------------------
+    def search(
+        self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None
+    ) -> list[tuple[int, float]] | None:
+        """The KB's ``k`` nearest (pk, cosine similarity), best first; None when this KB is not
+        cached here (larger than the whole budget): the caller searches ``vec0``."""
+        kb = self._current(session, kb_id)
+        if kb is None:
+            return None
+        matrix, pks, n = kb
+        if n == 0:
+            return []
+        rows = matrix[:n]
+        ids = pks[:n]
+        if allowed is not None:
+            mask = np.isin(ids, np.fromiter((int(p) for p in allowed), dtype=np.int64))
+            rows, ids = rows[mask], ids[mask]
+            if not len(ids):
+                return []
+        q = np.asarray(vector, dtype=np.float32)
+        q = q / np.linalg.norm(q)
+        scores = rows @ q
+        k = min(k, len(ids))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
+        top = top[np.lexsort((ids[top], -scores[top]))]  # best first; ties by pk, as stable as vec0
+        return [(int(ids[i]), float(scores[i])) for i in top]
+
+    def _current(self, session: Session, kb_id: str) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """This KB's vectors as of ``session``'s snapshot (or newer), loading or updating them."""
+        head = session.execute(text(f"SELECT max(seq) FROM {self.log_table}")).scalar() or 0
+        with self._lock:
+            if kb_id in self._too_big:
+                return None
+            kb = self._kbs.get(kb_id)
+            if kb is not None and kb.seq < head:
+                kb = self._apply(session, kb_id, kb, head)
+            if kb is None:
+                kb = self._load(session, kb_id, head)
+                if kb is None:
+                    return None
+            self._kbs[kb_id] = kb
+            self._kbs.move_to_end(kb_id)
+            return kb.matrix, kb.pks, kb.n
+
+    def _load(self, session: Session, kb_id: str, head: int) -> _KbVectors | None:
+        count = int(
+            session.execute(
+                text(f"SELECT count(*) FROM {self.vec_table} WHERE kb_id = :kb"), {"kb": kb_id}
+            ).scalar()
+            or 0
+        )
+        need = count * (self.dimensions * 4 + 8)
+        if need > self.max_bytes:
+            self._too_big.add(kb_id)
+            return None
+        self._evict(need)
+        found = session.execute(
+            text(f"SELECT rowid, embedding FROM {self.vec_table} WHERE kb_id = :kb"), {"kb": kb_id}
+        ).all()
+        pks = np.fromiter((r[0] for r in found), dtype=np.int64, count=len(found))
+        if found:
+            raw = np.frombuffer(b"".join(r[1] for r in found), dtype=np.float32)
+            matrix = _normalised(raw.reshape(len(found), self.dimensions).copy())
+        else:
+            matrix = np.zeros((0, self.dimensions), dtype=np.float32)
+        return _KbVectors(matrix, pks, len(found), head, {int(p): i for i, p in enumerate(pks)})
+
+    def _apply(self, session: Session, kb_id: str, kb: _KbVectors, head: int) -> _KbVectors | None:
+        """Bring ``kb`` up to ``head``; None when it must be reloaded (the log was pruned past it,
+        or the whole KB was removed)."""
+        oldest = session.execute(text(f"SELECT min(seq) FROM {self.log_table}")).scalar()
+        if oldest is None or oldest > kb.seq + 1:
+            return None  # pruned past what this cache applied (or emptied): reload
+        changed = session.execute(
+            text(f"SELECT pk FROM {self.log_table} WHERE kb_id = :kb AND seq > :s AND seq <= :h"),
+            {"kb": kb_id, "s": kb.seq, "h": head},
+        ).scalars()
+        pks = {int(p) for p in changed}
+        if WHOLE_KB in pks:
+            return None
+        if not pks:
+            kb.seq = head
+            return kb
+        found: dict[int, np.ndarray] = {}
+        ordered = sorted(pks)
+        for i in range(0, len(ordered), 500):
+            marks = ",".join(str(p) for p in ordered[i : i + 500])
+            for rowid, blob in session.execute(
+                text(
+                    f"SELECT rowid, embedding FROM {self.vec_table} WHERE rowid IN ({marks}) AND kb_id = :kb"
+                ),
+                {"kb": kb_id},
+            ).all():
+                found[int(rowid)] = np.frombuffer(blob, dtype=np.float32)
+        touched = [p for p in pks if p in kb.rows]
+        if touched:  # an existing row changes or goes: new arrays, readers keep the old ones
+            keep = [p for p in kb.pks[: kb.n].tolist() if p not in pks or p in found]
+            kb = self._rebuilt(kb, keep, found, head)
+            return kb
+        added = [p for p in ordered if p in found]
+        self._append(kb, added, found)
+        kb.seq = head
+        return kb
+
+    def _rebuilt(
+        self, kb: _KbVectors, keep: list[int], found: dict[int, np.ndarray], head: int
+    ) -> _KbVectors:
+        new = [p for p in found if p not in kb.rows]
+        pks = np.asarray(keep + new, dtype=np.int64)
+        matrix = np.empty((len(pks), self.dimensions), dtype=np.float32)
+        for i, p in enumerate(keep):
+            matrix[i] = found[p] if p in found else kb.matrix[kb.rows[p]]
+        for j, p in enumerate(new, start=len(keep)):
+            matrix[j] = found[p]
+        fresh = [i for i, p in enumerate(pks.tolist()) if p in found]
+        matrix[fresh] = _normalised(matrix[fresh])
+        return _KbVectors(matrix, pks, len(pks), head, {int(p): i for i, p in enumerate(pks)})
+
+    def _append(self, kb: _KbVectors, added: list[int], found: dict[int, np.ndarray]) -> None:
+        if not added:
+            return
+        need = kb.n + len(added)
+        if need > len(kb.pks):  # grow (new arrays: readers keep the old ones)
+            capacity = max(need, int(len(kb.pks) * 1.5) + 64)
+            matrix = np.zeros((capacity, self.dimensions), dtype=np.float32)
+            pks = np.zeros(capacity, dtype=np.int64)
+            matrix[: kb.n], pks[: kb.n] = kb.matrix[: kb.n], kb.pks[: kb.n]
+            kb.matrix, kb.pks = matrix, pks
+        kb.matrix[kb.n : need] = _normalised(np.stack([found[p] for p in added]))
+        kb.pks[kb.n : need] = added
+        for i, p in enumerate(added, start=kb.n):
+            kb.rows[p] = i
+        kb.n = need  # last: a reader that took the old n never sees a half-written row
+
+    def _evict(self, need: int) -> None:
+        used = sum(kb.nbytes for kb in self._kbs.values())
+        while self._kbs and used + need > self.max_bytes:
+            _, kb = self._kbs.popitem(last=False)
+            used -= kb.nbytes
+
+    def forget(self) -> None:
+        with self._lock:
+            self._kbs.clear()
+            self._too_big.clear()
