@@ -92,6 +92,10 @@ _STOP = frozenset(
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
+#: how keyword matches are ranked: BM25 with column weights content, title, section, kb_id
+_RANK = "bm25(1.0, 0.5, 0.3, 0.0)"
+
+
 def fts_query(query: str) -> str:
     """Turn free text into a safe FTS5 OR-query of quoted terms (no FTS syntax leaks through)."""
     terms: list[str] = []
@@ -125,6 +129,9 @@ class SqliteStore:
                 "content, title, section, kb_id UNINDEXED, tokenize='porter unicode61 remove_diacritics 2')"
             )
         )
+        # the ranking keyword search orders by: FTS5 sorts by its own ``rank`` column faster than
+        # by a bm25() call in ORDER BY (~25 % at 100k chunks, the same results; benchmarks/README)
+        session.execute(text(f"INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('rank', '{_RANK}')"))
         for statement in self.cache.schema():  # the change log is written even where no cache reads it
             session.execute(text(statement))
 
@@ -196,10 +203,10 @@ class SqliteStore:
         where = ""
         if allowed is not None:
             where = " AND rowid IN (" + ",".join(str(int(p)) for p in allowed) + ")"
-        # bm25() is lower-is-better; column weights: content, title, section, kb_id.
+        # rank is bm25 (_RANK), lower-is-better
         rows = session.execute(
             text(
-                "SELECT rowid, bm25(chunks_fts, 1.0, 0.5, 0.3, 0.0) AS rank FROM chunks_fts "
+                "SELECT rowid, rank FROM chunks_fts "
                 f"WHERE chunks_fts MATCH :q AND kb_id = :kb{where} ORDER BY rank LIMIT :k"
             ),
             {"q": match, "kb": kb_id, "k": int(k)},
