@@ -150,10 +150,13 @@ async def hammer(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--docs", type=int, default=None, help="abstracts per timed ingest (default 150; --smoke: 20)"
+        "--docs", type=int, default=None, help="abstracts per timed ingest (default 150; --smoke: 10)"
     )
     ap.add_argument(
-        "--search-docs", type=int, default=None, help="abstracts in the searched KB (default 100)"
+        "--search-docs",
+        type=int,
+        default=None,
+        help="abstracts in the searched KB (default 100; --smoke: 10)",
     )
     ap.add_argument("--clients", type=int, default=20, help="concurrent searching clients (default 20)")
     ap.add_argument(
@@ -161,10 +164,12 @@ def main() -> None:
         action="store_true",
         help="turn the per-key search limit off (default: the server's own)",
     )
-    ap.add_argument("--smoke", action="store_true", help="a quick run")
+    ap.add_argument("--smoke", action="store_true", help="a quick run (10 + 10 + 10 abstracts, 4 clients)")
     args = ap.parse_args()
-    n_docs = args.docs or (20 if args.smoke else 150)
-    n_search = args.search_docs or (20 if args.smoke else 100)
+    n_docs = args.docs or (10 if args.smoke else 150)
+    n_search = args.search_docs or (10 if args.smoke else 100)
+    if args.smoke:
+        args.clients = min(args.clients, 4)
     texts = queries()
 
     with tempfile.TemporaryDirectory(prefix="lorebase-bench-search-load-") as tmp:
