@@ -230,8 +230,3 @@ class VectorCache:
         while self._kbs and used + need > self.max_bytes:
             _, kb = self._kbs.popitem(last=False)
             used -= kb.nbytes
-
-    def forget(self) -> None:
-        with self._lock:
-            self._kbs.clear()
-            self._too_big.clear()
