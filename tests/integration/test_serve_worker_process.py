@@ -13,8 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from support import testdb
-from support.cluster import free_port
+from support.live import serve_process
 from support.waiting import wait_for
 
-SIGN_IN = re.compile(r"http://\S+/login\?token=(\S+?)&next=")
 CHILD = re.compile(r"1 threads in worker process (\d+)")
 
 
@@ -58,40 +54,12 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    data_dir, port = tmp_path / "data", free_port()
-    env = {
-        **os.environ,
-        "LOREBASE_DATA_DIR": str(data_dir),
-        # idle worker threads would look for work every 30-90 s: only a wake-up starts a job sooner
-        "LOREBASE_JOBS__POLL_SECONDS": "60",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    env.pop("LOREBASE_JOBS__SERVE_WORKER_PROCESS", None)  # the default: a worker process
-    if url := testdb.database_url_for(data_dir):
-        env["LOREBASE_DATABASE_URL"] = url
-    log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "lorebase.cli.main", "serve", "--port", str(port), "--workers", "1"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline, key = time.monotonic() + 120, None
-        while key is None:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            if found := SIGN_IN.search(log.read_text(errors="replace")):
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                        key = found.group(1)
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.2)
-        headers = {"Authorization": f"Bearer {key}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as client:
-            yield Server(proc, client, log)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # idle worker threads look for work every 30-90 s: only a wake-up starts a job sooner
+    env = {"LOREBASE_JOBS__POLL_SECONDS": "60", "LOREBASE_JOBS__SERVE_WORKER_PROCESS": "true"}
+    with serve_process(tmp_path, workers=1, **env) as served:
+        headers = {"Authorization": f"Bearer {served.key}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{served.port}", headers=headers, timeout=30) as client:
+            yield Server(served.proc, client, served.log)
 
 
 def _gone(pid: int) -> bool:

@@ -9,8 +9,6 @@ import os
 import re
 import select
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,10 +22,9 @@ from fastapi.testclient import TestClient
 from conftest import make_settings, running_app
 from lorebase.settings import LimitSettings
 from support import testdb
-from support.cluster import free_port
+from support.live import serve_process
 
 BOUNDARY = "lorebase-test-boundary"
-SIGN_IN = re.compile(r"http://\S+/login\?token=(\S+?)&next=")
 
 
 def multipart(*parts: tuple[str, bytes | None, bytes]) -> bytes:
@@ -315,40 +312,8 @@ def _vm(pid: int, field: str) -> int:
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[tuple[int, str, int]]:
     """``lorebase serve --workers 0`` with an 8 MiB cap: (port, api key, pid)."""
-    data_dir, port = tmp_path / "data", free_port()
-    env = {
-        **os.environ,
-        "LOREBASE_DATA_DIR": str(data_dir),
-        "LOREBASE_MAX_UPLOAD_BYTES": str(CAP),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    if url := testdb.database_url_for(data_dir):
-        env["LOREBASE_DATABASE_URL"] = url
-    log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "lorebase.cli.main", "serve", "--port", str(port), "--workers", "0"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline, key = time.monotonic() + 120, None
-        while key is None:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            found = SIGN_IN.search(log.read_text(errors="replace"))
-            if found:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                        key = found.group(1)
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.2)
-        yield port, key, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with serve_process(tmp_path, workers=0, LOREBASE_MAX_UPLOAD_BYTES=str(CAP)) as served:
+        yield served.port, served.key, served.proc.pid
 
 
 def _draft_url(port: int, key: str) -> str:
