@@ -61,6 +61,7 @@ import json
 import math
 import os
 import re
+import resource
 import statistics
 import sys
 import tempfile
@@ -554,7 +555,10 @@ def main() -> int:
         bench = Bench(args, stack)
         for name in args.sections:
             out.update(SECTIONS[name](bench))
-    out.update(load_average=[round(x, 2) for x in os.getloadavg()], smoke=args.smoke)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    out.update(
+        load_average=[round(x, 2) for x in os.getloadavg()], smoke=args.smoke, peak_rss_mb=round(peak / 1024)
+    )
     print(json.dumps(out), flush=True)
     return 0 if out.get("recall", {}).get("meets_target", True) else 1
 
