@@ -35,12 +35,15 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Literal
 
+from prometheus_client import generate_latest
+
 from lorebase.child import end_with_parent, lower_priority
 from lorebase.heap import freeze_long_lived
 from lorebase.jobs import delivery
 from lorebase.jobs.dispatch import Dispatcher, Sender
 from lorebase.jobs.executor import EmbeddedExecutor
 from lorebase.jobs.queue import JobQueue
+from lorebase.metrics import REGISTRY as INSTRUMENTS
 from lorebase.pipeline.embed import TEXTS_EMBEDDED
 from lorebase.pipeline.isolated import pool_for
 from lorebase.runtime import Runtime
@@ -133,8 +136,7 @@ class WorkerChild:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._proc: BaseProcess | None = None
-        self._wake_fd: int | None = None  # our end of the wake-up pipe (non-blocking)
-        self._wake_conn: Connection | None = None
+        self._wake_conn: Connection | None = None  # our end of the wake-up pipe (non-blocking)
         self._metrics_lock = threading.Lock()
         self._metrics_conn: Connection | None = None  # asks the child for its instruments
         self._supervisor: threading.Thread | None = None
@@ -156,10 +158,10 @@ class WorkerChild:
         """Tell the child that work was enqueued (a ``JobQueue`` listener). Never blocks: a full
         pipe already holds a wake-up, and a child that is restarting looks for work when it starts."""
         with self._lock:
-            if self._wake_fd is not None:
+            if self._wake_conn is not None:
                 # full (BlockingIOError: a wake-up is already waiting) or the child is gone
                 with contextlib.suppress(OSError):
-                    os.write(self._wake_fd, b"\0")
+                    os.write(self._wake_conn.fileno(), b"\0")
 
     def metrics_text(self) -> str:
         """The child's process-local instruments in the Prometheus text format ("" while it is
@@ -196,7 +198,7 @@ class WorkerChild:
             reader.close()
             child_metrics.close()
             os.set_blocking(writer.fileno(), False)
-            self._proc, self._wake_conn, self._wake_fd = proc, writer, writer.fileno()
+            self._proc, self._wake_conn = proc, writer
         with self._metrics_lock:
             self._metrics_conn = metrics
         return proc
@@ -205,7 +207,7 @@ class WorkerChild:
         with self._lock:
             if self._wake_conn is not None:
                 self._wake_conn.close()
-            self._wake_conn = self._wake_fd = None
+            self._wake_conn = None
         with self._metrics_lock:
             if self._metrics_conn is not None:
                 self._metrics_conn.close()
@@ -268,14 +270,10 @@ def _relay_wake_ups(fd: int, queue: JobQueue) -> None:
 
 def _serve_metrics(conn: Connection) -> None:
     """In the worker process: answer each request with this process's instruments."""
-    from prometheus_client import generate_latest
-
-    from lorebase.metrics import REGISTRY
-
     while True:
         try:
             conn.recv_bytes()
-            conn.send_bytes(generate_latest(REGISTRY))
+            conn.send_bytes(generate_latest(INSTRUMENTS))
         except (EOFError, OSError):
             return
 
