@@ -84,8 +84,8 @@ sys.path.append(str(HERE))  # scale_ingest (after the rest: see above)
 
 from lorebase.adapters.stores.pgvector import _EF_SEARCH_MIN, _EF_SEARCH_PER_RESULT, PgvectorStore  # noqa: E402
 from lorebase.adapters.stores.protocol import IndexEntry, Store  # noqa: E402
-from lorebase.adapters.stores.sqlite import _STOP as STOP_WORDS  # noqa: E402
 from lorebase.adapters.stores.sqlite import SqliteStore  # noqa: E402
+from lorebase.adapters.stores.terms import STOP_WORDS  # noqa: E402
 from lorebase.db.engine import Database  # noqa: E402
 from lorebase.services.search import Ranked, fuse  # noqa: E402
 
@@ -98,7 +98,8 @@ TOP_K = 10
 RECALL_TARGET = 0.95
 SUBSPACE, LOW_NORM, ISO_NORM, QUERY_NOISE = 24, 0.8, 0.45, 0.3
 #: ``sqlite-memory``: the same SQLite file and tables as ``sqlite``, searched through the store's
-#: in-memory vector cache (``vector_cache.py``, the embedded default); ``sqlite``: ``vec0`` scans
+#: in-memory indexes (``vector_cache.py``, ``keyword_cache.py``: the embedded default);
+#: ``sqlite``: ``vec0`` scans and FTS5 queries
 STORES = ("sqlite", "sqlite-memory", "pgvector")
 #: the cache's budget in the benchmark: enough for the measured KB at 1M chunks
 MEMORY_CACHE_BYTES = 4 * 1024**3
@@ -321,12 +322,18 @@ class Bench:
     def store(self, name: str) -> Loaded:
         if name == "sqlite-memory" and name not in self._stores:
             plain = self.store("sqlite")  # the same file, another store object with its cache on
-            store = SqliteStore(DIMENSIONS, cache_bytes=MEMORY_CACHE_BYTES)
+            store = SqliteStore(
+                DIMENSIONS, cache_bytes=MEMORY_CACHE_BYTES, keyword_cache_bytes=MEMORY_CACHE_BYTES
+            )
             started = time.perf_counter()
             with plain.db.read_session() as s:  # the first search loads the KB into memory
                 store.vector_search(s, KB, self.corpus.query_vectors[0], 1)
-            loaded = time.perf_counter() - started
-            self._stores[name] = Loaded(plain.db, store, {"cache_load_seconds": round(loaded, 1)})
+            vectors = time.perf_counter() - started
+            with plain.db.read_session() as s:
+                store.keyword_search(s, KB, self.corpus.query_texts[0], 1)
+            keywords = time.perf_counter() - started - vectors
+            figures = {"cache_load_seconds": round(vectors, 1), "keyword_load_seconds": round(keywords, 1)}
+            self._stores[name] = Loaded(plain.db, store, figures)
             log(f"{name}: {self._stores[name].figures}")
         if name not in self._stores:
             log(f"loading {name} ...")
@@ -390,13 +397,26 @@ def section_search(bench: Bench) -> dict[str, Any]:
             f"pgvector vector_search p50: {out['pgvector']['vector_p50_ms_index']} ms from the HNSW index, "
             f"{out['pgvector']['vector_p50_ms_exact']} ms when it came back short and the store went exact"
         )
-    if "sqlite-memory" in loaded and "sqlite" in loaded:  # exact from memory: vec0's own answers
-        same = 0
+    if "sqlite-memory" in loaded and "sqlite" in loaded:  # from memory vs. vec0's and FTS5's answers
+        same_vec = same_kw = 0
+        overlap: list[float] = []
         for i in range(warm, len(corpus.query_texts)):
             q, words = corpus.query_vectors[i], corpus.query_texts[i]
-            scanned, cached = (hybrid(loaded[n], q, words)[3] for n in ("sqlite", "sqlite-memory"))
-            same += [r.pk for r in scanned] == [r.pk for r in cached]
-        out["sqlite-memory"]["same_top10_as_vec0"] = f"{same}/{queries}"
+            answers = {}
+            for n in ("sqlite", "sqlite-memory"):
+                with loaded[n].db.read_session() as s:
+                    vec = [h.pk for h in loaded[n].store.vector_search(s, KB, q, TOP_K)]
+                    kw = [h.pk for h in loaded[n].store.keyword_search(s, KB, words, HYBRID_DEPTH)]
+                answers[n] = (vec, kw)
+            (vec_disk, kw_disk), (vec_mem, kw_mem) = answers["sqlite"], answers["sqlite-memory"]
+            same_vec += vec_disk == vec_mem
+            same_kw += kw_disk[:TOP_K] == kw_mem[:TOP_K]
+            overlap.append(len(set(kw_disk) & set(kw_mem)) / max(1, len(kw_disk)))
+        out["sqlite-memory"]["same_top10_as_vec0"] = f"{same_vec}/{queries}"
+        # the in-memory BM25 uses the KB's own statistics (FTS5: the whole table's, here with
+        # the other KB in it), so rankings may differ a little
+        out["sqlite-memory"]["same_keyword_top10_as_fts5"] = f"{same_kw}/{queries}"
+        out["sqlite-memory"]["keyword_top50_overlap_with_fts5"] = round(statistics.fmean(overlap), 3)
     return {"search": out}
 
 

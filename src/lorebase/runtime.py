@@ -166,7 +166,11 @@ class Runtime:
             from lorebase.adapters.stores.chroma import ChromaStore
 
             return ChromaStore(dimensions, path=self.settings.data_dir / "chroma")
-        return SqliteStore(dimensions, cache_bytes=self.settings.vector_cache_mb * 1024 * 1024)
+        return SqliteStore(
+            dimensions,
+            cache_bytes=self.settings.vector_cache_mb * 1024 * 1024,
+            keyword_cache_bytes=self.settings.keyword_cache_mb * 1024 * 1024,
+        )
 
     def kb_store(self, config: dict[str, Any]) -> Store:
         dims, _ = embedder_info(config["embedding"]["model"])

@@ -359,16 +359,20 @@ class TestSqliteStore(StoreContract):
         return SqliteStore(dimensions=self.dimensions)
 
 
+MEMORY = {"cache_bytes": 64 * 1024 * 1024, "keyword_cache_bytes": 64 * 1024 * 1024}
+
+
 class TestSqliteStoreFromMemory(TestSqliteStore):
-    """The same contract with the vector cache on (``vector_cache.py``), the embedded default:
-    searches come from memory, kept in step with the file through the change log."""
+    """The same contract with the vector and keyword indexes in memory on (``vector_cache.py``,
+    ``keyword_cache.py``), the embedded default: searches come from memory, kept in step with the
+    file through the change log."""
 
     def new_store(self) -> Store:
-        return SqliteStore(dimensions=self.dimensions, cache_bytes=64 * 1024 * 1024)
+        return SqliteStore(dimensions=self.dimensions, **MEMORY)
 
     def test_another_process_s_writes_are_seen_at_the_next_search(self, db: Database, store: Store) -> None:
         # a second store object over the same file stands for another process (a worker)
-        writer = SqliteStore(dimensions=self.dimensions, cache_bytes=64 * 1024 * 1024)
+        writer = SqliteStore(dimensions=self.dimensions, **MEMORY)
         self.upsert(db, writer, [self.entry(1, self.unit(0)), self.entry(2, self.unit(1))])
         assert [h.pk for h in self.vsearch(db, store, self.unit(0), k=1)] == [1]  # loaded
         self.upsert(db, writer, [self.entry(3, self.unit(0) * 3)])  # added
@@ -395,16 +399,16 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
     def test_a_cache_behind_the_pruned_log_reloads_and_matches_vec0(
         self, db: Database, store: Store, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from lorebase.adapters.stores import vector_cache
+        from lorebase.adapters.stores import change_log
 
         rng = np.random.default_rng(7)
         vectors = rng.standard_normal((300, self.dimensions)).astype(np.float32)
         self.upsert(db, store, [self.entry(i + 1, v) for i, v in enumerate(vectors[:100])])
         query = rng.standard_normal(self.dimensions).astype(np.float32)
         assert len(self.vsearch(db, store, query, k=5)) == 5  # cached now
-        monkeypatch.setattr(vector_cache, "KEEP_CHANGES", 10)  # the writers keep only 10 rows,
-        monkeypatch.setattr(vector_cache, "PRUNE_EVERY", 40)  # pruned every 40
-        writer = SqliteStore(dimensions=self.dimensions, cache_bytes=64 * 1024 * 1024)
+        monkeypatch.setattr(change_log, "KEEP_CHANGES", 10)  # the writers keep only 10 rows,
+        monkeypatch.setattr(change_log, "PRUNE_EVERY", 40)  # pruned every 40
+        writer = SqliteStore(dimensions=self.dimensions, **MEMORY)
         for i in range(100, 300, 50):
             self.upsert(db, writer, [self.entry(j + 1, vectors[j]) for j in range(i, i + 50)])
         with db.session() as s:
@@ -429,3 +433,136 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
             scores = unit[np.asarray(allowed) - 1] @ (q / np.linalg.norm(q))
             want = [allowed[i] for i in np.argsort(-scores)[:10]]
             assert [h.pk for h in self.vsearch(db, store, q, k=10, allowed=allowed)] == want
+
+    # -- keywords from memory ---------------------------------------------------------------
+    WORDS = [
+        "cache",
+        "index",
+        "search",
+        "query",
+        "vector",
+        "keyword",
+        "table",
+        "row",
+        "column",
+        "change",
+        "log",
+        "process",
+        "worker",
+        "thread",
+        "memory",
+        "disk",
+        "file",
+        "page",
+        "chunk",
+        "document",
+        "title",
+        "section",
+        "score",
+        "rank",
+        "term",
+        "token",
+        "stem",
+        "running",
+        "runs",
+        "runner",
+        "ranking",
+        "ranked",
+        "tables",
+        "indexing",
+        "searched",
+        "café",
+        "naïve",
+        "résumé",
+    ]
+
+    def texts(self, rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
+        """``n`` (text, title) pairs of random words from a small vocabulary: many rows share
+        terms, with different counts and lengths, so BM25's parts all matter."""
+        out = []
+        for _ in range(n):
+            body = " ".join(rng.choice(self.WORDS, int(rng.integers(3, 40))))
+            title = " ".join(rng.choice(self.WORDS, int(rng.integers(0, 4))))
+            out.append((body, title))
+        return out
+
+    def assert_same_as_fts5(self, db: Database, store: Store, queries: Sequence[str], **kw: object) -> None:
+        fts5 = SqliteStore(dimensions=self.dimensions)  # no index in memory: FTS5 ranks
+        for q in queries:
+            got = self.ksearch(db, store, q, k=10, **kw)  # type: ignore[arg-type]
+            want = self.ksearch(db, fts5, q, k=10, **kw)  # type: ignore[arg-type]
+            assert len(got) == len(want), q
+            # the same scores (ties may come in another order: compare as score -> pks)
+            assert np.allclose([h.score for h in got], [h.score for h in want], rtol=1e-4), q
+            top = {round(h.score, 4) for h in want[:-1]}  # the last score's ties may be cut anywhere
+            assert {h.pk for h in got if round(h.score, 4) in top} == {
+                h.pk for h in want if round(h.score, 4) in top
+            }, q
+
+    def test_keyword_ranking_from_memory_is_fts5_s_bm25(self, db: Database, store: Store) -> None:
+        rng = np.random.default_rng(3)
+        pairs = self.texts(rng, 300)
+        self.upsert(
+            db, store, [self.entry(i + 1, self.unit(0), t, title=h) for i, (t, h) in enumerate(pairs)]
+        )
+        queries = [" ".join(rng.choice(self.WORDS, int(rng.integers(1, 5)))) for _ in range(25)]
+        queries += ["Ranked TABLES", "cafe naive", "the runner's résumé?"]
+        self.assert_same_as_fts5(db, store, queries)
+        allowed = sorted(rng.choice(np.arange(1, 301), 30, replace=False).tolist())
+        self.assert_same_as_fts5(db, store, queries[:10], allowed=allowed)
+
+    def test_keyword_index_follows_writes_and_merges(
+        self, db: Database, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from lorebase.adapters.stores import keyword_cache
+
+        monkeypatch.setattr(keyword_cache, "MERGE_MIN", 25)  # merge often
+        rng = np.random.default_rng(5)
+        writer = SqliteStore(dimensions=self.dimensions, **MEMORY)  # another process writing
+        pairs = self.texts(rng, 200)
+        self.upsert(
+            db, writer, [self.entry(i + 1, self.unit(0), t, title=h) for i, (t, h) in enumerate(pairs[:100])]
+        )
+        queries = [" ".join(rng.choice(self.WORDS, int(rng.integers(1, 4)))) for _ in range(8)]
+        self.assert_same_as_fts5(db, store, queries)  # loaded
+        for start in range(100, 200, 20):  # added
+            part = range(start, start + 20)
+            self.upsert(
+                db, writer, [self.entry(i + 1, self.unit(0), pairs[i][0], title=pairs[i][1]) for i in part]
+            )
+            self.assert_same_as_fts5(db, store, queries[:3])
+        again = self.texts(rng, 30)  # replaced
+        self.upsert(
+            db, writer, [self.entry(i + 1, self.unit(0), t, title=h) for i, (t, h) in enumerate(again)]
+        )
+        with db.session() as s:  # removed
+            writer.delete(s, KB, list(range(150, 170)))
+        with db.read_session() as s:
+            kb = store.keywords._current(s, KB, store.changes.head(s))  # type: ignore[attr-defined]
+            assert kb is not None and kb.main_rows == kb.n  # merged along the way
+        # until the next merge, N and avgdl count removed rows (documented): compare pk sets only
+        fts5 = SqliteStore(dimensions=self.dimensions)
+        for q in queries:
+            got = self.ksearch(db, store, q, k=500)
+            want = self.ksearch(db, fts5, q, k=500)
+            assert sorted(h.pk for h in got) == sorted(h.pk for h in want), q
+        with db.session() as s:
+            writer.delete_kb(s, KB)
+        assert self.ksearch(db, store, "cache") == []
+        self.upsert(db, writer, [self.entry(9, self.unit(0), "a cache again")])
+        assert [h.pk for h in self.ksearch(db, store, "cache")] == [9]
+
+    def test_keyword_search_scopes_to_the_kb_and_its_own_statistics(self, db: Database, store: Store) -> None:
+        # another KB full of "cache" does not make "cache" common in this one
+        self.upsert(
+            db, store, [self.entry(100 + i, self.unit(0), "cache cache", kb_id=OTHER_KB) for i in range(50)]
+        )
+        self.upsert(
+            db,
+            store,
+            [self.entry(1, self.unit(0), "cache rank"), self.entry(2, self.unit(0), "rank rank rank rank")]
+            + [self.entry(3 + i, self.unit(0), "rank token") for i in range(5)],
+        )
+        hits = self.ksearch(db, store, "cache rank")
+        assert hits[0].pk == 1 and {h.pk for h in hits} == set(range(1, 8))
+        assert all(h.pk < 100 for h in hits)

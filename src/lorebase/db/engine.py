@@ -9,6 +9,7 @@ searches never wait for writers (WAL readers see a consistent snapshot).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def _sqlite_module() -> Any:
+@functools.cache
+def sqlite_module() -> Any:
     """The stdlib module when it can load extensions, else pysqlite3 (same API, bundled SQLite)."""
     probe = sqlite3.connect(":memory:")
     try:
@@ -67,7 +69,7 @@ def make_engine(url: str) -> Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
-        module=_sqlite_module(),
+        module=sqlite_module(),
         connect_args={"timeout": 30, "check_same_thread": False},
         pool_size=10,
         max_overflow=20,

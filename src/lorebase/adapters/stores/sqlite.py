@@ -2,9 +2,10 @@
 
 Vectors go to a ``vec0`` table per dimension, partitioned by KB so a KNN query only scans
 its own KB. Keywords go to an FTS5 table (porter stemming, unicode61) ranked by BM25.
-Both are written in the caller's transaction, with a change log (``vec_changes_<dim>``) that
-lets each process search a KB's vectors from memory, exactly, kept in step with the file
-(``vector_cache.py``; ``cache_bytes`` 0: every search scans ``vec0``).
+Both are written in the caller's transaction, with a change log (``change_log.py``) that lets
+each process search a KB's vectors and keywords from memory, kept in step with the file
+(``vector_cache.py``, exact; ``keyword_cache.py``, FTS5's BM25 over the KB's own rows;
+``cache_bytes`` / ``keyword_cache_bytes`` 0: every search asks ``vec0`` / FTS5).
 """
 
 from __future__ import annotations
@@ -16,79 +17,12 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lorebase.adapters.stores.change_log import WHOLE_KB, ChangeLog
+from lorebase.adapters.stores.keyword_cache import KeywordCache
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
-from lorebase.adapters.stores.vector_cache import WHOLE_KB, VectorCache
+from lorebase.adapters.stores.terms import FTS5_TOKENIZER, STOP_WORDS
+from lorebase.adapters.stores.vector_cache import VectorCache
 
-# A short English stop list: dropping these keeps OR-queries fast and BM25 focused.
-_STOP = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "been",
-        "but",
-        "by",
-        "can",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "had",
-        "has",
-        "have",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "may",
-        "might",
-        "more",
-        "most",
-        "no",
-        "not",
-        "of",
-        "on",
-        "or",
-        "our",
-        "so",
-        "such",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "to",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-    ]
-)
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
@@ -100,7 +34,7 @@ def fts_query(query: str) -> str:
     """Turn free text into a safe FTS5 OR-query of quoted terms (no FTS syntax leaks through)."""
     terms: list[str] = []
     for t in _TOKEN.findall(query.lower()):
-        if t in _STOP or t in terms:
+        if t in STOP_WORDS or t in terms:
             continue
         terms.append(t)
     if not terms:  # a query of stop words only: search them rather than nothing
@@ -111,10 +45,12 @@ def fts_query(query: str) -> str:
 class SqliteStore:
     name = "sqlite"
 
-    def __init__(self, dimensions: int, *, cache_bytes: int = 0) -> None:
+    def __init__(self, dimensions: int, *, cache_bytes: int = 0, keyword_cache_bytes: int = 0) -> None:
         self.dimensions = dimensions
         self.vec_table = f"vec_chunks_{dimensions}"
-        self.cache = VectorCache(self.vec_table, f"vec_changes_{dimensions}", dimensions, cache_bytes)
+        self.changes = ChangeLog(f"vec_changes_{dimensions}")
+        self.cache = VectorCache(self.vec_table, self.changes, dimensions, cache_bytes)
+        self.keywords = KeywordCache(self.changes, keyword_cache_bytes)
 
     def ensure_schema(self, session: Session) -> None:
         session.execute(
@@ -126,13 +62,13 @@ class SqliteStore:
         session.execute(
             text(
                 "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
-                "content, title, section, kb_id UNINDEXED, tokenize='porter unicode61 remove_diacritics 2')"
+                f"content, title, section, kb_id UNINDEXED, tokenize='{FTS5_TOKENIZER}')"
             )
         )
         # the ranking keyword search orders by: FTS5 sorts by its own ``rank`` column faster than
         # by a bm25() call in ORDER BY (~25 % at 100k chunks, the same results; benchmarks/README)
         session.execute(text(f"INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('rank', '{_RANK}')"))
-        for statement in self.cache.schema():  # the change log is written even where no cache reads it
+        for statement in self.changes.schema():  # the change log is written even where no cache reads it
             session.execute(text(statement))
 
     def upsert(self, session: Session, entries: Sequence[IndexEntry]) -> None:
@@ -154,7 +90,7 @@ class SqliteStore:
             ),
             [{"pk": e.pk, "c": e.text, "t": e.title, "s": e.section, "kb": e.kb_id} for e in entries],
         )
-        self.cache.log_changes(session, [(e.kb_id, e.pk) for e in entries])
+        self.changes.record(session, [(e.kb_id, e.pk) for e in entries])
 
     def _delete_pks(self, session: Session, pks: Sequence[int]) -> None:
         for i in range(0, len(pks), 500):
@@ -165,12 +101,12 @@ class SqliteStore:
 
     def delete(self, session: Session, kb_id: str, pks: Sequence[int]) -> None:
         self._delete_pks(session, pks)
-        self.cache.log_changes(session, [(kb_id, int(p)) for p in pks])
+        self.changes.record(session, [(kb_id, int(p)) for p in pks])
 
     def delete_kb(self, session: Session, kb_id: str) -> None:
         session.execute(text(f"DELETE FROM {self.vec_table} WHERE kb_id = :kb"), {"kb": kb_id})
         session.execute(text("DELETE FROM chunks_fts WHERE kb_id = :kb"), {"kb": kb_id})
-        self.cache.log_changes(session, [(kb_id, WHOLE_KB)])
+        self.changes.record(session, [(kb_id, WHOLE_KB)])
 
     def vector_search(
         self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None = None
@@ -198,8 +134,12 @@ class SqliteStore:
         self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None = None
     ) -> list[Hit]:
         match = fts_query(query)
-        if not match or (allowed is not None and not allowed):
+        if not match or (allowed is not None and not allowed) or k <= 0:
             return []
+        if self.keywords.max_bytes > 0:
+            found = self.keywords.search(session, kb_id, query, int(k), allowed)
+            if found is not None:
+                return [Hit(pk=pk, score=score) for pk, score in found]
         where = ""
         if allowed is not None:
             where = " AND rowid IN (" + ",".join(str(int(p)) for p in allowed) + ")"

@@ -8,17 +8,11 @@ still (no SIMD kernels in 0.1.9), and recall of the ``bit`` candidates was ~0.5.
 search as one matrix-vector product over a float32 matrix in memory (BLAS) takes a few ms, with
 the same results: no approximation, recall 1.0.
 
-**The SQLite file stays the truth.** Every write of the store (``upsert``, ``delete``,
-``delete_kb``) appends ``(kb_id, pk)`` rows to ``vec_changes_<dim>`` in the same transaction as
-the vectors (``pk`` -1: the whole KB went). A cache remembers the last change it applied; each
-search reads, in its own read transaction, whether the log has moved (one indexed lookup), and
-applies the KB's new changes by reading those pks' vectors back from ``vec0``: present → (re)load,
-absent → drop. A crash between writes cannot desynchronise anything: the log and the vectors
-commit together, and a process that restarts builds its caches from the file. Another process
-(``serve``'s worker process, ``lorebase worker``) writing is seen at the next search.
+**The SQLite file stays the truth.** The store's change log (``change_log.py``) says which pks
+of the KB changed since the cache last looked; the cache reads those pks' vectors back from
+``vec0``: present → (re)load, absent → drop.
 
-The log is pruned by the writers to its newest :data:`KEEP_CHANGES` rows; a cache that fell
-further behind than that reloads its KB in full. Caches are built on a KB's first search and
+Caches are built on a KB's first search and
 evicted least recently used beyond ``max_bytes`` (``LOREBASE_VECTOR_CACHE_MB``); a KB larger than
 the whole budget is searched by ``vec0`` as before.
 """
@@ -34,12 +28,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-#: change-log rows the writers keep (older ones are pruned; a cache behind them reloads in full)
-KEEP_CHANGES = 200_000
-#: how often (in change-log rows) a writer prunes the log
-PRUNE_EVERY = 1_000
-#: a ``pk`` in the change log that means "every entry of the KB was removed"
-WHOLE_KB = -1
+from lorebase.adapters.stores.change_log import ChangeLog
 
 
 def _normalised(rows: np.ndarray) -> np.ndarray:
@@ -65,31 +54,12 @@ class _KbVectors:
 
 
 class VectorCache:
-    def __init__(self, vec_table: str, log_table: str, dimensions: int, max_bytes: int) -> None:
-        self.vec_table, self.log_table, self.dimensions = vec_table, log_table, dimensions
+    def __init__(self, vec_table: str, changes: ChangeLog, dimensions: int, max_bytes: int) -> None:
+        self.vec_table, self.changes, self.dimensions = vec_table, changes, dimensions
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._kbs: OrderedDict[str, _KbVectors] = OrderedDict()  # least recently searched first
         self._too_big: set[str] = set()
-
-    # -- the change log (written by the store, in the caller's transaction) ------------------
-    def schema(self) -> list[str]:
-        return [
-            f"CREATE TABLE IF NOT EXISTS {self.log_table} ("
-            "seq INTEGER PRIMARY KEY AUTOINCREMENT, kb_id TEXT NOT NULL, pk INTEGER NOT NULL)",
-            f"CREATE INDEX IF NOT EXISTS ix_{self.log_table}_kb ON {self.log_table}(kb_id, seq)",
-        ]
-
-    def log_changes(self, session: Session, changes: Sequence[tuple[str, int]]) -> None:
-        if not changes:
-            return
-        session.execute(
-            text(f"INSERT INTO {self.log_table}(kb_id, pk) VALUES (:kb, :pk)"),
-            [{"kb": kb, "pk": int(pk)} for kb, pk in changes],
-        )
-        last = session.execute(text(f"SELECT max(seq) FROM {self.log_table}")).scalar() or 0
-        if last % PRUNE_EVERY < len(changes):  # now and then, not on every write
-            session.execute(text(f"DELETE FROM {self.log_table} WHERE seq <= :s"), {"s": last - KEEP_CHANGES})
 
     # -- search ------------------------------------------------------------------------------
     def search(
@@ -120,7 +90,7 @@ class VectorCache:
 
     def _current(self, session: Session, kb_id: str) -> tuple[np.ndarray, np.ndarray, int] | None:
         """This KB's vectors as of ``session``'s snapshot (or newer), loading or updating them."""
-        head = session.execute(text(f"SELECT max(seq) FROM {self.log_table}")).scalar() or 0
+        head = self.changes.head(session)
         with self._lock:
             if kb_id in self._too_big:
                 return None
@@ -161,15 +131,8 @@ class VectorCache:
     def _apply(self, session: Session, kb_id: str, kb: _KbVectors, head: int) -> _KbVectors | None:
         """Bring ``kb`` up to ``head``; None when it must be reloaded (the log was pruned past it,
         or the whole KB was removed)."""
-        oldest = session.execute(text(f"SELECT min(seq) FROM {self.log_table}")).scalar()
-        if oldest is None or oldest > kb.seq + 1:
-            return None  # pruned past what this cache applied (or emptied): reload
-        changed = session.execute(
-            text(f"SELECT pk FROM {self.log_table} WHERE kb_id = :kb AND seq > :s AND seq <= :h"),
-            {"kb": kb_id, "s": kb.seq, "h": head},
-        ).scalars()
-        pks = {int(p) for p in changed}
-        if WHOLE_KB in pks:
+        pks = self.changes.since(session, kb_id, kb.seq, head)
+        if pks is None:
             return None
         if not pks:
             kb.seq = head

@@ -1,0 +1,357 @@
+"""Keyword search for the sqlite store from a per-KB inverted index held in memory, kept in step
+with the SQLite file through the store's change log (``change_log.py``).
+
+FTS5 ranks a query by computing BM25 for *every* row that holds any of its terms, in every KB of
+the table (``kb_id`` is a column it cannot index), then sorts them: ~75 ms at 100k chunks on this
+machine, most of a hybrid search (``benchmarks/README.md``, Scale). The same BM25 over a KB's own
+postings, as a few numpy operations per query term, takes a few ms, and only the KB's rows are
+ever touched.
+
+**What it computes is FTS5's ranking.** Terms are the FTS5 table's: each distinct word is cut and
+stemmed by FTS5's own tokenizer (``terms.FTS5_TERMS``). The score is FTS5's ``bm25()`` with the store's column
+weights (content 1.0, title 0.5, section 0.3): per term, IDF ``log((N - n + 0.5) / (n + 0.5))``
+(at least 1e-6) times ``f (k1 + 1) / (f + k1 (1 - b + b D / avgdl))``, where ``f`` is the weighted
+count of the term in the row and ``D`` the row's token count over the three columns. Two
+differences, both deliberate: ``N``, ``n`` and ``avgdl`` are the KB's, not the whole table's (a KB's
+ranking no longer depends on other tenants' texts); and a query word that FTS5 would cut into
+several tokens (``foo_bar``, ``e-mail``) asks for each of them, not for the phrase.
+
+**The SQLite file stays the truth.** A KB is read from ``chunks_fts`` on its first keyword search
+in a process; after that each search reads the change log and re-reads only the rows that
+changed. Rows added since the last build are kept in a small side index, and rows removed or
+replaced are masked; when those reach :data:`MERGE_FRACTION` of the KB, the index is rebuilt
+from what it holds (no re-read). Until then, ``n`` and ``avgdl`` still count the removed rows,
+a negligible drift that the rebuild clears.
+
+Indexes are evicted least recently used beyond ``max_bytes`` (``LOREBASE_KEYWORD_CACHE_MB``); a
+KB larger than the whole budget is searched by FTS5 as before.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from lorebase.adapters.stores.change_log import ChangeLog
+from lorebase.adapters.stores.terms import FTS5_TERMS, fts5_query_terms, fts5_words
+
+#: BM25 parameters (FTS5's)
+K1, B = 1.2, 0.75
+#: weight of a term occurrence in content, title and section (the store's FTS5 ``rank``)
+WEIGHTS = (1.0, 0.5, 0.3)
+#: rebuild the main index when added + removed rows since the last build reach this share of it
+MERGE_FRACTION = 0.1
+#: ... or this many rows, for small KBs
+MERGE_MIN = 512
+#: bytes per stored posting, for the memory estimate before a load (doc int32 + weight float32,
+#: plus the vocabulary and per-row arrays, measured on the Scale corpus)
+BYTES_PER_CHAR = 1.2
+
+
+class _Vocab:
+    """Word → term ids, for one KB (FTS5 is asked once per new word, then it is a look-up)."""
+
+    def __init__(self) -> None:
+        self.terms: dict[str, int] = {}
+        self.words: dict[str, tuple[int, ...]] = {}
+
+    def learn(self, words: Iterable[str]) -> None:
+        missing = [w for w in words if w not in self.words]
+        if missing:
+            terms = FTS5_TERMS.of(missing)
+            for w in missing:
+                self.words[w] = tuple(self.terms.setdefault(t, len(self.terms)) for t in terms[w])
+
+    def lookup(self, terms: Sequence[str]) -> list[int]:
+        return [self.terms[t] for t in terms if t in self.terms]
+
+
+def _analyse(vocab: _Vocab, content: str, title: str, section: str) -> tuple[dict[int, float], int]:
+    """One row → ({term id: weighted count}, token count over the three columns)."""
+    counts: dict[int, float] = {}
+    length = 0
+    for value, weight in zip((content, title, section), WEIGHTS, strict=True):
+        if not value:
+            continue
+        words = Counter(fts5_words(value))
+        vocab.learn(words)
+        known = vocab.words
+        for w, c in words.items():
+            ids = known[w]
+            length += c * len(ids)
+            for i in ids:
+                counts[i] = counts.get(i, 0.0) + c * weight
+    return counts, length
+
+
+@dataclass
+class _KbTerms:
+    """One KB's inverted index. ``main``: postings sorted by term (``indptr`` into ``docs`` rows and
+    ``tfs`` weighted counts), built at load or merge; ``side``: rows added since, per term."""
+
+    vocab: _Vocab
+    pks: np.ndarray  # row -> pk (int64); rows past the main index are side rows
+    lengths: np.ndarray  # row -> token count (float32)
+    alive: np.ndarray  # row -> still in the KB (bool)
+    indptr: np.ndarray
+    docs: np.ndarray
+    tfs: np.ndarray
+    df: np.ndarray  # term -> rows holding it (main + side; removed rows until the next merge)
+    seq: int
+    n: int  # rows in use (main + side)
+    main_rows: int
+    rows: dict[int, int] = field(default_factory=dict)  # pk -> live row
+    side: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # term -> [(row, f)]
+    dead: int = 0
+    total_length: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.pks, self.lengths, self.alive, self.indptr, self.docs, self.tfs, self.df)
+        return int(sum(a.nbytes for a in arrays) + 80 * len(self.vocab.terms) + 64 * len(self.rows))
+
+    @property
+    def live(self) -> int:
+        return self.n - self.dead
+
+
+def _build(vocab: _Vocab, pks: list[int], analysed: list[tuple[dict[int, float], int]], seq: int) -> _KbTerms:
+    """A main index over ``analysed`` rows (all alive)."""
+    n = len(pks)
+    sizes = np.fromiter((len(c) for c, _ in analysed), dtype=np.int64, count=n)
+    total = int(sizes.sum())
+    terms = np.empty(total, dtype=np.int32)
+    tfs = np.empty(total, dtype=np.float32)
+    at = 0
+    for counts, _ in analysed:
+        m = len(counts)
+        terms[at : at + m] = np.fromiter(counts.keys(), dtype=np.int32, count=m)
+        tfs[at : at + m] = np.fromiter(counts.values(), dtype=np.float32, count=m)
+        at += m
+    docs = np.repeat(np.arange(n, dtype=np.int32), sizes)
+    order = np.argsort(terms, kind="stable")  # by term, rows ascending within a term
+    terms, docs, tfs = terms[order], docs[order], tfs[order]
+    vocab_size = len(vocab.terms)
+    df = np.bincount(terms, minlength=vocab_size).astype(np.int32)
+    indptr = np.zeros(vocab_size + 1, dtype=np.int64)
+    np.cumsum(df, out=indptr[1:])
+    lengths = np.fromiter((length for _, length in analysed), dtype=np.float32, count=n)
+    return _KbTerms(
+        vocab=vocab,
+        pks=np.asarray(pks, dtype=np.int64),
+        lengths=lengths,
+        alive=np.ones(n, dtype=bool),
+        indptr=indptr,
+        docs=docs,
+        tfs=tfs,
+        df=df,
+        seq=seq,
+        n=n,
+        main_rows=n,
+        rows={int(p): i for i, p in enumerate(pks)},
+        total_length=float(lengths.sum()),
+    )
+
+
+class KeywordCache:
+    def __init__(self, changes: ChangeLog, max_bytes: int) -> None:
+        self.changes = changes
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._kbs: OrderedDict[str, _KbTerms] = OrderedDict()  # least recently searched first
+        self._too_big: set[str] = set()
+
+    def search(
+        self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None
+    ) -> list[tuple[int, float]] | None:
+        """The KB's ``k`` best BM25 matches (pk, score higher-is-better), best first; None when
+        this KB is not indexed here (larger than the whole budget): the caller asks FTS5."""
+        head = self.changes.head(session)
+        with self._lock:  # scoring too: an index is updated in place (a few ms per search)
+            kb = self._current(session, kb_id, head)
+            if kb is None:
+                return None
+            return self._score(kb, fts5_query_terms(query), k, allowed)
+
+    # -- scoring -----------------------------------------------------------------------------
+    @staticmethod
+    def _score(
+        kb: _KbTerms, terms: list[str], k: int, allowed: Sequence[int] | None
+    ) -> list[tuple[int, float]]:
+        ids = kb.vocab.lookup(terms)
+        if not ids or kb.live == 0 or k <= 0:
+            return []
+        n_docs = kb.n
+        avgdl = kb.total_length / kb.n if kb.n else 1.0
+        norm = K1 * (1.0 - B + B * kb.lengths[:n_docs] / max(avgdl, 1e-9))
+        scores = np.zeros(n_docs, dtype=np.float64)
+        for t in ids:
+            n_hit = int(kb.df[t])
+            idf = math.log((kb.n - n_hit + 0.5) / (n_hit + 0.5))
+            idf = idf if idf > 0 else 1e-6
+            if t < len(kb.indptr) - 1:
+                lo, hi = int(kb.indptr[t]), int(kb.indptr[t + 1])
+                if hi > lo:
+                    rows, f = kb.docs[lo:hi], kb.tfs[lo:hi]
+                    scores[rows] += idf * (f * (K1 + 1.0)) / (f + norm[rows])
+            extra = kb.side.get(t)
+            if extra:
+                rows = np.fromiter((r for r, _ in extra), dtype=np.int64, count=len(extra))
+                f = np.fromiter((w for _, w in extra), dtype=np.float64, count=len(extra))
+                scores[rows] += idf * (f * (K1 + 1.0)) / (f + norm[rows])
+        keep = scores > 0
+        keep &= kb.alive[:n_docs]
+        if allowed is not None:
+            keep &= np.isin(kb.pks[:n_docs], np.fromiter((int(p) for p in allowed), dtype=np.int64))
+        hits = np.flatnonzero(keep)
+        if not len(hits):
+            return []
+        if len(hits) > k:
+            hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
+        pks = kb.pks[hits]
+        hits = hits[np.lexsort((pks, -scores[hits]))]  # best first; ties by pk
+        return [(int(kb.pks[i]), float(scores[i])) for i in hits]
+
+    # -- keeping in step with the file -------------------------------------------------------
+    def _current(self, session: Session, kb_id: str, head: int) -> _KbTerms | None:
+        if kb_id in self._too_big:
+            return None
+        kb = self._kbs.get(kb_id)
+        if kb is not None and kb.seq < head:
+            kb = self._apply(session, kb_id, kb, head)
+        if kb is None:
+            kb = self._load(session, kb_id, head)
+            if kb is None:
+                return None
+        self._kbs[kb_id] = kb
+        self._kbs.move_to_end(kb_id)
+        return kb
+
+    def _load(self, session: Session, kb_id: str, head: int) -> _KbTerms | None:
+        chars = session.execute(
+            text(
+                "SELECT coalesce(sum(length(content) + length(title) + length(section)), 0) "
+                "FROM chunks_fts WHERE kb_id = :kb"
+            ),
+            {"kb": kb_id},
+        ).scalar()
+        need = int(int(chars or 0) * BYTES_PER_CHAR)
+        if need > self.max_bytes:
+            self._too_big.add(kb_id)
+            return None
+        self._evict(need)
+        vocab = _Vocab()
+        pks: list[int] = []
+        analysed: list[tuple[dict[int, float], int]] = []
+        for rowid, content, title, section in session.execute(
+            text("SELECT rowid, content, title, section FROM chunks_fts WHERE kb_id = :kb"),
+            {"kb": kb_id},
+        ):
+            pks.append(int(rowid))
+            analysed.append(_analyse(vocab, content, title, section))
+        return _build(vocab, pks, analysed, head)
+
+    def _apply(self, session: Session, kb_id: str, kb: _KbTerms, head: int) -> _KbTerms | None:
+        """Bring ``kb`` up to ``head``; None when it must be reloaded."""
+        pks = self.changes.since(session, kb_id, kb.seq, head)
+        if pks is None:
+            return None
+        for pk in pks:  # removed or replaced: mask the old row
+            row = kb.rows.pop(pk, None)
+            if row is not None:
+                kb.alive[row] = False
+                kb.dead += 1
+        ordered = sorted(pks)
+        for i in range(0, len(ordered), 500):
+            marks = ",".join(str(p) for p in ordered[i : i + 500])
+            for rowid, content, title, section in session.execute(
+                text(
+                    "SELECT rowid, content, title, section FROM chunks_fts "
+                    f"WHERE rowid IN ({marks}) AND kb_id = :kb"
+                ),
+                {"kb": kb_id},
+            ):
+                self._add_side(kb, int(rowid), *_analyse(kb.vocab, content, title, section))
+        kb.seq = head
+        if kb.dead + (kb.n - kb.main_rows) >= max(MERGE_MIN, MERGE_FRACTION * kb.main_rows):
+            return self._merged(kb)
+        return kb
+
+    @staticmethod
+    def _add_side(kb: _KbTerms, pk: int, counts: dict[int, float], length: int) -> None:
+        row = kb.n
+        if row >= len(kb.pks):  # grow the per-row arrays
+            capacity = max(row + 1, int(len(kb.pks) * 1.5) + 64)
+            kb.pks = np.resize(kb.pks, capacity)
+            kb.lengths = np.resize(kb.lengths, capacity)
+            kb.alive = np.resize(kb.alive, capacity)
+        kb.pks[row], kb.lengths[row], kb.alive[row] = pk, length, True
+        if len(kb.vocab.terms) > len(kb.df):
+            kb.df = np.concatenate([kb.df, np.zeros(len(kb.vocab.terms) - len(kb.df), dtype=np.int32)])
+        for term, f in counts.items():
+            kb.side.setdefault(term, []).append((row, f))
+            kb.df[term] += 1
+        kb.rows[pk] = row
+        kb.total_length += length
+        kb.n += 1
+
+    @staticmethod
+    def _merged(kb: _KbTerms) -> _KbTerms:
+        """A new main index of the live rows (main and side), without re-reading anything."""
+        per_row: dict[int, dict[int, float]] = {}
+        alive = kb.alive
+        live_main = np.flatnonzero(alive[: kb.main_rows])
+        keep = alive[kb.docs]
+        docs, tfs = kb.docs[keep], kb.tfs[keep]
+        terms = np.repeat(np.arange(len(kb.indptr) - 1, dtype=np.int32), np.diff(kb.indptr))[keep]
+        for term, postings in kb.side.items():
+            for row, f in postings:
+                if alive[row]:
+                    per_row.setdefault(row, {})[term] = f
+        side_rows = sorted(per_row)
+        old_rows = np.concatenate([live_main, np.asarray(side_rows, dtype=np.int64)])
+        renumber = np.full(kb.n, -1, dtype=np.int64)
+        renumber[old_rows] = np.arange(len(old_rows))
+        side_terms = [t for r in side_rows for t in per_row[r]]
+        side_docs = [r for r in side_rows for _ in per_row[r]]
+        side_tfs = [f for r in side_rows for f in per_row[r].values()]
+        all_terms = np.concatenate([terms, np.asarray(side_terms, dtype=np.int32)])
+        all_docs = renumber[np.concatenate([docs.astype(np.int64), np.asarray(side_docs, dtype=np.int64)])]
+        all_tfs = np.concatenate([tfs, np.asarray(side_tfs, dtype=np.float32)])
+        order = np.lexsort((all_docs, all_terms))
+        all_terms, all_docs, all_tfs = all_terms[order], all_docs[order].astype(np.int32), all_tfs[order]
+        vocab_size = len(kb.vocab.terms)
+        df = np.bincount(all_terms, minlength=vocab_size).astype(np.int32)
+        indptr = np.zeros(vocab_size + 1, dtype=np.int64)
+        np.cumsum(df, out=indptr[1:])
+        pks = kb.pks[old_rows]
+        lengths = kb.lengths[old_rows]
+        n = len(old_rows)
+        return _KbTerms(
+            vocab=kb.vocab,
+            pks=pks,
+            lengths=lengths,
+            alive=np.ones(n, dtype=bool),
+            indptr=indptr,
+            docs=all_docs,
+            tfs=all_tfs,
+            df=df,
+            seq=kb.seq,
+            n=n,
+            main_rows=n,
+            rows={int(p): i for i, p in enumerate(pks.tolist())},
+            total_length=float(lengths.sum()),
+        )
+
+    def _evict(self, need: int) -> None:
+        used = sum(kb.nbytes for kb in self._kbs.values())
+        while self._kbs and used + need > self.max_bytes:
+            _, kb = self._kbs.popitem(last=False)
+            used -= kb.nbytes
