@@ -33,6 +33,7 @@ import math
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,34 +123,60 @@ class _KbTerms:
         return self.n - self.dead
 
 
-def _build(vocab: _Vocab, pks: list[int], analysed: list[tuple[dict[int, float], int]], seq: int) -> _KbTerms:
-    """A main index over ``analysed`` rows (all alive)."""
+#: rows analysed together when a KB is loaded (bounds the temporary arrays)
+LOAD_BATCH = 20_000
+
+
+def _postings(vocab: _Vocab, rows: list[tuple[str, str, str]], first: int) -> tuple[np.ndarray, ...]:
+    """Rows ``first, first + 1, ...`` → (terms, rows, weighted counts) sorted by (term, row), and
+    each row's token count: the words of a whole batch are looked up at once, counted by numpy."""
+    n = len(rows)
+    keys: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
+    lengths = np.zeros(n, dtype=np.float32)
+    for column, weight in enumerate(WEIGHTS):
+        cut = [fts5_words(r[column] or "") for r in rows]
+        flat = list(chain.from_iterable(cut))
+        if not flat:
+            continue
+        vocab.learn(set(flat))
+        known = vocab.words
+        per_word = [known[w] for w in flat]
+        terms = np.fromiter(chain.from_iterable(per_word), dtype=np.int64)
+        word_rows = np.repeat(np.arange(n, dtype=np.int64), np.fromiter(map(len, cut), dtype=np.int64, count=n))
+        term_rows = np.repeat(word_rows, np.fromiter(map(len, per_word), dtype=np.int64, count=len(flat)))
+        lengths += np.bincount(term_rows, minlength=n).astype(np.float32)
+        keys.append(terms * n + term_rows)
+        weights.append(np.full(len(terms), weight, dtype=np.float32))
+    if not keys:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32), lengths
+    unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    tfs = np.bincount(inverse, weights=np.concatenate(weights)).astype(np.float32)
+    return unique // n, unique % n + first, tfs, lengths
+
+
+def _build(vocab: _Vocab, pks: list[int], batches: list[tuple[np.ndarray, ...]], seq: int) -> _KbTerms:
+    """A main index from batches of :func:`_postings` (all rows alive)."""
     n = len(pks)
-    sizes = np.fromiter((len(c) for c, _ in analysed), dtype=np.int64, count=n)
-    total = int(sizes.sum())
-    terms = np.empty(total, dtype=np.int32)
-    tfs = np.empty(total, dtype=np.float32)
-    at = 0
-    for counts, _ in analysed:
-        m = len(counts)
-        terms[at : at + m] = np.fromiter(counts.keys(), dtype=np.int32, count=m)
-        tfs[at : at + m] = np.fromiter(counts.values(), dtype=np.float32, count=m)
-        at += m
-    docs = np.repeat(np.arange(n, dtype=np.int32), sizes)
-    order = np.argsort(terms, kind="stable")  # by term, rows ascending within a term
-    terms, docs, tfs = terms[order], docs[order], tfs[order]
+    terms = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, dtype=np.int64)
+    docs = np.concatenate([b[1] for b in batches]) if batches else np.zeros(0, dtype=np.int64)
+    tfs = np.concatenate([b[2] for b in batches]) if batches else np.zeros(0, dtype=np.float32)
+    lengths = np.concatenate([b[3] for b in batches]) if batches else np.zeros(0, dtype=np.float32)
+    if len(batches) > 1:  # each batch is sorted by (term, row), and rows grow from batch to batch
+        order = np.argsort(terms, kind="stable")
+        terms, docs, tfs = terms[order], docs[order], tfs[order]
     vocab_size = len(vocab.terms)
     df = np.bincount(terms, minlength=vocab_size).astype(np.int32)
     indptr = np.zeros(vocab_size + 1, dtype=np.int64)
     np.cumsum(df, out=indptr[1:])
-    lengths = np.fromiter((length for _, length in analysed), dtype=np.float32, count=n)
     return _KbTerms(
         vocab=vocab,
         pks=np.asarray(pks, dtype=np.int64),
         lengths=lengths,
         alive=np.ones(n, dtype=bool),
         indptr=indptr,
-        docs=docs,
+        docs=docs.astype(np.int32),
         tfs=tfs,
         df=df,
         seq=seq,
@@ -249,14 +276,20 @@ class KeywordCache:
         self._evict(need)
         vocab = _Vocab()
         pks: list[int] = []
-        analysed: list[tuple[dict[int, float], int]] = []
+        batches: list[tuple[np.ndarray, ...]] = []
+        pending: list[tuple[str, str, str]] = []
         for rowid, content, title, section in session.execute(
             text("SELECT rowid, content, title, section FROM chunks_fts WHERE kb_id = :kb"),
             {"kb": kb_id},
         ):
             pks.append(int(rowid))
-            analysed.append(_analyse(vocab, content, title, section))
-        return _build(vocab, pks, analysed, head)
+            pending.append((content, title, section))
+            if len(pending) == LOAD_BATCH:
+                batches.append(_postings(vocab, pending, len(pks) - len(pending)))
+                pending = []
+        if pending:
+            batches.append(_postings(vocab, pending, len(pks) - len(pending)))
+        return _build(vocab, pks, batches, head)
 
     def _apply(self, session: Session, kb_id: str, kb: _KbTerms, head: int) -> _KbTerms | None:
         """Bring ``kb`` up to ``head``; None when it must be reloaded."""

@@ -150,7 +150,7 @@ FTS5_TERMS = _Fts5Terms()
 
 def fts5_words(text: str) -> list[str]:
     """A text's words (lower-case runs of letters and digits): what FTS5's unicode61 tokenizer
-    cuts, or coarser; ``FTS5_TERMS.of`` gives each word's terms."""
+    cuts, or coarser; ``FTS5_TERMS.of`` gives each word's terms exactly."""
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)  # a decomposed accent stays inside its word
     return _WORD.findall(text.lower())
