@@ -332,7 +332,11 @@ class Bench:
             with plain.db.read_session() as s:
                 store.keyword_search(s, KB, self.corpus.query_texts[0], 1)
             keywords = time.perf_counter() - started - vectors
-            figures = {"cache_load_seconds": round(vectors, 1), "keyword_load_seconds": round(keywords, 1)}
+            figures = {
+                "cache_load_seconds": round(vectors, 1),
+                "keyword_load_seconds": round(keywords, 1),
+                "keyword_index_mb": round(sum(kb.nbytes for kb in store.keywords._kbs.values()) / 2**20),
+            }
             self._stores[name] = Loaded(plain.db, store, figures)
             log(f"{name}: {self._stores[name].figures}")
         if name not in self._stores:
