@@ -59,7 +59,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, default=Path("lorebase-eval"), help="holds the KB (./lorebase-eval)")
+    ap.add_argument(
+        "--data-dir", type=Path, default=Path("lorebase-eval"), help="holds the KB (./lorebase-eval)"
+    )
     ap.add_argument("--kb", default="scifact", help="the KB's name (scifact)")
     ap.add_argument("--queries", type=int, default=300, help="measured queries per mode (300)")
     ap.add_argument("--warm-up", type=int, default=20, help="warm-up queries, not counted (20)")
@@ -107,7 +109,9 @@ def main() -> int:
         times: dict[str, list[float]] = {m: [] for m in modes}
         first_ms: dict[str, float] = {}
         try:
-            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+            with httpx.Client(
+                base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=120
+            ) as client:
                 deadline = time.monotonic() + 60
                 while True:
                     if server.poll() is not None:

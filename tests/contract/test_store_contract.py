@@ -474,6 +474,9 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         "café",
         "naïve",
         "résumé",
+        "epidemiology",  # Porter as FTS5 has it: -logy -> log, -bly -> ble (not Snowball's)
+        "possibly",
+        "foo_bar",  # FTS5 cuts it in two
     ]
 
     def texts(self, rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
@@ -505,8 +508,16 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         self.upsert(
             db, store, [self.entry(i + 1, self.unit(0), t, title=h) for i, (t, h) in enumerate(pairs)]
         )
-        queries = [" ".join(rng.choice(self.WORDS, int(rng.integers(1, 5)))) for _ in range(25)]
-        queries += ["Ranked TABLES", "cafe naive", "the runner's résumé?"]
+        # a query word FTS5 cuts in two is a phrase there and two terms here (documented): left out
+        words = [w for w in self.WORDS if w != "foo_bar"]
+        queries = [" ".join(rng.choice(words, int(rng.integers(1, 5)))) for _ in range(25)]
+        queries += [
+            "Ranked TABLES",
+            "cafe naive",
+            "the runner's résumé?",
+            "foo",
+            "bar possibly epidemiologies",
+        ]
         self.assert_same_as_fts5(db, store, queries)
         allowed = sorted(rng.choice(np.arange(1, 301), 30, replace=False).tolist())
         self.assert_same_as_fts5(db, store, queries[:10], allowed=allowed)
@@ -523,7 +534,8 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         self.upsert(
             db, writer, [self.entry(i + 1, self.unit(0), t, title=h) for i, (t, h) in enumerate(pairs[:100])]
         )
-        queries = [" ".join(rng.choice(self.WORDS, int(rng.integers(1, 4)))) for _ in range(8)]
+        words = [w for w in self.WORDS if w != "foo_bar"]
+        queries = [" ".join(rng.choice(words, int(rng.integers(1, 4)))) for _ in range(8)]
         self.assert_same_as_fts5(db, store, queries)  # loaded
         for start in range(100, 200, 20):  # added
             part = range(start, start + 20)

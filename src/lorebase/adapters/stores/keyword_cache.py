@@ -143,7 +143,9 @@ def _postings(vocab: _Vocab, rows: list[tuple[str, str, str]], first: int) -> tu
         known = vocab.words
         per_word = [known[w] for w in flat]
         terms = np.fromiter(chain.from_iterable(per_word), dtype=np.int64)
-        word_rows = np.repeat(np.arange(n, dtype=np.int64), np.fromiter(map(len, cut), dtype=np.int64, count=n))
+        word_rows = np.repeat(
+            np.arange(n, dtype=np.int64), np.fromiter(map(len, cut), dtype=np.int64, count=n)
+        )
         term_rows = np.repeat(word_rows, np.fromiter(map(len, per_word), dtype=np.int64, count=len(flat)))
         lengths += np.bincount(term_rows, minlength=n).astype(np.float32)
         keys.append(terms * n + term_rows)

@@ -119,20 +119,28 @@ class _Fts5Terms:
         return conn
 
     def of(self, words: Iterable[str]) -> dict[str, tuple[str, ...]]:
-        """Every word's terms (most words: one; a word FTS5 cuts: several; none: empty)."""
+        """Each word's terms (most words: one; a word FTS5 cuts: several; none: empty)."""
         known = self._known
-        missing = {w for w in words if w not in known}
+        out: dict[str, tuple[str, ...]] = {}
+        missing: set[str] = set()
+        for w in words:
+            terms = known.get(w)
+            if terms is None:
+                missing.add(w)
+            else:
+                out[w] = terms
         if missing:
             with self._lock:
                 if len(known) + len(missing) > MAX_REMEMBERED_WORDS:
                     known.clear()
-                self._ask(sorted(missing))
-        return known
+                out.update(self._ask(sorted(missing)))
+        return out
 
-    def _ask(self, words: list[str]) -> None:
+    def _ask(self, words: list[str]) -> dict[str, tuple[str, ...]]:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
+        out: dict[str, tuple[str, ...]] = {}
         for i in range(0, len(words), 10_000):
             part = words[i : i + 10_000]
             with conn:
@@ -142,7 +150,9 @@ class _Fts5Terms:
                 for term, doc, offset in conn.execute("SELECT term, doc, offset FROM words_terms"):
                     found.setdefault(doc, []).append((offset, term))
             for j, w in enumerate(part):
-                self._known[w] = tuple(term for _, term in sorted(found.get(j, ())))
+                out[w] = tuple(term for _, term in sorted(found.get(j, ())))
+        self._known.update(out)
+        return out
 
 
 FTS5_TERMS = _Fts5Terms()
