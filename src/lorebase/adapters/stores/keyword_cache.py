@@ -33,8 +33,8 @@ import math
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 from sqlalchemy import text
