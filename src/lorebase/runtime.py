@@ -170,6 +170,7 @@ class Runtime:
             dimensions,
             cache_bytes=self.settings.vector_cache_mb * 1024 * 1024,
             keyword_cache_bytes=self.settings.keyword_cache_mb * 1024 * 1024,
+            background=True,  # a KB's first search never waits for its index to be built
         )
 
     def kb_store(self, config: dict[str, Any]) -> Store:

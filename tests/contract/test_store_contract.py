@@ -8,8 +8,11 @@ written in ``db.session()`` and read back in ``db.read_session()``, as the appli
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -549,8 +552,8 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         )
         with db.session() as s:  # removed
             writer.delete(s, KB, list(range(150, 170)))
-        with db.read_session() as s:
-            kb = store.keywords._current(s, KB, store.changes.head(s))  # type: ignore[attr-defined]
+        with db.read_session() as s, store.keywords._lock:  # type: ignore[attr-defined]
+            kb = store.keywords.current(s, KB)  # type: ignore[attr-defined]
             assert kb is not None and kb.main_rows == kb.n  # merged along the way
         # until the next merge, N and avgdl count removed rows (documented): compare pk sets only
         fts5 = SqliteStore(dimensions=self.dimensions)
@@ -578,3 +581,36 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         hits = self.ksearch(db, store, "cache rank")
         assert hits[0].pk == 1 and {h.pk for h in hits} == set(range(1, 8))
         assert all(h.pk < 100 for h in hits)
+
+    def test_a_background_build_never_holds_up_a_search(
+        self, db: Database, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # the runtime's stores build a KB's indexes in a thread while SQL answers (memory_index.py)
+        from lorebase.adapters.stores.keyword_cache import KeywordCache
+        from lorebase.adapters.stores.vector_cache import VectorCache
+
+        release = threading.Event()
+        for cls in (KeywordCache, VectorCache):
+            real = cls._build
+
+            def held(self: Any, *args: Any, _real: Any = real) -> Any:
+                assert release.wait(10)
+                return _real(self, *args)
+
+            monkeypatch.setattr(cls, "_build", held)
+        background = SqliteStore(dimensions=self.dimensions, background=True, **MEMORY)
+        self.upsert(
+            db, background, [self.entry(1, self.unit(0), "cache rank"), self.entry(2, self.unit(1), "rank")]
+        )
+        # answered at once, by FTS5 and vec0, while both builds wait
+        assert [h.pk for h in self.ksearch(db, background, "cache")] == [1]
+        assert [h.pk for h in self.vsearch(db, background, self.unit(1), k=1)] == [2]
+        assert not background.keywords.ready(KB) and not background.cache.ready(KB)
+        release.set()
+        deadline = time.monotonic() + 10
+        while not (background.keywords.ready(KB) and background.cache.ready(KB)):
+            assert time.monotonic() < deadline, "the indexes were never built"
+            time.sleep(0.02)
+        self.upsert(db, background, [self.entry(3, self.unit(1), "cache cache")])  # and kept in step
+        assert [h.pk for h in self.ksearch(db, background, "cache")] == [3, 1]
+        assert [h.pk for h in self.vsearch(db, background, self.unit(1), k=2)] in ([2, 3], [3, 2])

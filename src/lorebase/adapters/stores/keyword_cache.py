@@ -23,15 +23,15 @@ replaced are masked; when those reach :data:`MERGE_FRACTION` of the KB, the inde
 from what it holds (no re-read). Until then, ``n`` and ``avgdl`` still count the removed rows,
 a negligible drift that the rebuild clears.
 
-Indexes are evicted least recently used beyond ``max_bytes`` (``LOREBASE_KEYWORD_CACHE_MB``); a
-KB larger than the whole budget is searched by FTS5 as before.
+Indexes are built, evicted (least recently used beyond ``max_bytes``, ``LOREBASE_KEYWORD_CACHE_MB``)
+and, in ``serve`` and the workers, built in the background while FTS5 answers, as
+``memory_index.py`` says; a KB larger than the whole budget is searched by FTS5 as before.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -40,7 +40,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from lorebase.adapters.stores.change_log import ChangeLog
+from lorebase.adapters.stores.memory_index import PerKbIndex
 from lorebase.adapters.stores.terms import FTS5_TERMS, fts5_query_terms, fts5_words
 
 #: BM25 parameters (FTS5's)
@@ -158,7 +158,7 @@ def _postings(vocab: _Vocab, rows: list[tuple[str, str, str]], first: int) -> tu
     return unique // n, unique % n + first, tfs, lengths
 
 
-def _build(vocab: _Vocab, pks: list[int], batches: list[tuple[np.ndarray, ...]], seq: int) -> _KbTerms:
+def _index(vocab: _Vocab, pks: list[int], batches: list[tuple[np.ndarray, ...]], seq: int) -> _KbTerms:
     """A main index from batches of :func:`_postings` (all rows alive)."""
     n = len(pks)
     terms = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, dtype=np.int64)
@@ -189,25 +189,19 @@ def _build(vocab: _Vocab, pks: list[int], batches: list[tuple[np.ndarray, ...]],
     )
 
 
-class KeywordCache:
-    def __init__(self, changes: ChangeLog, max_bytes: int) -> None:
-        self.changes = changes
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._kbs: OrderedDict[str, _KbTerms] = OrderedDict()  # least recently searched first
-        self._too_big: set[str] = set()
-
+class KeywordCache(PerKbIndex[_KbTerms]):
     def search(
         self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None
     ) -> list[tuple[int, float]] | None:
         """The KB's ``k`` best BM25 matches (pk, score higher-is-better), best first; None when
-        this KB is not indexed here (larger than the whole budget): the caller asks FTS5."""
-        head = self.changes.head(session)
+        this KB is not indexed here (larger than the whole budget, or still being built): the
+        caller asks FTS5."""
+        terms = fts5_query_terms(query)
         with self._lock:  # scoring too: an index is updated in place (a few ms per search)
-            kb = self._current(session, kb_id, head)
+            kb = self.current(session, kb_id)
             if kb is None:
                 return None
-            return self._score(kb, fts5_query_terms(query), k, allowed)
+            return self._score(kb, terms, k, allowed)
 
     # -- scoring -----------------------------------------------------------------------------
     @staticmethod
@@ -249,21 +243,13 @@ class KeywordCache:
         return [(int(kb.pks[i]), float(scores[i])) for i in hits]
 
     # -- keeping in step with the file -------------------------------------------------------
-    def _current(self, session: Session, kb_id: str, head: int) -> _KbTerms | None:
-        if kb_id in self._too_big:
-            return None
-        kb = self._kbs.get(kb_id)
-        if kb is not None and kb.seq < head:
-            kb = self._apply(session, kb_id, kb, head)
-        if kb is None:
-            kb = self._load(session, kb_id, head)
-            if kb is None:
-                return None
-        self._kbs[kb_id] = kb
-        self._kbs.move_to_end(kb_id)
-        return kb
+    def _seq(self, kb: _KbTerms) -> int:
+        return kb.seq
 
-    def _load(self, session: Session, kb_id: str, head: int) -> _KbTerms | None:
+    def _nbytes(self, kb: _KbTerms) -> int:
+        return kb.nbytes
+
+    def _estimate(self, session: Session, kb_id: str) -> int:
         chars = session.execute(
             text(
                 "SELECT coalesce(sum(length(content) + length(title) + length(section)), 0) "
@@ -271,11 +257,9 @@ class KeywordCache:
             ),
             {"kb": kb_id},
         ).scalar()
-        need = int(int(chars or 0) * BYTES_PER_CHAR)
-        if need > self.max_bytes:
-            self._too_big.add(kb_id)
-            return None
-        self._evict(need)
+        return int(int(chars or 0) * BYTES_PER_CHAR)
+
+    def _build(self, session: Session, kb_id: str, head: int) -> _KbTerms:
         vocab = _Vocab()
         pks: list[int] = []
         batches: list[tuple[np.ndarray, ...]] = []
@@ -291,7 +275,7 @@ class KeywordCache:
                 pending = []
         if pending:
             batches.append(_postings(vocab, pending, len(pks) - len(pending)))
-        return _build(vocab, pks, batches, head)
+        return _index(vocab, pks, batches, head)
 
     def _apply(self, session: Session, kb_id: str, kb: _KbTerms, head: int) -> _KbTerms | None:
         """Bring ``kb`` up to ``head``; None when it must be reloaded."""
@@ -384,9 +368,3 @@ class KeywordCache:
             rows={int(p): i for i, p in enumerate(pks.tolist())},
             total_length=float(lengths.sum()),
         )
-
-    def _evict(self, need: int) -> None:
-        used = sum(kb.nbytes for kb in self._kbs.values())
-        while self._kbs and used + need > self.max_bytes:
-            _, kb = self._kbs.popitem(last=False)
-            used -= kb.nbytes

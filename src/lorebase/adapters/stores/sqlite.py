@@ -45,12 +45,15 @@ def fts_query(query: str) -> str:
 class SqliteStore:
     name = "sqlite"
 
-    def __init__(self, dimensions: int, *, cache_bytes: int = 0, keyword_cache_bytes: int = 0) -> None:
+    def __init__(
+        self, dimensions: int, *, cache_bytes: int = 0, keyword_cache_bytes: int = 0, background: bool = False
+    ) -> None:
         self.dimensions = dimensions
         self.vec_table = f"vec_chunks_{dimensions}"
         self.changes = ChangeLog(f"vec_changes_{dimensions}")
-        self.cache = VectorCache(self.vec_table, self.changes, dimensions, cache_bytes)
-        self.keywords = KeywordCache(self.changes, keyword_cache_bytes)
+        # background: the in-memory indexes are built in threads while SQL answers (memory_index.py)
+        self.cache = VectorCache(self.vec_table, self.changes, dimensions, cache_bytes, background=background)
+        self.keywords = KeywordCache(self.changes, keyword_cache_bytes, background=background)
 
     def ensure_schema(self, session: Session) -> None:
         session.execute(

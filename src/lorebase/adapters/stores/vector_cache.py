@@ -12,15 +12,12 @@ the same results: no approximation, recall 1.0.
 of the KB changed since the cache last looked; the cache reads those pks' vectors back from
 ``vec0``: present → (re)load, absent → drop.
 
-Caches are built on a KB's first search and
-evicted least recently used beyond ``max_bytes`` (``LOREBASE_VECTOR_CACHE_MB``); a KB larger than
-the whole budget is searched by ``vec0`` as before.
+Building, the byte budget (``LOREBASE_VECTOR_CACHE_MB``) and eviction are ``memory_index.py``'s;
+a KB larger than the whole budget is searched by ``vec0`` as before.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.stores.change_log import ChangeLog
+from lorebase.adapters.stores.memory_index import PerKbIndex
 
 
 def _normalised(rows: np.ndarray) -> np.ndarray:
@@ -53,24 +51,24 @@ class _KbVectors:
         return int(self.matrix.nbytes + self.pks.nbytes)
 
 
-class VectorCache:
-    def __init__(self, vec_table: str, changes: ChangeLog, dimensions: int, max_bytes: int) -> None:
-        self.vec_table, self.changes, self.dimensions = vec_table, changes, dimensions
-        self.max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._kbs: OrderedDict[str, _KbVectors] = OrderedDict()  # least recently searched first
-        self._too_big: set[str] = set()
+class VectorCache(PerKbIndex[_KbVectors]):
+    def __init__(
+        self, vec_table: str, changes: ChangeLog, dimensions: int, max_bytes: int, *, background: bool = False
+    ) -> None:
+        super().__init__(changes, max_bytes, background=background)
+        self.vec_table, self.dimensions = vec_table, dimensions
 
     # -- search ------------------------------------------------------------------------------
     def search(
         self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None
     ) -> list[tuple[int, float]] | None:
         """The KB's ``k`` nearest (pk, cosine similarity), best first; None when this KB is not
-        cached here (larger than the whole budget): the caller searches ``vec0``."""
-        kb = self._current(session, kb_id)
-        if kb is None:
-            return None
-        matrix, pks, n = kb
+        cached here (larger than the whole budget, or still being built): the caller asks ``vec0``."""
+        with self._lock:
+            kb = self.current(session, kb_id)
+            if kb is None:
+                return None
+            matrix, pks, n = kb.matrix, kb.pks, kb.n  # a consistent triple (see _KbVectors)
         if n == 0:
             return []
         rows = matrix[:n]
@@ -88,35 +86,22 @@ class VectorCache:
         top = top[np.lexsort((ids[top], -scores[top]))]  # best first; ties by pk, as stable as vec0
         return [(int(ids[i]), float(scores[i])) for i in top]
 
-    def _current(self, session: Session, kb_id: str) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """This KB's vectors as of ``session``'s snapshot (or newer), loading or updating them."""
-        head = self.changes.head(session)
-        with self._lock:
-            if kb_id in self._too_big:
-                return None
-            kb = self._kbs.get(kb_id)
-            if kb is not None and kb.seq < head:
-                kb = self._apply(session, kb_id, kb, head)
-            if kb is None:
-                kb = self._load(session, kb_id, head)
-                if kb is None:
-                    return None
-            self._kbs[kb_id] = kb
-            self._kbs.move_to_end(kb_id)
-            return kb.matrix, kb.pks, kb.n
+    def _seq(self, kb: _KbVectors) -> int:
+        return kb.seq
 
-    def _load(self, session: Session, kb_id: str, head: int) -> _KbVectors | None:
+    def _nbytes(self, kb: _KbVectors) -> int:
+        return kb.nbytes
+
+    def _estimate(self, session: Session, kb_id: str) -> int:
         count = int(
             session.execute(
                 text(f"SELECT count(*) FROM {self.vec_table} WHERE kb_id = :kb"), {"kb": kb_id}
             ).scalar()
             or 0
         )
-        need = count * (self.dimensions * 4 + 8)
-        if need > self.max_bytes:
-            self._too_big.add(kb_id)
-            return None
-        self._evict(need)
+        return count * (self.dimensions * 4 + 8)
+
+    def _build(self, session: Session, kb_id: str, head: int) -> _KbVectors:
         found = session.execute(
             text(f"SELECT rowid, embedding FROM {self.vec_table} WHERE kb_id = :kb"), {"kb": kb_id}
         ).all()
@@ -187,9 +172,3 @@ class VectorCache:
         for i, p in enumerate(added, start=kb.n):
             kb.rows[p] = i
         kb.n = need  # last: a reader that took the old n never sees a half-written row
-
-    def _evict(self, need: int) -> None:
-        used = sum(kb.nbytes for kb in self._kbs.values())
-        while self._kbs and used + need > self.max_bytes:
-            _, kb = self._kbs.popitem(last=False)
-            used -= kb.nbytes
