@@ -86,9 +86,12 @@ def check_supported(settings: Settings) -> None:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+    def __init__(self, settings: Settings, *, migrate: bool = True, background_indexes: bool = False) -> None:
         check_supported(settings)
         self.settings = settings
+        #: the sqlite store's in-memory search indexes are built in a thread while SQL answers
+        #: (``stores/memory_index.py``): in the API process, where a first search must not wait
+        self.background_indexes = background_indexes
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         if migrate:
@@ -170,7 +173,7 @@ class Runtime:
             dimensions,
             cache_bytes=self.settings.vector_cache_mb * 1024 * 1024,
             keyword_cache_bytes=self.settings.keyword_cache_mb * 1024 * 1024,
-            background=True,  # a KB's first search never waits for its index to be built
+            background=self.background_indexes,
         )
 
     def kb_store(self, config: dict[str, Any]) -> Store:
