@@ -25,6 +25,10 @@ from fastapi.testclient import TestClient
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the API process builds an fp32 ONNX file for its queries on the first search (~5 s of CPU in a
+# thread): every test data dir would pay it, so tests keep queries on torch (the same vectors);
+# tests/integration/test_onnx_queries.py turns it on (inherited by the servers tests start)
+os.environ.setdefault("LOREBASE_ONNX_QUERIES", "false")
 
 from lorebase.app import create_app
 from lorebase.runtime import Runtime

@@ -366,8 +366,8 @@ def assemble(
     already has and keeps (the CLI's); otherwise the process makes its own and closes it.
     ``worker_process``: ``serve``'s worker threads go to a :class:`WorkerChild`."""
     owns = runtime is None
-    # a pool's parent migrated already; the API process builds search indexes in the background
-    rt = runtime or Runtime(settings, migrate=role != "pool", background_indexes=role == "serve")
+    # a pool's parent migrated already; the API process serves searches (Runtime.serving)
+    rt = runtime or Runtime(settings, migrate=role != "pool", serving=role == "serve")
     try:
         if role == "pool":
             executor = build_executor(rt, concurrency=0, name=settings.executor)

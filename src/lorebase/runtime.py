@@ -86,12 +86,14 @@ def check_supported(settings: Settings) -> None:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, migrate: bool = True, background_indexes: bool = False) -> None:
+    def __init__(self, settings: Settings, *, migrate: bool = True, serving: bool = False) -> None:
         check_supported(settings)
         self.settings = settings
-        #: the sqlite store's in-memory search indexes are built in a thread while SQL answers
-        #: (``stores/memory_index.py``): in the API process, where a first search must not wait
-        self.background_indexes = background_indexes
+        #: the API process (``serve``): long-lived, it answers searches, and no search waits for a
+        #: one-time build. The sqlite store's in-memory indexes are built in a thread while SQL
+        #: answers (``stores/memory_index.py``), and fp32 queries move to ONNX Runtime once its
+        #: file is built (``embedders/int8.FastQueries``, setting ``onnx_queries``)
+        self.serving = serving
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.resolved_database_url)
         if migrate:
@@ -119,7 +121,11 @@ class Runtime:
         with self._lock:
             if key not in self._embedders:
                 self._embedders[key] = build_embedder(
-                    key[0], data_dir=self.settings.data_dir, slot=slot, threads=self.settings.embed_threads
+                    key[0],
+                    data_dir=self.settings.data_dir,
+                    slot=slot,
+                    threads=self.settings.embed_threads,
+                    onnx_fp32=slot == "query" and self.serving and self.settings.onnx_queries,
                 )
             return self._embedders[key]
 
@@ -173,7 +179,7 @@ class Runtime:
             dimensions,
             cache_bytes=self.settings.vector_cache_mb * 1024 * 1024,
             keyword_cache_bytes=self.settings.keyword_cache_mb * 1024 * 1024,
-            background=self.background_indexes,
+            background=self.serving,
         )
 
     def kb_store(self, config: dict[str, Any]) -> Store:

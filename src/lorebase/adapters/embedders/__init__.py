@@ -1,6 +1,7 @@
 """Embedders: the ``Embedder`` protocol (``protocol.py``) and its implementations, by spec:
-``local:all-MiniLM-L6-v2`` (torch fp32, ``local.py``) and ``local:all-MiniLM-L6-v2-int8``
-(ONNX Runtime int8, built once per data dir, ``int8.py``)."""
+``local:all-MiniLM-L6-v2`` (torch fp32, ``local.py``; its searches' queries on ONNX Runtime
+fp32, ``int8.FastQueries``) and ``local:all-MiniLM-L6-v2-int8`` (ONNX Runtime int8, built once per
+data dir, ``int8.py``)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,13 @@ def embedder_problem(spec: str) -> str | None:
     return None
 
 
-def build_embedder(spec: str, *, data_dir: Path, slot: str = "ingest", threads: int = 0) -> Embedder:
-    """The embedder for ``spec``; models load on first use. ``data_dir`` holds built models (int8),
-    ``threads`` caps the runtime's intra-op threads (0: its default, one per core)."""
+def build_embedder(
+    spec: str, *, data_dir: Path, slot: str = "ingest", threads: int = 0, onnx_fp32: bool = False
+) -> Embedder:
+    """The embedder for ``spec``; models load on first use. ``data_dir`` holds built models (int8,
+    fp32 ONNX), ``threads`` caps the runtime's intra-op threads (0: its default, one per core).
+    ``onnx_fp32``: the fp32 model runs on ONNX Runtime once built, torch meanwhile
+    (``int8.FastQueries``: the search slot's runtime)."""
     dimensions, max_tokens = embedder_info(spec)
     name = spec.partition(":")[2]
     if name.endswith(INT8_SUFFIX):
@@ -46,4 +51,12 @@ def build_embedder(spec: str, *, data_dir: Path, slot: str = "ingest", threads: 
         return Int8Embedder(
             name, data_dir=data_dir, dimensions=dimensions, max_tokens=max_tokens, threads=threads, slot=slot
         )
-    return LocalEmbedder(name, slot=slot, threads=threads)
+    torch = LocalEmbedder(name, slot=slot, threads=threads)
+    if onnx_fp32 and embedder_problem(spec + INT8_SUFFIX) is None:
+        from lorebase.adapters.embedders.int8 import FastQueries, OnnxFp32Embedder
+
+        onnx = OnnxFp32Embedder(
+            name, data_dir=data_dir, dimensions=dimensions, max_tokens=max_tokens, threads=threads, slot=slot
+        )
+        return FastQueries(torch, onnx)
+    return torch

@@ -30,12 +30,15 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from lorebase.adapters.embedders.local import (
     INT8_PACKAGES_HINT,
@@ -63,8 +66,14 @@ PROBES = (
 DEFAULT_BATCH = 16
 
 
-def cache_dir(data_dir: Path, name: str) -> Path:
-    return data_dir / "models" / name
+#: the folder suffix of the fp32 (not quantized) ONNX build of a model: its queries' runtime
+FP32_SUFFIX = "-onnx-fp32"
+#: the fp32 build's vectors of the probe texts must match torch's this closely (measured: 1.0000)
+MIN_FP32_PROBE_COSINE = 0.9999
+
+
+def cache_dir(data_dir: Path, name: str, *, quantized: bool = True) -> Path:
+    return data_dir / "models" / (name if quantized else name + FP32_SUFFIX)
 
 
 def _manifest_ok(target: Path, manifest: Path) -> bool:
@@ -89,8 +98,9 @@ def _sha256(path: Path) -> str:
 _TRUSTED: set[Path] = set()
 
 
-def ensure_model(data_dir: Path, name: str) -> tuple[Path, bool]:
-    """The int8 ONNX file for ``name`` (built now if needed) and whether this call built it.
+def ensure_model(data_dir: Path, name: str, *, quantized: bool = True) -> tuple[Path, bool]:
+    """The int8 ONNX file for ``name`` (built now if needed) and whether this call built it;
+    ``quantized=False``: the fused fp32 ONNX file of the same model (its queries' runtime).
 
     Raises ``PermanentError`` when a package the build needs is missing, and ``TransientError``
     when the build fails for a reason that may pass (disk full, I/O error); nothing half-written
@@ -98,7 +108,7 @@ def ensure_model(data_dir: Path, name: str) -> tuple[Path, bool]:
     """
     from filelock import FileLock
 
-    folder = cache_dir(data_dir, name)
+    folder = cache_dir(data_dir, name, quantized=quantized)
     target, manifest = folder / "model.onnx", folder / "model.json"
     if target in _TRUSTED or _manifest_ok(target, manifest):
         _TRUSTED.add(target)  # the ingest and query slots of one process hash the file once
@@ -109,8 +119,9 @@ def ensure_model(data_dir: Path, name: str) -> tuple[Path, bool]:
             if _manifest_ok(target, manifest):  # another process built it while we waited
                 return target, False
             started = time.perf_counter()
-            log.info("building the int8 embedding model %s in %s (once per data dir)", name, folder)
-            _build(name, folder, target, manifest)
+            kind = "int8" if quantized else "fp32 ONNX"
+            log.info("building the %s embedding model %s in %s (once per data dir)", kind, name, folder)
+            _build(name, folder, target, manifest, quantized)
             _TRUSTED.add(target)
             log.info("built %s in %.1fs", target, time.perf_counter() - started)
             return target, True
@@ -124,14 +135,14 @@ def ensure_model(data_dir: Path, name: str) -> tuple[Path, bool]:
         ) from exc
 
 
-def _build(name: str, folder: Path, target: Path, manifest: Path) -> None:
+def _build(name: str, folder: Path, target: Path, manifest: Path, quantized: bool) -> None:
     import onnx  # noqa: F401  (fail early, before the export, when a package is missing)
     import onnxruntime  # noqa: F401
 
     quiet = _OnnxRuntimeChatter()
     logging.getLogger().addFilter(quiet)  # the quantizer logs every tensor on the root logger
     try:
-        _build_in(name, folder, target, manifest)
+        _build_in(name, folder, target, manifest, quantized)
     finally:
         logging.getLogger().removeFilter(quiet)
 
@@ -141,7 +152,7 @@ class _OnnxRuntimeChatter(logging.Filter):
         return "onnxruntime" not in record.pathname or record.levelno >= logging.ERROR
 
 
-def _build_in(name: str, folder: Path, target: Path, manifest: Path) -> None:
+def _build_in(name: str, folder: Path, target: Path, manifest: Path, quantized: bool) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
@@ -158,20 +169,25 @@ def _build_in(name: str, folder: Path, target: Path, manifest: Path) -> None:
             opt_level=1,
         )
         fused.save_model_to_file(str(work / "fused.onnx"))
-        quantize_dynamic(
-            work / "fused.onnx",
-            work / "model.onnx",
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=True,
-            op_types_to_quantize=["MatMul", "Attention"],
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        floor = MIN_PROBE_COSINE if quantized else MIN_FP32_PROBE_COSINE
+        if not quantized:
+            os.replace(work / "fused.onnx", work / "model.onnx")
+        else:
+            quantize_dynamic(
+                work / "fused.onnx",
+                work / "model.onnx",
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=True,
+                op_types_to_quantize=["MatMul", "Attention"],
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
         got = _Session(work / "model.onnx", threads=0).encode(name, list(PROBES), 256, DEFAULT_BATCH)
         cosine = float((got * reference).sum(axis=1).min())
-        if cosine < MIN_PROBE_COSINE:
+        if cosine < floor:
             raise PermanentError(
-                f"the int8 build of {name} drifted from fp32 (probe cosine {cosine:.3f} < {MIN_PROBE_COSINE})"
+                f"the {'int8' if quantized else 'fp32 ONNX'} build of {name} drifted from torch fp32 "
+                f"(probe cosine {cosine:.4f} < {floor})"
             )
         _fsync(work / "model.onnx")
         os.replace(work / "model.onnx", target)
@@ -305,11 +321,76 @@ class Int8Embedder(SlotEmbedder):
         self.batch_size = batch_size
         self.threads = threads
         self.data_dir = data_dir
-        super().__init__((data_dir.resolve(), slot))
+        super().__init__(((data_dir.resolve(), name, self.quantized), slot))
+
+    quantized = True
 
     def _create(self) -> _Session:
-        path, _ = ensure_model(self.data_dir, self.name)
+        path, _ = ensure_model(self.data_dir, self.name, quantized=self.quantized)
         return _Session(path, threads=self.threads)
 
     def _encode(self, model: Any, texts: list[str]) -> np.ndarray:
         return model.encode(self.name, texts, self.max_tokens, self.batch_size)
+
+
+class OnnxFp32Embedder(Int8Embedder):
+    """The fp32 model on ONNX Runtime: the same export and fusion as the int8 build, not quantized.
+    Its vectors are torch's within float rounding (the build checks probe cosine >= 0.9999;
+    measured 1.0000), so it has torch's ``model_id``: the same model, another runtime. One short
+    query takes ~5 ms here against ~12 ms through sentence-transformers (benchmarks/README)."""
+
+    quantized = False
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.model_id = f"local:{name}"
+
+
+class FastQueries:
+    """Queries of the fp32 model: on ONNX Runtime fp32 (:class:`OnnxFp32Embedder`) once its file
+    is built, on torch meanwhile. The first query starts the build (once per data dir, ~5 s, in a
+    thread: no search waits for it); a build that fails leaves torch answering, and says why once
+    in the log. Vectors, tokens and ``model_id`` are the same either way."""
+
+    def __init__(self, torch_embedder: SlotEmbedder, onnx: OnnxFp32Embedder) -> None:
+        self.torch, self.onnx = torch_embedder, onnx
+        self.model_id = torch_embedder.model_id
+        self.dimensions, self.max_tokens = torch_embedder.dimensions, torch_embedder.max_tokens
+        self._ready = threading.Event()
+        self._started = False
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+
+        def build() -> None:
+            try:
+                self.onnx.warm_up()  # builds the file if needed, then loads the session
+                self._ready.set()
+            except Exception as exc:  # torch keeps answering
+                log.warning(
+                    "queries stay on torch: the fp32 ONNX model of %s failed: %s", self.onnx.name, exc
+                )
+
+        threading.Thread(target=build, name="onnx-fp32-queries", daemon=True).start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Start the build if needed and wait for it (tests, benchmarks)."""
+        self._start()
+        return self._ready.wait(timeout)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._ready.is_set():
+            return self.onnx.embed(texts)
+        self._start()
+        return self.torch.embed(texts)
+
+    def tokenizer(self) -> Tokenizer:
+        return self.torch.tokenizer()
+
+    def warm_up(self) -> None:
+        self._start()
+        self.torch.warm_up()
