@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,8 +36,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import httpx  # noqa: E402  (after the path fix above)
 
+sys.path.append(str(Path(__file__).resolve().parent))  # live_server, after the stdlib (see above)
+from live_server import live_server  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 CORPUS = (
     Path(__file__).resolve().parents[2] / "shared" / "eval" / "scifact" / "corpus.jsonl"
 )  # ../shared beside the repo
@@ -48,12 +47,6 @@ CORPUS = (
 
 def log(*args: Any) -> None:
     print("[finalize]", *args, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -137,95 +130,39 @@ def main() -> None:
 
     abstracts = load_abstracts(args.sources)
     with tempfile.TemporaryDirectory(prefix="lorebase-bench-finalize-") as tmp:
-        env = {
-            **os.environ,
-            "LOREBASE_DATA_DIR": str(Path(tmp) / "data"),
-            "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            # the latency of finalize is measured here, not the per-key limits (30 finalizes and
-            # 120 uploads a minute by default)
-            "LOREBASE_LIMITS__FINALIZE_PER_MINUTE": "0",
-            "LOREBASE_LIMITS__UPLOADS_PER_MINUTE": "0",
-        }
-        for var in ("LOREBASE_SERVER_URL", "LOREBASE_API_KEY", "LOREBASE_DATABASE_URL", "LOREBASE_REDIS_URL"):
-            env.pop(var, None)  # the CLI must work on this data dir, not on a configured server
-        key = (
-            subprocess.run(
-                [str(BIN / "lorebase"), "keys", "create", "--name", "bench"],
-                env=env,
-                cwd=tmp,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        port = free_port()
-        server_log = open(Path(tmp) / "server.log", "w")  # noqa: SIM115
-        server = subprocess.Popen(
-            [
-                str(BIN / "lorebase"),
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(args.workers),
-            ],
-            env=env,
-            cwd=tmp,
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            with httpx.Client(
-                base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60
-            ) as client:
-                deadline = time.monotonic() + 60
-                while True:
-                    if server.poll() is not None:
-                        raise SystemExit(f"server exited: {(Path(tmp) / 'server.log').read_text()}")
-                    try:
-                        if client.get("/healthz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise SystemExit("server did not start in 60 s")
-                    time.sleep(0.1)
-                log(f"server on {base}, workers={args.workers}; {runs} runs of {args.sources} sources")
+        # the latency of finalize is measured here, not the per-key limits (30 finalizes and
+        # 120 uploads a minute by default)
+        limits = {"LOREBASE_LIMITS__FINALIZE_PER_MINUTE": "0", "LOREBASE_LIMITS__UPLOADS_PER_MINUTE": "0"}
+        with (
+            live_server(Path(tmp) / "data", workers=args.workers, log_dir=Path(tmp), extra_env=limits) as (
+                base,
+                key,
+                _,
+            ),
+            httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client,
+        ):
+            log(f"server on {base}, workers={args.workers}; {runs} runs of {args.sources} sources")
 
-                latencies: list[float] = []
-                for run in range(runs + 1):  # run 0 warms up the server and is not counted
-                    draft = build_draft(client, run, args.sources, abstracts)
-                    t0 = time.perf_counter()
-                    r = client.post(f"/api/v1/kb-drafts/{draft}/finalize")
-                    ms = (time.perf_counter() - t0) * 1000
-                    if r.status_code != 202:
-                        raise SystemExit(f"finalize answered {r.status_code}: {r.text}")
-                    kb = client.get(f"/api/v1/kbs/{r.json()['kb_id']}").json()
-                    docs = kb.get("counts", {}).get("documents")
-                    if docs != args.sources:
-                        raise SystemExit(f"finalize made {docs} documents, {args.sources} expected: {kb}")
-                    if run == 0:
-                        log(f"warm-up finalize {ms:.1f} ms (not counted)")
-                        if args.workers:
-                            warm_s = wait_for_embedding(client, r.json()["pipeline_id"])
-                            log(f"workers embedding the backlog after {warm_s:.1f} s (model loaded)")
-                        continue
-                    latencies.append(ms)
-                    log(f"run {run}/{runs}: {ms:.1f} ms")
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-            server_log.close()
+            latencies: list[float] = []
+            for run in range(runs + 1):  # run 0 warms up the server and is not counted
+                draft = build_draft(client, run, args.sources, abstracts)
+                t0 = time.perf_counter()
+                r = client.post(f"/api/v1/kb-drafts/{draft}/finalize")
+                ms = (time.perf_counter() - t0) * 1000
+                if r.status_code != 202:
+                    raise SystemExit(f"finalize answered {r.status_code}: {r.text}")
+                kb = client.get(f"/api/v1/kbs/{r.json()['kb_id']}").json()
+                docs = kb.get("counts", {}).get("documents")
+                if docs != args.sources:
+                    raise SystemExit(f"finalize made {docs} documents, {args.sources} expected: {kb}")
+                if run == 0:
+                    log(f"warm-up finalize {ms:.1f} ms (not counted)")
+                    if args.workers:
+                        warm_s = wait_for_embedding(client, r.json()["pipeline_id"])
+                        log(f"workers embedding the backlog after {warm_s:.1f} s (model loaded)")
+                    continue
+                latencies.append(ms)
+                log(f"run {run}/{runs}: {ms:.1f} ms")
 
     out = {
         "sources": args.sources,
