@@ -212,28 +212,33 @@ class KeywordCache(PerKbIndex[_KbTerms]):
         if not ids or kb.live == 0 or k <= 0:
             return []
         n_docs = kb.n
-        avgdl = kb.total_length / kb.n if kb.n else 1.0
-        norm = K1 * (1.0 - B + B * kb.lengths[:n_docs] / max(avgdl, 1e-9))
+        avgdl = max(kb.total_length / kb.n if kb.n else 1.0, 1e-9)
+        lengths = kb.lengths
         scores = np.zeros(n_docs, dtype=np.float64)
-        for t in ids:
+        for t in ids:  # only the rows holding a term are touched, not the KB
             n_hit = int(kb.df[t])
             idf = math.log((kb.n - n_hit + 0.5) / (n_hit + 0.5))
             idf = idf if idf > 0 else 1e-6
+            parts = []
             if t < len(kb.indptr) - 1:
                 lo, hi = int(kb.indptr[t]), int(kb.indptr[t + 1])
                 if hi > lo:
-                    rows, f = kb.docs[lo:hi], kb.tfs[lo:hi]
-                    scores[rows] += idf * (f * (K1 + 1.0)) / (f + norm[rows])
+                    parts.append((kb.docs[lo:hi], kb.tfs[lo:hi].astype(np.float64)))
             extra = kb.side.get(t)
             if extra:
-                rows = np.fromiter((r for r, _ in extra), dtype=np.int64, count=len(extra))
-                f = np.fromiter((w for _, w in extra), dtype=np.float64, count=len(extra))
-                scores[rows] += idf * (f * (K1 + 1.0)) / (f + norm[rows])
-        keep = scores > 0
-        keep &= kb.alive[:n_docs]
-        if allowed is not None:
-            keep &= np.isin(kb.pks[:n_docs], np.fromiter((int(p) for p in allowed), dtype=np.int64))
-        hits = np.flatnonzero(keep)
+                parts.append(
+                    (
+                        np.fromiter((r for r, _ in extra), dtype=np.int64, count=len(extra)),
+                        np.fromiter((w for _, w in extra), dtype=np.float64, count=len(extra)),
+                    )
+                )
+            for rows, f in parts:
+                norm = K1 * (1.0 - B + B * lengths[rows] / avgdl)
+                scores[rows] += idf * (f * (K1 + 1.0)) / (f + norm)
+        hits = np.flatnonzero(scores)  # every score of a matching row is > 0 (IDF >= 1e-6)
+        hits = hits[kb.alive[hits]]
+        if allowed is not None and len(hits):
+            hits = hits[np.isin(kb.pks[hits], np.fromiter((int(p) for p in allowed), dtype=np.int64))]
         if not len(hits):
             return []
         if len(hits) > k:
