@@ -12,6 +12,7 @@ A benchmark imports it after ``httpx`` (see the ``sys.path`` note in each script
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -30,6 +31,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (p99 of 30 values is the largest: rank ceil(0.99 * 30) = 30)."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 def server_env(data_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:

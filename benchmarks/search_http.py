@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,25 +37,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import httpx  # noqa: E402  (after the path fix above)
 
 sys.path.append(str(Path(__file__).resolve().parent))  # live_server, after the stdlib (see above)
-from live_server import live_server, wait_for_query_model  # noqa: E402
+from live_server import live_server, percentile, wait_for_query_model  # noqa: E402
 
-BIN = Path(sys.executable).parent
 QUERIES = Path(__file__).resolve().parents[2] / "shared" / "eval" / "scifact" / "queries-train.jsonl"
 
 
 def log(*args: Any) -> None:
     print("[search_http]", *args, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 def main() -> int:

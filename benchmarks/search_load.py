@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
-import socket
 import sqlite3
 import statistics
 import sys
@@ -51,25 +49,13 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import httpx  # noqa: E402  (after the path fix above)
 
 sys.path.append(str(Path(__file__).resolve().parent))  # live_server, after the stdlib (see above)
-from live_server import live_server, wait_for_query_model  # noqa: E402
+from live_server import live_server, percentile, wait_for_query_model  # noqa: E402
 
-BIN = Path(sys.executable).parent
 SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "eval" / "scifact"  # ../shared beside the repo
 
 
 def log(*args: Any) -> None:
     print("[search_load]", *args, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 def abstracts(n: int, skip: int = 0) -> list[dict[str, str]]:
