@@ -49,6 +49,11 @@ def _filter_clauses(filters: dict[str, Any], dialect: str = "sqlite") -> list[An
         values = value if isinstance(value, list) else [value]
         if not values:
             raise InvalidInput(f"filter {key!r} has an empty list")
+        if not all(isinstance(v, bool | int | float | str) for v in values):
+            raise InvalidInput(f"filter {key!r}: values must be strings, numbers or booleans")
+        kinds = {bool if isinstance(v, bool) else str if isinstance(v, str) else float for v in values}
+        if len(kinds) > 1:
+            raise InvalidInput(f"filter {key!r}: values must all be strings, all numbers or all booleans")
         if key in DOC_FIELDS:
             clauses.append(DOC_FIELDS[key].in_([str(v) for v in values]))
             continue
