@@ -2,14 +2,14 @@
 with the SQLite file through the store's change log (``change_log.py``).
 
 FTS5 ranks a query by computing BM25 for *every* row that holds any of its terms, in every KB of
-the table (``kb_id`` is a column it cannot index), then sorts them: ~75 ms at 100k chunks on this
-machine, most of a hybrid search (``benchmarks/README.md``, Scale). The same BM25 over a KB's own
-postings, as a few numpy operations per query term, takes a few ms, and only the KB's rows are
-ever touched.
+the table (``kb_id`` is a column it cannot index), then sorts them: 45-75 ms at 100k chunks on
+the 2-core machines, most of a hybrid search (``benchmarks/README.md``, Scale). The same BM25 over
+a KB's own postings, as a few numpy operations per query term, takes ~1.5 ms, and only the KB's
+rows are ever touched.
 
 **What it computes is FTS5's ranking.** Terms are the FTS5 table's: each distinct word is cut and
-stemmed by FTS5's own tokenizer (``terms.FTS5_TERMS``). The score is FTS5's ``bm25()`` with the store's column
-weights (content 1.0, title 0.5, section 0.3): per term, IDF ``log((N - n + 0.5) / (n + 0.5))``
+stemmed by FTS5's own tokenizer (``terms.FTS5_TERMS``). The score is FTS5's ``bm25()`` with the
+store's column weights (content 1.0, title 0.5, section 0.3): per term, IDF ``log((N - n + 0.5) / (n + 0.5))``
 (at least 1e-6) times ``f (k1 + 1) / (f + k1 (1 - b + b D / avgdl))``, where ``f`` is the weighted
 count of the term in the row and ``D`` the row's token count over the three columns. Two
 differences, both deliberate: ``N``, ``n`` and ``avgdl`` are the KB's, not the whole table's (a KB's
@@ -23,9 +23,9 @@ replaced are masked; when those reach :data:`MERGE_FRACTION` of the KB, the inde
 from what it holds (no re-read). Until then, ``n`` and ``avgdl`` still count the removed rows,
 a negligible drift that the rebuild clears.
 
-Indexes are built, evicted (least recently used beyond ``max_bytes``, ``LOREBASE_KEYWORD_CACHE_MB``)
-and, in ``serve`` and the workers, built in the background while FTS5 answers, as
-``memory_index.py`` says; a KB larger than the whole budget is searched by FTS5 as before.
+Indexes are built (in ``serve``, in the background while FTS5 answers) and evicted (least recently
+used beyond ``max_bytes``, ``LOREBASE_KEYWORD_CACHE_MB``) as ``memory_index.py`` says; a KB larger
+than the whole budget is searched by FTS5 as before.
 """
 
 from __future__ import annotations
