@@ -552,8 +552,7 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         )
         with db.session() as s:  # removed
             writer.delete(s, KB, list(range(150, 170)))
-        with db.read_session() as s, store.keywords._lock:  # type: ignore[attr-defined]
-            kb = store.keywords.current(s, KB)  # type: ignore[attr-defined]
+        with db.read_session() as s, store.keywords.searching(s, KB) as kb:  # type: ignore[attr-defined]
             assert kb is not None and kb.main_rows == kb.n  # merged along the way
         # until the next merge, N and avgdl count removed rows (documented): compare pk sets only
         fts5 = SqliteStore(dimensions=self.dimensions)

@@ -31,7 +31,6 @@ than the whole budget is searched by FTS5 as before.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -72,24 +71,6 @@ class _Vocab:
 
     def lookup(self, terms: Sequence[str]) -> list[int]:
         return [self.terms[t] for t in terms if t in self.terms]
-
-
-def _analyse(vocab: _Vocab, content: str, title: str, section: str) -> tuple[dict[int, float], int]:
-    """One row → ({term id: weighted count}, token count over the three columns)."""
-    counts: dict[int, float] = {}
-    length = 0
-    for value, weight in zip((content, title, section), WEIGHTS, strict=True):
-        if not value:
-            continue
-        words = Counter(fts5_words(value))
-        vocab.learn(words)
-        known = vocab.words
-        for w, c in words.items():
-            ids = known[w]
-            length += c * len(ids)
-            for i in ids:
-                counts[i] = counts.get(i, 0.0) + c * weight
-    return counts, length
 
 
 @dataclass
@@ -197,11 +178,8 @@ class KeywordCache(PerKbIndex[_KbTerms]):
         this KB is not indexed here (larger than the whole budget, or still being built): the
         caller asks FTS5."""
         terms = fts5_query_terms(query)
-        with self._lock:  # scoring too: an index is updated in place (a few ms per search)
-            kb = self.current(session, kb_id)
-            if kb is None:
-                return None
-            return self._score(kb, terms, k, allowed)
+        with self.searching(session, kb_id) as kb:  # scoring too: the index is updated in place
+            return None if kb is None else self._score(kb, terms, k, allowed)
 
     # -- scoring -----------------------------------------------------------------------------
     @staticmethod
@@ -295,21 +273,29 @@ class KeywordCache(PerKbIndex[_KbTerms]):
         ordered = sorted(pks)
         for i in range(0, len(ordered), 500):
             marks = ",".join(str(p) for p in ordered[i : i + 500])
-            for rowid, content, title, section in session.execute(
+            found = session.execute(
                 text(
                     "SELECT rowid, content, title, section FROM chunks_fts "
                     f"WHERE rowid IN ({marks}) AND kb_id = :kb"
                 ),
                 {"kb": kb_id},
-            ):
-                self._add_side(kb, int(rowid), *_analyse(kb.vocab, content, title, section))
+            ).all()
+            if not found:
+                continue
+            # analysed as a build analyses rows (one home for terms, weights and lengths)
+            terms, rows, tfs, lengths = _postings(kb.vocab, [(r[1], r[2], r[3]) for r in found], 0)
+            counts: list[dict[int, float]] = [{} for _ in found]
+            for term, row, f in zip(terms.tolist(), rows.tolist(), tfs.tolist(), strict=True):
+                counts[row][term] = f
+            for j, r in enumerate(found):
+                self._add_side(kb, int(r[0]), counts[j], float(lengths[j]))
         kb.seq = head
         if kb.dead + (kb.n - kb.main_rows) >= max(MERGE_MIN, MERGE_FRACTION * kb.main_rows):
             return self._merged(kb)
         return kb
 
     @staticmethod
-    def _add_side(kb: _KbTerms, pk: int, counts: dict[int, float], length: int) -> None:
+    def _add_side(kb: _KbTerms, pk: int, counts: dict[int, float], length: float) -> None:
         row = kb.n
         if row >= len(kb.pks):  # grow the per-row arrays
             capacity = max(row + 1, int(len(kb.pks) * 1.5) + 64)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from sqlalchemy.orm import Session
@@ -56,11 +58,16 @@ class PerKbIndex(Generic[T]):
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------------
-    def current(self, session: Session, kb_id: str) -> T | None:
-        """The KB's index as of ``session``'s snapshot (or newer); None: not here (yet), the
-        caller answers from SQL. Call with ``self._lock`` held (the caller reads the index under
-        it too: an index is updated in place)."""
+    @contextmanager
+    def searching(self, session: Session, kb_id: str) -> Iterator[T | None]:
+        """The KB's index as of ``session``'s snapshot (or newer), held under the lock for the
+        block (an index is updated in place); None: not here (yet), the caller answers from SQL.
+        The change log's head is read before the lock is taken."""
         head = self.changes.head(session)
+        with self._lock:
+            yield self._current(session, kb_id, head)
+
+    def _current(self, session: Session, kb_id: str, head: int) -> T | None:
         if kb_id in self._too_big:
             return None
         kb = self._kbs.get(kb_id)
@@ -72,20 +79,23 @@ class PerKbIndex(Generic[T]):
             if self.background:
                 self._build_in_background(session, kb_id)
                 return None
-            kb = self._built(session, kb_id, head)
-            if kb is None:
+            need = self._fits(session, kb_id)
+            if need is None:
                 return None
+            self._evict(need)
+            kb = self._build(session, kb_id, head)
         self._kbs[kb_id] = kb
         self._kbs.move_to_end(kb_id)
         return kb
 
-    def _built(self, session: Session, kb_id: str, head: int) -> T | None:
+    def _fits(self, session: Session, kb_id: str) -> int | None:
+        """The bytes the KB's index will take; None, remembered, when that is over the whole
+        budget (``set.add`` is atomic: a background build calls this without the lock)."""
         need = self._estimate(session, kb_id)
         if need > self.max_bytes:
             self._too_big.add(kb_id)
             return None
-        self._evict(need)
-        return self._build(session, kb_id, head)
+        return need
 
     def _build_in_background(self, session: Session, kb_id: str) -> None:
         if kb_id in self._building:
@@ -96,10 +106,8 @@ class PerKbIndex(Generic[T]):
         def build() -> None:
             try:
                 with Session(bind) as s:  # a read transaction of its own
-                    need = self._estimate(s, kb_id)
-                    if need > self.max_bytes:
-                        with self._lock:
-                            self._too_big.add(kb_id)
+                    need = self._fits(s, kb_id)
+                    if need is None:
                         return
                     head = self.changes.head(s)
                     kb = self._build(s, kb_id, head)  # the long part: searches go on meanwhile

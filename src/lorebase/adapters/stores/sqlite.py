@@ -136,13 +136,15 @@ class SqliteStore:
     def keyword_search(
         self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None = None
     ) -> list[Hit]:
-        match = fts_query(query)
-        if not match or (allowed is not None and not allowed) or k <= 0:
+        if (allowed is not None and not allowed) or k <= 0:
             return []
         if self.keywords.max_bytes > 0:
             found = self.keywords.search(session, kb_id, query, int(k), allowed)
             if found is not None:
                 return [Hit(pk=pk, score=score) for pk, score in found]
+        match = fts_query(query)
+        if not match:
+            return []
         where = ""
         if allowed is not None:
             where = " AND rowid IN (" + ",".join(str(int(p)) for p in allowed) + ")"

@@ -64,8 +64,7 @@ class VectorCache(PerKbIndex[_KbVectors]):
     ) -> list[tuple[int, float]] | None:
         """The KB's ``k`` nearest (pk, cosine similarity), best first; None when this KB is not
         cached here (larger than the whole budget, or still being built): the caller asks ``vec0``."""
-        with self._lock:
-            kb = self.current(session, kb_id)
+        with self.searching(session, kb_id) as kb:
             if kb is None:
                 return None
             matrix, pks, n = kb.matrix, kb.pks, kb.n  # a consistent triple (see _KbVectors)
