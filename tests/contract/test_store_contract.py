@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Table, delete, insert, text, update
 
 from conftest import make_settings
+from lorebase.adapters.stores.filters import Where
 from lorebase.adapters.stores.protocol import Hit, IndexEntry, Store
 from lorebase.adapters.stores.sqlite import SqliteStore
 from lorebase.db.engine import Database
+from lorebase.db.models import Chunk, Document, KnowledgeBase, Workspace
 from lorebase.runtime import Runtime
 
 KB = "kb-a"
@@ -95,10 +97,10 @@ class StoreContract:
         vector: np.ndarray,
         k: int = 10,
         kb_id: str = KB,
-        allowed: Sequence[int] | None = None,
+        where: dict[str, Any] | None = None,
     ) -> list[Hit]:
         with db.read_session() as s:
-            return store.vector_search(s, kb_id, np.asarray(vector, dtype=np.float32), k, allowed)
+            return store.vector_search(s, kb_id, np.asarray(vector, dtype=np.float32), k, Where.parse(where))
 
     def ksearch(
         self,
@@ -107,10 +109,55 @@ class StoreContract:
         query: str,
         k: int = 10,
         kb_id: str = KB,
-        allowed: Sequence[int] | None = None,
+        where: dict[str, Any] | None = None,
     ) -> list[Hit]:
         with db.read_session() as s:
-            return store.keyword_search(s, kb_id, query, k, allowed)
+            return store.keyword_search(s, kb_id, query, k, Where.parse(where))
+
+    def describe(
+        self, db: Database, docs: dict[str, tuple[dict[str, Any], Sequence[int]]], kb_id: str = KB
+    ) -> None:
+        """The documents the KB's entries come from, as the pipeline writes them (filters match
+        documents): ``{document id: (its metadata, its chunks' pks)}``; its filename is ``<id>.txt``."""
+        with db.session() as s:
+            if s.get(Workspace, "ws-contract") is None:
+                s.add(Workspace(id="ws-contract", name="contract"))
+                s.flush()
+            if s.get(KnowledgeBase, kb_id) is None:
+                s.add(KnowledgeBase(id=kb_id, workspace_id="ws-contract", name=kb_id))
+                s.flush()
+            s.add_all(
+                Document(
+                    id=doc_id,
+                    kb_id=kb_id,
+                    workspace_id="ws-contract",
+                    source_type="text",
+                    filename=f"{doc_id}.txt",
+                    meta=meta,
+                )
+                for doc_id, (meta, _) in docs.items()
+            )
+            s.flush()
+            rows = [
+                {
+                    "pk": int(pk),
+                    "id": f"chunk-{pk}",
+                    "document_id": doc_id,
+                    "kb_id": kb_id,
+                    "workspace_id": "ws-contract",
+                    "chunk_index": i,
+                    "content": "",
+                    "embed_text": "",
+                    "token_count": 0,
+                    "content_hash": "",
+                    "metadata": {},
+                    "embedded": True,
+                }
+                for doc_id, (_, pks) in docs.items()
+                for i, pk in enumerate(pks)
+            ]
+            if rows:
+                s.execute(insert(cast(Table, Chunk.__table__)), rows)
 
     def count(self, db: Database, store: Store, kb_id: str = KB) -> int:
         with db.read_session() as s:
@@ -253,23 +300,28 @@ class StoreContract:
         assert sorted(h.pk for h in self.vsearch(db, store, v, k=10, kb_id=OTHER_KB)) == [2, 3, 4]
         assert self.vsearch(db, store, v, kb_id="kb-unknown") == []
         assert self.ksearch(db, store, "identical", kb_id="kb-unknown") == []
-        # filtering on another KB's pks does not leak them either
-        assert self.vsearch(db, store, v, kb_id=KB, allowed=[2, 3]) == []
-        assert self.ksearch(db, store, "identical", kb_id=KB, allowed=[2, 3]) == []
+        # a filter naming another KB's documents does not leak them either
+        self.describe(db, {"mine": ({}, [1])})
+        self.describe(db, {f"theirs{pk}": ({}, [pk]) for pk in (2, 3, 4)}, kb_id=OTHER_KB)
+        theirs = {"document_id": ["theirs2", "theirs3"]}
+        assert self.vsearch(db, store, v, kb_id=KB, where=theirs) == []
+        assert self.ksearch(db, store, "identical", kb_id=KB, where=theirs) == []
+        assert sorted(h.pk for h in self.vsearch(db, store, v, kb_id=OTHER_KB, where=theirs)) == [2, 3]
 
-    def test_allowed_restricts_results_before_taking_top_k(self, db: Database, store: Store) -> None:
-        # 1..4 are near the query, 5..8 far from it; `allowed` names only far ones
+    def test_a_filter_restricts_results_before_taking_top_k(self, db: Database, store: Store) -> None:
+        # 1..4 are near the query, 5..8 far from it; the filter allows only far ones
         near = [self.entry(i, self.unit(0) + 0.1 * self.unit(i), f"common near{i}") for i in range(1, 5)]
         far = [self.entry(i, -self.unit(0) + 0.1 * self.unit(i - 4), f"common far{i}") for i in range(5, 9)]
         self.upsert(db, store, near + far)
+        self.describe(db, {f"d{i}": ({"side": "far" if i > 5 else "near"}, [i]) for i in range(1, 9)})
 
-        vhits = self.vsearch(db, store, self.unit(0), k=2, allowed=[6, 7, 8])
+        vhits = self.vsearch(db, store, self.unit(0), k=2, where={"side": "far"})
         assert len(vhits) == 2 and {h.pk for h in vhits} <= {6, 7, 8}
-        khits = self.ksearch(db, store, "common", k=10, allowed=[2, 6])
+        khits = self.ksearch(db, store, "common", k=10, where={"document_id": ["d2", "d6"]})
         assert sorted(h.pk for h in khits) == [2, 6]
-        assert self.vsearch(db, store, self.unit(0), allowed=[]) == []
-        assert self.ksearch(db, store, "common", allowed=[]) == []
-        assert self.vsearch(db, store, self.unit(0), allowed=[12345]) == []
+        assert self.vsearch(db, store, self.unit(0), where={"side": "nowhere"}) == []
+        assert self.ksearch(db, store, "common", where={"metadata.side": "nowhere"}) == []
+        assert self.vsearch(db, store, self.unit(0), where={"document_id": "unknown"}) == []
 
     # -- keyword search ---------------------------------------------------------------------------
     def test_keyword_search_ranks_document_with_rare_query_term_first(
@@ -373,6 +425,10 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
     def new_store(self) -> Store:
         return SqliteStore(dimensions=self.dimensions, **MEMORY)
 
+    def test_filters_are_evaluated_in_memory(self, db: Database, store: Store) -> None:
+        self.test_a_filter_follows_documents_changed_and_removed(db, store)  # type: ignore[misc]
+        assert isinstance(store, SqliteStore) and store.filters.ready(KB)
+
     def test_another_process_s_writes_are_seen_at_the_next_search(self, db: Database, store: Store) -> None:
         # a second store object over the same file stands for another process (a worker)
         writer = SqliteStore(dimensions=self.dimensions, **MEMORY)
@@ -426,16 +482,108 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
             assert np.allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
 
     def test_filters_match_a_brute_force_reference(self, db: Database, store: Store) -> None:
+        """Filters allowing 0.2 %, 10 % and 90 % of 500 chunks (and typed, listed and combined
+        ones) return exactly the top k a brute-force pass over the allowed chunks gives."""
         rng = np.random.default_rng(11)
-        vectors = rng.standard_normal((500, self.dimensions)).astype(np.float32)
-        self.upsert(db, store, [self.entry(i + 1, v) for i, v in enumerate(vectors)])
+        n = 500
+        vectors = rng.standard_normal((n, self.dimensions)).astype(np.float32)
+        words = ["alpha", "beta", "gamma", "delta", "omega"]
+        texts = [" ".join(rng.choice(words, int(rng.integers(2, 9)))) for _ in range(n)]
+        self.upsert(db, store, [self.entry(i + 1, v, texts[i]) for i, v in enumerate(vectors)])
+        # documents of 1-4 chunks; metadata drawn per document
+        docs: dict[str, tuple[dict[str, Any], list[int]]] = {}
+        pk = 1
+        while pk <= n:
+            size = min(int(rng.integers(1, 5)), n - pk + 1)
+            d = len(docs)
+            meta: dict[str, Any] = {
+                "rare": d == 7,  # one document
+                "tenth": bool(d % 10 == 3),
+                "most": bool(d % 10 != 3),
+                "year": [2020, 2021.0, "2021", True][d % 4],  # a number, the same number, a string, a bool
+                "lang": ["en", "de", "fr"][d % 3],
+            }
+            if d % 5 == 0:
+                del meta["lang"]  # missing: never matches
+            docs[f"doc{d:03d}"] = (meta, list(range(pk, pk + size)))
+            pk += size
+        self.describe(db, docs)
         unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        for share in (0.002, 0.1, 0.9):
-            allowed = sorted(rng.choice(np.arange(1, 501), max(1, int(500 * share)), replace=False).tolist())
+
+        def allowed(keep: Callable[[str, dict[str, Any]], bool]) -> list[int]:
+            return sorted(p for doc_id, (meta, pks) in docs.items() if keep(doc_id, meta) for p in pks)
+
+        cases: list[tuple[dict[str, Any], list[int]]] = [
+            ({"rare": True}, allowed(lambda _, m: m["rare"] is True)),
+            ({"tenth": True}, allowed(lambda _, m: m["tenth"] is True)),
+            ({"metadata.most": True}, allowed(lambda _, m: m["most"] is True)),
+            ({"year": 2021}, allowed(lambda _, m: type(m["year"]) in (int, float) and m["year"] == 2021)),
+            ({"year": "2021"}, allowed(lambda _, m: m["year"] == "2021")),
+            ({"year": True}, allowed(lambda _, m: m["year"] is True)),  # true is not 1
+            ({"lang": ["de", "fr"]}, allowed(lambda _, m: m.get("lang") in ("de", "fr"))),
+            (
+                {"lang": "en", "most": True, "filename": ["doc011.txt", "doc012.txt", "doc021.txt"]},
+                allowed(
+                    lambda d, m: (
+                        m.get("lang") == "en" and m["most"] is True and d in ("doc011", "doc012", "doc021")
+                    )
+                ),
+            ),
+            ({"lang": "xx"}, []),
+        ]
+        assert 0 < len(cases[0][1]) <= 4 and 30 <= len(cases[1][1]) <= 70 and len(cases[2][1]) >= 430
+        for where, want_pks in cases:
             q = rng.standard_normal(self.dimensions).astype(np.float32)
-            scores = unit[np.asarray(allowed) - 1] @ (q / np.linalg.norm(q))
-            want = [allowed[i] for i in np.argsort(-scores)[:10]]
-            assert [h.pk for h in self.vsearch(db, store, q, k=10, allowed=allowed)] == want
+            got = self.vsearch(db, store, q, k=10, where=where)
+            if not want_pks:
+                assert got == [], where
+                continue
+            scores = unit[np.asarray(want_pks) - 1] @ (q / np.linalg.norm(q))
+            want = [want_pks[i] for i in np.argsort(-scores)[:10]]
+            assert [h.pk for h in got] == want, where
+            # keywords: the unfiltered ranking of every match, restricted to the allowed chunks
+            keep = set(want_pks)
+            ranked = self.ksearch(db, store, "alpha omega", k=n)
+            got_k = self.ksearch(db, store, "alpha omega", k=10, where=where)
+            assert {h.pk for h in got_k} <= keep, where
+            want_scores = [h.score for h in ranked if h.pk in keep][:10]
+            assert np.allclose([h.score for h in got_k], want_scores, rtol=1e-4), where
+
+    def test_a_filter_allowing_many_chunks(self, db: Database, store: Store) -> None:
+        # more allowed chunks than SQLite (under Chroma) or PostgreSQL bind as parameters of a query
+        self.upsert(
+            db, store, [self.entry(i, self.unit(i % self.dimensions), f"word{i} common") for i in (1, 2, 3)]
+        )
+        self.describe(db, {"one": ({"big": False}, [1]), "many": ({"big": True}, [2, 3, *range(10, 70_000)])})
+        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(0), where={"big": True})) == [2, 3]
+        assert sorted(h.pk for h in self.ksearch(db, store, "common", where={"big": True})) == [2, 3]
+
+    def test_a_filter_follows_documents_changed_and_removed(self, db: Database, store: Store) -> None:
+        self.upsert(
+            db, store, [self.entry(i, self.unit(i % self.dimensions), f"common {i}") for i in range(1, 7)]
+        )
+        self.describe(
+            db, {"a": ({"tag": "x"}, [1, 2]), "b": ({"tag": "y"}, [3, 4]), "c": ({"tag": "x"}, [5, 6])}
+        )
+        assert sorted(h.pk for h in self.ksearch(db, store, "common", where={"tag": "x"})) == [1, 2, 5, 6]
+        with db.session() as s:  # new metadata, the chunks untouched (a re-submitted document)
+            s.execute(update(Document).where(Document.id == "b").values(meta={"tag": "x"}))
+        assert sorted(h.pk for h in self.ksearch(db, store, "common", where={"tag": "x"})) == [
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+        ]
+        with db.session() as s:  # a document's chunks go, as remove_documents takes them
+            store.delete(s, KB, [5, 6])
+            s.execute(delete(Chunk).where(Chunk.document_id == "c"))
+            s.execute(delete(Document).where(Document.id == "c"))
+        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(0), where={"tag": "x"})) == [1, 2, 3, 4]
+        with db.session() as s:
+            s.execute(update(Document).where(Document.id == "a").values(meta={"tag": "z"}))
+        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(0), where={"tag": "x"})) == [3, 4]
 
     # -- keywords from memory ---------------------------------------------------------------
     WORDS = [
@@ -522,8 +670,8 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
             "bar possibly epidemiologies",
         ]
         self.assert_same_as_fts5(db, store, queries)
-        allowed = sorted(rng.choice(np.arange(1, 301), 30, replace=False).tolist())
-        self.assert_same_as_fts5(db, store, queries[:10], allowed=allowed)
+        self.describe(db, {f"d{i}": ({"pick": i % 10 == 0}, [i + 1]) for i in range(300)})
+        self.assert_same_as_fts5(db, store, queries[:10], where={"pick": True})
 
     def test_keyword_index_follows_writes_and_merges(
         self, db: Database, store: Store, monkeypatch: pytest.MonkeyPatch

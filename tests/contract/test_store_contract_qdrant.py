@@ -111,17 +111,6 @@ class TestQdrantStore(StoreContract):
         assert [h.pk for h in self.ksearch(db, reopened, "zymurgy")] == [1]
         assert [h.pk for h in self.vsearch(db, reopened, self.unit(0))] == [1]
 
-    def test_a_large_allowed_list(self, db: Database, store: Store) -> None:
-        self.upsert(
-            db, store, [self.entry(i, self.unit(i % self.dimensions), f"word{i} common") for i in (1, 2, 3)]
-        )
-        allowed = list(range(2, 100_002))
-        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(0), allowed=allowed)) == [2, 3]
-        assert sorted(h.pk for h in self.ksearch(db, store, "common", allowed=allowed)) == [2, 3]
-        with db.session() as s:
-            store.delete(s, KB, allowed)
-        assert self.count(db, store) == 1
-
     def test_delete_is_scoped_by_kb(self, db: Database, store: Store) -> None:
         self.upsert(db, store, [self.entry(1, self.unit(0), "mine", kb_id=KB)])
         with db.session() as s:

@@ -3,7 +3,8 @@
 ``retrieve`` is the pure ranking used by the API, the CLI and ``lorebase eval``; ``search``
 adds the query log. Filters match document fields (``document_id``, ``external_id``,
 ``source_type``, ``filename``, ``media_type``) or document metadata keys (``metadata.<key>`` or a
-bare key); a list value means "any of".
+bare key); a list value means "any of". What matches, and how each store applies it, is
+``adapters/stores/filters.py``'s.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import case, func, literal, select, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
+from lorebase.adapters.stores.filters import Where
 from lorebase.db.models import Chunk, Document, KnowledgeBase, QueryLog, utcnow
 from lorebase.errors import InvalidInput, NotFound
 from lorebase.services.auth import Principal
@@ -28,68 +29,12 @@ if TYPE_CHECKING:
 Mode = Literal["hybrid", "vector", "keyword"]
 MODES = ("hybrid", "vector", "keyword")
 RRF_K = 60
-DOC_FIELDS = {
-    "document_id": Document.id,
-    "external_id": Document.external_id,
-    "source_type": Document.source_type,
-    "filename": Document.filename,
-    "media_type": Document.media_type,
-}
 
 
 @dataclass(slots=True)
 class Ranked:
     pk: int
     score: float
-
-
-def _filter_clauses(filters: dict[str, Any], dialect: str = "sqlite") -> list[Any]:
-    clauses = []
-    for key, value in filters.items():
-        values = value if isinstance(value, list) else [value]
-        if not values:
-            raise InvalidInput(f"filter {key!r} has an empty list")
-        if not all(isinstance(v, bool | int | float | str) for v in values):
-            raise InvalidInput(f"filter {key!r}: values must be strings, numbers or booleans")
-        kinds = {bool if isinstance(v, bool) else str if isinstance(v, str) else float for v in values}
-        if len(kinds) > 1:
-            raise InvalidInput(f"filter {key!r}: values must all be strings, all numbers or all booleans")
-        if key in DOC_FIELDS:
-            clauses.append(DOC_FIELDS[key].in_([str(v) for v in values]))
-            continue
-        name = key.removeprefix("metadata.")
-        if not name or not name.replace("_", "").replace("-", "").isalnum():
-            raise InvalidInput(f"unsupported filter key {key!r}")
-        field = Document.meta[name]
-        sample = values[0]
-        if dialect == "postgresql" and isinstance(sample, bool | int | float | str):
-            # JSONB to JSONB: casting the field (``as_float()``...) would raise on a document whose
-            # value has another type, where SQLite just finds no match; jsonb numbers compare by value
-            clauses.append(field.in_([literal(v, JSONB) for v in values]))
-        elif isinstance(sample, bool):
-            clauses.append(field.as_boolean().in_(values))
-        elif isinstance(sample, int | float):
-            clauses.append(field.as_float().in_([float(v) for v in values]))
-        elif isinstance(sample, str):
-            clauses.append(field.as_string().in_(values))
-        else:
-            raise InvalidInput(f"filter {key!r}: values must be strings, numbers or booleans")
-    return clauses
-
-
-def _allowed(s: Session, kb_id: str, filters: dict[str, Any] | None) -> list[int] | None:
-    if not filters:
-        return None
-    q = (
-        select(Chunk.pk)
-        .join(Document, Document.id == Chunk.document_id)
-        .where(
-            Chunk.kb_id == kb_id,
-            Chunk.embedded.is_(True),
-            *_filter_clauses(filters, s.get_bind().dialect.name),
-        )
-    )
-    return list(s.execute(q).scalars())
 
 
 def fuse(lists: list[list[Ranked]], k: int = RRF_K) -> list[Ranked]:
@@ -117,14 +62,14 @@ def retrieve(
     if not query.strip():
         raise InvalidInput("query must not be empty")
     store = runtime.kb_store(kb.config)
-    allowed = _allowed(s, kb.id, filters)
+    where = Where.parse(filters)
     depth = max(top_k, candidates or 0, 50 if mode == "hybrid" else 0)
     lists: list[list[Ranked]] = []
     if mode in ("vector", "hybrid"):
         vector = runtime.query_embedder(kb.config["embedding"]["model"]).embed([query])[0]
-        lists.append([Ranked(h.pk, h.score) for h in store.vector_search(s, kb.id, vector, depth, allowed)])
+        lists.append([Ranked(h.pk, h.score) for h in store.vector_search(s, kb.id, vector, depth, where)])
     if mode in ("keyword", "hybrid"):
-        lists.append([Ranked(h.pk, h.score) for h in store.keyword_search(s, kb.id, query, depth, allowed)])
+        lists.append([Ranked(h.pk, h.score) for h in store.keyword_search(s, kb.id, query, depth, where)])
     ranked = lists[0] if len(lists) == 1 else fuse(lists)
     return ranked[:top_k]
 

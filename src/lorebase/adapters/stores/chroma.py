@@ -41,6 +41,7 @@ import numpy as np
 from chromadb.config import Settings
 from sqlalchemy.orm import Session
 
+from lorebase.adapters.stores.filters import Where
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
 from lorebase.adapters.stores.terms import analyze, query_terms
 
@@ -113,8 +114,9 @@ class ChromaStore:
 
     # -- reads --------------------------------------------------------------------------------------
     def vector_search(
-        self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, vector: np.ndarray, k: int, where: Where | None = None
     ) -> list[Hit]:
+        allowed = None if where is None else where.pks(session, kb_id).tolist()  # by SQL, then the ids
         if (allowed is not None and not allowed) or k <= 0 or not np.any(vector):
             return []  # nothing allowed, nothing asked, or a zero vector (no direction to compare)
         query = np.asarray(vector, dtype=np.float32)
@@ -138,8 +140,9 @@ class ChromaStore:
         return [Hit(pk=int(i), score=1.0 - float(d)) for i, d in zip(found, distances, strict=True)]
 
     def keyword_search(
-        self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, query: str, k: int, where: Where | None = None
     ) -> list[Hit]:
+        allowed = None if where is None else where.pks(session, kb_id).tolist()  # by SQL, then the ids
         terms = query_terms(query)
         if not terms or k <= 0 or (allowed is not None and not allowed):
             return []

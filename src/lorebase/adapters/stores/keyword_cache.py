@@ -39,6 +39,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lorebase.adapters.stores.filters import Allowed
 from lorebase.adapters.stores.memory_index import PerKbIndex
 from lorebase.adapters.stores.terms import FTS5_TERMS, fts5_query_terms, fts5_words
 
@@ -172,7 +173,7 @@ def _index(vocab: _Vocab, pks: list[int], batches: list[tuple[np.ndarray, ...]],
 
 class KeywordCache(PerKbIndex[_KbTerms]):
     def search(
-        self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None
+        self, session: Session, kb_id: str, query: str, k: int, allowed: Allowed | None
     ) -> list[tuple[int, float]] | None:
         """The KB's ``k`` best BM25 matches (pk, score higher-is-better), best first; None when
         this KB is not indexed here (larger than the whole budget, or still being built): the
@@ -183,9 +184,7 @@ class KeywordCache(PerKbIndex[_KbTerms]):
 
     # -- scoring -----------------------------------------------------------------------------
     @staticmethod
-    def _score(
-        kb: _KbTerms, terms: list[str], k: int, allowed: Sequence[int] | None
-    ) -> list[tuple[int, float]]:
+    def _score(kb: _KbTerms, terms: list[str], k: int, allowed: Allowed | None) -> list[tuple[int, float]]:
         ids = kb.vocab.lookup(terms)
         if not ids or kb.live == 0 or k <= 0:
             return []
@@ -216,7 +215,7 @@ class KeywordCache(PerKbIndex[_KbTerms]):
         hits = np.flatnonzero(scores)  # every score of a matching row is > 0 (IDF >= 1e-6)
         hits = hits[kb.alive[hits]]
         if allowed is not None and len(hits):
-            hits = hits[np.isin(kb.pks[hits], np.fromiter((int(p) for p in allowed), dtype=np.int64))]
+            hits = hits[allowed.mask(kb.pks[hits])]
         if not len(hits):
             return []
         if len(hits) > k:

@@ -6,7 +6,9 @@ index), so a chunk's vector and keywords are one row and are written in the call
 
 Vector search asks the HNSW index first; when the index yields fewer than ``k`` rows of the KB
 (HNSW filters *after* its candidate list, so a small KB in a large table can come back short)
-or when ``allowed`` names the candidates, the nearest rows are computed exactly instead. Keyword
+the nearest rows are computed exactly instead. A metadata filter is part of the SQL (the
+chunks' documents that match, ``filters.py``): HNSW with more candidates first, exactly when that
+comes back short. Keyword
 search turns free text into an OR of plain terms (``websearch_to_tsquery``, which never raises
 on syntax) ranked by ``ts_rank_cd`` (cover density, no IDF), normalised by document length.
 """
@@ -43,6 +45,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from lorebase.adapters.stores.filters import Where
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
 
 #: text search configuration: porter stemming and an English stop list, as the SQLite store
@@ -60,6 +63,9 @@ _EF_SEARCH_MIN = 100
 #: keeps rows of other KBs from making the answer short (and the search exact); it also lifts
 #: recall@10 from about 0.93-0.97 (ef_search 40) to above 0.95 at 100k chunks (benchmarks/scale.py)
 _EF_SEARCH_PER_RESULT = 4
+#: ... and with a metadata filter, which also drops candidates after the index (pgvector 0.6 has
+#: no iterative scan): more of them, and the exact search when they still come back short
+_EF_SEARCH_PER_FILTERED = 16
 #: serialises concurrent ensure_schema calls (CREATE EXTENSION/TABLE IF NOT EXISTS can race)
 _SCHEMA_LOCK = 0x6C6F7265_62617365  # "lorebase"
 _TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -169,26 +175,26 @@ class PgvectorStore:
 
     # -- reads --------------------------------------------------------------------------------------
     def vector_search(
-        self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, vector: np.ndarray, k: int, where: Where | None = None
     ) -> list[Hit]:
-        if (allowed is not None and not allowed) or k <= 0 or not np.any(vector):
-            return []  # nothing allowed, nothing asked, or a zero vector (no direction to compare)
+        if k <= 0 or not np.any(vector):
+            return []  # nothing asked, or a zero vector (no direction to compare)
         t = self.table
         k = int(k)
         distance = t.c.embedding.cosine_distance(np.asarray(vector, dtype=np.float32))
-        where: list[ColumnElement[bool]] = [t.c.kb_id == kb_id]
-        if allowed is not None:
-            where.append(t.c.pk == any_(_int_array(allowed)))
-            return self._exact(session, distance, where, k)
+        clauses: list[ColumnElement[bool]] = [t.c.kb_id == kb_id]
+        if where is not None:  # in SQL: HNSW then the filter, and exactly when that comes back short
+            clauses.append(t.c.pk.in_(where.pks_query(kb_id, "postgresql")))
         if self.dimensions > HNSW_MAX_DIMENSIONS:
-            return self._exact(session, distance, where, k)
-        ef_search = min(max(k * _EF_SEARCH_PER_RESULT, _EF_SEARCH_MIN), _EF_SEARCH_MAX)
+            return self._exact(session, distance, clauses, k)
+        wanted = k * (_EF_SEARCH_PER_RESULT if where is None else _EF_SEARCH_PER_FILTERED)
+        ef_search = min(max(wanted, _EF_SEARCH_MIN), _EF_SEARCH_MAX)
         session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(ef_search)})
         rows = session.execute(
-            select(t.c.pk, distance.label("distance")).where(*where).order_by(distance).limit(k)
+            select(t.c.pk, distance.label("distance")).where(*clauses).order_by(distance).limit(k)
         ).all()
-        if len(rows) < k:  # the KB may hold more than the index's candidates let through
-            return self._exact(session, distance, where, k)
+        if len(rows) < k:  # the KB (or the filter) may hold more than the index's candidates let through
+            return self._exact(session, distance, clauses, k)
         return [Hit(pk=int(r[0]), score=1.0 - float(r[1])) for r in rows]
 
     def _exact(
@@ -205,19 +211,19 @@ class PgvectorStore:
         return [Hit(pk=int(r[0]), score=1.0 - float(r[1])) for r in rows]
 
     def keyword_search(
-        self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, query: str, k: int, where: Where | None = None
     ) -> list[Hit]:
         terms = query_terms(query)
-        if not terms or k <= 0 or (allowed is not None and not allowed):
+        if not terms or k <= 0:
             return []
         t = self.table
         tsquery = func.websearch_to_tsquery(_config(), literal(" or ".join(terms), Text))
         rank = func.ts_rank_cd(_WEIGHTS, t.c.tsv, tsquery, _NORMALIZATION, type_=Float)
-        where: list[ColumnElement[bool]] = [t.c.kb_id == kb_id, t.c.tsv.bool_op("@@")(tsquery)]
-        if allowed is not None:
-            where.append(t.c.pk == any_(_int_array(allowed)))
+        clauses: list[ColumnElement[bool]] = [t.c.kb_id == kb_id, t.c.tsv.bool_op("@@")(tsquery)]
+        if where is not None:
+            clauses.append(t.c.pk.in_(where.pks_query(kb_id, "postgresql")))
         rows = session.execute(
-            select(t.c.pk, rank.label("rank")).where(*where).order_by(rank.desc(), t.c.pk).limit(int(k))
+            select(t.c.pk, rank.label("rank")).where(*clauses).order_by(rank.desc(), t.c.pk).limit(int(k))
         ).all()
         return [Hit(pk=int(r[0]), score=float(r[1])) for r in rows]
 

@@ -7,7 +7,8 @@ entries commit (or roll back) together: a crash can never leave a vector without
 
 Duplicate policy: ``upsert`` replaces an existing entry with the same pk (idempotent re-runs).
 Scoping: every query names its ``kb_id``; a store never returns another KB's entries.
-Filters: ``allowed`` (when not None) restricts results to those pks.
+Filters: ``where`` (when not None) restricts results to the chunks whose document matches it
+(``filters.py`` says what matches; each store applies it its own way).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 from sqlalchemy.orm import Session
+
+from lorebase.adapters.stores.filters import Where
 
 
 @dataclass(slots=True)
@@ -57,13 +60,13 @@ class Store(Protocol):
         ...
 
     def vector_search(
-        self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, vector: np.ndarray, k: int, where: Where | None = None
     ) -> list[Hit]:
         """Nearest entries by cosine similarity, best first; ``score`` is the similarity (higher is better)."""
         ...
 
     def keyword_search(
-        self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, query: str, k: int, where: Where | None = None
     ) -> list[Hit]:
         """Best BM25 matches for any of the query's terms, best first; ``score`` higher is better."""
         ...

@@ -40,6 +40,7 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from sqlalchemy.orm import Session
 
+from lorebase.adapters.stores.filters import Where
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
 from lorebase.adapters.stores.terms import analyze, query_terms
 
@@ -138,8 +139,9 @@ class QdrantStore:
 
     # -- reads --------------------------------------------------------------------------------------
     def vector_search(
-        self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, vector: np.ndarray, k: int, where: Where | None = None
     ) -> list[Hit]:
+        allowed = None if where is None else where.pks(session, kb_id).tolist()  # by SQL, then the ids
         if (allowed is not None and not allowed) or k <= 0 or not np.any(vector):
             return []  # nothing allowed, nothing asked, or a zero vector (no direction to compare)
         with self._guard:
@@ -154,8 +156,9 @@ class QdrantStore:
         return [Hit(pk=int(p.id), score=float(p.score)) for p in points]
 
     def keyword_search(
-        self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, query: str, k: int, where: Where | None = None
     ) -> list[Hit]:
+        allowed = None if where is None else where.pks(session, kb_id).tolist()  # by SQL, then the ids
         terms = query_terms(query)
         if not terms or k <= 0 or (allowed is not None and not allowed):
             return []

@@ -18,6 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.stores.change_log import WHOLE_KB, ChangeLog
+from lorebase.adapters.stores.filter_cache import FilterCache
+from lorebase.adapters.stores.filters import Allowed, Where
 from lorebase.adapters.stores.keyword_cache import KeywordCache
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
 from lorebase.adapters.stores.terms import FTS5_TOKENIZER, STOP_WORDS
@@ -54,6 +56,7 @@ class SqliteStore:
         # background: the in-memory indexes are built in threads while SQL answers (memory_index.py)
         self.cache = VectorCache(self.vec_table, self.changes, dimensions, cache_bytes, background=background)
         self.keywords = KeywordCache(self.changes, keyword_cache_bytes, background=background)
+        self.filters = FilterCache(self.changes, cache_bytes, background=background)
 
     def ensure_schema(self, session: Session) -> None:
         session.execute(
@@ -73,6 +76,20 @@ class SqliteStore:
         session.execute(text(f"INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('rank', '{_RANK}')"))
         for statement in self.changes.schema():  # the change log is written even where no cache reads it
             session.execute(text(statement))
+        tables = set(session.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars())
+        if {"documents", "chunks"} <= tables:  # the app's schema (a bare store in tests has none)
+            # a document's filterable fields changing on their own (filter_cache.py): its chunks
+            # go to the change log, in the same transaction
+            watched = ("metadata", "external_id", "filename", "media_type", "source_type")
+            changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in watched)
+            session.execute(
+                text(
+                    f"CREATE TRIGGER IF NOT EXISTS {self.changes.table}_documents "
+                    f"AFTER UPDATE OF {', '.join(watched)} ON documents WHEN {changed} BEGIN "
+                    f"INSERT INTO {self.changes.table}(kb_id, pk) "
+                    "SELECT c.kb_id, c.pk FROM chunks c WHERE c.document_id = new.id AND c.embedded; END"
+                )
+            )
 
     def upsert(self, session: Session, entries: Sequence[IndexEntry]) -> None:
         entries = list({e.pk: e for e in entries}.values())  # the last entry for a pk wins
@@ -111,32 +128,48 @@ class SqliteStore:
         session.execute(text("DELETE FROM chunks_fts WHERE kb_id = :kb"), {"kb": kb_id})
         self.changes.record(session, [(kb_id, WHOLE_KB)])
 
+    def _allowed(self, session: Session, kb_id: str, where: Where | None) -> Allowed | None:
+        """What ``where`` allows: from memory when the KB is held there, else by SQL."""
+        if where is None:
+            return None
+        if self.filters.max_bytes > 0:
+            found = self.filters.allowed(session, kb_id, where)
+            if found is not None:
+                return found
+        return where.pks(session, kb_id)
+
     def vector_search(
-        self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, vector: np.ndarray, k: int, where: Where | None = None
     ) -> list[Hit]:
-        if (allowed is not None and not allowed) or k <= 0 or not np.any(vector):
-            return []  # nothing allowed, nothing asked, or a zero vector (no direction to compare)
+        if k <= 0 or not np.any(vector):
+            return []  # nothing asked, or a zero vector (no direction to compare)
+        allowed = self._allowed(session, kb_id, where)
+        if allowed is not None and not len(allowed):
+            return []
         if self.cache.max_bytes > 0:
             found = self.cache.search(session, kb_id, vector, int(k), allowed)
             if found is not None:
                 return [Hit(pk=pk, score=score) for pk, score in found]
         k = min(int(k), 4096)  # vec0 caps k at 4096
-        where = ""
+        only = ""
         if allowed is not None:
-            where = " AND rowid IN (" + ",".join(str(int(p)) for p in allowed) + ")"
+            only = " AND rowid IN (" + ",".join(str(p) for p in allowed.tolist()) + ")"
         rows = session.execute(
             text(
                 f"SELECT rowid, distance FROM {self.vec_table} "
-                f"WHERE embedding MATCH :v AND kb_id = :kb AND k = :k{where} ORDER BY distance"
+                f"WHERE embedding MATCH :v AND kb_id = :kb AND k = :k{only} ORDER BY distance"
             ),
             {"v": np.asarray(vector, dtype=np.float32).tobytes(), "kb": kb_id, "k": k},
         ).all()
         return [Hit(pk=int(r[0]), score=1.0 - float(r[1])) for r in rows]
 
     def keyword_search(
-        self, session: Session, kb_id: str, query: str, k: int, allowed: Sequence[int] | None = None
+        self, session: Session, kb_id: str, query: str, k: int, where: Where | None = None
     ) -> list[Hit]:
-        if (allowed is not None and not allowed) or k <= 0:
+        if k <= 0:
+            return []
+        allowed = self._allowed(session, kb_id, where)
+        if allowed is not None and not len(allowed):
             return []
         if self.keywords.max_bytes > 0:
             found = self.keywords.search(session, kb_id, query, int(k), allowed)
@@ -145,14 +178,14 @@ class SqliteStore:
         match = fts_query(query)
         if not match:
             return []
-        where = ""
+        only = ""
         if allowed is not None:
-            where = " AND rowid IN (" + ",".join(str(int(p)) for p in allowed) + ")"
+            only = " AND rowid IN (" + ",".join(str(p) for p in allowed.tolist()) + ")"
         # rank is bm25 (_RANK), lower-is-better
         rows = session.execute(
             text(
                 "SELECT rowid, rank FROM chunks_fts "
-                f"WHERE chunks_fts MATCH :q AND kb_id = :kb{where} ORDER BY rank LIMIT :k"
+                f"WHERE chunks_fts MATCH :q AND kb_id = :kb{only} ORDER BY rank LIMIT :k"
             ),
             {"q": match, "kb": kb_id, "k": int(k)},
         ).all()

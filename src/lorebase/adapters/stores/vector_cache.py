@@ -18,7 +18,6 @@ a KB larger than the whole budget is searched by ``vec0`` as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.stores.change_log import ChangeLog
+from lorebase.adapters.stores.filters import Allowed
 from lorebase.adapters.stores.memory_index import PerKbIndex
 
 
@@ -60,29 +60,30 @@ class VectorCache(PerKbIndex[_KbVectors]):
 
     # -- search ------------------------------------------------------------------------------
     def search(
-        self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Sequence[int] | None
+        self, session: Session, kb_id: str, vector: np.ndarray, k: int, allowed: Allowed | None
     ) -> list[tuple[int, float]] | None:
-        """The KB's ``k`` nearest (pk, cosine similarity), best first; None when this KB is not
-        cached here (larger than the whole budget, or still being built): the caller asks ``vec0``."""
+        """The KB's ``k`` nearest (pk, cosine similarity), best first, among ``allowed`` (all when
+        None); None when this KB is not cached here (larger than the whole budget, or still being
+        built): the caller asks ``vec0``."""
         with self.searching(session, kb_id) as kb:
             if kb is None:
                 return None
             matrix, pks, n = kb.matrix, kb.pks, kb.n  # a consistent triple (see _KbVectors)
         if n == 0:
             return []
-        rows = matrix[:n]
         ids = pks[:n]
-        if allowed is not None:
-            mask = np.isin(ids, np.fromiter((int(p) for p in allowed), dtype=np.int64))
-            rows, ids = rows[mask], ids[mask]
-            if not len(ids):
-                return []
         q = np.asarray(vector, dtype=np.float32)
         q = q / np.linalg.norm(q)
-        scores = rows @ q
-        k = min(k, len(ids))
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
-        top = top[np.lexsort((ids[top], -scores[top]))]  # best first; ties by pk, as stable as vec0
+        scores = matrix[:n] @ q  # every row, then the filter: cheaper than copying the allowed rows
+        candidates = np.arange(n)
+        if allowed is not None:
+            candidates = np.flatnonzero(allowed.mask(ids))
+            if not len(candidates):
+                return []
+        k = min(k, len(candidates))
+        if k < len(candidates):
+            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+        top = candidates[np.lexsort((ids[candidates], -scores[candidates]))]  # best first; ties by pk
         return [(int(ids[i]), float(scores[i])) for i in top]
 
     def _seq(self, kb: _KbVectors) -> int:
