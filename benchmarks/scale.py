@@ -82,11 +82,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent / "tests"))  # support.pg: a pgserver PostgreSQL in a temp dir
 sys.path.append(str(HERE))  # scale_ingest (after the rest: see above)
 
+from lorebase.adapters.stores.filters import Where  # noqa: E402
 from lorebase.adapters.stores.pgvector import _EF_SEARCH_MIN, _EF_SEARCH_PER_RESULT, PgvectorStore  # noqa: E402
 from lorebase.adapters.stores.protocol import IndexEntry, Store  # noqa: E402
 from lorebase.adapters.stores.sqlite import SqliteStore  # noqa: E402
 from lorebase.adapters.stores.terms import STOP_WORDS  # noqa: E402
 from lorebase.db.engine import Database  # noqa: E402
+from lorebase.db.migrate import upgrade  # noqa: E402
+from lorebase.db.models import Chunk, Document, KnowledgeBase, Workspace  # noqa: E402
 from lorebase.services.search import Ranked, fuse  # noqa: E402
 
 DOCS = Path("/usr/share/doc/python3.11/html")
@@ -257,8 +260,9 @@ def open_sqlite(stack: ExitStack, corpus: Corpus, args: argparse.Namespace) -> L
     db = Database(f"sqlite:///{tmp}/scale.db")
     stack.callback(db.dispose)
     store = SqliteStore(DIMENSIONS)
+    upgrade(db.engine)  # the app's tables: the filters section describes the chunks' documents there
     with db.session() as s:
-        store.ensure_schema(s)  # its own tables: no migration needed
+        store.ensure_schema(s)
     seconds = load(db, store, corpus, args.batch)
     size = sum(p.stat().st_size for p in Path(tmp).iterdir())
     return Loaded(db, store, {"load_seconds": round(seconds, 1), "size_mb": round(size / 2**20)})
@@ -271,6 +275,7 @@ def open_pgvector(stack: ExitStack, corpus: Corpus, args: argparse.Namespace) ->
     stack.callback(db.dispose)
     store = CountingPgvectorStore(DIMENSIONS)
     hnsw = f"ix_{store.table_name}_hnsw"
+    upgrade(db.engine)
     with db.session() as s:
         store.ensure_schema(s)
         if args.pg_index == "after":
@@ -348,13 +353,15 @@ class Bench:
 
 
 # -- sections ---------------------------------------------------------------------------------------
-def hybrid(loaded: Loaded, vector: np.ndarray, query: str) -> tuple[float, float, float, list[Ranked]]:
+def hybrid(
+    loaded: Loaded, vector: np.ndarray, query: str, where: Where | None = None
+) -> tuple[float, float, float, list[Ranked]]:
     """One hybrid query as ``retrieve`` runs it; returns (total, vector, keyword) seconds and the top 10."""
     started = time.perf_counter()
     with loaded.db.read_session() as s:
-        hits = loaded.store.vector_search(s, KB, vector, HYBRID_DEPTH)
+        hits = loaded.store.vector_search(s, KB, vector, HYBRID_DEPTH, where)
         t_vec = time.perf_counter()
-        words = loaded.store.keyword_search(s, KB, query, HYBRID_DEPTH)
+        words = loaded.store.keyword_search(s, KB, query, HYBRID_DEPTH, where)
         t_kw = time.perf_counter()
         lists = [[Ranked(h.pk, h.score) for h in hits], [Ranked(h.pk, h.score) for h in words]]
         ranked = fuse(lists)[:TOP_K]
@@ -422,6 +429,162 @@ def section_search(bench: Bench) -> dict[str, Any]:
         out["sqlite-memory"]["same_keyword_top10_as_fts5"] = f"{same_kw}/{queries}"
         out["sqlite-memory"]["keyword_top50_overlap_with_fts5"] = round(statistics.fmean(overlap), 3)
     return {"search": out}
+
+
+# -- filters ----------------------------------------------------------------------------------------
+#: the metadata keys the ``filters`` section gives the measured KB's documents, and the share of
+#: the documents each is true on
+FILTER_SHARES = {"share_0_1": 0.001, "share_10": 0.10, "share_90": 0.90}
+#: documents are runs of 1 to this many consecutive chunks of the measured KB
+MAX_CHUNKS_PER_DOCUMENT = 20
+
+
+def describe_documents(db: Database, corpus: Corpus, seed: int) -> dict[str, np.ndarray]:
+    """Put the measured KB's documents in the app's tables as the pipeline writes them (a
+    workspace, the KB, documents with metadata, chunk rows naming their document) and return, per
+    filter key, the pks of the chunks it allows."""
+    rng = np.random.default_rng(seed + 7)
+    rows = corpus.kb_rows(KB)
+    docs: list[dict[str, Any]] = []
+    chunks: list[dict[str, Any]] = []
+    allowed: dict[str, list[int]] = {key: [] for key in FILTER_SHARES}
+    at = 0
+    while at < len(rows):
+        run = rows[at : at + int(rng.integers(1, MAX_CHUNKS_PER_DOCUMENT + 1))]
+        at += len(run)
+        doc_id = f"doc-{len(docs):07d}"
+        meta = {key: bool(rng.random() < share) for key, share in FILTER_SHARES.items()}
+        docs.append(
+            {"id": doc_id, "kb_id": KB, "workspace_id": "ws-scale", "source_type": "text", "metadata": meta}
+        )
+        for i, row in enumerate(run):
+            pk = int(row) + 1  # as load() numbers them
+            chunks.append(
+                {
+                    "pk": pk,
+                    "id": f"chunk-{pk}",
+                    "document_id": doc_id,
+                    "kb_id": KB,
+                    "workspace_id": "ws-scale",
+                    "chunk_index": i,
+                    "content": "",
+                    "embed_text": "",
+                    "token_count": 0,
+                    "content_hash": "",
+                    "metadata": {},
+                    "embedded": True,
+                }
+            )
+            for key in FILTER_SHARES:
+                if meta[key]:
+                    allowed[key].append(pk)
+    with db.session() as s:
+        s.add(Workspace(id="ws-scale", name="scale"))
+        s.flush()
+        s.add(KnowledgeBase(id=KB, workspace_id="ws-scale", name="scale"))
+        s.flush()
+        for lo in range(0, len(docs), 5000):
+            s.execute(Document.__table__.insert(), docs[lo : lo + 5000])
+        for lo in range(0, len(chunks), 5000):
+            s.execute(Chunk.__table__.insert(), chunks[lo : lo + 5000])
+    with db.session() as s:  # as after the store's load: the planner's statistics of the new rows
+        s.execute(text("ANALYZE documents" if db.engine.dialect.name == "postgresql" else "ANALYZE"))
+        if db.engine.dialect.name == "postgresql":
+            s.execute(text("ANALYZE chunks"))
+    log(
+        f"documents: {len(docs):,} for {len(chunks):,} chunks; allowed per key: "
+        + ", ".join(f"{k} {len(v):,}" for k, v in allowed.items())
+    )
+    return {key: np.asarray(v, dtype=np.int64) for key, v in allowed.items()}
+
+
+def section_filters(bench: Bench) -> dict[str, Any]:
+    """Hybrid search with a metadata filter allowing ~0.1 %, 10 % and 90 % of the KB's chunks,
+    beside the same queries unfiltered, per store; and whether the vector half returned exactly
+    the top 10 a brute-force pass over the allowed chunks gives, never a short list."""
+    corpus, args = bench.corpus, bench.args
+    stores = [n for n in args.stores if n != "sqlite"] or args.stores  # vec0 + a pk list: the old path
+    loaded = {name: bench.store(name) for name in stores}
+    allowed: dict[str, np.ndarray] = {}
+    for db in {id(x.db): x.db for x in loaded.values()}.values():
+        allowed = describe_documents(db, corpus, args.seed)
+    settings: list[tuple[str, Where | None]] = [("none", None)]
+    settings += [(key, Where.parse({key: True})) for key in FILTER_SHARES]
+    first = args.warm_up
+    for i in range(first):  # warm-up: every store, every filter (the in-memory filter is built here)
+        for name in stores:
+            for _, where in settings:
+                hybrid(loaded[name], corpus.query_vectors[i], corpus.query_texts[i], where)
+    times = {(name, label): [] for name in stores for label, _ in settings}
+    halves: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key in times}
+    exact = {(name, label): 0 for name in stores for label, _ in settings if label != "none"}
+    short = dict.fromkeys(exact, 0)
+    queries = 0
+    for i in range(first, len(corpus.query_texts)):
+        queries += 1
+        q, words = corpus.query_vectors[i], corpus.query_texts[i]
+        for name in stores if i % 2 else stores[::-1]:
+            for label, where in settings if i % 2 else settings[::-1]:
+                total, vec, kw, _ = hybrid(loaded[name], q, words, where)
+                times[(name, label)].append(1000 * total)
+                halves[(name, label)].append((1000 * vec, 1000 * kw))
+        for label, where in settings[1:]:  # exactness, outside the clock
+            pks = allowed[label]
+            truth = pks[np.argsort(-(corpus.vectors[pks - 1] @ q), kind="stable")[:TOP_K]].tolist()
+            for name in stores:
+                with loaded[name].db.read_session() as s:
+                    got = [h.pk for h in loaded[name].store.vector_search(s, KB, q, TOP_K, where)]
+                exact[(name, label)] += got == truth
+                short[(name, label)] += len(got) < min(TOP_K, len(pks))
+    out: dict[str, Any] = {"queries": queries, "allowed_chunks": {k: len(v) for k, v in allowed.items()}}
+    rows: list[tuple[Any, ...]] = [
+        (
+            "store",
+            "filter",
+            "allowed",
+            "p50_ms",
+            "p99_ms",
+            "x unfiltered",
+            "vector",
+            "keyword",
+            "exact top10",
+            "short",
+        )
+    ]
+    for name in stores:
+        base = percentile(times[(name, "none")], 50)
+        out[name] = {}
+        for label, _ in settings:
+            p50, p99 = percentile(times[(name, label)], 50), percentile(times[(name, label)], 99)
+            fig: dict[str, Any] = {
+                "p50_ms": round(p50, 2),
+                "p99_ms": round(p99, 2),
+                "over_unfiltered_p50": round(p50 / base, 2),
+                "vector_p50_ms": round(percentile([v for v, _ in halves[(name, label)]], 50), 2),
+                "keyword_p50_ms": round(percentile([k for _, k in halves[(name, label)]], 50), 2),
+            }
+            if label != "none":
+                fig |= {
+                    "exact_top10": f"{exact[(name, label)]}/{queries}",
+                    "short_lists": short[(name, label)],
+                }
+            out[name][label] = fig
+            rows.append(
+                (
+                    name,
+                    label,
+                    len(allowed[label]) if label != "none" else "all",
+                    fig["p50_ms"],
+                    fig["p99_ms"],
+                    fig["over_unfiltered_p50"],
+                    fig["vector_p50_ms"],
+                    fig["keyword_p50_ms"],
+                    fig.get("exact_top10", ""),
+                    fig.get("short_lists", ""),
+                )
+            )
+    table(f"filtered hybrid search, {args.chunks:,} chunks, {queries} queries", rows)
+    return {"filters": out}
 
 
 def latency_figures(times: list[tuple[float, float, float]]) -> dict[str, Any]:
@@ -518,6 +681,7 @@ SECTIONS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "ingest": section_ingest,
     "search": section_search,
     "recall": section_recall,
+    "filters": section_filters,
 }
 
 
