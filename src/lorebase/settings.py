@@ -222,6 +222,15 @@ class LimitSettings(BaseModel):
     finalize_per_minute: int = Field(
         30, ge=0, description="Draft finalizes one API key may make per minute (429 beyond; 0: no limit)."
     )
+    reject_delay_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="A request over its rate limit gets its 429 after this long (at most its "
+        "Retry-After): a client that ignores Retry-After and retries at once is slowed to about one "
+        "rejection per second per connection instead of taking the server's CPU with them. The wait "
+        "holds no thread, and at most 1,000 such answers wait at once per process (0: answer at once).",
+    )
 
 
 class ParseSettings(BaseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,10 @@ RECORD = {"external_id": "mantis", "title": "Mantis shrimp", "text": "A mantis s
 REDIS_URL = os.environ.get("LOREBASE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+#: the limited app's 429s are held back this long (``limits.reject_delay_seconds``)
+REJECT_DELAY = 0.3
+
+
 def _settings(tmp_path: Path, **overrides: Any) -> Settings:
     return make_settings(tmp_path / "data", **overrides)
 
@@ -33,7 +38,9 @@ def _settings(tmp_path: Path, **overrides: Any) -> Settings:
 @pytest.fixture
 def limited(tmp_path: Path) -> Iterator[TestClient]:
     """The app with small limits and no workers (nothing here needs a pipeline to run)."""
-    limits = LimitSettings(search_per_minute=3, uploads_per_minute=2, finalize_per_minute=1)
+    limits = LimitSettings(
+        search_per_minute=3, uploads_per_minute=2, finalize_per_minute=1, reject_delay_seconds=REJECT_DELAY
+    )
     with running_app(_settings(tmp_path, limits=limits), workers=0) as client:
         yield client
 
@@ -57,8 +64,13 @@ def test_search_is_limited_per_key_with_retry_after(limited: TestClient) -> None
     auth = key_headers(limited)
     kb_id = str(uuid.uuid4())  # every authenticated request counts, answered 404 or not
     for _ in range(3):
+        started = time.perf_counter()
         assert _search(limited, auth, kb_id).status_code == 404
+        assert time.perf_counter() - started < REJECT_DELAY  # only rejections are held back
+    started = time.perf_counter()
     _assert_rate_limited(_search(limited, auth, kb_id))
+    # a client retrying at once, ignoring Retry-After, gets its 429 only after the delay
+    assert time.perf_counter() - started >= REJECT_DELAY
     _assert_rate_limited(_search(limited, auth, str(uuid.uuid4())))  # per key, not per KB
 
     # authentication comes first: a bad key gets its 401, never the limited key's 429
@@ -145,7 +157,10 @@ def test_processes_sharing_redis_share_the_counts(tmp_path: Path) -> None:
         pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
     prefix = f"lbtest-{uuid.uuid4().hex[:16]}"
     settings = _settings(
-        tmp_path, redis_url=REDIS_URL, queue_prefix=prefix, limits=LimitSettings(search_per_minute=3)
+        tmp_path,
+        redis_url=REDIS_URL,
+        queue_prefix=prefix,
+        limits=LimitSettings(search_per_minute=3, reject_delay_seconds=0),
     )
     try:
         with (

@@ -6,6 +6,8 @@ a 429) and counts the request against the caller's API key (the workspace for th
 principal) in a moving one-minute window of the ``limits`` package. Beyond the limit it raises
 ``RateLimited``: 429 in the documented error shape with a ``Retry-After`` header. Because it runs
 before ``IDEMPOTENT`` claims an ``Idempotency-Key``, a 429 is never stored as a key's answer.
+A 429 is answered after ``limits.reject_delay_seconds`` (1 s, at most its Retry-After), so a
+client retrying at once is slowed down rather than served rejections as fast as it can ask.
 
 The counters live in the process (``MemoryStorage``) or, when ``settings.redis_url`` is set (the
 scaled mode, several API processes), in Redis, so that all processes share them. If Redis cannot
@@ -15,6 +17,7 @@ API down. The limits are read from ``settings.limits`` on each request; 0 turns 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -104,14 +107,41 @@ def identity(principal: Principal) -> str:
     return f"workspace:{principal.workspace_id}"
 
 
+#: 429 answers held back at once per process (``limits.reject_delay_seconds``); beyond, at once
+MAX_DELAYED_REJECTIONS = 1000
+_delayed = 0
+
+
+async def _slow_down(exc: RateLimited, seconds: float) -> None:
+    """Hold a 429 back for ``seconds`` (at most its Retry-After) before it is answered.
+
+    A client over its limit that retries at once, ignoring Retry-After, would otherwise get a
+    429 per round trip, hundreds a second, each one parsed, authenticated and answered by the
+    same CPU that runs the searches and the ingestion (``benchmarks/search_load.py``). Held back,
+    each connection gets about one a second; the wait is an ``asyncio`` sleep (no thread)."""
+    global _delayed
+    if seconds <= 0 or _delayed >= MAX_DELAYED_REJECTIONS:
+        return
+    _delayed += 1
+    try:
+        await asyncio.sleep(min(seconds, float(exc.retry_after or seconds)))
+    finally:
+        _delayed -= 1
+
+
 def _limit(bucket: str, setting: str) -> Any:
     # the hit runs in the thread pool, so a Redis round trip does not block the event loop; a
     # limit switched off (0) costs no hop at all
     async def dependency(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> None:
-        per_minute = int(getattr(runtime.settings.limits, setting))
+        limits = runtime.settings.limits
+        per_minute = int(getattr(limits, setting))
         if per_minute > 0:
             limiter = get_limiter(request, runtime.settings)
-            await run_in_threadpool(limiter.hit, bucket, per_minute, identity(principal))
+            try:
+                await run_in_threadpool(limiter.hit, bucket, per_minute, identity(principal))
+            except RateLimited as exc:
+                await _slow_down(exc, limits.reject_delay_seconds)
+                raise
 
     dependency.__name__ = f"rate_limit_{bucket}"
     return Depends(dependency)
