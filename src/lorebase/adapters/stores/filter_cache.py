@@ -22,6 +22,7 @@ store asks SQL (:meth:`Where.pks`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,8 @@ from lorebase.db.models import Chunk, Document
 #: bytes per chunk (pk, document) and per document (its fields and metadata as Python objects),
 #: for the memory estimate before a build
 BYTES_PER_CHUNK, BYTES_PER_DOCUMENT = 48, 600
+#: filters whose answers are kept (per process, all KBs)
+RECENT = 16
 
 
 @dataclass
@@ -102,17 +105,20 @@ _DOC_COLUMNS = (
 class FilterCache(PerKbIndex[_KbFilters]):
     def __init__(self, changes: ChangeLog, max_bytes: int, *, background: bool = False) -> None:
         super().__init__(changes, max_bytes, background=background)
-        self._last: tuple[str, int, Where, Allowed] | None = None
+        #: the last few answers, by (KB, filter): (the KB's change it was computed at, allowed)
+        self._recent: OrderedDict[tuple[str, Where], tuple[int, Allowed]] = OrderedDict()
 
     def allowed(self, session: Session, kb_id: str, where: Where) -> Allowed | None:
         """The KB's chunks that ``where`` allows; None when the KB is not held here (the caller
-        asks SQL). A hybrid search asks twice with the same filter: the second is a look-up."""
+        asks SQL). A hybrid search asks twice with the same filter, and the same filters come back:
+        the last :data:`RECENT` answers are kept while the KB does not change."""
         with self.searching(session, kb_id) as kb:
             if kb is None:
                 return None
-            last = self._last
-            if last is not None and last[0] == kb_id and last[1] == kb.seq and last[2] == where:
-                return last[3]
+            known = self._recent.get((kb_id, where))
+            if known is not None and known[0] == kb.seq:
+                self._recent.move_to_end((kb_id, where))
+                return known[1]
             kb.refresh()
             docs = np.ones(len(kb.docs), dtype=bool)
             for cond in where.conditions:
@@ -123,8 +129,16 @@ class FilterCache(PerKbIndex[_KbFilters]):
                         hit[numbers] = True
                 docs &= hit
             allowed = Allowed(kb.pks[docs[kb.doc_of]])
-            self._last = (kb_id, kb.seq, where, allowed)
+            self._recent[(kb_id, where)] = (kb.seq, allowed)
+            self._recent.move_to_end((kb_id, where))
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
             return allowed
+
+    def forget_answers(self) -> None:
+        """Drop the kept answers (benchmarks measure a filter computed afresh)."""
+        with self._lock:
+            self._recent.clear()
 
     # -- keeping in step with the file -------------------------------------------------------
     def _seq(self, kb: _KbFilters) -> int:

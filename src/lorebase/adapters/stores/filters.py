@@ -166,7 +166,10 @@ class Allowed:
     __slots__ = ("_bits", "_lo", "pks")
 
     def __init__(self, pks: np.ndarray | Iterable[int]) -> None:
-        arr = np.unique(np.asarray(pks if isinstance(pks, np.ndarray) else list(pks), dtype=np.int64))
+        arr = np.asarray(pks if isinstance(pks, np.ndarray) else list(pks), dtype=np.int64)
+        if len(arr) > 1 and not bool(np.all(arr[1:] > arr[:-1])):  # not already sorted and distinct
+            arr = np.sort(arr)  # (np.unique takes ~20 ms on 90k sorted pks; this check, 0.03 ms)
+            arr = arr[np.concatenate(([True], arr[1:] != arr[:-1]))]
         self.pks = arr
         self._lo = int(arr[0]) if len(arr) else 0
         bits = np.zeros(int(arr[-1]) - self._lo + 1 if len(arr) else 0, dtype=bool)
