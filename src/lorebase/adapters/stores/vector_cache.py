@@ -85,7 +85,7 @@ class VectorCache(PerKbIndex[_KbVectors]):
         top = top[np.lexsort((ids[top], -scores[top]))]  # best first; ties by pk, as stable as vec0
         return [(int(ids[i]), float(scores[i])) for i in top]
 
-    def _seq(self, kb: _KbVectors) -> int:
+    def _position(self, kb: _KbVectors) -> int:
         return kb.seq
 
     def _nbytes(self, kb: _KbVectors) -> int:
