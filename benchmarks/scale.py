@@ -3,7 +3,9 @@
 Sections (``--sections``, in order; each adds its keys to the one JSON line):
 
 * ``search``: hybrid search latency on the **sqlite** store (sqlite-vec + FTS5) and the
-  **pgvector** store (HNSW + tsvector/GIN on pgserver's PostgreSQL 16), same data, same queries.
+  **pgvector** store (HNSW + tsvector/GIN on pgserver's PostgreSQL 16), same data, same queries;
+  each also as ``-memory`` (``--stores``): the same tables searched through the store's in-memory
+  indexes, as the runtime's stores are (sqlite: vectors and keywords; pgvector: keywords, BM25).
   One query = what ``services.search.retrieve`` does in hybrid mode, at the store layer: one
   ``vector_search`` and one ``keyword_search`` at depth 50, then ``fuse`` (imported from
   ``services/search.py``), top 10. The clock runs from opening ``db.read_session()`` (pool
@@ -109,8 +111,10 @@ RECALL_TARGET = 0.95
 SUBSPACE, LOW_NORM, ISO_NORM, QUERY_NOISE = 24, 0.8, 0.45, 0.3
 #: ``sqlite-memory``: the same SQLite file and tables as ``sqlite``, searched through the store's
 #: in-memory indexes (``vector_cache.py``, ``keyword_cache.py``: the embedded default);
-#: ``sqlite``: ``vec0`` scans and FTS5 queries
-STORES = ("sqlite", "sqlite-memory", "pgvector")
+#: ``sqlite``: ``vec0`` scans and FTS5 queries; ``pgvector-memory``: the same PostgreSQL table as
+#: ``pgvector``, its keywords ranked from the in-memory index (``keyword_cache.py`` over the
+#: tsvectors: the runtime's default); ``pgvector``: ``ts_rank_cd`` over the GIN matches
+STORES = ("sqlite", "sqlite-memory", "pgvector", "pgvector-memory")
 #: the cache's budget in the benchmark: enough for the measured KB at 1M chunks
 MEMORY_CACHE_BYTES = 4 * 1024**3
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
@@ -351,6 +355,20 @@ class Bench:
             }
             self._stores[name] = Loaded(plain.db, store, figures)
             log(f"{name}: {self._stores[name].figures}")
+        if name == "pgvector-memory" and name not in self._stores:
+            plain = self.store("pgvector")  # the same table, another store object with its index on
+            pg = CountingPgvectorStore(DIMENSIONS, keyword_cache_bytes=MEMORY_CACHE_BYTES)
+            started = time.perf_counter()
+            with plain.db.read_session() as s:  # the first keyword search builds the KB's index
+                pg.keyword_search(s, KB, self.corpus.query_texts[0], 1)
+            figures = {
+                "keyword_load_seconds": round(time.perf_counter() - started, 1),
+                "keyword_index_mb": round(sum(kb.nbytes for kb in pg.keywords._kbs.values()) / 2**20),
+            }
+            with plain.db.read_session() as s:
+                figures["keyword_index_estimate_mb"] = round(pg.keywords._estimate(s, KB) / 2**20)
+            self._stores[name] = Loaded(plain.db, pg, figures)
+            log(f"{name}: {self._stores[name].figures}")
         if name not in self._stores:
             log(f"loading {name} ...")
             opener = open_sqlite if name == "sqlite" else open_pgvector
@@ -378,22 +396,22 @@ def hybrid(
 def section_search(bench: Bench) -> dict[str, Any]:
     corpus, warm, stores = bench.corpus, bench.args.warm_up, bench.args.stores
     loaded = {name: bench.store(name) for name in stores}
-    pg = loaded["pgvector"].store if "pgvector" in loaded else None
-    assert pg is None or isinstance(pg, CountingPgvectorStore)
+    counting = {n: lo.store for n, lo in loaded.items() if isinstance(lo.store, CountingPgvectorStore)}
     for i in range(warm):
         for name in stores:
             hybrid(loaded[name], corpus.query_vectors[i], corpus.query_texts[i])
     times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in stores}
-    fell_back: list[bool] = []  # per query: pgvector's vector search went exact
+    fell_back: dict[str, list[bool]] = {n: [] for n in counting}  # per query: the vector search went exact
     queries = 0
     for i in range(warm, len(corpus.query_texts)):
         queries += 1
         for name in stores if i % 2 else stores[::-1]:
+            pg = counting.get(name)
             before = pg.exact_searches if pg is not None else 0
             total, vec, kw, _ = hybrid(loaded[name], corpus.query_vectors[i], corpus.query_texts[i])
             times[name].append((1000 * total, 1000 * vec, 1000 * kw))
-            if name == "pgvector" and pg is not None:
-                fell_back.append(pg.exact_searches > before)
+            if pg is not None:
+                fell_back[name].append(pg.exact_searches > before)
     out: dict[str, Any] = {name: latency_figures(times[name]) | loaded[name].figures for name in stores}
     keys = ("p50_ms", "p99_ms", "mean_ms")
     out["queries"] = queries
@@ -405,15 +423,15 @@ def section_search(bench: Bench) -> dict[str, Any]:
             out[f"ratio_{name.replace('-', '_')}_over_sqlite"] = ratio
             rows.append((f"{name}/sqlite", *ratio.values(), "", "", "", ""))
     table(f"hybrid search, {bench.args.chunks:,} chunks, {queries} queries", rows)
-    if pg is not None:
-        vec_ms = [t[1] for t in times["pgvector"]]
-        out["pgvector"]["exact_fallbacks"] = sum(fell_back)
+    for name in counting:
+        vec_ms = [t[1] for t in times[name]]
+        out[name]["exact_fallbacks"] = sum(fell_back[name])
         for label, flag in (("index", False), ("exact", True)):
-            part = [ms for ms, f in zip(vec_ms, fell_back, strict=True) if f is flag]
-            out["pgvector"][f"vector_p50_ms_{label}"] = round(percentile(part, 50), 2) if part else None
+            part = [ms for ms, f in zip(vec_ms, fell_back[name], strict=True) if f is flag]
+            out[name][f"vector_p50_ms_{label}"] = round(percentile(part, 50), 2) if part else None
         log(
-            f"pgvector vector_search p50: {out['pgvector']['vector_p50_ms_index']} ms from the HNSW index, "
-            f"{out['pgvector']['vector_p50_ms_exact']} ms when it came back short and the store went exact"
+            f"{name} vector_search p50: {out[name]['vector_p50_ms_index']} ms from the HNSW index, "
+            f"{out[name]['vector_p50_ms_exact']} ms when it came back short and the store went exact"
         )
     if "sqlite-memory" in loaded and "sqlite" in loaded:  # from memory vs. vec0's and FTS5's answers
         same_vec = same_kw = 0

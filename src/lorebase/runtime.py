@@ -161,7 +161,11 @@ class Runtime:
         if name == "pgvector":
             from lorebase.adapters.stores.pgvector import PgvectorStore
 
-            return PgvectorStore(dimensions)
+            return PgvectorStore(
+                dimensions,
+                keyword_cache_bytes=self.settings.keyword_cache_mb * 1024 * 1024,
+                background=self.serving,
+            )
         if name == "qdrant":
             from lorebase.adapters.stores.qdrant import QdrantStore
 

@@ -350,10 +350,10 @@ class Settings(BaseSettings):
     keyword_cache_mb: int = Field(
         1024,
         ge=0,
-        description="Memory each process may use to rank the sqlite store's keyword searches from an "
-        "inverted index in RAM (FTS5's BM25 over the KB's own rows) instead of asking FTS5 (a KB costs "
-        "~1 MB per 1,000 chunks of 200 tokens; least recently searched KBs leave first; a KB larger "
-        "than this is searched by FTS5 as before). 0: off.",
+        description="Memory each process may use to rank the sqlite and pgvector stores' keyword "
+        "searches by BM25 from an inverted index in RAM (over the KB's own rows) instead of asking "
+        "FTS5 or `ts_rank_cd` (a KB costs ~1 MB per 1,000 chunks of 200 tokens; least recently "
+        "searched KBs leave first; a KB larger than this is searched by SQL as before). 0: off.",
     )
     query_log_delay_seconds: float = Field(
         1.0,

@@ -53,6 +53,63 @@ FTS_SYNTAX_QUERIES = [
 ]
 
 
+#: a small vocabulary for the keyword-index cases: stems, forms, accents, words FTS5 cuts
+KEYWORDS = [
+    "cache",
+    "index",
+    "search",
+    "query",
+    "vector",
+    "keyword",
+    "table",
+    "row",
+    "column",
+    "change",
+    "log",
+    "process",
+    "worker",
+    "thread",
+    "memory",
+    "disk",
+    "file",
+    "page",
+    "chunk",
+    "document",
+    "title",
+    "section",
+    "score",
+    "rank",
+    "term",
+    "token",
+    "stem",
+    "running",
+    "runs",
+    "runner",
+    "ranking",
+    "ranked",
+    "tables",
+    "indexing",
+    "searched",
+    "café",
+    "naïve",
+    "résumé",
+    "epidemiology",  # Porter as FTS5 has it: -logy -> log, -bly -> ble (not Snowball's)
+    "possibly",
+    "foo_bar",  # FTS5 cuts it in two
+]
+
+
+def keyword_texts(rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
+    """``n`` (text, title) pairs of random words from :data:`KEYWORDS`: many rows share terms,
+    with different counts and lengths, so BM25's parts all matter."""
+    out = []
+    for _ in range(n):
+        body = " ".join(rng.choice(KEYWORDS, int(rng.integers(3, 40))))
+        title = " ".join(rng.choice(KEYWORDS, int(rng.integers(0, 4))))
+        out.append((body, title))
+    return out
+
+
 class StoreContract:
     """Behaviour every store backend must show. Subclasses override ``db`` and ``store``."""
 
@@ -586,60 +643,6 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         assert sorted(h.pk for h in self.vsearch(db, store, self.unit(0), where={"tag": "x"})) == [3, 4]
 
     # -- keywords from memory ---------------------------------------------------------------
-    WORDS = [
-        "cache",
-        "index",
-        "search",
-        "query",
-        "vector",
-        "keyword",
-        "table",
-        "row",
-        "column",
-        "change",
-        "log",
-        "process",
-        "worker",
-        "thread",
-        "memory",
-        "disk",
-        "file",
-        "page",
-        "chunk",
-        "document",
-        "title",
-        "section",
-        "score",
-        "rank",
-        "term",
-        "token",
-        "stem",
-        "running",
-        "runs",
-        "runner",
-        "ranking",
-        "ranked",
-        "tables",
-        "indexing",
-        "searched",
-        "café",
-        "naïve",
-        "résumé",
-        "epidemiology",  # Porter as FTS5 has it: -logy -> log, -bly -> ble (not Snowball's)
-        "possibly",
-        "foo_bar",  # FTS5 cuts it in two
-    ]
-
-    def texts(self, rng: np.random.Generator, n: int) -> list[tuple[str, str]]:
-        """``n`` (text, title) pairs of random words from a small vocabulary: many rows share
-        terms, with different counts and lengths, so BM25's parts all matter."""
-        out = []
-        for _ in range(n):
-            body = " ".join(rng.choice(self.WORDS, int(rng.integers(3, 40))))
-            title = " ".join(rng.choice(self.WORDS, int(rng.integers(0, 4))))
-            out.append((body, title))
-        return out
-
     def assert_same_as_fts5(self, db: Database, store: Store, queries: Sequence[str], **kw: object) -> None:
         fts5 = SqliteStore(dimensions=self.dimensions)  # no index in memory: FTS5 ranks
         for q in queries:
@@ -655,12 +658,12 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
 
     def test_keyword_ranking_from_memory_is_fts5_s_bm25(self, db: Database, store: Store) -> None:
         rng = np.random.default_rng(3)
-        pairs = self.texts(rng, 300)
+        pairs = keyword_texts(rng, 300)
         self.upsert(
             db, store, [self.entry(i + 1, self.unit(0), t, title=h) for i, (t, h) in enumerate(pairs)]
         )
         # a query word FTS5 cuts in two is a phrase there and two terms here (documented): left out
-        words = [w for w in self.WORDS if w != "foo_bar"]
+        words = [w for w in KEYWORDS if w != "foo_bar"]
         queries = [" ".join(rng.choice(words, int(rng.integers(1, 5)))) for _ in range(25)]
         queries += [
             "Ranked TABLES",
@@ -681,11 +684,11 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         monkeypatch.setattr(keyword_cache, "MERGE_MIN", 25)  # merge often
         rng = np.random.default_rng(5)
         writer = SqliteStore(dimensions=self.dimensions, **MEMORY)  # another process writing
-        pairs = self.texts(rng, 200)
+        pairs = keyword_texts(rng, 200)
         self.upsert(
             db, writer, [self.entry(i + 1, self.unit(0), t, title=h) for i, (t, h) in enumerate(pairs[:100])]
         )
-        words = [w for w in self.WORDS if w != "foo_bar"]
+        words = [w for w in KEYWORDS if w != "foo_bar"]
         queries = [" ".join(rng.choice(words, int(rng.integers(1, 4)))) for _ in range(8)]
         self.assert_same_as_fts5(db, store, queries)  # loaded
         for start in range(100, 200, 20):  # added
@@ -694,7 +697,7 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
                 db, writer, [self.entry(i + 1, self.unit(0), pairs[i][0], title=pairs[i][1]) for i in part]
             )
             self.assert_same_as_fts5(db, store, queries[:3])
-        again = self.texts(rng, 30)  # replaced
+        again = keyword_texts(rng, 30)  # replaced
         self.upsert(
             db, writer, [self.entry(i + 1, self.unit(0), t, title=h) for i, (t, h) in enumerate(again)]
         )

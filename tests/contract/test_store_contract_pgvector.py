@@ -7,16 +7,20 @@ Below the contract: what is particular to PostgreSQL (indexes, HNSW's post-filte
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import select, text
-from test_store_contract import KB, OTHER_KB, StoreContract
+from test_store_contract import KB, KEYWORDS, OTHER_KB, StoreContract, keyword_texts
 
+from lorebase.adapters.stores.keyword_cache import K1, B, KeywordCache
 from lorebase.adapters.stores.pgvector import HNSW_MAX_DIMENSIONS, PgvectorStore
-from lorebase.adapters.stores.protocol import Store
+from lorebase.adapters.stores.protocol import Hit, Store
 from lorebase.db.engine import Database
 from support.pg import drop_database, migrated_database, pg_url  # noqa: F401  (pytest fixtures)
 
@@ -193,3 +197,218 @@ class TestPgvectorStore(StoreContract):
                 .all()
             )
         assert "hnsw" not in methods
+
+
+MEMORY = {"keyword_cache_bytes": 64 * 1024 * 1024}
+#: the weights of the tsvector's labels content (A), title (B), section (C), as the store ranks
+LABEL_WEIGHTS = {"A": 1.0, "B": 0.5, "C": 0.3}
+
+
+class TestPgvectorStoreFromMemory(TestPgvectorStore):
+    """The same contract with keyword search ranked from the in-memory index (``keyword_cache.py``
+    over the tsvector's lexemes, ``tsvector_rows.py``), as the runtime's pgvector stores do, kept
+    in step with the table by the PostgreSQL change log (``change_log.PgChangeLog``)."""
+
+    def new_store(self) -> Store:
+        return PgvectorStore(dimensions=self.dimensions, **MEMORY)
+
+    def load(self, db: Database, store: Store, pairs: Sequence[tuple[str, str]], first: int = 1) -> None:
+        self.upsert(
+            db, store, [self.entry(first + i, self.unit(0), t, title=h) for i, (t, h) in enumerate(pairs)]
+        )
+
+    def queries(self, rng: np.random.Generator, n: int) -> list[str]:
+        return [" ".join(rng.choice(KEYWORDS, int(rng.integers(1, 5)))) for _ in range(n)]
+
+    def bm25(self, db: Database, store: PgvectorStore, query: str, kb_id: str = KB) -> dict[int, float]:
+        """BM25 computed here from the tsvectors themselves (the oracle): FTS5's formula with the
+        label weights, N, n and avgdl of the KB's rows."""
+        with db.read_session() as s:
+            found = s.execute(
+                text(
+                    f"SELECT t.pk, x.lexeme, x.weights FROM {store.table_name} AS t, unnest(t.tsv) AS x "
+                    "WHERE t.kb_id = :kb"
+                ),
+                {"kb": kb_id},
+            ).all()
+            asked = s.execute(
+                text("SELECT tsvector_to_array(to_tsvector('english', :q))"), {"q": query}
+            ).scalar_one()
+        f: dict[int, dict[str, float]] = {}
+        length: dict[int, int] = {}
+        for pk, lexeme, weights in found:
+            f.setdefault(pk, {})[lexeme] = sum(LABEL_WEIGHTS[w] for w in weights)
+            length[pk] = length.get(pk, 0) + len(weights)
+        n_rows = len(f)
+        avgdl = sum(length.values()) / n_rows
+        scores: dict[int, float] = {}
+        for term in asked:
+            holding = [pk for pk in f if term in f[pk]]
+            idf = max(math.log((n_rows - len(holding) + 0.5) / (len(holding) + 0.5)), 1e-6)
+            for pk in holding:
+                tf = f[pk][term]
+                norm = K1 * (1 - B + B * length[pk] / avgdl)
+                scores[pk] = scores.get(pk, 0.0) + idf * tf * (K1 + 1) / (tf + norm)
+        return scores
+
+    def assert_same(self, got: list[Hit], want: list[Hit], query: str) -> None:
+        """The same scores, and the same pks above the last score (its ties may be cut anywhere)."""
+        assert len(got) == len(want), query
+        assert np.allclose([h.score for h in got], [h.score for h in want], rtol=1e-4), query
+        top = {round(h.score, 4) for h in want[:-1]}
+        assert {h.pk for h in got if round(h.score, 4) in top} == {
+            h.pk for h in want if round(h.score, 4) in top
+        }, query
+
+    def assert_same_as_a_fresh_build(self, db: Database, store: Store, queries: Sequence[str]) -> None:
+        fresh = PgvectorStore(dimensions=self.dimensions, **MEMORY)  # builds on its first search
+        for q in queries:
+            self.assert_same(self.ksearch(db, store, q, k=10), self.ksearch(db, fresh, q, k=10), q)
+
+    # -- ranking ----------------------------------------------------------------------------------
+    def test_keyword_ranking_from_memory_is_bm25_over_the_tsvector(
+        self, db: Database, store: PgvectorStore
+    ) -> None:
+        rng = np.random.default_rng(3)
+        self.load(db, store, keyword_texts(rng, 300))
+        queries = [*self.queries(rng, 25), "Ranked TABLES", "cafe naive", "possibly epidemiologies"]
+        for q in queries:
+            hits = self.ksearch(db, store, q, k=10)
+            assert store.keywords.ready(KB)
+            want = sorted(self.bm25(db, store, q).items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+            self.assert_same(hits, [Hit(pk=pk, score=score) for pk, score in want], q)
+        allowed = sorted(rng.choice(np.arange(1, 301), 30, replace=False).tolist())
+        self.describe(db, {f"d{pk}": ({"pick": pk in allowed}, [pk]) for pk in range(1, 301)})
+        for q in queries[:10]:
+            scores = self.bm25(db, store, q)
+            want = sorted(((pk, sc) for pk, sc in scores.items() if pk in allowed), key=lambda kv: -kv[1])
+            got = self.ksearch(db, store, q, k=10, where={"pick": True})
+            self.assert_same(got, [Hit(pk=pk, score=sc) for pk, sc in want[:10]], q)
+
+    def test_keyword_search_scopes_to_the_kb_and_its_own_statistics(self, db: Database, store: Store) -> None:
+        # another KB full of "cache" does not make "cache" common in this one
+        self.upsert(
+            db, store, [self.entry(100 + i, self.unit(0), "cache cache", kb_id=OTHER_KB) for i in range(50)]
+        )
+        self.upsert(
+            db,
+            store,
+            [self.entry(1, self.unit(0), "cache rank"), self.entry(2, self.unit(0), "rank rank rank rank")]
+            + [self.entry(3 + i, self.unit(0), "rank token") for i in range(5)],
+        )
+        hits = self.ksearch(db, store, "cache rank")
+        assert hits[0].pk == 1 and {h.pk for h in hits} == set(range(1, 8))
+        assert all(h.pk < 100 for h in hits)
+
+    # -- keeping in step ----------------------------------------------------------------------------
+    def test_keyword_index_follows_writes_and_merges(
+        self, db: Database, store: PgvectorStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from lorebase.adapters.stores import keyword_cache
+
+        monkeypatch.setattr(keyword_cache, "MERGE_MIN", 25)  # merge often
+        rng = np.random.default_rng(5)
+        writer = PgvectorStore(dimensions=self.dimensions, **MEMORY)  # another process writing
+        pairs = keyword_texts(rng, 200)
+        self.load(db, writer, pairs[:100])
+        queries = self.queries(rng, 8)
+        self.assert_same_as_a_fresh_build(db, store, queries)  # built
+        for start in range(100, 200, 20):  # added
+            self.load(db, writer, pairs[start : start + 20], first=start + 1)
+            self.assert_same_as_a_fresh_build(db, store, queries[:3])
+        self.load(db, writer, keyword_texts(rng, 30))  # replaced
+        with db.session() as s:  # removed (a document's chunks)
+            writer.delete(s, KB, list(range(150, 170)))
+        with db.read_session() as s, store.keywords.searching(s, KB) as kb:
+            assert kb is not None and kb.main_rows == kb.n  # merged along the way
+        self.assert_same_as_a_fresh_build(db, store, queries)
+        assert not {h.pk for h in self.ksearch(db, store, " ".join(KEYWORDS), k=500)} & set(range(150, 170))
+        with db.session() as s:
+            writer.delete_kb(s, KB)
+        assert self.ksearch(db, store, "cache") == []
+        self.load(db, writer, [("a cache again", "")], first=9)
+        assert [h.pk for h in self.ksearch(db, store, "cache")] == [9]
+
+    def test_writers_committing_out_of_order_are_all_seen(self, db: Database, store: PgvectorStore) -> None:
+        """A takes its change-log seq (and xid) first, B second; B commits first, and a search
+        in between brings the index up to B. A's commit must still reach the index."""
+        self.load(db, store, [("cache base", "")])
+        assert [h.pk for h in self.ksearch(db, store, "cache")] == [1]  # built
+        with db.session() as a:
+            store.upsert(a, [self.entry(2, self.unit(0), "cache alpha")])
+            with db.session() as b:
+                store.upsert(b, [self.entry(3, self.unit(0), "cache bravo")])
+            assert sorted(h.pk for h in self.ksearch(db, store, "cache")) == [1, 3]  # B, not A yet
+        with db.read_session() as s:
+            found = s.execute(text(f"SELECT pk, seq FROM {store.changes.table} WHERE pk IN (2, 3)"))
+            seqs = {int(pk): int(seq) for pk, seq in found}
+        assert seqs[2] < seqs[3], "A did not take the lower seq: this case tests nothing"
+        assert sorted(h.pk for h in self.ksearch(db, store, "cache")) == [1, 2, 3]
+        self.assert_same_as_a_fresh_build(db, store, ["cache", "alpha bravo", "base"])
+
+    def test_a_session_that_has_written_is_answered_by_sql_and_teaches_the_index_nothing(
+        self, db: Database, store: PgvectorStore
+    ) -> None:
+        self.load(db, store, [("cache base", "")])
+        assert [h.pk for h in self.ksearch(db, store, "cache")] == [1]  # built
+        with pytest.raises(RuntimeError, match="abort"), db.session() as s:
+            store.upsert(s, [self.entry(2, self.unit(0), "cache ghost")])
+            assert sorted(h.pk for h in store.keyword_search(s, KB, "cache", 10)) == [1, 2]  # its own view
+            raise RuntimeError("abort")
+        assert [h.pk for h in self.ksearch(db, store, "cache ghost")] == [1]
+        self.assert_same_as_a_fresh_build(db, store, ["cache", "ghost"])
+
+    def test_an_index_behind_the_pruned_log_reloads(
+        self, db: Database, store: PgvectorStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from lorebase.adapters.stores import change_log
+
+        rng = np.random.default_rng(9)
+        pairs = keyword_texts(rng, 300)
+        self.load(db, store, pairs[:100])
+        queries = self.queries(rng, 6)
+        self.assert_same_as_a_fresh_build(db, store, queries)  # built
+        monkeypatch.setattr(change_log, "KEEP_CHANGES", 10)  # the writers keep only 10 rows,
+        monkeypatch.setattr(change_log, "PRUNE_EVERY", 40)  # pruned every 40
+        writer = PgvectorStore(dimensions=self.dimensions, **MEMORY)
+        for i in range(100, 300, 50):
+            self.load(db, writer, pairs[i : i + 50], first=i + 1)
+        with db.session() as s:
+            writer.delete(s, KB, list(range(1, 40)))
+        with db.read_session() as s:
+            kept = s.execute(text(f"SELECT count(*) FROM {store.changes.table}")).scalar_one()
+        assert kept < 100, "the log was not pruned: this case tests nothing"
+        self.assert_same_as_a_fresh_build(db, store, queries)
+
+    def test_a_pk_moved_to_another_kb_leaves_the_old_kb_s_index(self, db: Database, store: Store) -> None:
+        self.load(db, store, [("cache one", ""), ("cache two", "")])
+        assert sorted(h.pk for h in self.ksearch(db, store, "cache")) == [1, 2]  # built
+        self.upsert(db, store, [self.entry(2, self.unit(0), "cache two", kb_id=OTHER_KB)])
+        assert [h.pk for h in self.ksearch(db, store, "cache")] == [1]
+        assert [h.pk for h in self.ksearch(db, store, "cache", kb_id=OTHER_KB)] == [2]
+
+    def test_a_background_build_never_holds_up_a_search(
+        self, db: Database, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        release = threading.Event()
+        real = KeywordCache._build
+
+        def held(self: Any, *args: Any) -> Any:
+            assert release.wait(10)
+            return real(self, *args)
+
+        monkeypatch.setattr(KeywordCache, "_build", held)
+        background = PgvectorStore(dimensions=self.dimensions, background=True, **MEMORY)
+        self.upsert(
+            db, background, [self.entry(1, self.unit(0), "cache rank"), self.entry(2, self.unit(1), "rank")]
+        )
+        # answered at once, by ts_rank_cd, while the build waits
+        assert [h.pk for h in self.ksearch(db, background, "cache")] == [1]
+        assert not background.keywords.ready(KB)
+        release.set()
+        deadline = time.monotonic() + 10
+        while not background.keywords.ready(KB):
+            assert time.monotonic() < deadline, "the index was never built"
+            time.sleep(0.02)
+        self.upsert(db, background, [self.entry(3, self.unit(1), "cache cache")])  # and kept in step
+        assert [h.pk for h in self.ksearch(db, background, "cache")] == [3, 1]

@@ -30,7 +30,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lorebase.adapters.stores.change_log import ChangeLog
+from lorebase.adapters.stores.change_log import Changes
 from lorebase.adapters.stores.filters import DOC_FIELDS, Allowed, Value, Where, typed
 from lorebase.adapters.stores.memory_index import PerKbIndex
 from lorebase.db.models import Chunk, Document
@@ -46,7 +46,7 @@ RECENT = 16
 class _KbFilters:
     """One KB's chunks (``chunk_doc``: pk → document number) and documents' fields."""
 
-    seq: int
+    seq: Any  # the change-log position it is at
     doc_numbers: dict[str, int]  # document id -> number
     docs: list[dict[str, Any] | None]  # number -> {field: typed value}; None: gone
     ids: list[str]  # number -> document id
@@ -103,10 +103,10 @@ _DOC_COLUMNS = (
 
 
 class FilterCache(PerKbIndex[_KbFilters]):
-    def __init__(self, changes: ChangeLog, max_bytes: int, *, background: bool = False) -> None:
+    def __init__(self, changes: Changes, max_bytes: int, *, background: bool = False) -> None:
         super().__init__(changes, max_bytes, background=background)
         #: the last few answers, by (KB, filter): (the KB's change it was computed at, allowed)
-        self._recent: OrderedDict[tuple[str, Where], tuple[int, Allowed]] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, Where], tuple[Any, Allowed]] = OrderedDict()
 
     def allowed(self, session: Session, kb_id: str, where: Where) -> Allowed | None:
         """The KB's chunks that ``where`` allows; None when the KB is not held here (the caller
@@ -141,7 +141,7 @@ class FilterCache(PerKbIndex[_KbFilters]):
             self._recent.clear()
 
     # -- keeping in step with the file -------------------------------------------------------
-    def _seq(self, kb: _KbFilters) -> int:
+    def _position(self, kb: _KbFilters) -> Any:
         return kb.seq
 
     def _nbytes(self, kb: _KbFilters) -> int:
@@ -154,7 +154,7 @@ class FilterCache(PerKbIndex[_KbFilters]):
         docs = session.execute(select(func.count()).where(Document.kb_id == kb_id)).scalar()
         return int(chunks or 0) * BYTES_PER_CHUNK + int(docs or 0) * BYTES_PER_DOCUMENT
 
-    def _build(self, session: Session, kb_id: str, head: int) -> _KbFilters:
+    def _build(self, session: Session, kb_id: str, head: Any) -> _KbFilters:
         kb = _KbFilters(seq=head, doc_numbers={}, docs=[], ids=[], chunk_doc={})
         for row in session.execute(select(*_DOC_COLUMNS).where(Document.kb_id == kb_id)):
             kb.doc_numbers[row.id] = len(kb.docs)
@@ -168,7 +168,7 @@ class FilterCache(PerKbIndex[_KbFilters]):
                 kb.chunk_doc[int(pk)] = numbers[document_id]
         return kb
 
-    def _apply(self, session: Session, kb_id: str, kb: _KbFilters, head: int) -> _KbFilters | None:
+    def _apply(self, session: Session, kb_id: str, kb: _KbFilters, head: Any) -> _KbFilters | None:
         pks = self.changes.since(session, kb_id, kb.seq, head)
         if pks is None:
             return None

@@ -1,77 +1,96 @@
-"""Keyword search for the sqlite store from a per-KB inverted index held in memory, kept in step
-with the SQLite file through the store's change log (``change_log.py``).
+"""Keyword search from a per-KB inverted index held in memory, ranked by BM25, kept in step with
+the database through the store's change log (``change_log.py``). Both SQL stores use it: the
+sqlite store (terms of its FTS5 table, ``fts5_rows.py``) and the pgvector store (lexemes of its
+``tsvector`` column, ``tsvector_rows.py``); what differs between them is how rows are read and
+cut into terms (:class:`KeywordRows`), and which change log says what changed.
 
 FTS5 ranks a query by computing BM25 for *every* row that holds any of its terms, in every KB of
 the table (``kb_id`` is a column it cannot index), then sorts them: 45-75 ms at 100k chunks on
-the 2-core machines, most of a hybrid search (``benchmarks/README.md``, Scale). The same BM25 over
-a KB's own postings, as a few numpy operations per query term, takes ~1.5 ms, and only the KB's
-rows are ever touched.
+the 2-core machines, most of a hybrid search (``benchmarks/README.md``, Scale); PostgreSQL's
+``ts_rank_cd`` over every GIN match of the KB took ~100 ms. The same BM25 over a KB's own
+postings, as a few numpy operations per query term, takes ~1.5 ms, and only the KB's rows are
+ever touched.
 
-**What it computes is FTS5's ranking.** Terms are the FTS5 table's: each distinct word is cut and
-stemmed by FTS5's own tokenizer (``terms.FTS5_TERMS``). The score is FTS5's ``bm25()`` with the
-store's column weights (content 1.0, title 0.5, section 0.3): per term, IDF ``log((N - n + 0.5) / (n + 0.5))``
-(at least 1e-6) times ``f (k1 + 1) / (f + k1 (1 - b + b D / avgdl))``, where ``f`` is the weighted
-count of the term in the row and ``D`` the row's token count over the three columns. Two
-differences, both deliberate: ``N``, ``n`` and ``avgdl`` are the KB's, not the whole table's (a KB's
-ranking no longer depends on other tenants' texts); and a query word that FTS5 would cut into
-several tokens (``foo_bar``, ``e-mail``) asks for each of them, not for the phrase.
+**What it computes is FTS5's ranking**: ``bm25()`` with the stores' column weights (content 1.0,
+title 0.5, section 0.3): per term, IDF ``log((N - n + 0.5) / (n + 0.5))`` (at least 1e-6) times
+``f (k1 + 1) / (f + k1 (1 - b + b D / avgdl))``, where ``f`` is the weighted count of the term in
+the row and ``D`` the row's token count over the three columns. ``N``, ``n`` and ``avgdl`` are
+the KB's, not the whole table's (a KB's ranking does not depend on other tenants' texts). On the
+sqlite store the terms are FTS5's own, so the scores are FTS5's (a query word FTS5 would cut into
+several tokens, ``foo_bar``, asks for each of them, not for the phrase); on the pgvector store
+they are the ``tsvector``'s lexemes (``english``: stop words dropped, so ``D`` counts the others).
 
-**The SQLite file stays the truth.** A KB is read from ``chunks_fts`` on its first keyword search
-in a process; after that each search reads the change log and re-reads only the rows that
-changed. Rows added since the last build are kept in a small side index, and rows removed or
-replaced are masked; when those reach :data:`MERGE_FRACTION` of the KB, the index is rebuilt
-from what it holds (no re-read). Until then, ``n`` and ``avgdl`` still count the removed rows,
-a negligible drift that the rebuild clears.
+**The database stays the truth.** A KB is read on its first keyword search in a process; after
+that each search reads the change log and re-reads only the rows that changed. Rows added since
+the last build are kept in a small side index, and rows removed or replaced are masked; when
+those reach :data:`MERGE_FRACTION` of the KB, the index is rebuilt from what it holds (no
+re-read). Until then, ``n`` and ``avgdl`` still count the removed rows, a negligible drift that
+the rebuild clears.
 
-Indexes are built (in ``serve``, in the background while FTS5 answers) and evicted (least recently
+Indexes are built (in ``serve``, in the background while SQL answers) and evicted (least recently
 used beyond ``max_bytes``, ``LOREBASE_KEYWORD_CACHE_MB``) as ``memory_index.py`` says; a KB larger
-than the whole budget is searched by FTS5 as before.
+than the whole budget is searched by SQL (FTS5, ``ts_rank_cd``) as before.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from lorebase.adapters.stores.change_log import Changes
 from lorebase.adapters.stores.filters import Allowed
 from lorebase.adapters.stores.memory_index import PerKbIndex
-from lorebase.adapters.stores.terms import FTS5_TERMS, fts5_query_terms, fts5_words
 
 #: BM25 parameters (FTS5's)
 K1, B = 1.2, 0.75
-#: weight of a term occurrence in content, title and section (the store's FTS5 ``rank``)
+#: weight of a term occurrence in content, title and section (the stores' column weights)
 WEIGHTS = (1.0, 0.5, 0.3)
 #: rebuild the main index when added + removed rows since the last build reach this share of it
 MERGE_FRACTION = 0.1
 #: ... or this many rows, for small KBs
 MERGE_MIN = 512
-#: bytes per stored posting, for the memory estimate before a load (doc int32 + weight float32,
-#: plus the vocabulary and per-row arrays, measured on the Scale corpus)
-BYTES_PER_CHAR = 1.2
+#: rows analysed together when a KB is loaded (bounds the temporary arrays)
+LOAD_BATCH = 20_000
+
+#: a batch of analysed rows: (term ids, row in the batch, weighted count), sorted by (term, row),
+#: and each row's token count
+Postings = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-class _Vocab:
-    """Word → term ids, for one KB (FTS5 is asked once per new word, then it is a look-up)."""
+class Vocab:
+    """One KB's terms → ids; ``words`` is for sources that cut words into terms (FTS5): word →
+    term ids, so each word is cut once per KB."""
 
     def __init__(self) -> None:
         self.terms: dict[str, int] = {}
         self.words: dict[str, tuple[int, ...]] = {}
 
-    def learn(self, words: Iterable[str]) -> None:
-        missing = [w for w in words if w not in self.words]
-        if missing:
-            terms = FTS5_TERMS.of(missing)
-            for w in missing:
-                self.words[w] = tuple(self.terms.setdefault(t, len(self.terms)) for t in terms[w])
-
     def lookup(self, terms: Sequence[str]) -> list[int]:
         return [self.terms[t] for t in terms if t in self.terms]
+
+
+class KeywordRows(Protocol):
+    """What a store's table gives the index: its rows as terms, and a query's terms."""
+
+    def estimate(self, session: Session, kb_id: str) -> int:
+        """Bytes the KB's index will take (read before building it)."""
+        ...
+
+    def read(
+        self, session: Session, kb_id: str, vocab: Vocab, pks: Sequence[int] | None = None
+    ) -> Iterator[tuple[list[int], Postings]]:
+        """The KB's rows (all, or those of ``pks`` still in the KB), in batches of at most
+        :data:`LOAD_BATCH`: their pks and postings, terms numbered by ``vocab`` (which learns new ones)."""
+        ...
+
+    def query_terms(self, session: Session, query: str) -> list[str]:
+        """Free text → the distinct terms to look up."""
+        ...
 
 
 @dataclass
@@ -79,7 +98,7 @@ class _KbTerms:
     """One KB's inverted index. ``main``: postings sorted by term (``indptr`` into ``docs`` rows and
     ``tfs`` weighted counts), built at load or merge; ``side``: rows added since, per term."""
 
-    vocab: _Vocab
+    vocab: Vocab
     pks: np.ndarray  # row -> pk (int64); rows past the main index are side rows
     lengths: np.ndarray  # row -> token count (float32)
     alive: np.ndarray  # row -> still in the KB (bool)
@@ -87,7 +106,7 @@ class _KbTerms:
     docs: np.ndarray
     tfs: np.ndarray
     df: np.ndarray  # term -> rows holding it (main + side; removed rows until the next merge)
-    seq: int
+    position: Any  # the change-log position (``Changes.head``) the index is at
     n: int  # rows in use (main + side)
     main_rows: int
     rows: dict[int, int] = field(default_factory=dict)  # pk -> live row
@@ -105,46 +124,16 @@ class _KbTerms:
         return self.n - self.dead
 
 
-#: rows analysed together when a KB is loaded (bounds the temporary arrays)
-LOAD_BATCH = 20_000
-
-
-def _postings(vocab: _Vocab, rows: list[tuple[str, str, str]], first: int) -> tuple[np.ndarray, ...]:
-    """Rows ``first, first + 1, ...`` → (terms, rows, weighted counts) sorted by (term, row), and
-    each row's token count: the words of a whole batch are looked up at once, counted by numpy."""
-    n = len(rows)
-    keys: list[np.ndarray] = []
-    weights: list[np.ndarray] = []
-    lengths = np.zeros(n, dtype=np.float32)
-    for column, weight in enumerate(WEIGHTS):
-        cut = [fts5_words(r[column] or "") for r in rows]
-        flat = list(chain.from_iterable(cut))
-        if not flat:
-            continue
-        vocab.learn(set(flat))
-        known = vocab.words
-        per_word = [known[w] for w in flat]
-        terms = np.fromiter(chain.from_iterable(per_word), dtype=np.int64)
-        word_rows = np.repeat(
-            np.arange(n, dtype=np.int64), np.fromiter(map(len, cut), dtype=np.int64, count=n)
-        )
-        term_rows = np.repeat(word_rows, np.fromiter(map(len, per_word), dtype=np.int64, count=len(flat)))
-        lengths += np.bincount(term_rows, minlength=n).astype(np.float32)
-        keys.append(terms * n + term_rows)
-        weights.append(np.full(len(terms), weight, dtype=np.float32))
-    if not keys:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0, dtype=np.float32), lengths
-    unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
-    tfs = np.bincount(inverse, weights=np.concatenate(weights)).astype(np.float32)
-    return unique // n, unique % n + first, tfs, lengths
-
-
-def _index(vocab: _Vocab, pks: list[int], batches: list[tuple[np.ndarray, ...]], seq: int) -> _KbTerms:
-    """A main index from batches of :func:`_postings` (all rows alive)."""
+def _index(vocab: Vocab, pks: list[int], batches: list[Postings], position: Any) -> _KbTerms:
+    """A main index from consecutive batches of postings (all rows alive)."""
     n = len(pks)
+    offsets = np.cumsum([0] + [len(b[3]) for b in batches])
     terms = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, dtype=np.int64)
-    docs = np.concatenate([b[1] for b in batches]) if batches else np.zeros(0, dtype=np.int64)
+    docs = (
+        np.concatenate([b[1] + offsets[i] for i, b in enumerate(batches)])
+        if batches
+        else np.zeros(0, dtype=np.int64)
+    )
     tfs = np.concatenate([b[2] for b in batches]) if batches else np.zeros(0, dtype=np.float32)
     lengths = np.concatenate([b[3] for b in batches]) if batches else np.zeros(0, dtype=np.float32)
     if len(batches) > 1:  # each batch is sorted by (term, row), and rows grow from batch to batch
@@ -157,13 +146,13 @@ def _index(vocab: _Vocab, pks: list[int], batches: list[tuple[np.ndarray, ...]],
     return _KbTerms(
         vocab=vocab,
         pks=np.asarray(pks, dtype=np.int64),
-        lengths=lengths,
+        lengths=lengths.astype(np.float32),
         alive=np.ones(n, dtype=bool),
         indptr=indptr,
         docs=docs.astype(np.int32),
-        tfs=tfs,
+        tfs=tfs.astype(np.float32),
         df=df,
-        seq=seq,
+        position=position,
         n=n,
         main_rows=n,
         rows={int(p): i for i, p in enumerate(pks)},
@@ -172,13 +161,19 @@ def _index(vocab: _Vocab, pks: list[int], batches: list[tuple[np.ndarray, ...]],
 
 
 class KeywordCache(PerKbIndex[_KbTerms]):
+    def __init__(
+        self, changes: Changes, source: KeywordRows, max_bytes: int, *, background: bool = False
+    ) -> None:
+        super().__init__(changes, max_bytes, background=background)
+        self.source = source
+
     def search(
         self, session: Session, kb_id: str, query: str, k: int, allowed: Allowed | None
     ) -> list[tuple[int, float]] | None:
         """The KB's ``k`` best BM25 matches (pk, score higher-is-better), best first; None when
         this KB is not indexed here (larger than the whole budget, or still being built): the
-        caller asks FTS5."""
-        terms = fts5_query_terms(query)
+        caller asks SQL."""
+        terms = self.source.query_terms(session, query)
         with self.searching(session, kb_id) as kb:  # scoring too: the index is updated in place
             return None if kb is None else self._score(kb, terms, k, allowed)
 
@@ -224,44 +219,28 @@ class KeywordCache(PerKbIndex[_KbTerms]):
         hits = hits[np.lexsort((pks, -scores[hits]))]  # best first; ties by pk
         return [(int(kb.pks[i]), float(scores[i])) for i in hits]
 
-    # -- keeping in step with the file -------------------------------------------------------
-    def _seq(self, kb: _KbTerms) -> int:
-        return kb.seq
+    # -- keeping in step with the database ----------------------------------------------------
+    def _position(self, kb: _KbTerms) -> Any:
+        return kb.position
 
     def _nbytes(self, kb: _KbTerms) -> int:
         return kb.nbytes
 
     def _estimate(self, session: Session, kb_id: str) -> int:
-        chars = session.execute(
-            text(
-                "SELECT coalesce(sum(length(content) + length(title) + length(section)), 0) "
-                "FROM chunks_fts WHERE kb_id = :kb"
-            ),
-            {"kb": kb_id},
-        ).scalar()
-        return int(int(chars or 0) * BYTES_PER_CHAR)
+        return self.source.estimate(session, kb_id)
 
-    def _build(self, session: Session, kb_id: str, head: int) -> _KbTerms:
-        vocab = _Vocab()
+    def _build(self, session: Session, kb_id: str, head: Any) -> _KbTerms:
+        vocab = Vocab()
         pks: list[int] = []
-        batches: list[tuple[np.ndarray, ...]] = []
-        pending: list[tuple[str, str, str]] = []
-        for rowid, content, title, section in session.execute(
-            text("SELECT rowid, content, title, section FROM chunks_fts WHERE kb_id = :kb"),
-            {"kb": kb_id},
-        ):
-            pks.append(int(rowid))
-            pending.append((content, title, section))
-            if len(pending) == LOAD_BATCH:
-                batches.append(_postings(vocab, pending, len(pks) - len(pending)))
-                pending = []
-        if pending:
-            batches.append(_postings(vocab, pending, len(pks) - len(pending)))
+        batches: list[Postings] = []
+        for part, postings in self.source.read(session, kb_id, vocab):
+            pks.extend(part)
+            batches.append(postings)
         return _index(vocab, pks, batches, head)
 
-    def _apply(self, session: Session, kb_id: str, kb: _KbTerms, head: int) -> _KbTerms | None:
+    def _apply(self, session: Session, kb_id: str, kb: _KbTerms, head: Any) -> _KbTerms | None:
         """Bring ``kb`` up to ``head``; None when it must be reloaded."""
-        pks = self.changes.since(session, kb_id, kb.seq, head)
+        pks = self.changes.since(session, kb_id, kb.position, head)
         if pks is None:
             return None
         for pk in pks:  # removed or replaced: mask the old row
@@ -269,26 +248,14 @@ class KeywordCache(PerKbIndex[_KbTerms]):
             if row is not None:
                 kb.alive[row] = False
                 kb.dead += 1
-        ordered = sorted(pks)
-        for i in range(0, len(ordered), 500):
-            marks = ",".join(str(p) for p in ordered[i : i + 500])
-            found = session.execute(
-                text(
-                    "SELECT rowid, content, title, section FROM chunks_fts "
-                    f"WHERE rowid IN ({marks}) AND kb_id = :kb"
-                ),
-                {"kb": kb_id},
-            ).all()
-            if not found:
-                continue
-            # analysed as a build analyses rows (one home for terms, weights and lengths)
-            terms, rows, tfs, lengths = _postings(kb.vocab, [(r[1], r[2], r[3]) for r in found], 0)
-            counts: list[dict[int, float]] = [{} for _ in found]
-            for term, row, f in zip(terms.tolist(), rows.tolist(), tfs.tolist(), strict=True):
-                counts[row][term] = f
-            for j, r in enumerate(found):
-                self._add_side(kb, int(r[0]), counts[j], float(lengths[j]))
-        kb.seq = head
+        if pks:  # the rows still in the KB, analysed as a build analyses them
+            for part, (terms, rows, tfs, lengths) in self.source.read(session, kb_id, kb.vocab, sorted(pks)):
+                counts: list[dict[int, float]] = [{} for _ in part]
+                for term, row, f in zip(terms.tolist(), rows.tolist(), tfs.tolist(), strict=True):
+                    counts[row][term] = f
+                for j, pk in enumerate(part):
+                    self._add_side(kb, pk, counts[j], float(lengths[j]))
+        kb.position = head
         if kb.dead + (kb.n - kb.main_rows) >= max(MERGE_MIN, MERGE_FRACTION * kb.main_rows):
             return self._merged(kb)
         return kb
@@ -352,7 +319,7 @@ class KeywordCache(PerKbIndex[_KbTerms]):
             docs=all_docs,
             tfs=all_tfs,
             df=df,
-            seq=kb.seq,
+            position=kb.position,
             n=n,
             main_rows=n,
             rows={int(p): i for i, p in enumerate(pks.tolist())},

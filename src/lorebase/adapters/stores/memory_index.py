@@ -1,10 +1,11 @@
-"""What the sqlite store's in-memory indexes share (``vector_cache.py``, ``keyword_cache.py``): one
-index per KB, built on the KB's first search, kept in step with the file through the change log
-(``change_log.py``), evicted least recently searched first beyond a byte budget.
+"""What the stores' in-memory indexes share (``vector_cache.py``, ``keyword_cache.py``): one index
+per KB, built on the KB's first search, kept in step with the database through the store's change
+log (``change_log.py``: the sqlite store's, or the pgvector store's), evicted least recently
+searched first beyond a byte budget.
 
 **Building never holds up a search** when ``background`` is on (``serve`` and the workers: the
 runtime's stores): the first search of a KB starts the build in a thread of its own, with its own
-read transaction, and is answered by the store's SQL path (``vec0``, FTS5) meanwhile, as are the
+read transaction, and is answered by the store's SQL path (``vec0``, FTS5, ``ts_rank_cd``) meanwhile, as are the
 searches that follow until the index is ready (a 100k-chunk KB takes seconds, a 1M-chunk one a
 minute). Without it (tests, benchmarks) the first search builds the index and waits for it.
 A KB whose estimate is larger than the whole budget is never built: SQL answers it.
@@ -17,11 +18,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
 
-from lorebase.adapters.stores.change_log import ChangeLog
+from lorebase.adapters.stores.change_log import Changes
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ T = TypeVar("T")
 
 
 class PerKbIndex(Generic[T]):
-    def __init__(self, changes: ChangeLog, max_bytes: int, *, background: bool = False) -> None:
+    def __init__(self, changes: Changes, max_bytes: int, *, background: bool = False) -> None:
         self.changes = changes
         self.max_bytes = max_bytes
         self.background = background
@@ -43,15 +44,16 @@ class PerKbIndex(Generic[T]):
         """Bytes the KB's index will take (read before building it)."""
         raise NotImplementedError
 
-    def _build(self, session: Session, kb_id: str, head: int) -> T:
-        """The KB's index as of change ``head``, read from ``session``."""
+    def _build(self, session: Session, kb_id: str, head: Any) -> T:
+        """The KB's index as of position ``head`` (or later), read from ``session``."""
         raise NotImplementedError
 
-    def _apply(self, session: Session, kb_id: str, kb: T, head: int) -> T | None:
+    def _apply(self, session: Session, kb_id: str, kb: T, head: Any) -> T | None:
         """``kb`` brought up to ``head``; None when it must be built again."""
         raise NotImplementedError
 
-    def _seq(self, kb: T) -> int:
+    def _position(self, kb: T) -> Any:
+        """The change-log position ``kb`` is at (``Changes.head`` when it was built or updated)."""
         raise NotImplementedError
 
     def _nbytes(self, kb: T) -> int:
@@ -61,17 +63,21 @@ class PerKbIndex(Generic[T]):
     @contextmanager
     def searching(self, session: Session, kb_id: str) -> Iterator[T | None]:
         """The KB's index as of ``session``'s snapshot (or newer), held under the lock for the
-        block (an index is updated in place); None: not here (yet), the caller answers from SQL.
-        The change log's head is read before the lock is taken."""
+        block (an index is updated in place); None: not here (yet), or not for this session (its
+        change log gives it no position), the caller answers from SQL. The change log's head is
+        read before the lock is taken."""
         head = self.changes.head(session)
+        if head is None:
+            yield None
+            return
         with self._lock:
             yield self._current(session, kb_id, head)
 
-    def _current(self, session: Session, kb_id: str, head: int) -> T | None:
+    def _current(self, session: Session, kb_id: str, head: Any) -> T | None:
         if kb_id in self._too_big:
             return None
         kb = self._kbs.get(kb_id)
-        if kb is not None and self._seq(kb) < head:
+        if kb is not None and self.changes.behind(self._position(kb), head):
             kb = self._apply(session, kb_id, kb, head)
             if kb is None:
                 del self._kbs[kb_id]
@@ -109,7 +115,7 @@ class PerKbIndex(Generic[T]):
                     need = self._fits(s, kb_id)
                     if need is None:
                         return
-                    head = self.changes.head(s)
+                    head = self.changes.head(s)  # a read-only session: never None
                     kb = self._build(s, kb_id, head)  # the long part: searches go on meanwhile
                 with self._lock:
                     self._evict(need)

@@ -10,7 +10,12 @@ the nearest rows are computed exactly instead. A metadata filter is part of the 
 chunks' documents that match, ``filters.py``): HNSW with more candidates first, exactly when that
 comes back short. Keyword
 search turns free text into an OR of plain terms (``websearch_to_tsquery``, which never raises
-on syntax) ranked by ``ts_rank_cd`` (cover density, no IDF), normalised by document length.
+on syntax). With ``keyword_cache_bytes`` (the runtime's stores) it is ranked by BM25 from a per-KB
+inverted index in memory over the tsvector's lexemes (``keyword_cache.py``, ``tsvector_rows.py``),
+kept in step with the table by a change log written in the same transactions
+(``change_log.PgChangeLog``, correct when transactions commit out of order); a KB not indexed
+yet, or over the budget, is ranked by ``ts_rank_cd`` (cover density, no IDF), normalised by
+document length.
 """
 
 from __future__ import annotations
@@ -45,8 +50,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from lorebase.adapters.stores.change_log import WHOLE_KB, PgChangeLog
 from lorebase.adapters.stores.filters import Where
+from lorebase.adapters.stores.keyword_cache import KeywordCache
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
+from lorebase.adapters.stores.tsvector_rows import TsvectorRows
 
 #: text search configuration: porter stemming and an English stop list, as the SQLite store
 TEXT_CONFIG = "english"
@@ -87,9 +95,17 @@ class PgvectorStore:
 
     name = "pgvector"
 
-    def __init__(self, dimensions: int) -> None:
+    def __init__(self, dimensions: int, *, keyword_cache_bytes: int = 0, background: bool = False) -> None:
         self.dimensions = dimensions
         self.table_name = f"pgvector_chunks_{dimensions}"
+        self.changes = PgChangeLog(f"pgvector_changes_{dimensions}")
+        # background: indexes are built in threads while SQL answers (memory_index.py)
+        self.keywords = KeywordCache(
+            self.changes,
+            TsvectorRows(self.table_name, TEXT_CONFIG, query_terms),
+            keyword_cache_bytes,
+            background=background,
+        )
         indexes = [
             Index(f"ix_{self.table_name}_kb_id", "kb_id"),
             Index(f"ix_{self.table_name}_tsv", "tsv", postgresql_using="gin"),
@@ -122,6 +138,8 @@ class PgvectorStore:
         self.table.create(conn, checkfirst=True)
         for index in self.table.indexes:
             index.create(conn, checkfirst=True)
+        for statement in self.changes.schema():  # written even where no index in memory reads it
+            conn.execute(text(statement))
 
     # -- writes -------------------------------------------------------------------------------------
     def upsert(self, session: Session, entries: Sequence[IndexEntry]) -> None:
@@ -129,6 +147,18 @@ class PgvectorStore:
         if not entries:
             return
         t = self.table
+        # a pk that moves to another KB leaves its old one: both KBs' indexes must hear of it
+        moved = session.execute(
+            text(
+                f"SELECT t.kb_id, t.pk FROM {self.table_name} AS t JOIN "
+                "unnest(CAST(:pks AS bigint[]), CAST(:kbs AS text[])) AS n(pk, kb_id) "
+                "ON t.pk = n.pk AND t.kb_id <> n.kb_id"
+            ),
+            {"pks": [int(e.pk) for e in entries], "kbs": [e.kb_id for e in entries]},
+        ).all()
+        self.changes.record(
+            session, [(str(kb), int(pk)) for kb, pk in moved] + [(e.kb_id, e.pk) for e in entries]
+        )
         stmt = pg_insert(t).values(
             pk=bindparam("p_pk"),
             kb_id=bindparam("p_kb"),
@@ -168,10 +198,12 @@ class PgvectorStore:
             return
         t = self.table
         session.execute(delete(t).where(t.c.kb_id == kb_id, t.c.pk == any_(_int_array(pks))))
+        self.changes.record(session, [(kb_id, int(p)) for p in pks])
 
     def delete_kb(self, session: Session, kb_id: str) -> None:
         t = self.table
         session.execute(delete(t).where(t.c.kb_id == kb_id))
+        self.changes.record(session, [(kb_id, WHOLE_KB)])
 
     # -- reads --------------------------------------------------------------------------------------
     def vector_search(
@@ -216,6 +248,12 @@ class PgvectorStore:
         terms = query_terms(query)
         if not terms or k <= 0:
             return []
+        if self.keywords.max_bytes > 0:  # BM25 from memory; None: not indexed here, SQL answers
+            # a filter's pks come from SQL here (the sqlite store holds them in memory)
+            allowed = None if where is None else where.pks(session, kb_id)
+            found = self.keywords.search(session, kb_id, query, int(k), allowed)
+            if found is not None:
+                return [Hit(pk=pk, score=score) for pk, score in found]
         t = self.table
         tsquery = func.websearch_to_tsquery(_config(), literal(" or ".join(terms), Text))
         rank = func.ts_rank_cd(_WEIGHTS, t.c.tsv, tsquery, _NORMALIZATION, type_=Float)

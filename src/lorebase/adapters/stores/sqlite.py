@@ -4,7 +4,7 @@ Vectors go to a ``vec0`` table per dimension, partitioned by KB so a KNN query o
 its own KB. Keywords go to an FTS5 table (porter stemming, unicode61) ranked by BM25.
 Both are written in the caller's transaction, with a change log (``change_log.py``) that lets
 each process search a KB's vectors and keywords from memory, kept in step with the file
-(``vector_cache.py``, exact; ``keyword_cache.py``, FTS5's BM25 over the KB's own rows;
+(``vector_cache.py``, exact; ``keyword_cache.py`` with ``fts5_rows.py``, FTS5's BM25 over the KB's own rows;
 ``cache_bytes`` / ``keyword_cache_bytes`` 0: every search asks ``vec0`` / FTS5).
 """
 
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from lorebase.adapters.stores.change_log import WHOLE_KB, ChangeLog
 from lorebase.adapters.stores.filter_cache import FilterCache
 from lorebase.adapters.stores.filters import Allowed, Where
+from lorebase.adapters.stores.fts5_rows import Fts5Rows
 from lorebase.adapters.stores.keyword_cache import KeywordCache
 from lorebase.adapters.stores.protocol import Hit, IndexEntry
 from lorebase.adapters.stores.terms import FTS5_TOKENIZER, STOP_WORDS
@@ -55,7 +56,7 @@ class SqliteStore:
         self.changes = ChangeLog(f"vec_changes_{dimensions}")
         # background: the in-memory indexes are built in threads while SQL answers (memory_index.py)
         self.cache = VectorCache(self.vec_table, self.changes, dimensions, cache_bytes, background=background)
-        self.keywords = KeywordCache(self.changes, keyword_cache_bytes, background=background)
+        self.keywords = KeywordCache(self.changes, Fts5Rows(), keyword_cache_bytes, background=background)
         self.filters = FilterCache(self.changes, cache_bytes, background=background)
 
     def ensure_schema(self, session: Session) -> None:

@@ -86,7 +86,7 @@ class VectorCache(PerKbIndex[_KbVectors]):
         top = candidates[np.lexsort((ids[candidates], -scores[candidates]))]  # best first; ties by pk
         return [(int(ids[i]), float(scores[i])) for i in top]
 
-    def _seq(self, kb: _KbVectors) -> int:
+    def _position(self, kb: _KbVectors) -> int:
         return kb.seq
 
     def _nbytes(self, kb: _KbVectors) -> int:
