@@ -486,6 +486,17 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         self.test_a_filter_follows_documents_changed_and_removed(db, store)  # type: ignore[misc]
         assert isinstance(store, SqliteStore) and store.filters.ready(KB)
 
+    def test_a_metadata_change_does_not_copy_the_vectors(self, db: Database, store: Store) -> None:
+        assert isinstance(store, SqliteStore)
+        self.upsert(db, store, [self.entry(i, self.unit(i % self.dimensions)) for i in range(1, 5)])
+        self.describe(db, {"a": ({"tag": "x"}, [1, 2]), "b": ({"tag": "y"}, [3, 4])})
+        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(1), where={"tag": "x"})) == [1, 2]
+        matrix = store.cache._kbs[KB].matrix
+        with db.session() as s:  # the trigger names b's chunks in the change log
+            s.execute(update(Document).where(Document.id == "b").values(meta={"tag": "x"}))
+        assert sorted(h.pk for h in self.vsearch(db, store, self.unit(1), where={"tag": "x"})) == [1, 2, 3, 4]
+        assert store.cache._kbs[KB].matrix is matrix  # re-read, found the same, kept in place
+
     def test_another_process_s_writes_are_seen_at_the_next_search(self, db: Database, store: Store) -> None:
         # a second store object over the same file stands for another process (a worker)
         writer = SqliteStore(dimensions=self.dimensions, **MEMORY)

@@ -133,15 +133,23 @@ class VectorCache(PerKbIndex[_KbVectors]):
                 {"kb": kb_id},
             ).all():
                 found[int(rowid)] = np.frombuffer(blob, dtype=np.float32)
-        touched = [p for p in pks if p in kb.rows]
+        # a row named again with the same vector did not change (its document's metadata did:
+        # filter_cache.py); only rows that go or change cost new arrays
+        touched = [p for p in pks if p in kb.rows and not self._same(kb, p, found.get(p))]
         if touched:  # an existing row changes or goes: new arrays, readers keep the old ones
             keep = [p for p in kb.pks[: kb.n].tolist() if p not in pks or p in found]
             kb = self._rebuilt(kb, keep, found, head)
             return kb
-        added = [p for p in ordered if p in found]
+        added = [p for p in ordered if p in found and p not in kb.rows]
         self._append(kb, added, found)
         kb.seq = head
         return kb
+
+    @staticmethod
+    def _same(kb: _KbVectors, pk: int, vector: np.ndarray | None) -> bool:
+        if vector is None:
+            return False
+        return bool(np.allclose(kb.matrix[kb.rows[pk]], _normalised(vector[None, :])[0], atol=1e-6))
 
     def _rebuilt(
         self, kb: _KbVectors, keep: list[int], found: dict[int, np.ndarray], head: int
