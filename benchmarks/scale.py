@@ -98,8 +98,8 @@ from lorebase.adapters.stores.sqlite import SqliteStore  # noqa: E402
 from lorebase.adapters.stores.terms import STOP_WORDS  # noqa: E402
 from lorebase.db.engine import Database  # noqa: E402
 from lorebase.db.migrate import upgrade  # noqa: E402
-from lorebase.db.models import Chunk, Document, KnowledgeBase, Workspace  # noqa: E402
 from lorebase.services.search import Ranked, fuse  # noqa: E402
+from support.documents import describe  # noqa: E402
 
 DOCS = Path("/usr/share/doc/python3.11/html")
 DIMENSIONS = 384
@@ -470,54 +470,25 @@ def describe_documents(db: Database, corpus: Corpus, seed: int) -> dict[str, np.
     filter key, the pks of the chunks it allows."""
     rng = np.random.default_rng(seed + 7)
     rows = corpus.kb_rows(KB)
-    docs: list[dict[str, Any]] = []
-    chunks: list[dict[str, Any]] = []
+    docs: dict[str, tuple[dict[str, Any], list[int]]] = {}
     allowed: dict[str, list[int]] = {key: [] for key in FILTER_SHARES}
     at = 0
     while at < len(rows):
         run = rows[at : at + int(rng.integers(1, MAX_CHUNKS_PER_DOCUMENT + 1))]
         at += len(run)
-        doc_id = f"doc-{len(docs):07d}"
         meta = {key: bool(rng.random() < share) for key, share in FILTER_SHARES.items()}
-        docs.append(
-            {"id": doc_id, "kb_id": KB, "workspace_id": "ws-scale", "source_type": "text", "metadata": meta}
-        )
-        for i, row in enumerate(run):
-            pk = int(row) + 1  # as load() numbers them
-            chunks.append(
-                {
-                    "pk": pk,
-                    "id": f"chunk-{pk}",
-                    "document_id": doc_id,
-                    "kb_id": KB,
-                    "workspace_id": "ws-scale",
-                    "chunk_index": i,
-                    "content": "",
-                    "embed_text": "",
-                    "token_count": 0,
-                    "content_hash": "",
-                    "metadata": {},
-                    "embedded": True,
-                }
-            )
-            for key in FILTER_SHARES:
-                if meta[key]:
-                    allowed[key].append(pk)
-    with db.session() as s:
-        s.add(Workspace(id="ws-scale", name="scale"))
-        s.flush()
-        s.add(KnowledgeBase(id=KB, workspace_id="ws-scale", name="scale"))
-        s.flush()
-        for lo in range(0, len(docs), 5000):
-            s.execute(Document.__table__.insert(), docs[lo : lo + 5000])
-        for lo in range(0, len(chunks), 5000):
-            s.execute(Chunk.__table__.insert(), chunks[lo : lo + 5000])
+        pks = [int(row) + 1 for row in run]  # as load() numbers them
+        docs[f"doc-{len(docs):07d}"] = (meta, pks)
+        for key in FILTER_SHARES:
+            if meta[key]:
+                allowed[key].extend(pks)
+    describe(db, docs, kb_id=KB, workspace_id="ws-scale")
     with db.session() as s:  # as after the store's load: the planner's statistics of the new rows
         s.execute(text("ANALYZE documents" if db.engine.dialect.name == "postgresql" else "ANALYZE"))
         if db.engine.dialect.name == "postgresql":
             s.execute(text("ANALYZE chunks"))
     log(
-        f"documents: {len(docs):,} for {len(chunks):,} chunks; allowed per key: "
+        f"documents: {len(docs):,} for {len(rows):,} chunks; allowed per key: "
         + ", ".join(f"{k} {len(v):,}" for k, v in allowed.items())
     )
     return {key: np.asarray(v, dtype=np.int64) for key, v in allowed.items()}

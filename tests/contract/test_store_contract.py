@@ -12,19 +12,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import Table, delete, insert, text, update
+from sqlalchemy import delete, text, update
 
 from conftest import make_settings
 from lorebase.adapters.stores.filters import Where
 from lorebase.adapters.stores.protocol import Hit, IndexEntry, Store
 from lorebase.adapters.stores.sqlite import SqliteStore
 from lorebase.db.engine import Database
-from lorebase.db.models import Chunk, Document, KnowledgeBase, Workspace
+from lorebase.db.models import Chunk, Document
 from lorebase.runtime import Runtime
+from support.documents import describe
 
 KB = "kb-a"
 OTHER_KB = "kb-b"
@@ -176,45 +177,7 @@ class StoreContract:
     ) -> None:
         """The documents the KB's entries come from, as the pipeline writes them (filters match
         documents): ``{document id: (its metadata, its chunks' pks)}``; its filename is ``<id>.txt``."""
-        with db.session() as s:
-            if s.get(Workspace, "ws-contract") is None:
-                s.add(Workspace(id="ws-contract", name="contract"))
-                s.flush()
-            if s.get(KnowledgeBase, kb_id) is None:
-                s.add(KnowledgeBase(id=kb_id, workspace_id="ws-contract", name=kb_id))
-                s.flush()
-            s.add_all(
-                Document(
-                    id=doc_id,
-                    kb_id=kb_id,
-                    workspace_id="ws-contract",
-                    source_type="text",
-                    filename=f"{doc_id}.txt",
-                    meta=meta,
-                )
-                for doc_id, (meta, _) in docs.items()
-            )
-            s.flush()
-            rows = [
-                {
-                    "pk": int(pk),
-                    "id": f"chunk-{pk}",
-                    "document_id": doc_id,
-                    "kb_id": kb_id,
-                    "workspace_id": "ws-contract",
-                    "chunk_index": i,
-                    "content": "",
-                    "embed_text": "",
-                    "token_count": 0,
-                    "content_hash": "",
-                    "metadata": {},
-                    "embedded": True,
-                }
-                for doc_id, (_, pks) in docs.items()
-                for i, pk in enumerate(pks)
-            ]
-            if rows:
-                s.execute(insert(cast(Table, Chunk.__table__)), rows)
+        describe(db, docs, kb_id=kb_id)
 
     def count(self, db: Database, store: Store, kb_id: str = KB) -> int:
         with db.read_session() as s:
@@ -457,6 +420,46 @@ class StoreContract:
         assert sorted(h.pk for h in self.vsearch(db, store, self.unit(0))) == [1, 2]
 
 
+class MemoryKeywordContract(StoreContract):
+    """What a store ranking keywords from its in-memory index shows besides the contract."""
+
+    @staticmethod
+    def hold_builds(monkeypatch: pytest.MonkeyPatch, *classes: type) -> threading.Event:
+        """Make the index builds of ``classes`` wait until the returned event is set."""
+        release = threading.Event()
+        for cls in classes:
+            real = cls._build  # type: ignore[attr-defined]
+
+            def held(self: Any, *args: Any, _real: Any = real) -> Any:
+                assert release.wait(10)
+                return _real(self, *args)
+
+            monkeypatch.setattr(cls, "_build", held)
+        return release
+
+    @staticmethod
+    def wait_built(*indexes: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not all(index.ready(KB) for index in indexes):
+            assert time.monotonic() < deadline, "the index was never built"
+            time.sleep(0.02)
+
+    def test_keyword_search_scopes_to_the_kb_and_its_own_statistics(self, db: Database, store: Store) -> None:
+        # another KB full of "cache" does not make "cache" common in this one
+        self.upsert(
+            db, store, [self.entry(100 + i, self.unit(0), "cache cache", kb_id=OTHER_KB) for i in range(50)]
+        )
+        self.upsert(
+            db,
+            store,
+            [self.entry(1, self.unit(0), "cache rank"), self.entry(2, self.unit(0), "rank rank rank rank")]
+            + [self.entry(3 + i, self.unit(0), "rank token") for i in range(5)],
+        )
+        hits = self.ksearch(db, store, "cache rank")
+        assert hits[0].pk == 1 and {h.pk for h in hits} == set(range(1, 8))
+        assert all(h.pk < 100 for h in hits)
+
+
 class TestSqliteStore(StoreContract):
     """sqlite-vec + FTS5 in a runtime's own SQLite file (also on PostgreSQL test runs)."""
 
@@ -474,7 +477,7 @@ class TestSqliteStore(StoreContract):
 MEMORY = {"cache_bytes": 64 * 1024 * 1024, "keyword_cache_bytes": 64 * 1024 * 1024}
 
 
-class TestSqliteStoreFromMemory(TestSqliteStore):
+class TestSqliteStoreFromMemory(TestSqliteStore, MemoryKeywordContract):
     """The same contract with the vector and keyword indexes in memory on (``vector_cache.py``,
     ``keyword_cache.py``), the embedded default: searches come from memory, kept in step with the
     file through the change log."""
@@ -728,21 +731,6 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         self.upsert(db, writer, [self.entry(9, self.unit(0), "a cache again")])
         assert [h.pk for h in self.ksearch(db, store, "cache")] == [9]
 
-    def test_keyword_search_scopes_to_the_kb_and_its_own_statistics(self, db: Database, store: Store) -> None:
-        # another KB full of "cache" does not make "cache" common in this one
-        self.upsert(
-            db, store, [self.entry(100 + i, self.unit(0), "cache cache", kb_id=OTHER_KB) for i in range(50)]
-        )
-        self.upsert(
-            db,
-            store,
-            [self.entry(1, self.unit(0), "cache rank"), self.entry(2, self.unit(0), "rank rank rank rank")]
-            + [self.entry(3 + i, self.unit(0), "rank token") for i in range(5)],
-        )
-        hits = self.ksearch(db, store, "cache rank")
-        assert hits[0].pk == 1 and {h.pk for h in hits} == set(range(1, 8))
-        assert all(h.pk < 100 for h in hits)
-
     def test_a_background_build_never_holds_up_a_search(
         self, db: Database, store: Store, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -750,15 +738,7 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         from lorebase.adapters.stores.keyword_cache import KeywordCache
         from lorebase.adapters.stores.vector_cache import VectorCache
 
-        release = threading.Event()
-        for cls in (KeywordCache, VectorCache):
-            real = cls._build
-
-            def held(self: Any, *args: Any, _real: Any = real) -> Any:
-                assert release.wait(10)
-                return _real(self, *args)
-
-            monkeypatch.setattr(cls, "_build", held)
+        release = self.hold_builds(monkeypatch, KeywordCache, VectorCache)
         background = SqliteStore(dimensions=self.dimensions, background=True, **MEMORY)
         self.upsert(
             db, background, [self.entry(1, self.unit(0), "cache rank"), self.entry(2, self.unit(1), "rank")]
@@ -768,10 +748,7 @@ class TestSqliteStoreFromMemory(TestSqliteStore):
         assert [h.pk for h in self.vsearch(db, background, self.unit(1), k=1)] == [2]
         assert not background.keywords.ready(KB) and not background.cache.ready(KB)
         release.set()
-        deadline = time.monotonic() + 10
-        while not (background.keywords.ready(KB) and background.cache.ready(KB)):
-            assert time.monotonic() < deadline, "the indexes were never built"
-            time.sleep(0.02)
+        self.wait_built(background.keywords, background.cache)
         self.upsert(db, background, [self.entry(3, self.unit(1), "cache cache")])  # and kept in step
         assert [h.pk for h in self.ksearch(db, background, "cache")] == [3, 1]
         assert [h.pk for h in self.vsearch(db, background, self.unit(1), k=2)] in ([2, 3], [3, 2])

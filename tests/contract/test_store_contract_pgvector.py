@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import select, text
-from test_store_contract import KB, KEYWORDS, OTHER_KB, StoreContract, keyword_texts
+from test_store_contract import KB, KEYWORDS, OTHER_KB, MemoryKeywordContract, StoreContract, keyword_texts
 
 from lorebase.adapters.stores.keyword_cache import K1, B, KeywordCache
 from lorebase.adapters.stores.pgvector import HNSW_MAX_DIMENSIONS, PgvectorStore
@@ -204,7 +202,7 @@ MEMORY = {"keyword_cache_bytes": 64 * 1024 * 1024}
 LABEL_WEIGHTS = {"A": 1.0, "B": 0.5, "C": 0.3}
 
 
-class TestPgvectorStoreFromMemory(TestPgvectorStore):
+class TestPgvectorStoreFromMemory(TestPgvectorStore, MemoryKeywordContract):
     """The same contract with keyword search ranked from the in-memory index (``keyword_cache.py``
     over the tsvector's lexemes, ``tsvector_rows.py``), as the runtime's pgvector stores do, kept
     in step with the table by the PostgreSQL change log (``change_log.PgChangeLog``)."""
@@ -284,21 +282,6 @@ class TestPgvectorStoreFromMemory(TestPgvectorStore):
             want = sorted(((pk, sc) for pk, sc in scores.items() if pk in allowed), key=lambda kv: -kv[1])
             got = self.ksearch(db, store, q, k=10, where={"pick": True})
             self.assert_same(got, [Hit(pk=pk, score=sc) for pk, sc in want[:10]], q)
-
-    def test_keyword_search_scopes_to_the_kb_and_its_own_statistics(self, db: Database, store: Store) -> None:
-        # another KB full of "cache" does not make "cache" common in this one
-        self.upsert(
-            db, store, [self.entry(100 + i, self.unit(0), "cache cache", kb_id=OTHER_KB) for i in range(50)]
-        )
-        self.upsert(
-            db,
-            store,
-            [self.entry(1, self.unit(0), "cache rank"), self.entry(2, self.unit(0), "rank rank rank rank")]
-            + [self.entry(3 + i, self.unit(0), "rank token") for i in range(5)],
-        )
-        hits = self.ksearch(db, store, "cache rank")
-        assert hits[0].pk == 1 and {h.pk for h in hits} == set(range(1, 8))
-        assert all(h.pk < 100 for h in hits)
 
     # -- keeping in step ----------------------------------------------------------------------------
     def test_keyword_index_follows_writes_and_merges(
@@ -390,14 +373,7 @@ class TestPgvectorStoreFromMemory(TestPgvectorStore):
     def test_a_background_build_never_holds_up_a_search(
         self, db: Database, store: Store, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        release = threading.Event()
-        real = KeywordCache._build
-
-        def held(self: Any, *args: Any) -> Any:
-            assert release.wait(10)
-            return real(self, *args)
-
-        monkeypatch.setattr(KeywordCache, "_build", held)
+        release = self.hold_builds(monkeypatch, KeywordCache)
         background = PgvectorStore(dimensions=self.dimensions, background=True, **MEMORY)
         self.upsert(
             db, background, [self.entry(1, self.unit(0), "cache rank"), self.entry(2, self.unit(1), "rank")]
@@ -406,9 +382,6 @@ class TestPgvectorStoreFromMemory(TestPgvectorStore):
         assert [h.pk for h in self.ksearch(db, background, "cache")] == [1]
         assert not background.keywords.ready(KB)
         release.set()
-        deadline = time.monotonic() + 10
-        while not background.keywords.ready(KB):
-            assert time.monotonic() < deadline, "the index was never built"
-            time.sleep(0.02)
+        self.wait_built(background.keywords)
         self.upsert(db, background, [self.entry(3, self.unit(1), "cache cache")])  # and kept in step
         assert [h.pk for h in self.ksearch(db, background, "cache")] == [3, 1]
