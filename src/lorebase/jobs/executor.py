@@ -172,8 +172,8 @@ class EmbeddedExecutor:
         try:
             handler.run(ctx)
             faults.point("job.before_succeed")  # the work is done and saved, the job is not marked
-            with self.runtime.db.session() as s:
-                self.runtime.queue.succeed(s, job)
+            with self.runtime.db.connection() as conn:
+                self.runtime.queue.succeed(conn, job)
             outcome = "succeeded"
         except Exception as exc:
             failure = retry.classify(exc)
