@@ -95,9 +95,13 @@ class Statements:
         candidate = candidate.limit(bindparam("limit", type_=Integer))
         if dialect == "postgresql":
             candidate = candidate.with_for_update(skip_locked=True)
+        # a CTE, MATERIALIZED: PostgreSQL plans ``id IN (SELECT … LIMIT 1 FOR UPDATE SKIP LOCKED)``
+        # as a semi join that runs the subquery again for every pending row, and each run skips
+        # the rows this statement already locked, so it took every pending job
+        picked = candidate.cte("picked").prefix_with("MATERIALIZED")
         return (
             update(JOBS)
-            .where(JOBS.c.id.in_(candidate), JOBS.c.status == "pending")
+            .where(JOBS.c.id == picked.c.id, JOBS.c.status == "pending")
             .values(
                 status="running",
                 attempts=JOBS.c.attempts + 1,
