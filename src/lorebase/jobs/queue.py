@@ -11,6 +11,7 @@ Whether a job runs again, when, and whether an attempt counts is not decided her
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,7 +31,7 @@ from lorebase.settings import JobSettings
 
 @dataclass(slots=True)
 class ClaimedJob:
-    """What a worker holds while it runs a job; ``attempts`` + ``owner`` are its fencing token."""
+    """What a worker holds while it runs a job; ``claims`` + ``owner`` are its fencing token."""
 
     id: str
     type: str
@@ -47,6 +48,9 @@ class ClaimedJob:
     concurrency_key: str | None = None
     #: the job's claims when this one was taken: with ``owner``, the fencing token
     claims: int = 0
+    #: claimed ahead and not started: the row's ``attempts`` is still ``attempts - 1`` (the
+    #: attempt is counted by ``JobQueue.start``) and its ``heartbeat_at`` NULL
+    ahead: bool = False
 
 
 #: called by the reaper, in its transaction, for a job it ends ``dead`` (a lost worker out of
@@ -158,27 +162,73 @@ class JobQueue:
         ``jobs.max_running_per_workspace``), so one huge ingestion cannot take every worker.
         The shares are counted across all workers; on PostgreSQL two claims racing may each see
         the last free slot, so a share can be exceeded by a job for a moment, never for long.
+        """
+        jobs = self.claim_many(owner, types, limit=1, job_id=job_id)
+        return jobs[0] if jobs else None
 
-        One statement (``UPDATE … WHERE id IN (SELECT … LIMIT 1) RETURNING``, built once per
-        shape by ``statements.claim``) on a Core connection, then the pipeline's first start.
+    def claim_many(
+        self, owner: str, types: tuple[str, ...] | None = None, *, limit: int, job_id: str | None = None
+    ) -> list[ClaimedJob]:
+        """Take up to ``limit`` runnable jobs at once, by the rules of ``claim``, most urgent first:
+        the first starts now; the others are claimed *ahead*, for the same worker to run next.
+
+        The batch is what claims one after another would take: never two jobs of one concurrency
+        key, never more of a pipeline or a workspace than its share leaves, in claim order (a job
+        left out for one of these reasons is passed over for the next). Each job claimed ahead is
+        leased like a running one (the caller renews it) but its attempt is not counted until
+        ``start``: a worker lost before it started it loses it no attempt, and ``release`` gives
+        it back with its count unchanged.
+
+        One statement (``statements.Statements.claim``) on a Core connection, then the first start
+        of the jobs' pipelines. It looks at the first ``4 * limit`` runnable jobs, so a batch may come out
+        short (many jobs of one key) rather than search the whole backlog.
         """
         now = utcnow()
         with self.db.connection() as conn:
-            stmt = self._sql.claim(conn.dialect.name, typed=bool(types), by_id=job_id is not None)
+            dialect, by_id = conn.dialect.name, job_id is not None
+            stmt = self._sql.claim(dialect, typed=bool(types), by_id=by_id, batch=limit > 1)
             params = {
                 "now": now,
                 "owner": owner,
                 "lease_until": now + timedelta(seconds=self.cfg.lease_seconds),
-                "limit": 1,
+                "scan": 4 * limit,
+                "limit": limit,
                 "types": list(types or ()),
                 "job_id": job_id,
             }
-            row = conn.execute(stmt, params).first()
-            if row is None:
-                return None
-            if row.pipeline_id:
-                conn.execute(self._sql.pipeline_started, {"pipeline_id": row.pipeline_id, "now": now})
-            return _claimed(row, owner)
+            rows = list(conn.execute(stmt, params))
+            for pipeline_id in sorted({r.pipeline_id for r in rows if r.pipeline_id}):
+                conn.execute(self._sql.pipeline_started, {"pipeline_id": pipeline_id, "now": now})
+        # the one that starts now (its heartbeat set) first, then claim order
+        rows.sort(key=lambda r: (r.heartbeat_at is None, -r.priority, r.run_at, r.created_at))
+        jobs = [_claimed(r, owner) for r in rows]
+        for job in jobs[1:]:
+            job.ahead = True
+            job.attempts += 1  # the attempt it will be: counted in the row by ``start``
+        return jobs
+
+    def start(self, job: ClaimedJob) -> bool:
+        """Start a job claimed ahead: count its attempt and renew its lease (one fenced write).
+
+        False when it must not run now: its lease was lost (taken over or cancelled; nothing to
+        do), or its pipeline was paused or is being cancelled since it was claimed: a claim now
+        would pass it over, so it is released (``release``: pending again, no attempt counted).
+        A job that was not claimed ahead is started already (True)."""
+        if not job.ahead:
+            return True
+        now = utcnow()
+        params = _token(job) | {
+            "v_attempts": job.attempts,
+            "now": now,
+            "lease_until": now + timedelta(seconds=self.cfg.lease_seconds),
+        }
+        with self.db.connection() as conn:
+            if conn.execute(self._sql.start, params).rowcount == 1:
+                job.ahead = False
+                return True
+            with contextlib.suppress(LeaseLost):
+                self.release(conn, job)
+        return False
 
     # -- fenced writes ----------------------------------------------------------------------
     def _fenced_write(self, tx: Tx, job: ClaimedJob, values: dict[str, Any]) -> int:
@@ -197,10 +247,9 @@ class JobQueue:
         transiently or lose its worker (``jobs/retry.py``).
         """
         now = utcnow()
-        values: dict[str, Any] = {
-            "heartbeat_at": now,
-            "lease_expires_at": now + timedelta(seconds=self.cfg.lease_seconds),
-        }
+        values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=self.cfg.lease_seconds)}
+        if not job.ahead:  # a job claimed ahead is leased, not worked on: no heartbeat yet
+            values["heartbeat_at"] = now
         if progress:
             values["progressed"] = True
         if self._fenced_write(session, job, values) != 1:

@@ -16,7 +16,22 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import Integer, Select, String, Table, Update, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 
 from lorebase.db.models import Job, Pipeline
 from lorebase.db.states import PIPELINE_HELD
@@ -24,6 +39,8 @@ from lorebase.settings import JobSettings
 
 JOBS = cast(Table, Job.__table__)
 PIPELINES = cast(Table, Pipeline.__table__)
+#: the job table again, for counting the running jobs of a pipeline or workspace in a claim
+RUNNING = JOBS.alias("running")
 
 #: the columns a claim returns: what ``ClaimedJob`` holds
 CLAIMED = (
@@ -42,6 +59,7 @@ CLAIMED = (
     JOBS.c.claims,
     JOBS.c.run_at,
     JOBS.c.created_at,
+    JOBS.c.heartbeat_at,
 )
 
 _NOW = bindparam("now", type_=JOBS.c.run_at.type)
@@ -59,7 +77,7 @@ class Statements:
 
     def __init__(self, cfg: JobSettings) -> None:
         self.cfg = cfg
-        self._claims: dict[tuple[str, bool, bool], Update] = {}
+        self._claims: dict[tuple[str, bool, bool, bool], Update] = {}
         self._fenced: dict[tuple[str, ...], Update] = {}
         #: the pipeline of a claimed job starts (``pipeline_id``, ``now``), if it was queued
         self.pipeline_started = (
@@ -75,41 +93,107 @@ class Statements:
         )
         #: whether the attempt (``FENCE``) saved progress
         self.progressed = select(JOBS.c.progressed).where(FENCE)
+        #: a job claimed ahead starts (``FENCE``, ``v_attempts``, ``now``, ``lease_until``), unless
+        #: its pipeline is held meanwhile
+        self.start = (
+            update(JOBS)
+            .where(FENCE, or_(JOBS.c.pipeline_id.is_(None), JOBS.c.pipeline_id.not_in(_held())))
+            .values(
+                attempts=bindparam("v_attempts", type_=Integer),
+                heartbeat_at=_NOW,
+                lease_expires_at=bindparam("lease_until", type_=JOBS.c.lease_expires_at.type),
+            )
+        )
 
-    def claim(self, dialect: str, *, typed: bool, by_id: bool) -> Update:
-        """``UPDATE jobs … WHERE id IN (the runnable jobs, most urgent first, LIMIT :limit)
-        RETURNING CLAIMED``. Parameters: ``now``, ``owner``, ``lease_until``, ``limit``, and
-        ``types`` (a list) when ``typed``, ``job_id`` when ``by_id``."""
-        key = (dialect, typed, by_id)
+    def claim(self, dialect: str, *, typed: bool, by_id: bool, batch: bool) -> Update:
+        """Claim the most urgent runnable job, or with ``batch`` up to ``:limit`` of them, in one
+        statement (see ``JobQueue.claim_many``): ``WITH picked AS MATERIALIZED (…) UPDATE jobs …
+        FROM picked RETURNING CLAIMED``. The job at ``pos`` 1 starts: its attempt is counted and
+        its heartbeat set; the others, claimed ahead, keep their ``attempts`` and a NULL
+        ``heartbeat_at`` until they start (``JobQueue.start``).
+
+        Parameters: ``now``, ``owner``, ``lease_until``, ``types`` (a list) when ``typed``,
+        ``job_id`` when ``by_id``, ``scan`` and ``limit`` with ``batch`` (``batch_of``)."""
+        key = (dialect, typed, by_id, batch)
         stmt = self._claims.get(key)
         if stmt is None:
-            stmt = self._claims[key] = self._build_claim(dialect, typed=typed, by_id=by_id)
+            runnable = self.runnable()
+            if typed:
+                runnable = runnable.where(JOBS.c.type.in_(bindparam("types", expanding=True)))
+            if by_id:
+                runnable = runnable.where(JOBS.c.id == bindparam("job_id", type_=String))
+            lock = dialect == "postgresql"  # FOR UPDATE SKIP LOCKED: racing claims split the jobs
+            if batch:
+                picked = self.batch_of(runnable, lock=lock)
+            else:
+                picked = runnable.add_columns(literal(1).label("pos")).limit(1)
+                picked = picked.with_for_update(skip_locked=True) if lock else picked
+            stmt = self._claims[key] = self._claim_picked(picked)
         return stmt
 
-    def _build_claim(self, dialect: str, *, typed: bool, by_id: bool) -> Update:
-        candidate = self.runnable()
-        if typed:
-            candidate = candidate.where(JOBS.c.type.in_(bindparam("types", expanding=True)))
-        if by_id:
-            candidate = candidate.where(JOBS.c.id == bindparam("job_id", type_=String))
-        candidate = candidate.limit(bindparam("limit", type_=Integer))
-        if dialect == "postgresql":
-            candidate = candidate.with_for_update(skip_locked=True)
+    def batch_of(self, runnable: Select[Any], *, lock: bool) -> Select[Any]:
+        """The jobs claims one after another would take, by window functions over the first
+        ``:scan`` runnable jobs in claim order (an index walk that stops there): a job is kept
+        only when no job before it has its concurrency key, and when the jobs before it of its
+        pipeline (workspace), with those running, stay within the share; then the first
+        ``:limit`` of those, numbered in claim order (``pos``)."""
+        head = runnable.add_columns(
+            JOBS.c.priority,
+            JOBS.c.run_at,
+            JOBS.c.created_at,
+            JOBS.c.concurrency_key,
+            JOBS.c.pipeline_id,
+            JOBS.c.workspace_id,
+        ).limit(bindparam("scan", type_=Integer))
+        due = (head.with_for_update(skip_locked=True) if lock else head).subquery("due")
+        order = (due.c.priority.desc(), due.c.run_at, due.c.created_at)
+        ranks: list[Any] = [
+            func.row_number()
+            .over(partition_by=func.coalesce(due.c.concurrency_key, due.c.id), order_by=order)
+            .label("key_rank")
+        ]
+        fits: list[Any] = []
+        for share, column in (
+            (self.cfg.max_running_per_pipeline, "pipeline_id"),
+            (self.cfg.max_running_per_workspace, "workspace_id"),
+        ):
+            if share:
+                running = (
+                    select(func.count())
+                    .select_from(RUNNING)
+                    .where(RUNNING.c.status == "running", RUNNING.c[column] == due.c[column])
+                    .scalar_subquery()
+                )
+                taken = func.row_number().over(partition_by=due.c[column], order_by=order) + running
+                ranks.append(taken.label(f"{column}_taken"))
+                fits.append((column, share))
+        ranked = select(due, *ranks).subquery("ranked")
+        in_order = (ranked.c.priority.desc(), ranked.c.run_at, ranked.c.created_at)
+        return (
+            select(ranked.c.id, func.row_number().over(order_by=in_order).label("pos"))
+            .where(ranked.c.key_rank == 1)
+            .where(*(or_(ranked.c[c].is_(None), ranked.c[f"{c}_taken"] <= share) for c, share in fits))
+            .order_by(*in_order)
+            .limit(bindparam("limit", type_=Integer))
+        )
+
+    def _claim_picked(self, picked: Select[Any]) -> Update:
         # a CTE, MATERIALIZED: PostgreSQL plans ``id IN (SELECT … LIMIT 1 FOR UPDATE SKIP LOCKED)``
         # as a semi join that runs the subquery again for every pending row, and each run skips
         # the rows this statement already locked, so it took every pending job
-        picked = candidate.cte("picked").prefix_with("MATERIALIZED")
+        cte = picked.cte("picked").prefix_with("MATERIALIZED")
+        starts = cte.c.pos == 1
         return (
             update(JOBS)
-            .where(JOBS.c.id == picked.c.id, JOBS.c.status == "pending")
+            .where(JOBS.c.id == cte.c.id, JOBS.c.status == "pending")
             .values(
                 status="running",
-                attempts=JOBS.c.attempts + 1,
+                attempts=JOBS.c.attempts + case((starts, 1), else_=0),
                 claims=JOBS.c.claims + 1,
                 progressed=False,
                 lease_owner=bindparam("owner", type_=String),
                 lease_expires_at=bindparam("lease_until", type_=JOBS.c.lease_expires_at.type),
-                heartbeat_at=_NOW,
+                heartbeat_at=case((starts, _NOW), else_=null()),
                 started_at=func.coalesce(JOBS.c.started_at, _NOW),
                 updated_at=_NOW,
             )
@@ -123,13 +207,12 @@ class Statements:
         busy = select(JOBS.c.concurrency_key).where(
             JOBS.c.status == "running", JOBS.c.concurrency_key.is_not(None)
         )
-        held = select(PIPELINES.c.id).where(PIPELINES.c.status.in_(PIPELINE_HELD))
         query = (
             select(JOBS.c.id)
             .where(
                 JOBS.c.status == "pending",
                 JOBS.c.run_at <= _NOW,
-                or_(JOBS.c.pipeline_id.is_(None), JOBS.c.pipeline_id.not_in(held)),
+                or_(JOBS.c.pipeline_id.is_(None), JOBS.c.pipeline_id.not_in(_held())),
                 or_(JOBS.c.concurrency_key.is_(None), JOBS.c.concurrency_key.not_in(busy)),
             )
             .order_by(JOBS.c.priority.desc(), JOBS.c.run_at, JOBS.c.created_at)
@@ -159,3 +242,8 @@ class Statements:
             values = {c: bindparam(f"v_{c}", type_=JOBS.c[c].type) for c in columns}
             stmt = self._fenced[columns] = update(JOBS).where(FENCE).values(values)
         return stmt
+
+
+def _held() -> Select[Any]:
+    """The pipelines whose jobs wait (paused, cancelling, cancelled)."""
+    return select(PIPELINES.c.id).where(PIPELINES.c.status.in_(PIPELINE_HELD))
