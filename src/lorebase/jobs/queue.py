@@ -172,16 +172,16 @@ class JobQueue:
         """Take up to ``limit`` runnable jobs at once, by the rules of ``claim``, most urgent first:
         the first starts now; the others are claimed *ahead*, for the same worker to run next.
 
-        The batch is what claims one after another would take: never two jobs of one concurrency
-        key, never more of a pipeline or a workspace than its share leaves, in claim order (a job
-        left out for one of these reasons is passed over for the next). Each job claimed ahead is
-        leased like a running one (the caller renews it) but its attempt is not counted until
-        ``start``: a worker lost before it started it loses it no attempt, and ``release`` gives
-        it back with its count unchanged.
+        The batch is what claims one after another would take, cut short at the first job they
+        would pass over (a second job of one concurrency key, one beyond its pipeline's or
+        workspace's share): never two jobs of a key, never beyond a share, never out of claim
+        order, and possibly fewer than ``limit``. Each job claimed ahead is leased like a running
+        one (the caller renews its lease) but its attempt is not counted until ``start``: a
+        worker lost before starting it costs it no attempt, and ``release`` gives it back with
+        its count unchanged.
 
-        One statement (``statements.Statements.claim``) on a Core connection, then the first start
-        of the jobs' pipelines. It looks at the first ``4 * limit`` runnable jobs, so a batch may come out
-        short (many jobs of one key) rather than search the whole backlog.
+        One statement (``statements.Statements.claim``) on a Core connection, then the first
+        start of the jobs' pipelines.
         """
         now = utcnow()
         with self.db.connection() as conn:
@@ -191,7 +191,6 @@ class JobQueue:
                 "now": now,
                 "owner": owner,
                 "lease_until": now + timedelta(seconds=self.cfg.lease_seconds),
-                "scan": 4 * limit,
                 "limit": limit,
                 "types": list(types or ()),
                 "job_id": job_id,

@@ -113,7 +113,7 @@ class Statements:
         ``heartbeat_at`` until they start (``JobQueue.start``).
 
         Parameters: ``now``, ``owner``, ``lease_until``, ``types`` (a list) when ``typed``,
-        ``job_id`` when ``by_id``, ``scan`` and ``limit`` with ``batch`` (``batch_of``)."""
+        ``job_id`` when ``by_id``, ``limit`` with ``batch`` (``batch_of``)."""
         key = (dialect, typed, by_id, batch)
         stmt = self._claims.get(key)
         if stmt is None:
@@ -132,11 +132,12 @@ class Statements:
         return stmt
 
     def batch_of(self, runnable: Select[Any], *, lock: bool) -> Select[Any]:
-        """The jobs claims one after another would take, by window functions over the first
-        ``:scan`` runnable jobs in claim order (an index walk that stops there): a job is kept
-        only when no job before it has its concurrency key, and when the jobs before it of its
-        pipeline (workspace), with those running, stay within the share; then the first
-        ``:limit`` of those, numbered in claim order (``pos``)."""
+        """What claims one after another would take of the first ``:limit`` runnable jobs in claim
+        order (an index walk that stops there), numbered in that order (``pos``): the jobs up to
+        the first that one of them would hold back (a second job of one concurrency key, one
+        beyond its pipeline's or workspace's share, counting the running jobs and those before
+        it). As every job before it is taken, its window counts are exact; from the first job
+        held back on, the batch stops, so it is never out of claim order."""
         head = runnable.add_columns(
             JOBS.c.priority,
             JOBS.c.run_at,
@@ -144,15 +145,13 @@ class Statements:
             JOBS.c.concurrency_key,
             JOBS.c.pipeline_id,
             JOBS.c.workspace_id,
-        ).limit(bindparam("scan", type_=Integer))
+        ).limit(bindparam("limit", type_=Integer))
         due = (head.with_for_update(skip_locked=True) if lock else head).subquery("due")
         order = (due.c.priority.desc(), due.c.run_at, due.c.created_at)
-        ranks: list[Any] = [
-            func.row_number()
-            .over(partition_by=func.coalesce(due.c.concurrency_key, due.c.id), order_by=order)
-            .label("key_rank")
-        ]
-        fits: list[Any] = []
+        key_rank = func.row_number().over(
+            partition_by=func.coalesce(due.c.concurrency_key, due.c.id), order_by=order
+        )
+        held_back = [key_rank > 1]
         for share, column in (
             (self.cfg.max_running_per_pipeline, "pipeline_id"),
             (self.cfg.max_running_per_workspace, "workspace_id"),
@@ -165,17 +164,21 @@ class Statements:
                     .scalar_subquery()
                 )
                 taken = func.row_number().over(partition_by=due.c[column], order_by=order) + running
-                ranks.append(taken.label(f"{column}_taken"))
-                fits.append((column, share))
-        ranked = select(due, *ranks).subquery("ranked")
-        in_order = (ranked.c.priority.desc(), ranked.c.run_at, ranked.c.created_at)
-        return (
-            select(ranked.c.id, func.row_number().over(order_by=in_order).label("pos"))
-            .where(ranked.c.key_rank == 1)
-            .where(*(or_(ranked.c[c].is_(None), ranked.c[f"{c}_taken"] <= share) for c, share in fits))
-            .order_by(*in_order)
-            .limit(bindparam("limit", type_=Integer))
-        )
+                held_back.append(and_(due.c[column].is_not(None), taken > share))
+        checked = select(
+            due.c.id,
+            due.c.priority,
+            due.c.run_at,
+            due.c.created_at,
+            case((or_(*held_back), 1), else_=0).label("held_back"),
+        ).subquery("checked")
+        in_order = (checked.c.priority.desc(), checked.c.run_at, checked.c.created_at)
+        counted = select(
+            checked.c.id,
+            func.row_number().over(order_by=in_order).label("pos"),
+            func.sum(checked.c.held_back).over(order_by=in_order, rows=(None, 0)).label("held_so_far"),
+        ).subquery("counted")
+        return select(counted.c.id, counted.c.pos).where(counted.c.held_so_far == 0)
 
     def _claim_picked(self, picked: Select[Any]) -> Update:
         # a CTE, MATERIALIZED: PostgreSQL plans ``id IN (SELECT … LIMIT 1 FOR UPDATE SKIP LOCKED)``
