@@ -27,13 +27,26 @@ no-op handler, ``--workers`` threads (default 2, as ``serve`` and ``lorebase wor
 
   A few warm-up jobs (not counted) go first in each setting.
 
-Executors are measured by one function each (``embedded`` below); the Celery executor of the
-scaled mode will be added by the scale-out work as another entry of ``EXECUTORS``
-(``--executor celery``), printing the same keys. Prints one JSON line on stdout; progress goes
-to stderr. No target is enforced: the exit status is 0 whatever the figures.
+For **bare Celery on Redis** (``--executor celery``, the reference the embedded executor is held
+to): a plain Celery app (Celery's defaults: early acks, prefetch multiplier 4), a prefork worker
+with ``--workers`` processes (this script with a hidden ``--celery-worker`` flag), the same N
+no-op tasks, each an ``INCR`` of a Redis counter so that this process sees when all have run.
+The worker starts on a warm-up queue; the N messages are published on a queue it does not
+consume yet, and the clock runs from the ``add_consumer`` that makes it consume them to the poll
+(every 10 ms) that sees the counter at N, as the embedded clock runs from ``start()`` on N
+pending jobs. CPU: the worker and its pool processes (``/proc``; Redis's own is not counted,
+SQLite's is, in the embedded figure). No latency settings for Celery.
 
-    .venv/bin/python benchmarks/queue.py [--jobs 2000] [--latency-jobs 300] [--interval 0.02]
-                                         [--workers 2] [--poll-seconds 0.5] [--smoke]
+Executors are measured by one function each (``EXECUTORS``), one after the other in one run:
+``--executor embedded,celery`` or ``--executor all``. Prints one JSON line on stdout, each
+executor's figures under its name (the same throughput keys), and
+``embedded_over_celery_throughput`` when both ran; progress goes to stderr. No target is
+enforced: the exit status is 0 whatever the figures.
+
+    .venv/bin/python benchmarks/queue.py [--executor embedded|celery|embedded,celery|all]
+                                         [--jobs 2000] [--latency-jobs 300] [--interval 0.02]
+                                         [--workers 2] [--poll-seconds 0.5]
+                                         [--redis-url redis://127.0.0.1:6379/0] [--smoke]
 """
 
 from __future__ import annotations
