@@ -27,13 +27,26 @@ no-op handler, ``--workers`` threads (default 2, as ``serve`` and ``lorebase wor
 
   A few warm-up jobs (not counted) go first in each setting.
 
-Executors are measured by one function each (``embedded`` below); the Celery executor of the
-scaled mode will be added by the scale-out work as another entry of ``EXECUTORS``
-(``--executor celery``), printing the same keys. Prints one JSON line on stdout; progress goes
-to stderr. No target is enforced: the exit status is 0 whatever the figures.
+For **bare Celery on Redis** (``--executor celery``, the reference the embedded executor is held
+to): a plain Celery app (Celery's defaults: early acks, prefetch multiplier 4), a prefork worker
+with ``--workers`` processes (this script with a hidden ``--celery-worker`` flag), the same N
+no-op tasks, each an ``INCR`` of a Redis counter so that this process sees when all have run.
+The worker starts on a warm-up queue; the N messages are published on a queue it does not
+consume yet, and the clock runs from the ``add_consumer`` that makes it consume them to the poll
+(every 10 ms) that sees the counter at N, as the embedded clock runs from ``start()`` on N
+pending jobs. CPU: the worker and its pool processes (``/proc``; Redis's own is not counted,
+SQLite's is, in the embedded figure). No latency settings for Celery.
 
-    .venv/bin/python benchmarks/queue.py [--jobs 2000] [--latency-jobs 300] [--interval 0.02]
-                                         [--workers 2] [--poll-seconds 0.5] [--smoke]
+Executors are measured by one function each (``EXECUTORS``), one after the other in one run:
+``--executor embedded,celery`` or ``--executor all``. Prints one JSON line on stdout, each
+executor's figures under its name (the same throughput keys), and
+``embedded_over_celery_throughput`` when both ran; progress goes to stderr. No target is
+enforced: the exit status is 0 whatever the figures.
+
+    .venv/bin/python benchmarks/queue.py [--executor embedded|celery|embedded,celery|all]
+                                         [--jobs 2000] [--latency-jobs 300] [--interval 0.02]
+                                         [--workers 2] [--poll-seconds 0.5]
+                                         [--redis-url redis://127.0.0.1:6379/0] [--smoke]
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import argparse
 import json
 import math
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -357,10 +371,7 @@ def embedded(args: argparse.Namespace) -> dict[str, Any]:
         f"enqueue transaction {polling_enqueue}"
     )
     return {
-        "throughput_jobs_per_s": round(args.jobs / tp["seconds"], 1),
-        "cpu_ms_per_job": round(1000 * tp["cpu_seconds"] / args.jobs, 3),
-        "throughput_seconds": round(tp["seconds"], 3),
-        "bulk_enqueue_ms": round(1000 * tp["enqueue_seconds"], 1),
+        **throughput_figures(args.jobs, tp["seconds"], tp["cpu_seconds"], tp["enqueue_seconds"]),
         "latency_ms": {
             "notified": notified,
             "polling": {**polling, "poll_seconds": args.poll_seconds},
@@ -375,11 +386,166 @@ def embedded(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-#: one function per executor, each returning the same keys; the Celery executor (scaled mode)
-#: is added here by the scale-out work
-EXECUTORS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"embedded": embedded}
-#: keys printed after the latency settings (the others come first)
-LATENCY_KEYS = ("latency_ms", "polling_over_notified_p50", "enqueue_ms")
+# -- bare Celery on Redis (the reference) ----------------------------------------------------------
+CELERY_TASK = "bench.noop"
+
+
+def celery_app(redis_url: str) -> Any:
+    """A plain Celery app on Redis (Celery's defaults: early acks, prefetch multiplier 4, no
+    result backend) with one task, ``bench.noop``: ``INCR`` of the counter its message names, so
+    that this process sees when all N have run."""
+    import redis
+    from celery import Celery
+
+    app = Celery("bench", broker=redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    clients: dict[int, Any] = {}  # one per (forked) pool process
+
+    def noop(counter: str) -> None:
+        client = clients.get(os.getpid())
+        if client is None:
+            client = clients[os.getpid()] = redis.Redis.from_url(redis_url)
+        client.incr(counter)
+
+    app.task(name=CELERY_TASK, ignore_result=True)(noop)
+    return app
+
+
+def celery_worker_process(redis_url: str, prefix: str, workers: int) -> None:
+    """The child: ``celery worker`` (prefork, ``workers`` processes) consuming ``<prefix>.warm``;
+    the parent adds ``<prefix>.jobs`` with a remote-control ``add_consumer`` once it has queued them."""
+    celery_app(redis_url).worker_main(
+        [
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={workers}",
+            f"--queues={prefix}.warm",
+            f"--hostname={prefix}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=WARNING",
+        ]
+    )
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children, from ``/proc`` (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, parents = 0.0, {pid}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.parent.name) == pid or int(fields[1]) in parents:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def wait_for_count(client: Any, key: str, n: int, timeout: float, every: float = 0.01) -> float:
+    """Poll a Redis counter until it reaches ``n``; the time that poll saw it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if int(client.get(key) or 0) >= n:
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"celery ran {int(client.get(key) or 0)} of {n} tasks within {timeout:.0f}s")
+        time.sleep(every)
+
+
+def celery(args: argparse.Namespace) -> dict[str, Any]:
+    """Bare Celery on Redis with the same no-op work: the reference the embedded executor is held to.
+
+    A prefork worker with ``--workers`` processes starts on a warm-up queue (WARM_UP tasks run
+    through it first); then N messages are published on a queue it does not consume yet, and the
+    clock starts when the parent tells the worker to consume it (``add_consumer``), as the
+    embedded executor's starts when its threads start on N pending jobs. It stops at the poll
+    (every 10 ms) that sees the counter at N. CPU: the worker and its pool processes (Redis's own
+    is not counted; SQLite's is, in the embedded executor's figure)."""
+    import redis
+
+    prefix = f"lorebase-bench-queue-{os.getpid()}"
+    counter = f"{prefix}.done"
+    app = celery_app(args.redis_url)
+    client = redis.Redis.from_url(args.redis_url)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--celery-worker",
+            prefix,
+            "--redis-url",
+            args.redis_url,
+            "--workers",
+            str(args.workers),
+        ],
+        stdout=sys.stderr,  # stdout carries this script's JSON line only
+    )
+    try:
+        for _ in range(WARM_UP):
+            app.send_task(CELERY_TASK, args=[f"{counter}.warm"], queue=f"{prefix}.warm")
+        wait_for_count(client, f"{counter}.warm", WARM_UP, timeout=120)
+        t = time.perf_counter()
+        with app.producer_or_acquire() as producer:
+            for _ in range(args.jobs):
+                app.send_task(CELERY_TASK, args=[counter], queue=f"{prefix}.jobs", producer=producer)
+        enqueue_s = time.perf_counter() - t
+        t0, cpu0 = time.perf_counter(), process_tree_cpu(worker.pid)
+        app.control.add_consumer(f"{prefix}.jobs", destination=[f"{prefix}@{socket.gethostname()}"])
+        t1 = wait_for_count(client, counter, args.jobs, timeout=600)
+        cpu = process_tree_cpu(worker.pid) - cpu0
+    finally:
+        worker.terminate()  # warm shutdown
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        keys = [
+            k for pattern in (f"{prefix}*", f"_kombu.binding.{prefix}*") for k in client.scan_iter(pattern)
+        ]
+        if keys:
+            client.delete(*keys)
+    seconds = t1 - t0
+    log(
+        f"celery: {args.jobs} no-op tasks in {seconds:.2f}s = {args.jobs / seconds:.0f} jobs/s, "
+        f"worker CPU {cpu:.2f}s ({1000 * cpu / args.jobs:.2f} ms/job); publishing {1000 * enqueue_s:.0f} ms"
+    )
+    return throughput_figures(args.jobs, seconds, cpu, enqueue_s)
+
+
+def throughput_figures(n: int, seconds: float, cpu_seconds: float, enqueue_seconds: float) -> dict[str, Any]:
+    """The throughput keys every executor prints."""
+    return {
+        "throughput_jobs_per_s": round(n / seconds, 1),
+        "cpu_ms_per_job": round(1000 * cpu_seconds / n, 3),
+        "throughput_seconds": round(seconds, 3),
+        "bulk_enqueue_ms": round(1000 * enqueue_seconds, 1),
+    }
+
+
+#: one function per executor, each returning the throughput keys (``throughput_figures``)
+EXECUTORS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "embedded": embedded,
+    "celery": celery,
+}
+
+
+def executors(value: str) -> list[str]:
+    """``--executor``: one name, several joined by commas, or ``all``."""
+    names = list(EXECUTORS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in EXECUTORS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown executor {unknown}: choose from {sorted(EXECUTORS)} or all"
+        )
+    return names
 
 
 def main() -> None:
@@ -387,7 +553,12 @@ def main() -> None:
 
     default_poll = JobSettings().poll_seconds
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--executor", choices=sorted(EXECUTORS), default="embedded", help="(default embedded)")
+    ap.add_argument(
+        "--executor",
+        type=executors,
+        default=["embedded"],
+        help=f"{', '.join(EXECUTORS)}, several joined by commas, or all (default embedded)",
+    )
     ap.add_argument(
         "--jobs", type=int, default=None, help="no-op jobs for throughput (default 2000; --smoke: 200)"
     )
@@ -397,18 +568,27 @@ def main() -> None:
     ap.add_argument(
         "--interval", type=float, default=0.02, help="seconds between trickled jobs (default 0.02)"
     )
-    ap.add_argument("--workers", type=int, default=2, help="worker threads (default 2)")
+    ap.add_argument("--workers", type=int, default=2, help="worker threads or processes (default 2)")
     ap.add_argument(
         "--poll-seconds",
         type=float,
         default=default_poll,
         help=f"jobs.poll_seconds of the workers (default {default_poll:g}, the setting's default)",
     )
+    ap.add_argument(
+        "--redis-url",
+        default=os.environ.get("LOREBASE_REDIS_URL") or "redis://127.0.0.1:6379/0",
+        help="Celery's broker (default $LOREBASE_REDIS_URL, else redis://127.0.0.1:6379/0)",
+    )
     ap.add_argument("--smoke", action="store_true", help="a quick run (200 + 50 jobs)")
     ap.add_argument("--worker-process", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--celery-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker_process is not None:
         worker_process(args.worker_process, args.poll_seconds, args.workers)
+        return
+    if args.celery_worker is not None:
+        celery_worker_process(args.redis_url, args.celery_worker, args.workers)
         return
     clock = time.get_clock_info("perf_counter").implementation
     if clock != "clock_gettime(CLOCK_MONOTONIC)":
@@ -417,19 +597,21 @@ def main() -> None:
     args.latency_jobs = args.latency_jobs or (50 if args.smoke else 300)
 
     log(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")
-    figures = EXECUTORS[args.executor](args)
-    out = {
+    figures = {name: EXECUTORS[name](args) for name in args.executor}
+    out: dict[str, Any] = {
         "benchmark": "queue",
-        "executor": args.executor,
+        "executor": ",".join(args.executor),
         "workers": args.workers,
         "noop_jobs": args.jobs,
-        **{k: v for k, v in figures.items() if k not in LATENCY_KEYS},
         "latency_jobs": args.latency_jobs,
         "latency_interval_ms": round(1000 * args.interval, 1),
-        **{k: figures[k] for k in LATENCY_KEYS},
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "smoke": args.smoke,
+        **figures,
     }
+    if "embedded" in figures and "celery" in figures:
+        out["embedded_over_celery_throughput"] = round(
+            figures["embedded"]["throughput_jobs_per_s"] / figures["celery"]["throughput_jobs_per_s"], 2
+        )
+    out |= {"load_average": [round(x, 2) for x in os.getloadavg()], "smoke": args.smoke}
     print(json.dumps(out), flush=True)
 
 

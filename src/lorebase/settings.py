@@ -40,6 +40,18 @@ class JobSettings(BaseModel):
     reap_seconds: float = Field(
         5.0, gt=0, description="How often a worker returns expired leases to `pending`."
     )
+    prefetch: int = Field(
+        8,
+        ge=1,
+        description="Most jobs an embedded worker thread claims at once: the one it starts and those "
+        "its sibling threads or itself run next, leased meanwhile (1: one at a time).",
+    )
+    prefetch_seconds: float = Field(
+        0.05,
+        ge=0,
+        description="How far ahead a worker thread claims: as many jobs as its recent jobs say it "
+        "will start within this time (long jobs are claimed one at a time).",
+    )
     max_running_per_pipeline: int = Field(
         0, ge=0, description="Jobs of one pipeline running at once across all workers (0: no limit)."
     )

@@ -80,3 +80,39 @@ def test_migrations_build_the_models_and_come_back_down(
     assert _differences(engine) == []
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 0
+
+
+@pytest.mark.parametrize("engine_fixture", ["sqlite_engine", "postgres_engine"])
+def test_claim_order_index_keeps_priority_descending(
+    engine_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """A claim walks ``ix_jobs_claim`` and stops at its first runnable job only when the index has
+    the claim's order, ``priority DESC`` included (SQLite's table rebuild in 0007 had dropped it:
+    every claim then sorted the pending jobs; 0009 restores it)."""
+    engine: Engine = request.getfixturevalue(engine_fixture)
+    upgrade(engine)
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            order = conn.execute(
+                text("SELECT name, \"desc\" FROM pragma_index_xinfo('ix_jobs_claim') WHERE key")
+            )
+            assert [tuple(r) for r in order] == [
+                ("status", 0),
+                ("priority", 1),
+                ("run_at", 0),
+                ("created_at", 0),
+            ]
+            plan = conn.execute(
+                text(
+                    "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status = 'pending' "
+                    "ORDER BY priority DESC, run_at, created_at LIMIT 1"
+                )
+            )
+            details = [r[3] for r in plan]
+            assert any("ix_jobs_claim" in d for d in details), details
+            assert not any("TEMP B-TREE" in d for d in details), details
+        else:
+            indexdef = conn.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_jobs_claim'")
+            ).scalar()
+            assert indexdef is not None and "(status, priority DESC, run_at, created_at)" in indexdef

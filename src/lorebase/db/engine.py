@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -130,6 +130,19 @@ class Database:
             return
         with self._writer_lock, self._write() as s, s.begin():
             yield s
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A write transaction on a Core connection, for statements that need no ORM (the job
+        engine's claim, heartbeat and success: no Session bookkeeping per step). The same rules
+        as ``session()``: committed on success, rolled back on any exception, and on SQLite the
+        process's writer lock is held throughout."""
+        if self._writer_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._writer_lock, self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:

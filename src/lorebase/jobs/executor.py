@@ -13,6 +13,13 @@ only those types and the ``concurrency`` general threads claim everything else. 
 on the network for its whole run; in a lane of its own it never holds a thread that would
 otherwise parse or embed, and the pages it fetches are processed while it goes on. ``stop(drain=True)``
 asks running jobs to checkpoint at their next batch boundary and release their leases.
+
+Short jobs are claimed several at a time (``JobQueue.claim_many``): a thread that needs work
+takes the next job claimed ahead by a thread of its group (the general threads, or one lane),
+or claims as many as its recent jobs say it will start within ``jobs.prefetch_seconds`` (at most
+``jobs.prefetch``; one while it knows nothing yet). Jobs claimed ahead are leased by the
+heartbeat thread while they wait, counted when they start (``JobQueue.start``), and released
+when the executor stops.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import socket
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -70,6 +78,8 @@ class EmbeddedExecutor:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._active: dict[str, JobContext[Host]] = {}
+        #: jobs claimed ahead, not started, in claim order, by the job types their threads claim
+        self._ahead: dict[tuple[str, ...], deque[ClaimedJob]] = {}
         self._active_lock = threading.Lock()
         runtime.queue.add_listener(self._wake.set)
 
@@ -115,24 +125,68 @@ class EmbeddedExecutor:
     # -- loops ------------------------------------------------------------------------------
     def _work_loop(self, owner: str, types: tuple[str, ...]) -> None:
         cfg = self.runtime.settings.jobs
-        while not self._stop.is_set():
+        pace: float | None = None  # the wall time of this thread's recent jobs (a moving average)
+        try:
+            while not self._stop.is_set():
+                try:
+                    job = self._next_job(owner, types, pace)
+                except OperationalError as exc:  # database briefly unavailable: back off, keep going
+                    log.warning("claim failed: %s", exc)
+                    self._stop.wait(cfg.poll_seconds * 4)
+                    continue
+                if job is None:
+                    # jittered, so idle threads do not all look at the same moment (a job written by
+                    # another process would then wait a whole period instead of half of one)
+                    self._wake.wait(cfg.poll_seconds * random.uniform(0.5, 1.5))
+                    self._wake.clear()
+                    continue
+                started = time.monotonic()
+                try:
+                    self.run_job(job)
+                except (
+                    Exception
+                ):  # bookkeeping failed (database down, broken hook): the reaper recovers the job
+                    log.exception("job %s (%s): could not record its outcome", job.id, job.type)
+                    self._stop.wait(cfg.poll_seconds)
+                took = time.monotonic() - started
+                pace = took if pace is None else 0.75 * pace + 0.25 * took
+        finally:
+            self._release_ahead(types)
+
+    def _next_job(self, owner: str, types: tuple[str, ...], pace: float | None) -> ClaimedJob | None:
+        """The next job this thread runs, started: one claimed ahead by its group, else a claim of
+        as many as it expects to start within ``jobs.prefetch_seconds`` (the rest go ahead)."""
+        queue = self.runtime.queue
+        while True:
+            with self._active_lock:
+                hand = self._ahead.get(types)
+                ahead = hand.popleft() if hand else None
+            if ahead is None:
+                break
+            if queue.start(ahead):
+                return ahead
+        cfg = self.runtime.settings.jobs
+        limit = 1 if pace is None else min(cfg.prefetch, 1 + int(cfg.prefetch_seconds / max(pace, 1e-6)))
+        jobs = queue.claim_many(owner, types, limit=limit)
+        if len(jobs) > 1:
+            with self._active_lock:
+                self._ahead.setdefault(types, deque()).extend(jobs[1:])
+            self._wake.set()  # an idle sibling takes the next one now
+        return jobs[0] if jobs else None
+
+    def _release_ahead(self, types: tuple[str, ...]) -> None:
+        """Give back the jobs claimed ahead for ``types`` (the executor stops): pending again at
+        once, no attempt counted."""
+        with self._active_lock:
+            hand = self._ahead.pop(types, deque())
+        for job in hand:
             try:
-                job = self.runtime.queue.claim(owner, types)
-            except OperationalError as exc:  # database briefly unavailable: back off, keep going
-                log.warning("claim failed: %s", exc)
-                self._stop.wait(cfg.poll_seconds * 4)
-                continue
-            if job is None:
-                # jittered, so idle threads do not all look at the same moment (a job written by
-                # another process would then wait a whole period instead of half of one)
-                self._wake.wait(cfg.poll_seconds * random.uniform(0.5, 1.5))
-                self._wake.clear()
-                continue
-            try:
-                self.run_job(job)
-            except Exception:  # bookkeeping failed (database down, broken hook): the reaper recovers the job
-                log.exception("job %s (%s): could not record its outcome", job.id, job.type)
-                self._stop.wait(cfg.poll_seconds)
+                with self.runtime.db.connection() as conn:
+                    self.runtime.queue.release(conn, job)
+            except LeaseLost:
+                pass  # taken back meanwhile (reaped, cancelled): not ours to give
+            except OperationalError as exc:  # its lease runs out; the reaper takes it back uncounted
+                log.warning("could not release job %s claimed ahead: %s", job.id, exc)
 
     def _heartbeat_loop(self, _name: str) -> None:
         cfg = self.runtime.settings.jobs
@@ -141,12 +195,18 @@ class EmbeddedExecutor:
                 continue  # fault suite: alive but cut off from the database
             with self._active_lock:
                 contexts = list(self._active.values())
+                ahead = [job for hand in self._ahead.values() for job in hand]
             for ctx in contexts:
                 try:
                     if not self.runtime.queue.heartbeat(ctx.job):
                         ctx.lease_lost.set()
                 except OperationalError as exc:
                     log.warning("heartbeat failed for job %s: %s", ctx.job.id, exc)
+            for job in ahead:  # a lease lost meanwhile makes its start fail
+                try:
+                    self.runtime.queue.heartbeat(job)
+                except OperationalError as exc:
+                    log.warning("heartbeat failed for job %s: %s", job.id, exc)
 
     def _maintenance_loop(self, _name: str) -> None:
         cfg = self.runtime.settings.jobs
@@ -172,8 +232,8 @@ class EmbeddedExecutor:
         try:
             handler.run(ctx)
             faults.point("job.before_succeed")  # the work is done and saved, the job is not marked
-            with self.runtime.db.session() as s:
-                self.runtime.queue.succeed(s, job)
+            with self.runtime.db.connection() as conn:
+                self.runtime.queue.succeed(conn, job)
             outcome = "succeeded"
         except Exception as exc:
             failure = retry.classify(exc)

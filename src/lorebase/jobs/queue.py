@@ -11,12 +11,13 @@ Whether a job runs again, when, and whether an attempt counts is not decided her
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from lorebase.db.engine import Database, insert_or_skip
@@ -24,12 +25,13 @@ from lorebase.db.models import Job, Pipeline, new_id, utcnow
 from lorebase.db.states import PIPELINE_HELD
 from lorebase.errors import LeaseLost
 from lorebase.jobs import retry
+from lorebase.jobs.statements import Statements
 from lorebase.settings import JobSettings
 
 
 @dataclass(slots=True)
 class ClaimedJob:
-    """What a worker holds while it runs a job; ``attempts`` + ``owner`` are its fencing token."""
+    """What a worker holds while it runs a job; ``claims`` + ``owner`` are its fencing token."""
 
     id: str
     type: str
@@ -46,11 +48,17 @@ class ClaimedJob:
     concurrency_key: str | None = None
     #: the job's claims when this one was taken: with ``owner``, the fencing token
     claims: int = 0
+    #: claimed ahead and not started: the row's ``attempts`` is still ``attempts - 1`` (the
+    #: attempt is counted by ``JobQueue.start``) and its ``heartbeat_at`` NULL
+    ahead: bool = False
 
 
 #: called by the reaper, in its transaction, for a job it ends ``dead`` (a lost worker out of
 #: attempts): the executor hands it to the task's ``on_failure``
 OnDead = Callable[[Session, ClaimedJob, str], None]
+#: a transaction a job's transitions are written in: an ORM session (a handler's, a hook's) or a
+#: Core connection (``Database.connection``: the executor's own steps, without ORM bookkeeping)
+Tx = Session | Connection
 
 
 class JobQueue:
@@ -58,6 +66,7 @@ class JobQueue:
         self.db = db
         self.cfg = cfg
         self._listeners: list[Any] = []
+        self._sql = Statements(cfg)
 
     # -- wake-ups ---------------------------------------------------------------------------
     def add_listener(self, callback: Any) -> None:
@@ -154,98 +163,80 @@ class JobQueue:
         The shares are counted across all workers; on PostgreSQL two claims racing may each see
         the last free slot, so a share can be exceeded by a job for a moment, never for long.
         """
+        jobs = self.claim_many(owner, types, limit=1, job_id=job_id)
+        return jobs[0] if jobs else None
+
+    def claim_many(
+        self, owner: str, types: tuple[str, ...] | None = None, *, limit: int, job_id: str | None = None
+    ) -> list[ClaimedJob]:
+        """Take up to ``limit`` runnable jobs at once, by the rules of ``claim``, most urgent first:
+        the first starts now; the others are claimed *ahead*, for the same worker to run next.
+
+        The batch is what claims one after another would take, cut short at the first job they
+        would pass over (a second job of one concurrency key, one beyond its pipeline's or
+        workspace's share): never two jobs of a key, never beyond a share, never out of claim
+        order, and possibly fewer than ``limit``. Each job claimed ahead is leased like a running
+        one (the caller renews its lease) but its attempt is not counted until ``start``: a
+        worker lost before starting it costs it no attempt, and ``release`` gives it back with
+        its count unchanged.
+
+        One statement (``statements.Statements.claim``) on a Core connection, then the first
+        start of the jobs' pipelines.
+        """
         now = utcnow()
-        busy = select(Job.concurrency_key).where(Job.status == "running", Job.concurrency_key.is_not(None))
-        held = select(Pipeline.id).where(Pipeline.status.in_(PIPELINE_HELD))
-        candidate = (
-            select(Job.id)
-            .where(
-                Job.status == "pending",
-                Job.run_at <= now,
-                or_(Job.pipeline_id.is_(None), Job.pipeline_id.not_in(held)),
-                or_(Job.concurrency_key.is_(None), Job.concurrency_key.not_in(busy)),
-            )
-            .order_by(Job.priority.desc(), Job.run_at, Job.created_at)
-            .limit(1)
-        )
-        if types:
-            candidate = candidate.where(Job.type.in_(types))
-        if job_id is not None:
-            candidate = candidate.where(Job.id == job_id)
-        if self.cfg.max_running_per_pipeline:
-            full = (
-                select(Job.pipeline_id)
-                .where(Job.status == "running", Job.pipeline_id.is_not(None))
-                .group_by(Job.pipeline_id)
-                .having(func.count() >= self.cfg.max_running_per_pipeline)
-            )
-            candidate = candidate.where(or_(Job.pipeline_id.is_(None), Job.pipeline_id.not_in(full)))
-        if self.cfg.max_running_per_workspace:
-            crowded = (
-                select(Job.workspace_id)
-                .where(Job.status == "running")
-                .group_by(Job.workspace_id)
-                .having(func.count() >= self.cfg.max_running_per_workspace)
-            )
-            candidate = candidate.where(Job.workspace_id.not_in(crowded))
-        with self.db.session() as s:
-            if s.get_bind().dialect.name == "postgresql":
-                candidate = candidate.with_for_update(skip_locked=True)
-            job_id = s.execute(candidate).scalar()
-            if job_id is None:
-                return None
-            lease_until = now + timedelta(seconds=self.cfg.lease_seconds)
-            result = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == "pending")
-                .values(
-                    status="running",
-                    attempts=Job.attempts + 1,
-                    claims=Job.claims + 1,
-                    progressed=False,
-                    lease_owner=owner,
-                    lease_expires_at=lease_until,
-                    heartbeat_at=now,
-                    started_at=func.coalesce(Job.started_at, now),
-                    updated_at=now,
-                )
-                .returning(
-                    Job.id,
-                    Job.type,
-                    Job.payload,
-                    Job.attempts,
-                    Job.max_attempts,
-                    Job.workspace_id,
-                    Job.pipeline_id,
-                    Job.kb_id,
-                    Job.document_id,
-                    Job.checkpoint,
-                    Job.priority,
-                    Job.concurrency_key,
-                    Job.claims,
-                )
-            ).first()
-            if result is None:
-                return None
-            if result.pipeline_id:
-                s.execute(
-                    update(Pipeline)
-                    .where(Pipeline.id == result.pipeline_id, Pipeline.status == "queued")
-                    .values(status="running", started_at=now, updated_at=now)
-                )
-            return _claimed(result, owner)
+        with self.db.connection() as conn:
+            dialect, by_id = conn.dialect.name, job_id is not None
+            stmt = self._sql.claim(dialect, typed=bool(types), by_id=by_id, batch=limit > 1)
+            params = {
+                "now": now,
+                "owner": owner,
+                "lease_until": now + timedelta(seconds=self.cfg.lease_seconds),
+                "limit": limit,
+                "types": list(types or ()),
+                "job_id": job_id,
+            }
+            rows = list(conn.execute(stmt, params))
+            for pipeline_id in sorted({r.pipeline_id for r in rows if r.pipeline_id}):
+                conn.execute(self._sql.pipeline_started, {"pipeline_id": pipeline_id, "now": now})
+        # the one that starts now (its heartbeat set) first, then claim order
+        rows.sort(key=lambda r: (r.heartbeat_at is None, -r.priority, r.run_at, r.created_at))
+        jobs = [_claimed(r, owner) for r in rows]
+        for job in jobs[1:]:
+            job.ahead = True
+            job.attempts += 1  # the attempt it will be: counted in the row by ``start``
+        return jobs
+
+    def start(self, job: ClaimedJob) -> bool:
+        """Start a job claimed ahead: count its attempt and renew its lease (one fenced write).
+
+        False when it must not run now: its lease was lost (taken over or cancelled; nothing to
+        do), or its pipeline was paused or is being cancelled since it was claimed: a claim now
+        would pass it over, so it is released (``release``: pending again, no attempt counted).
+        A job that was not claimed ahead is started already (True)."""
+        if not job.ahead:
+            return True
+        now = utcnow()
+        params = _token(job) | {
+            "v_attempts": job.attempts,
+            "now": now,
+            "lease_until": now + timedelta(seconds=self.cfg.lease_seconds),
+        }
+        with self.db.connection() as conn:
+            if conn.execute(self._sql.start, params).rowcount == 1:
+                job.ahead = False
+                return True
+            with contextlib.suppress(LeaseLost):
+                self.release(conn, job)
+        return False
 
     # -- fenced writes ----------------------------------------------------------------------
-    @staticmethod
-    def _fence(job: ClaimedJob) -> Any:
-        return and_(
-            Job.id == job.id,
-            Job.claims == job.claims,
-            Job.lease_owner == job.owner,
-            Job.status == "running",
-        )
+    def _fenced_write(self, tx: Tx, job: ClaimedJob, values: dict[str, Any]) -> int:
+        """Write ``values`` to the job's row if this attempt still owns it; the rows written (0 or 1)."""
+        params = {f"v_{k}": v for k, v in values.items()} | _token(job)
+        result = tx.execute(self._sql.fenced_update(tuple(sorted(values))), params)
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
-    def fence(self, session: Session, job: ClaimedJob, *, progress: bool = False) -> None:
+    def fence(self, session: Tx, job: ClaimedJob, *, progress: bool = False) -> None:
         """Prove ownership inside the caller's transaction (and renew the lease), or raise LeaseLost.
 
         Called first in every transaction a job writes in: on SQLite the transaction already holds
@@ -255,35 +246,33 @@ class JobQueue:
         transiently or lose its worker (``jobs/retry.py``).
         """
         now = utcnow()
-        values: dict[str, Any] = {
-            "heartbeat_at": now,
-            "lease_expires_at": now + timedelta(seconds=self.cfg.lease_seconds),
-        }
+        values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=self.cfg.lease_seconds)}
+        if not job.ahead:  # a job claimed ahead is leased, not worked on: no heartbeat yet
+            values["heartbeat_at"] = now
         if progress:
             values["progressed"] = True
-        result = session.execute(update(Job).where(self._fence(job)).values(**values))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if self._fenced_write(session, job, values) != 1:
             raise LeaseLost(f"job {job.id} attempt {job.attempts} no longer owned by {job.owner}")
 
     def heartbeat(self, job: ClaimedJob) -> bool:
         """Renew the lease; False when it was lost (taken over, cancelled or finished elsewhere)."""
         try:
-            with self.db.session() as s:
-                self.fence(s, job)
+            with self.db.connection() as conn:
+                self.fence(conn, job)
             return True
         except LeaseLost:
             return False
 
-    def save_checkpoint(self, session: Session, job: ClaimedJob, checkpoint: dict[str, Any]) -> None:
+    def save_checkpoint(self, session: Tx, job: ClaimedJob, checkpoint: dict[str, Any]) -> None:
         """Save the job's checkpoint in the caller's (fenced) transaction; a changed checkpoint
         is progress."""
         values: dict[str, Any] = {"checkpoint": checkpoint}
         if checkpoint != job.checkpoint:
             values["progressed"] = True
-        session.execute(update(Job).where(self._fence(job)).values(**values))
+        self._fenced_write(session, job, values)
 
     @staticmethod
-    def _pending_twin(session: Session, job_id: str) -> str | None:
+    def _pending_twin(session: Tx, job_id: str) -> str | None:
         """Another *pending* job with this job's dedupe key: it will do the same work.
 
         A job going back to ``pending`` while such a twin exists is closed as superseded instead
@@ -295,7 +284,7 @@ class JobQueue:
             select(Job.id).where(Job.dedupe_key == key, Job.status == "pending", Job.id != job_id).limit(1)
         ).scalar()
 
-    def _back_to_pending(self, session: Session, job: ClaimedJob, **values: Any) -> str:
+    def _back_to_pending(self, session: Tx, job: ClaimedJob, **values: Any) -> str:
         twin = self._pending_twin(session, job.id)
         if twin is not None:
             self._finish(
@@ -305,35 +294,30 @@ class JobQueue:
         self._finish(session, job, status="pending", dispatched_at=None, **values)
         return "pending"
 
-    def _finish(self, session: Session, job: ClaimedJob, **values: Any) -> None:
+    def _finish(self, session: Tx, job: ClaimedJob, **values: Any) -> None:
         now = utcnow()
         values.setdefault("lease_owner", None)
         values.setdefault("lease_expires_at", None)
         values["updated_at"] = now
-        result = session.execute(update(Job).where(self._fence(job)).values(**values))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if self._fenced_write(session, job, values) != 1:
             raise LeaseLost(f"job {job.id} attempt {job.attempts} no longer owned by {job.owner}")
         if job.concurrency_key is not None:
             # a job waiting for this key was delivered while the key was held and set aside:
             # it is dispatched again now rather than after ``redispatch_seconds``
-            session.execute(
-                update(Job)
-                .where(Job.concurrency_key == job.concurrency_key, Job.status == "pending")
-                .values(dispatched_at=None)
-            )
+            session.execute(self._sql.key_released, {"key": job.concurrency_key})
 
-    def succeed(self, session: Session, job: ClaimedJob) -> None:
+    def succeed(self, session: Tx, job: ClaimedJob) -> None:
         self._finish(session, job, status="succeeded", finished_at=utcnow(), last_error=None, error_kind=None)
 
-    def fail(self, session: Session, job: ClaimedJob, error: str, *, kind: str = "permanent") -> None:
+    def fail(self, session: Tx, job: ClaimedJob, error: str, *, kind: str = "permanent") -> None:
         self._finish(session, job, status="failed", finished_at=utcnow(), last_error=error, error_kind=kind)
 
     def retry_later(
-        self, session: Session, job: ClaimedJob, error: str, *, retry_after: float | None = None
+        self, session: Tx, job: ClaimedJob, error: str, *, retry_after: float | None = None
     ) -> tuple[str, float]:
         """A transient error ended the attempt: ``pending`` again after a backoff, or ``dead``,
         as ``retry.after_error`` rules. Returns ``("pending" | "superseded" | "dead", delay)``."""
-        progressed = session.execute(select(Job.progressed).where(self._fence(job))).scalar()
+        progressed = session.execute(self._sql.progressed, _token(job)).scalar()
         verdict = retry.after_error(
             attempts=job.attempts,
             max_attempts=job.max_attempts,
@@ -356,11 +340,11 @@ class JobQueue:
         )
         return outcome, verdict.delay
 
-    def release(self, session: Session, job: ClaimedJob) -> None:
+    def release(self, session: Tx, job: ClaimedJob) -> None:
         """Give the job back untouched (pause, drain): this attempt does not count."""
         self._back_to_pending(session, job, attempts=job.attempts - 1, run_at=utcnow())
 
-    def cancel_running(self, session: Session, job: ClaimedJob, reason: str = "cancelled") -> None:
+    def cancel_running(self, session: Tx, job: ClaimedJob, reason: str = "cancelled") -> None:
         self._finish(session, job, status="cancelled", finished_at=utcnow(), last_error=reason)
 
     # -- maintenance ------------------------------------------------------------------------
@@ -483,6 +467,11 @@ class JobQueue:
         due = utcnow() - timedelta(seconds=max(0.0, self.cfg.redispatch_seconds - seconds))
         with self.db.session() as s:
             s.execute(update(Job).where(Job.id == job_id, Job.status == "pending").values(dispatched_at=due))
+
+
+def _token(job: ClaimedJob) -> dict[str, Any]:
+    """The parameters of ``statements.FENCE`` for this attempt."""
+    return {"f_id": job.id, "f_claims": job.claims, "f_owner": job.owner}
 
 
 def _claimed(row: Any, owner: str | None = None) -> ClaimedJob:
