@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from lorebase import __version__, web
-from lorebase.api import errors, guards, idempotency, openapi, ratelimit
+from lorebase.api import errors, guards, idempotency, openapi, pacing, ratelimit
 from lorebase.api.routes import drafts, health, kbs, keys, pipelines, queries, search
 from lorebase.assembly import assemble
 from lorebase.settings import Settings, get_settings
@@ -61,6 +61,7 @@ def create_app(
         app.include_router(module.router)
     web.install(app)  # the dashboard: pages, /static, sign-in
     ratelimit.install(app, settings)  # per-key limits on search, uploads, finalize
+    pacing.install(app)  # searches take turns while this server ingests
     openapi.install(app)  # a self-contained /openapi.json (no dangling #/$defs references)
     # the last middleware added runs first: the security headers go on every response, CORS
     # preflights included; CORS only when origins are configured (closed by default)

@@ -234,6 +234,15 @@ class LimitSettings(BaseModel):
     finalize_per_minute: int = Field(
         30, ge=0, description="Draft finalizes one API key may make per minute (429 beyond; 0: no limit)."
     )
+    search_share_while_ingesting: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="While this server's own workers run jobs, searches take turns and keep to "
+        "this share of the time (a search that took 10 ms lets the next start 40 ms later at 0.2): "
+        "on a small machine ingestion keeps most of the CPU however hard searches come, and "
+        "searches wait their turn instead of failing. 1: no pacing.",
+    )
     reject_delay_seconds: float = Field(
         1.0,
         ge=0,

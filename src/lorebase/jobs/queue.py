@@ -348,6 +348,11 @@ class JobQueue:
         self._finish(session, job, status="cancelled", finished_at=utcnow(), last_error=reason)
 
     # -- maintenance ------------------------------------------------------------------------
+    def busy(self) -> bool:
+        """Whether any job is running now (one indexed look-up)."""
+        with self.db.read_session() as s:
+            return s.execute(select(Job.id).where(Job.status == "running").limit(1)).first() is not None
+
     def reap(self, on_dead: OnDead | None = None) -> list[str]:
         """Take back the jobs whose lease expired (their worker was lost), one transaction.
 
