@@ -10,10 +10,11 @@ from finalize to ``completed``:
 * **alone**: nothing else runs;
 * **hammered**: ``--clients`` concurrent clients (asyncio + httpx, one keep-alive connection each)
   send hybrid searches for SciFact train queries to the search KB, back to back, for the whole
-  ingest, with one API key. The server's per-key limit (600 searches a minute by default)
-  answers the excess with 429, as it would in production; ``--unlimited`` turns it off, and then
-  the searches take all the CPU they can get: the API runs at a higher priority than the worker
-  process (``jobs.worker_niceness``), so on a small machine ingestion yields to them.
+  ingest, with one API key. While the server's workers run jobs it paces searches
+  (``api/pacing.py``: one at a time, ``limits.search_share_while_ingesting`` of the time), and
+  its per-key limit (600 searches a minute by default) answers the excess with 429, held back a
+  second (``limits.reject_delay_seconds``), as it would in production; ``--unlimited`` turns the
+  limit off.
 
 Figures: ingest throughput alone and hammered (chunks/s) and their ratio; searches sent, their
 p50/p99 latency (client-side, of those answered 200) and how many answered 429, 5xx or failed at the
