@@ -1,4 +1,4 @@
-"""Search: vector, keyword (BM25) and hybrid (reciprocal-rank fusion), with metadata filters.
+"""Search: vector, keyword (BM25) and hybrid (score fusion of the two), with metadata filters.
 
 ``retrieve`` is the pure ranking used by the API, the CLI and ``lorebase eval``; ``search``
 adds the query log. Filters match document fields (``document_id``, ``external_id``,
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 
 Mode = Literal["hybrid", "vector", "keyword"]
 MODES = ("hybrid", "vector", "keyword")
-RRF_K = 60
+#: hybrid search: the vector list's weight in the fusion (the keyword list has the rest)
+VECTOR_WEIGHT = 0.6
 
 
 @dataclass(slots=True)
@@ -37,13 +39,31 @@ class Ranked:
     score: float
 
 
-def fuse(lists: list[list[Ranked]], k: int = RRF_K) -> list[Ranked]:
-    """Reciprocal-rank fusion: each list adds 1/(k + rank); robust to incomparable score scales."""
-    scores: dict[int, float] = {}
+def fuse(
+    lists: list[list[Ranked]], weights: tuple[float, ...] = (VECTOR_WEIGHT, 1 - VECTOR_WEIGHT)
+) -> list[Ranked]:
+    """Score fusion of the vector and keyword lists (in that order): each list's scores become
+    z-scores over that list (cosine and BM25 have incomparable scales, and BM25's changes with the
+    query), and a chunk's fused score is the weighted sum; a chunk missing from a list gets that
+    list's lowest z-score. On SciFact train this ranks better than reciprocal-rank fusion, which
+    keeps only the ranks: hybrid nDCG@10 0.7240 with RRF (k=60), 0.7397 fused this way at the
+    vector weight 0.6 (README, Retrieval quality). Best first; ties by pk."""
+    normalised: list[dict[int, float]] = []
     for ranked in lists:
-        for rank, hit in enumerate(ranked, start=1):
-            scores[hit.pk] = scores.get(hit.pk, 0.0) + 1.0 / (k + rank)
-    return [Ranked(pk, sc) for pk, sc in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
+        if not ranked:
+            normalised.append({})
+            continue
+        values = np.fromiter((h.score for h in ranked), dtype=np.float64, count=len(ranked))
+        spread = float(values.std())
+        z = (values - values.mean()) / spread if spread > 0 else np.zeros(len(values))
+        normalised.append({h.pk: float(v) for h, v in zip(ranked, z, strict=True)})
+    floors = [min(n.values(), default=0.0) for n in normalised]
+    fused: dict[int, float] = {}
+    for pk in {pk for n in normalised for pk in n}:
+        fused[pk] = sum(
+            w * n.get(pk, floor) for w, n, floor in zip(weights, normalised, floors, strict=False)
+        )
+    return [Ranked(pk, sc) for pk, sc in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def retrieve(
