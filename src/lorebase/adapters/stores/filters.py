@@ -143,21 +143,6 @@ class Where:
         found = session.execute(self.pks_query(kb_id, session.get_bind().dialect.name)).scalars()
         return Allowed(np.fromiter(found, dtype=np.int64))
 
-    # -- in Python ------------------------------------------------------------------------------
-    def matches(self, fields: Mapping[str, Any], metadata: Mapping[str, Any]) -> bool:
-        """Whether a document with these ``fields`` (DOC_FIELDS names) and ``metadata`` matches
-        (the meaning above; the reference the tests hold the stores to)."""
-        for cond in self.conditions:
-            key = cond.metadata_key
-            if key is None:
-                v = fields.get(cond.field)
-                found = None if v is None else ("s", str(v))
-            else:
-                found = typed(metadata.get(key)) if key in metadata else None
-            if found is None or found not in cond.values:
-                return False
-        return True
-
 
 class Allowed:
     """A set of pks that searches may return, as a sorted array and a bitmap over its range
