@@ -152,9 +152,7 @@ class SqliteStore:
             if found is not None:
                 return [Hit(pk=pk, score=score) for pk, score in found]
         k = min(int(k), 4096)  # vec0 caps k at 4096
-        only = ""
-        if allowed is not None:
-            only = " AND rowid IN (" + ",".join(str(p) for p in allowed.tolist()) + ")"
+        only = _only(allowed)
         rows = session.execute(
             text(
                 f"SELECT rowid, distance FROM {self.vec_table} "
@@ -179,9 +177,7 @@ class SqliteStore:
         match = fts_query(query)
         if not match:
             return []
-        only = ""
-        if allowed is not None:
-            only = " AND rowid IN (" + ",".join(str(p) for p in allowed.tolist()) + ")"
+        only = _only(allowed)
         # rank is bm25 (_RANK), lower-is-better
         rows = session.execute(
             text(
@@ -199,3 +195,10 @@ class SqliteStore:
             ).scalar()
             or 0
         )
+
+
+def _only(allowed: Allowed | None) -> str:
+    """The SQL path's filter: ``AND rowid IN (…)`` over the allowed pks (integers, inlined)."""
+    if allowed is None:
+        return ""
+    return " AND rowid IN (" + ",".join(str(p) for p in allowed.tolist()) + ")"
