@@ -254,6 +254,17 @@ class LimitSettings(BaseModel):
     )
 
 
+class RetentionSettings(BaseModel):
+    """How long things that are no longer used are kept."""
+
+    kb_versions: int = Field(
+        1,
+        ge=0,
+        description="Retired config versions of a KB kept for rollback (the newest first); older "
+        "ones are deleted with their chunks and vectors when another version goes live.",
+    )
+
+
 class ParseSettings(BaseModel):
     """Limits that keep a hostile or pathological file from hurting a worker."""
 
@@ -405,6 +416,9 @@ class Settings(BaseSettings):
     )
     parse: ParseSettings = Field(
         default_factory=ParseSettings, description="Resource limits for parsing uploaded files."
+    )
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings, description="What is kept, and for how long."
     )
     cors_origins: str = Field(
         "",

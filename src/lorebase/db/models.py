@@ -102,6 +102,61 @@ class KnowledgeBase(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    #: the live config version (``kb_versions``): ``config`` is that version's config, and both
+    #: change together in the transaction that activates a version (the atomic swap)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class KbVersion(Base):
+    """One config version of a KB: its chunking, embedding and store, and the index built with
+    them (chunks with this ``version``; store entries under ``index_key(kb_id, version)``).
+
+    ``status`` (``db/states.py``, ``VersionStatus``): ``building`` while its re-index pipeline
+    runs, ``complete`` once built and not (yet) activated, ``live`` for the one that answers
+    searches, ``retired`` once replaced (kept for rollback, ``retention.kb_versions``),
+    ``failed`` or ``cancelled`` when its build did not finish.
+    """
+
+    __tablename__ = "kb_versions"
+    __table_args__ = (UniqueConstraint("kb_id", "version", name="uq_kb_versions_kb_version"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kb_id: Mapped[str] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True)
+    workspace_id: Mapped[str] = mapped_column(String(36))
+    version: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(12), default="building")
+    #: ``always``, ``if_better`` (an evaluation decides) or ``manual``
+    activate: Mapped[str] = mapped_column(String(12), default="always")
+    pipeline_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    evaluation_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+    #: ``[{"id", "error"}]``: documents its config could not chunk (they stay in the versions
+    #: that have them; this one is built without them)
+    failed_documents: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    activated_at: Mapped[datetime | None] = mapped_column(default=None)
+    retired_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Evaluation(Base):
+    """A retrieval evaluation of a KB: labelled queries run against versions and modes, as a job."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    kb_id: Mapped[str] = mapped_column(ForeignKey("knowledge_bases.id", ondelete="CASCADE"), index=True)
+    workspace_id: Mapped[str] = mapped_column(String(36), index=True)
+    status: Mapped[str] = mapped_column(String(12), default="queued")
+    #: what was asked: queries, qrels, versions, modes, from_feedback
+    request: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: ``{"<version>": {"<mode>": {"ndcg@10", "recall@10", "recall@100", "mrr@10"}}}``
+    results: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    per_query: Mapped[list[Any]] = mapped_column(default=list)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    pipeline_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Draft(Base):
@@ -207,7 +262,7 @@ class Document(Base):
 
 class Chunk(Base):
     __tablename__ = "chunks"
-    __table_args__ = (Index("ix_chunks_kb_embedded", "kb_id", "embedded"),)
+    __table_args__ = (Index("ix_chunks_kb_version_embedded", "kb_id", "version", "embedded"),)
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(36), unique=True)
     document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), index=True)
@@ -220,7 +275,21 @@ class Chunk(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     embedded: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: the KB config version this chunk belongs to (``KbVersion``): a document has chunks in
+    #: every version that is live, building or complete
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def index_key(kb_id: str, version: int) -> str:
+    """The store's key of a KB version's entries: the KB id for version 1 (what every KB had
+    before versions), ``<kb id>@v<n>`` after; :func:`split_index_key` reads it back."""
+    return kb_id if version == 1 else f"{kb_id}@v{version}"
+
+
+def split_index_key(key: str) -> tuple[str, int]:
+    kb_id, sep, version = key.partition("@v")
+    return (kb_id, int(version)) if sep else (kb_id, 1)
 
 
 class Pipeline(Base):

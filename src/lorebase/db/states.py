@@ -105,6 +105,32 @@ JOB_FINAL: tuple[JobStatus, ...] = (
 JOB_GAVE_UP: tuple[JobStatus, ...] = (JobStatus.FAILED, JobStatus.DEAD)
 
 
+class VersionStatus(StrEnum):
+    """A KB config version (``KbVersion``): ``building`` → ``complete`` → ``live`` → ``retired``
+    (and back to ``live`` on rollback), or ``failed`` / ``cancelled`` when its build stopped."""
+
+    BUILDING = "building"
+    COMPLETE = "complete"
+    LIVE = "live"
+    RETIRED = "retired"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+#: versions whose index ingestion keeps current: a new document gets chunks in each of them
+VERSION_MAINTAINED: tuple[VersionStatus, ...] = (
+    VersionStatus.LIVE,
+    VersionStatus.BUILDING,
+    VersionStatus.COMPLETE,
+)
+#: versions whose index is whole: they can be searched by number and activated
+VERSION_SEARCHABLE: tuple[VersionStatus, ...] = (
+    VersionStatus.LIVE,
+    VersionStatus.COMPLETE,
+    VersionStatus.RETIRED,
+)
+
+
 def transition(
     session: Session,
     where: ColumnElement[bool] | Sequence[ColumnElement[bool]],

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
-from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, new_id, utcnow
+from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, index_key, new_id, utcnow
 from lorebase.db.states import DOCUMENT_RETRYABLE, DocumentStatus, transition
+from lorebase.pipeline import versions
 from lorebase.tasks import process_document
 
 if TYPE_CHECKING:
@@ -261,10 +262,14 @@ def remove_documents(session: Session, runtime: Runtime, kb: KnowledgeBase, docu
     """Take documents out of a KB: their vectors and keyword entries, chunks and rows."""
     if not document_ids:
         return 0
-    pks = list(session.execute(select(Chunk.pk).where(Chunk.document_id.in_(document_ids))).scalars())
-    if pks:
-        runtime.kb_store(kb.config).delete(session, kb.id, pks)
-        for i in range(0, len(pks), 500):
-            session.execute(delete(Chunk).where(Chunk.pk.in_(pks[i : i + 500])))
+    rows = session.execute(select(Chunk.pk, Chunk.version).where(Chunk.document_id.in_(document_ids))).all()
+    by_version: dict[int, list[int]] = {}
+    for pk, version in rows:
+        by_version.setdefault(version, []).append(pk)
+    for version, config in versions.configs(session, kb, by_version).items():
+        runtime.kb_store(config).delete(session, index_key(kb.id, version), by_version[version])
+    pks = [pk for pk, _ in rows]
+    for i in range(0, len(pks), 500):
+        session.execute(delete(Chunk).where(Chunk.pk.in_(pks[i : i + 500])))
     result = session.execute(delete(Document).where(Document.kb_id == kb.id, Document.id.in_(document_ids)))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

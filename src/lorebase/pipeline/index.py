@@ -17,11 +17,11 @@ from lorebase import faults
 from lorebase.adapters.embedders.protocol import Embedder
 from lorebase.adapters.stores.protocol import IndexEntry, Store
 from lorebase.db.engine import insert_or_skip
-from lorebase.db.models import Chunk, Document, EmbeddingCache, KnowledgeBase, Pipeline, utcnow
+from lorebase.db.models import Chunk, Document, EmbeddingCache, KnowledgeBase, Pipeline, index_key, utcnow
 from lorebase.db.states import DocumentStatus, transition
 from lorebase.errors import PermanentError
 from lorebase.jobs.context import JobContext
-from lorebase.pipeline import progress
+from lorebase.pipeline import progress, versions
 from lorebase.pipeline.embed import Embedded, cached_vectors, embed_with_cache
 from lorebase.runtime import Runtime
 
@@ -34,6 +34,7 @@ WINDOW_BATCHES = 4
 
 @dataclass(slots=True)
 class _Window:
+    #: the store's key of the version's index (``index_key``)
     kb_id: str
     config: dict[str, Any]
     workspace_id: str
@@ -65,10 +66,15 @@ class EmbedChunks:
         return True
 
     def _pending(self, ctx: JobContext[Runtime], limit: int) -> _Window | None:
-        """Up to ``limit`` pending chunks of this job's share, oldest first, with what the cache
-        holds for them (a short read; no model call); None when none is left."""
+        """Up to ``limit`` pending chunks of this job's share, oldest first, all of one KB config
+        version (embedded with its model, into its index), with what the cache holds for them
+        (a short read; no model call); None when none is left.
+
+        An ingest pipeline's job takes the pending chunks of its documents (in every version
+        they are kept in); a re-index pipeline's (``payload["version"]``) takes that version's."""
         runtime = ctx.runtime
-        pipeline_id = ctx.job.payload["pipeline_id"]
+        payload = ctx.job.payload
+        pipeline_id = payload["pipeline_id"]
         with runtime.db.read_session() as s:
             kb = s.execute(
                 select(KnowledgeBase)
@@ -77,7 +83,11 @@ class EmbedChunks:
             ).scalar_one_or_none()
             if kb is None:
                 raise PermanentError("the knowledge base was deleted")
-            embedder = runtime.kb_embedder(kb.config)
+            mine = (
+                (Chunk.kb_id == kb.id, Chunk.version == int(payload["version"]))
+                if payload.get("version")
+                else (Document.pipeline_id == pipeline_id,)
+            )
             rows = s.execute(
                 select(
                     Chunk.pk,
@@ -85,21 +95,25 @@ class EmbedChunks:
                     Chunk.content,
                     Chunk.document_id,
                     Chunk.meta,
+                    Chunk.version,
                     Document.title,
                 )
                 .join(Document, Document.id == Chunk.document_id)
-                .where(
-                    Document.pipeline_id == pipeline_id,
-                    Chunk.embedded.is_(False),
-                    *_partition(ctx.job.payload),
-                )
+                .where(*mine, Chunk.embedded.is_(False), *_partition(payload))
                 .order_by(Chunk.pk)
                 .limit(limit)
             ).all()
             if not rows:
                 return None
+            version = rows[0].version
+            rows = [r for r in rows if r.version == version]
+            config = versions.configs(s, kb, [version]).get(version)
+            if config is None:
+                raise PermanentError(f"version {version} of the knowledge base was deleted")
+            embedder = runtime.kb_embedder(config)
             cached = cached_vectors(s, embedder.model_id, [r.embed_text for r in rows], kb.workspace_id)
-            return _Window(kb.id, kb.config, kb.workspace_id, embedder, list(rows), cached)
+            key = index_key(kb.id, version)
+            return _Window(key, config, kb.workspace_id, embedder, list(rows), cached)
 
     def _embed_and_write(self, ctx: JobContext[Runtime], window: _Window, rows: list[Any]) -> None:
         runtime = ctx.runtime

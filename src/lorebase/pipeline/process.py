@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 
 from lorebase import faults
 from lorebase.adapters.embedders import embedder_info
-from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, utcnow
+from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, index_key, utcnow
 from lorebase.db.states import DOCUMENT_BEFORE_EMBEDDING, DocumentStatus, transition
 from lorebase.errors import NotFound, PermanentError, TransientError
 from lorebase.jobs import retry
 from lorebase.jobs.context import JobContext
-from lorebase.pipeline import progress
+from lorebase.pipeline import progress, versions
 from lorebase.pipeline.documents import fail_document
 from lorebase.pipeline.isolated import pool_for
 from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
@@ -35,8 +35,11 @@ _CHUNK_NS = uuid.UUID("6f1c1f3e-52a1-4c1e-9d7a-2f4c8f0b1a77")
 PREFIX_TOKENS = 48
 
 
-def chunk_id(document_id: str, index: int, content_hash: str) -> str:
-    return str(uuid.uuid5(_CHUNK_NS, f"{document_id}:{index}:{content_hash}"))
+def chunk_id(document_id: str, index: int, content_hash: str, version: int = 1) -> str:
+    """Deterministic: the same text at the same place of the same document (and KB config
+    version) keeps its id, its row and its vector."""
+    tail = "" if version == 1 else f":v{version}"
+    return str(uuid.uuid5(_CHUNK_NS, f"{document_id}:{index}:{content_hash}{tail}"))
 
 
 def embed_text(title: str | None, section: list[str] | None, text: str) -> str:
@@ -51,7 +54,8 @@ def embed_text(title: str | None, section: list[str] | None, text: str) -> str:
 class _Prepared:
     doc_id: str
     page_count: int | None
-    drafts: list[ChunkDraft]
+    #: the chunks for each KB config version it was chunked for (``pipeline/versions.py``)
+    drafts: dict[int, list[ChunkDraft]]
     title: str | None
 
 
@@ -80,8 +84,10 @@ class ProcessDocument:
                 .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
                 .where(Document.id.in_(ids), Document.pipeline_id == ctx.job.pipeline_id)
             ).all()  # a document another pipeline owns now is left to that one
+            targets = {kb.id: versions.maintained(s, kb) for _, kb in rows}
             work = [
-                (doc.id, doc.blob_key, doc.media_type, doc.filename, doc.title, kb.config) for doc, kb in rows
+                (doc.id, doc.blob_key, doc.media_type, doc.filename, doc.title, targets[kb.id])
+                for doc, kb in rows
             ]
             transition(s, Document.id.in_([w[0] for w in work]), DocumentStatus.PARSING)
         try:
@@ -106,12 +112,19 @@ class ProcessDocument:
             for doc_id, message in failed:
                 fail_document(s, doc_id, message, "permanent")
             by_id = {item.doc_id: item for item in prepared}
+            if ctx.job.kb_id:  # a version that starts building waits for this save (PostgreSQL)
+                s.execute(
+                    select(KnowledgeBase.id)
+                    .where(KnowledgeBase.id == ctx.job.kb_id)
+                    .with_for_update(read=True)
+                )
             rows = s.execute(
                 select(Document, KnowledgeBase)
                 .join(KnowledgeBase, KnowledgeBase.id == Document.kb_id)
                 .where(Document.id.in_(list(by_id)))
             ).all()  # documents deleted meanwhile are simply absent
             items = [(doc, kb, by_id[doc.id]) for doc, kb in rows]
+            _check_versions(s, items)
             waiting = save_chunks(s, runtime, items)
             done = [doc.id for doc, _, _ in items if doc.id not in waiting]
             transition(s, Document.id.in_(list(waiting)), DocumentStatus.EMBEDDING)
@@ -152,31 +165,42 @@ class ProcessDocument:
 
     @staticmethod
     def _prepare(runtime: Runtime, work: list[tuple[Any, ...]]) -> list[_Prepared | PermanentError]:
-        """Parse and chunk the documents (in parallel, in the parse pool); failures in place."""
-        loaded: list[tuple[bytes, str, str | None, ChunkingConfig, str, int] | PermanentError] = []
-        for _, blob_key, media_type, filename, _, config in work:
+        """Parse and chunk the documents (in parallel, in the parse pool), once for each KB
+        config version they are kept in; failures in place."""
+        errors: dict[int, PermanentError] = {}
+        asks: list[tuple[int, int]] = []  # (document's index in work, version)
+        args: list[tuple[bytes, str, str | None, ChunkingConfig, str, int]] = []
+        for n, (_, blob_key, media_type, filename, _, targets) in enumerate(work):
             try:
                 data = _load(runtime, blob_key, media_type)
             except PermanentError as exc:
-                loaded.append(exc)
+                errors[n] = exc
                 continue
-            spec = config["embedding"]["model"]
-            loaded.append(
-                (data, media_type, filename, ChunkingConfig.of(config), spec, embedder_info(spec)[1])
-            )
-        parsed = iter(
-            pool_for(runtime.settings).prepare_all([a for a in loaded if not isinstance(a, PermanentError)])
-        )
+            for version, config in targets.items():
+                spec = config["embedding"]["model"]
+                asks.append((n, version))
+                args.append(
+                    (data, media_type, filename, ChunkingConfig.of(config), spec, embedder_info(spec)[1])
+                )
+        results: dict[int, dict[int, Any]] = {}
+        for (n, version), result in zip(asks, pool_for(runtime.settings).prepare_all(args), strict=True):
+            results.setdefault(n, {})[version] = result
         outcomes: list[_Prepared | PermanentError] = []
-        for (doc_id, _, _, filename, title, _), item in zip(work, loaded, strict=True):
-            result = item if isinstance(item, PermanentError) else next(parsed)
-            if isinstance(result, PermanentError):
-                outcomes.append(result)
-            elif not result.drafts:
+        for n, (doc_id, _, _, filename, title, targets) in enumerate(work):
+            if n in errors:
+                outcomes.append(errors[n])
+                continue
+            per = results[n]
+            failure = next((r for r in per.values() if isinstance(r, PermanentError)), None)
+            live = per[next(iter(targets))]  # the live version comes first
+            if failure is not None:
+                outcomes.append(failure)
+            elif not all(r.drafts for r in per.values()):
                 outcomes.append(PermanentError("no extractable text in this document"))
             else:
-                title = title or result.title or result.leading_heading or filename
-                outcomes.append(_Prepared(doc_id, result.page_count, result.drafts, title))
+                title = title or live.title or live.leading_heading or filename
+                drafts = {version: r.drafts for version, r in per.items()}
+                outcomes.append(_Prepared(doc_id, live.page_count, drafts, title))
         return outcomes
 
     def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
@@ -203,7 +227,20 @@ def _load(runtime: Runtime, blob_key: str | None, media_type: str | None) -> byt
         raise PermanentError("the uploaded file is missing from storage") from None
 
 
-def _chunk_rows(doc: Document, drafts: list[ChunkDraft], title: str | None) -> list[dict[str, Any]]:
+def _check_versions(s: Session, items: list[tuple[Document, KnowledgeBase, _Prepared]]) -> None:
+    """A version that started building after these documents were chunked must get their chunks
+    too: they are chunked again (a retry) rather than saved without them."""
+    for kb_id in {kb.id for _, kb, _ in items}:
+        kb = next(k for _, k, _ in items if k.id == kb_id)
+        now = set(versions.maintained(s, kb))
+        for _, k, item in items:
+            if k.id == kb_id and not now <= set(item.drafts):
+                raise TransientError("a new version of the knowledge base started building; chunking again")
+
+
+def _chunk_rows(
+    doc: Document, drafts: list[ChunkDraft], title: str | None, version: int
+) -> list[dict[str, Any]]:
     """Rows for the ``chunks`` table (keyed by column name: they are inserted through Core)."""
     now = utcnow()
     rows: list[dict[str, Any]] = []
@@ -214,7 +251,7 @@ def _chunk_rows(doc: Document, drafts: list[ChunkDraft], title: str | None) -> l
             meta.setdefault("url", doc.source_url)
         rows.append(
             {
-                "id": chunk_id(doc.id, i, h),
+                "id": chunk_id(doc.id, i, h, version),
                 "document_id": doc.id,
                 "kb_id": doc.kb_id,
                 "workspace_id": doc.workspace_id,
@@ -225,6 +262,7 @@ def _chunk_rows(doc: Document, drafts: list[ChunkDraft], title: str | None) -> l
                 "content_hash": h,
                 "metadata": meta,
                 "embedded": False,
+                "version": version,
                 "created_at": now,
             }
         )
@@ -232,47 +270,64 @@ def _chunk_rows(doc: Document, drafts: list[ChunkDraft], title: str | None) -> l
 
 
 def save_chunks(
-    s: Session, runtime: Runtime, items: list[tuple[Document, KnowledgeBase, _Prepared]]
+    s: Session,
+    runtime: Runtime,
+    items: list[tuple[Document, KnowledgeBase, _Prepared]],
+    *,
+    reindex_pipeline: str | None = None,
 ) -> set[str]:
-    """Replace the chunks of several documents in a handful of statements.
+    """Replace the chunks of several documents (of one KB) in a handful of statements per KB
+    config version they were chunked for.
 
-    Chunks whose id (document, index, content hash) is unchanged keep their rows and vectors;
-    stale ones leave the store and the table; new ones are inserted pending. Returns the ids of
-    the documents that now wait for the embedder.
+    Chunks whose id (document, index, content hash, version) is unchanged keep their rows and
+    vectors; stale ones leave the store and the table; new ones are inserted pending. Versions
+    that are no longer kept (retired, failed) meanwhile are left alone. Returns the ids of the
+    documents that now wait for the embedder. A re-index (``reindex_pipeline``) adds chunks of a
+    version being built: the documents themselves, and their own pipelines, are not touched.
     """
     if not items:
         return set()
-    wanted: dict[str, list[dict[str, Any]]] = {
-        doc.id: _chunk_rows(doc, item.drafts, item.title) for doc, _, item in items
-    }
-    existing = s.execute(
-        select(Chunk.id, Chunk.pk, Chunk.document_id, Chunk.embedded).where(
-            Chunk.document_id.in_(list(wanted))
-        )
-    ).all()
-    wanted_ids = {row["id"] for rows in wanted.values() for row in rows}
-    keep = {r.id for r in existing if r.id in wanted_ids}
-    stale = [r.pk for r in existing if r.id not in keep]
-    if stale:
-        kb = items[0][1]  # a group's documents share their KB
-        runtime.kb_store(kb.config).delete(s, kb.id, stale)
-        for i in range(0, len(stale), 500):
-            s.execute(delete(Chunk).where(Chunk.pk.in_(stale[i : i + 500])))
-    fresh = [row for rows in wanted.values() for row in rows if row["id"] not in keep]
-    if fresh:  # through Core: the ORM's bulk insert costs more than the database does here
-        s.execute(insert(cast(Table, Chunk.__table__)), fresh)
-    waiting = {row["document_id"] for row in fresh}
-    waiting |= {r.document_id for r in existing if r.id in keep and not r.embedded}
-    for doc, _, item in items:
-        doc.title = item.title
-        doc.chunk_count = len(wanted[doc.id])
-        doc.page_count = item.page_count
-        doc.error = doc.error_kind = None
-    pipeline_id = items[0][0].pipeline_id
-    if pipeline_id and fresh:
+    kb = items[0][1]  # a group's documents share their KB
+    kept = versions.maintained(s, kb)
+    waiting: set[str] = set()
+    fresh_total = 0
+    for version, config in kept.items():
+        wanted: dict[str, list[dict[str, Any]]] = {
+            doc.id: _chunk_rows(doc, item.drafts[version], item.title, version)
+            for doc, _, item in items
+            if version in item.drafts
+        }
+        if not wanted:
+            continue
+        existing = s.execute(
+            select(Chunk.id, Chunk.pk, Chunk.document_id, Chunk.embedded).where(
+                Chunk.document_id.in_(list(wanted)), Chunk.version == version
+            )
+        ).all()
+        wanted_ids = {row["id"] for rows in wanted.values() for row in rows}
+        keep = {r.id for r in existing if r.id in wanted_ids}
+        stale = [r.pk for r in existing if r.id not in keep]
+        if stale:
+            runtime.kb_store(config).delete(s, index_key(kb.id, version), stale)
+            for i in range(0, len(stale), 500):
+                s.execute(delete(Chunk).where(Chunk.pk.in_(stale[i : i + 500])))
+        fresh = [row for rows in wanted.values() for row in rows if row["id"] not in keep]
+        if fresh:  # through Core: the ORM's bulk insert costs more than the database does here
+            s.execute(insert(cast(Table, Chunk.__table__)), fresh)
+        waiting |= {row["document_id"] for row in fresh}
+        waiting |= {r.document_id for r in existing if r.id in keep and not r.embedded}
+        fresh_total += len(fresh)
+    if reindex_pipeline is None:
+        for doc, _, item in items:
+            doc.title = item.title
+            doc.chunk_count = len(item.drafts.get(kb.version) or next(iter(item.drafts.values())))
+            doc.page_count = item.page_count
+            doc.error = doc.error_kind = None
+    pipeline_id = reindex_pipeline or items[0][0].pipeline_id
+    if pipeline_id and fresh_total:
         s.execute(
             update(Pipeline)
             .where(Pipeline.id == pipeline_id)
-            .values(chunks_created=Pipeline.chunks_created + len(fresh), updated_at=utcnow())
+            .values(chunks_created=Pipeline.chunks_created + fresh_total, updated_at=utcnow())
         )
     return waiting

@@ -18,6 +18,9 @@ from lorebase.db.models import Document, Job, Pipeline, utcnow
 from lorebase.db.states import DOCUMENT_FINAL, JOB_ACTIVE, PIPELINE_FINAL, DocumentStatus
 from lorebase.tasks import crawl_source
 
+#: the kind of pipeline that builds a KB config version (``services/versions.py``)
+REINDEX = "reindex"
+
 
 def doc_counts(s: Session, pipeline_id: str) -> dict[str, int]:
     rows = s.execute(
@@ -32,6 +35,9 @@ def refresh_progress(s: Session, pipeline_id: str) -> None:
     """Recompute document counts, progress (0-99 until settled), phase and message."""
     p = s.get(Pipeline, pipeline_id)
     if p is None or p.status in PIPELINE_FINAL:
+        return
+    if p.kind == REINDEX:
+        _reindex_progress(s, p)
         return
     counts = doc_counts(s, pipeline_id)
     total = max(p.documents_total, sum(counts.values()), 1)
@@ -62,6 +68,22 @@ def refresh_progress(s: Session, pipeline_id: str) -> None:
     )
     p.updated_at = utcnow()
     events.record(s, pipeline_id, [(events.PIPELINE, to_dict(p))])
+
+
+def _reindex_progress(s: Session, p: Pipeline) -> None:
+    """A re-index owns no documents: its counts are the documents it chunked for the version
+    (kept by ``pipeline/reindex.py``) and the version's chunks embedded."""
+    total = max(p.documents_total, 1)
+    share_parsed = min(1.0, p.documents_done / total)
+    share_embedded = (p.chunks_indexed / p.chunks_created) * share_parsed if p.chunks_created else 0.0
+    p.progress = min(99, int(100 * (0.25 * share_parsed + 0.75 * min(1.0, share_embedded))))
+    p.phase = "processing" if share_parsed < 1.0 else "embedding"
+    p.message = (
+        f"Re-indexed {p.documents_done} of {p.documents_total} documents; "
+        f"indexed {p.chunks_indexed} of {p.chunks_created} chunks"
+    )
+    p.updated_at = utcnow()
+    events.record(s, p.id, [(events.PIPELINE, to_dict(p))])
 
 
 def _crawling(s: Session, pipeline_id: str) -> bool:

@@ -19,7 +19,8 @@ from lorebase.adapters.drafts.protocol import DraftRecord
 from lorebase.adapters.embedders import embedder_info, embedder_problem
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.crawl.preview import fetch_one
-from lorebase.db.models import KnowledgeBase, new_id, utcnow
+from lorebase.db.models import KbVersion, KnowledgeBase, new_id, utcnow
+from lorebase.db.states import VersionStatus
 from lorebase.errors import InvalidInput, LorebaseError, NotFound
 from lorebase.pipeline.chunk import chunk
 from lorebase.pipeline.documents import SourceItem
@@ -276,19 +277,12 @@ def _preview_chunks(
     }
 
 
-def validate_draft(
-    runtime: Runtime, draft: DraftRecord, items: list[SourceItem] | None = None
-) -> dict[str, Any]:
-    """The validation report of ``draft`` (``items``: its source items, when the caller has them)."""
+def check_config(runtime: Runtime, cfg: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(errors, warnings) of a KB config on this server: the model and store exist and are
+    usable, the chunk sizes fit the model, the notifications may be sent. A draft's validation
+    and a KB's config change (``services/versions.py``) both ask it."""
     errors: list[dict[str, str]] = []
     warnings: list[dict[str, str]] = []
-    cfg = draft.config
-    items = _items(draft.sources) if items is None else items
-    web = _web_sources(draft.sources)
-    if not items and not web:
-        errors.append(
-            {"field": "sources", "message": "add at least one source (files, web URLs or text records)"}
-        )
     max_tokens = None
     try:
         _, max_tokens = embedder_info(cfg["embedding"]["model"])
@@ -325,6 +319,26 @@ def validate_draft(
         warnings.append(
             {"field": "config.chunking.chunk_size", "message": "chunks under 64 tokens often retrieve poorly"}
         )
+    return errors, warnings
+
+
+def validate_draft(
+    runtime: Runtime, draft: DraftRecord, items: list[SourceItem] | None = None
+) -> dict[str, Any]:
+    """The validation report of ``draft`` (``items``: its source items, when the caller has them)."""
+    errors: list[dict[str, str]] = []
+    warnings: list[dict[str, str]] = []
+    cfg = draft.config
+    items = _items(draft.sources) if items is None else items
+    web = _web_sources(draft.sources)
+    if not items and not web:
+        errors.append(
+            {"field": "sources", "message": "add at least one source (files, web URLs or text records)"}
+        )
+    config_errors, config_warnings = check_config(runtime, cfg)
+    errors += config_errors
+    warnings += config_warnings
+    size, overlap = cfg["chunking"]["chunk_size"], cfg["chunking"]["chunk_overlap"]
     total_bytes = sum(i.size_bytes for i in items)
     est_chunks = max(len(items), math.ceil(total_bytes / BYTES_PER_TOKEN / max(1, size - overlap)))
     # a web page holds ~8 KB of text on average: a guess until the crawl has seen the site
@@ -389,6 +403,16 @@ def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -
     quotas.check_new_in(runtime, s, p.workspace_id, items)
     s.add(kb)
     s.flush()
+    s.add(
+        KbVersion(
+            kb_id=kb.id,
+            workspace_id=kb.workspace_id,
+            version=1,
+            config=draft.config,
+            status=VersionStatus.LIVE,
+            activated_at=kb.created_at,
+        )
+    )
     pipeline, _ = start_pipeline(s, runtime, kb, items)
     for src in _web_sources(draft.sources):
         create_source(s, runtime, kb, pipeline, src["url"], src["crawl"], source_id=src["id"])

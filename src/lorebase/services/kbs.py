@@ -7,9 +7,22 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from lorebase.db.models import Chunk, CrawlPage, Document, Job, KnowledgeBase, Pipeline, QueryLog, Source
+from lorebase.db.models import (
+    Chunk,
+    CrawlPage,
+    Document,
+    Evaluation,
+    Job,
+    KbVersion,
+    KnowledgeBase,
+    Pipeline,
+    QueryLog,
+    Source,
+    index_key,
+)
 from lorebase.db.states import DocumentStatus
 from lorebase.errors import InvalidInput, NotFound
+from lorebase.pipeline import versions
 from lorebase.pipeline.documents import SourceItem
 from lorebase.services import quotas
 from lorebase.services.auth import Principal
@@ -59,7 +72,9 @@ def to_dict(s: Session, kb: KnowledgeBase) -> dict[str, Any]:
         ).all()
     )
     chunks = s.execute(
-        select(func.count()).select_from(Chunk).where(Chunk.kb_id == kb.id, Chunk.embedded.is_(True))
+        select(func.count())
+        .select_from(Chunk)
+        .where(Chunk.kb_id == kb.id, Chunk.version == kb.version, Chunk.embedded.is_(True))
     ).scalar_one()
     latest = s.execute(
         select(Pipeline.id).where(Pipeline.kb_id == kb.id).order_by(Pipeline.created_at.desc()).limit(1)
@@ -69,6 +84,7 @@ def to_dict(s: Session, kb: KnowledgeBase) -> dict[str, Any]:
         "name": kb.name,
         "description": kb.description,
         "config": kb.config,
+        "version": kb.version,
         "status": kb.status,
         "error": kb.error,
         "created_at": kb.created_at,
@@ -103,9 +119,11 @@ def delete_kb(runtime: Runtime, p: Principal, kb_id: str) -> None:
     """Deletes the KB, its documents, chunks, index entries, pipelines, jobs and query logs."""
     with runtime.db.session() as s:
         kb = load(s, p, kb_id)
-        runtime.kb_store(kb.config).delete_kb(s, kb.id)
+        kept = set(s.execute(select(Chunk.version).where(Chunk.kb_id == kb.id).distinct()).scalars())
+        for version, config in versions.configs(s, kb, kept | {kb.version}).items():
+            runtime.kb_store(config).delete_kb(s, index_key(kb.id, version))
         s.execute(delete(Job).where(Job.kb_id == kb.id))
-        for model in (Chunk, Document, Pipeline, QueryLog, CrawlPage, Source):
+        for model in (Chunk, Document, Pipeline, QueryLog, CrawlPage, Source, KbVersion, Evaluation):
             s.execute(delete(model).where(model.kb_id == kb.id))
         s.delete(kb)
 
@@ -226,7 +244,10 @@ def list_chunks(
 ) -> dict[str, Any]:
     with runtime.db.read_session() as s:
         _doc(s, p, document_id)
-        q = select(Chunk).where(Chunk.document_id == document_id, Chunk.workspace_id == p.workspace_id)
+        live = select(KnowledgeBase.version).where(KnowledgeBase.id == Chunk.kb_id).scalar_subquery()
+        q = select(Chunk).where(
+            Chunk.document_id == document_id, Chunk.workspace_id == p.workspace_id, Chunk.version == live
+        )
         total = s.execute(select(func.count()).select_from(q.subquery())).scalar_one()
         rows = s.execute(q.order_by(Chunk.chunk_index).limit(limit).offset(offset)).scalars().all()
         return {"items": [chunk_to_dict(c) for c in rows], "total": total}

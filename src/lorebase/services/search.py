@@ -19,8 +19,9 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.stores.filters import Where
-from lorebase.db.models import Chunk, Document, KnowledgeBase, QueryLog, utcnow
-from lorebase.errors import InvalidInput, NotFound
+from lorebase.db.models import Chunk, Document, KbVersion, KnowledgeBase, QueryLog, index_key, utcnow
+from lorebase.db.states import VERSION_SEARCHABLE
+from lorebase.errors import Conflict, InvalidInput, NotFound
 from lorebase.services.auth import Principal
 from lorebase.services.kbs import load as load_kb
 
@@ -76,22 +77,47 @@ def retrieve(
     top_k: int = 10,
     filters: dict[str, Any] | None = None,
     candidates: int | None = None,
+    version: int | None = None,
 ) -> list[Ranked]:
+    """The ranked chunks of one config version of ``kb``: the live one (as read with ``kb``, so a
+    search sees the whole of one version, before or after a swap), or ``version``."""
     if mode not in MODES:
         raise InvalidInput(f"mode must be one of {', '.join(MODES)}")
     if not query.strip():
         raise InvalidInput("query must not be empty")
-    store = runtime.kb_store(kb.config)
+    version, config = searched_version(s, kb, version)
+    store = runtime.kb_store(config)
+    key = index_key(kb.id, version)
     where = Where.parse(filters)
     depth = max(top_k, candidates or 0, 50 if mode == "hybrid" else 0)
     lists: list[list[Ranked]] = []
     if mode in ("vector", "hybrid"):
-        vector = runtime.query_embedder(kb.config["embedding"]["model"]).embed([query])[0]
-        lists.append([Ranked(h.pk, h.score) for h in store.vector_search(s, kb.id, vector, depth, where)])
+        vector = runtime.query_embedder(config["embedding"]["model"]).embed([query])[0]
+        lists.append([Ranked(h.pk, h.score) for h in store.vector_search(s, key, vector, depth, where)])
     if mode in ("keyword", "hybrid"):
-        lists.append([Ranked(h.pk, h.score) for h in store.keyword_search(s, kb.id, query, depth, where)])
+        lists.append([Ranked(h.pk, h.score) for h in store.keyword_search(s, key, query, depth, where)])
     ranked = lists[0] if len(lists) == 1 else fuse(lists)
     return ranked[:top_k]
+
+
+def searched_version(s: Session, kb: KnowledgeBase, version: int | None) -> tuple[int, dict[str, Any]]:
+    """(version, config) a search reads: the live one, or ``version`` when it is whole (live,
+    complete or retired); 404 for one the KB never had or no longer keeps, 409 for one whose
+    index is not whole (building, failed, cancelled)."""
+    if version is None or version == kb.version:
+        return kb.version, kb.config
+    row = s.execute(
+        select(KbVersion.status, KbVersion.config).where(
+            KbVersion.kb_id == kb.id, KbVersion.version == version
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"knowledge base {kb.id} has no version {version}")
+    if row.status not in VERSION_SEARCHABLE:
+        raise Conflict(
+            f"version {version} is {row.status}: only live, complete and retired versions can be searched"
+        )
+    return version, row.config
 
 
 def hydrate(s: Session, ranked: list[Ranked]) -> list[dict[str, Any]]:
@@ -134,11 +160,14 @@ def search(
     mode: Mode = "hybrid",
     top_k: int = 10,
     filters: dict[str, Any] | None = None,
+    version: int | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     with runtime.db.read_session() as s:
         kb = load_kb(s, p, kb_id)
-        results = hydrate(s, retrieve(runtime, s, kb, query, mode=mode, top_k=top_k, filters=filters))
+        served = kb.version if version is None else version
+        ranked = retrieve(runtime, s, kb, query, mode=mode, top_k=top_k, filters=filters, version=version)
+        results = hydrate(s, ranked)
     latency = (time.perf_counter() - started) * 1000
     # queued, written by the query log's own thread within a second (db/querylog.py): a search
     # never waits for the database's writer
@@ -155,6 +184,7 @@ def search(
     return {
         "query_id": query_id,
         "query": query,
+        "version": served,
         "mode": mode,
         "latency_ms": round(latency, 2),
         "results": results,

@@ -7,6 +7,7 @@
 | ``crawl_source`` | ``crawl_source.py`` | crawl | crawl a web source (native or Firecrawl), resumable |
 | ``notify_webhook`` | ``notify_webhook.py`` | process | post a signed webhook when a pipeline ends |
 | ``notify_email`` | ``notify_email.py`` | process | send an email when a pipeline ends |
+| ``reindex_version`` | ``reindex_version.py`` | process | chunk a KB's documents for a new config version, beside the live one |
 
 To add one: a file here with its ``SPEC`` (and an ``enqueue`` helper for its callers), its
 handler where its work lives, and a line in :data:`REGISTRY`.
@@ -15,7 +16,14 @@ handler where its work lives, and a line in :data:`REGISTRY`.
 from __future__ import annotations
 
 from lorebase.jobs.registry import Registry
-from lorebase.tasks import crawl_source, embed_chunks, notify_email, notify_webhook, process_document
+from lorebase.tasks import (
+    crawl_source,
+    embed_chunks,
+    notify_email,
+    notify_webhook,
+    process_document,
+    reindex_version,
+)
 
 #: every job type; the executors, the dispatcher and the Celery/RQ delivery read it
 REGISTRY = Registry.of(
@@ -25,5 +33,6 @@ REGISTRY = Registry.of(
         crawl_source.SPEC,
         notify_webhook.SPEC,
         notify_email.SPEC,
+        reindex_version.SPEC,
     ]
 )

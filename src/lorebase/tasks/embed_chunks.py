@@ -23,7 +23,8 @@ PRIORITY = 20
 
 def key(job_payload: Mapping[str, Any]) -> str:
     """``embed:<pipeline>`` (``:<part>/<n>`` with ``jobs.embed_partitions`` > 1): the dedupe and
-    the concurrency key of a pipeline's embedding job."""
+    the concurrency key of a pipeline's embedding job (a re-index pipeline's job embeds its
+    version's chunks: ``payload["version"]``)."""
     partitions = int(job_payload.get("partitions") or 1)
     base = f"embed:{job_payload['pipeline_id']}"
     return base if partitions <= 1 else f"{base}:{int(job_payload.get('partition') or 0)}/{partitions}"
@@ -41,13 +42,25 @@ SPEC = TaskSpec(
 
 
 def enqueue(
-    s: Session, runtime: Runtime, *, workspace_id: str, pipeline_id: str | None, kb_id: str | None
+    s: Session,
+    runtime: Runtime,
+    *,
+    workspace_id: str,
+    pipeline_id: str | None,
+    kb_id: str | None,
+    version: int | None = None,
 ) -> None:
     """Queue the pipeline's embedding jobs (one per partition), unless pending ones exist: the
     dedupe key makes one pending job per partition do the work of every request."""
     partitions = runtime.settings.jobs.embed_partitions
     for part in range(partitions):
-        job_payload = {"pipeline_id": pipeline_id, "partition": part, "partitions": partitions}
+        job_payload: dict[str, Any] = {
+            "pipeline_id": pipeline_id,
+            "partition": part,
+            "partitions": partitions,
+        }
+        if version is not None:
+            job_payload["version"] = version
         SPEC.enqueue(
             s,
             runtime.queue,

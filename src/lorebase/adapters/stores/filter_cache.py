@@ -31,9 +31,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.stores.change_log import Changes
-from lorebase.adapters.stores.filters import DOC_FIELDS, Allowed, Value, Where, typed
+from lorebase.adapters.stores.filters import DOC_FIELDS, Allowed, Value, Where, indexed_chunks, typed
 from lorebase.adapters.stores.memory_index import PerKbIndex
-from lorebase.db.models import Chunk, Document
+from lorebase.db.models import Chunk, Document, split_index_key
 
 #: bytes per chunk (pk, document) and per document (its fields and metadata as Python objects),
 #: for the memory estimate before a build
@@ -148,21 +148,21 @@ class FilterCache(PerKbIndex[_KbFilters]):
         return kb.nbytes
 
     def _estimate(self, session: Session, kb_id: str) -> int:
-        chunks = session.execute(
-            select(func.count()).where(Chunk.kb_id == kb_id, Chunk.embedded.is_(True))
+        chunks = session.execute(select(func.count()).where(*indexed_chunks(kb_id))).scalar()
+        docs = session.execute(
+            select(func.count()).where(Document.kb_id == split_index_key(kb_id)[0])
         ).scalar()
-        docs = session.execute(select(func.count()).where(Document.kb_id == kb_id)).scalar()
         return int(chunks or 0) * BYTES_PER_CHUNK + int(docs or 0) * BYTES_PER_DOCUMENT
 
     def _build(self, session: Session, kb_id: str, head: Any) -> _KbFilters:
         kb = _KbFilters(seq=head, doc_numbers={}, docs=[], ids=[], chunk_doc={})
-        for row in session.execute(select(*_DOC_COLUMNS).where(Document.kb_id == kb_id)):
+        for row in session.execute(select(*_DOC_COLUMNS).where(Document.kb_id == split_index_key(kb_id)[0])):
             kb.doc_numbers[row.id] = len(kb.docs)
             kb.docs.append(_fields(row))
             kb.ids.append(row.id)
         numbers = kb.doc_numbers
         for pk, document_id in session.execute(
-            select(Chunk.pk, Chunk.document_id).where(Chunk.kb_id == kb_id, Chunk.embedded.is_(True))
+            select(Chunk.pk, Chunk.document_id).where(*indexed_chunks(kb_id))
         ):
             if document_id in numbers:
                 kb.chunk_doc[int(pk)] = numbers[document_id]
@@ -178,9 +178,7 @@ class FilterCache(PerKbIndex[_KbFilters]):
             for i in range(0, len(ordered), 500):
                 part = ordered[i : i + 500]
                 rows = session.execute(
-                    select(Chunk.pk, Chunk.document_id).where(
-                        Chunk.pk.in_(part), Chunk.kb_id == kb_id, Chunk.embedded.is_(True)
-                    )
+                    select(Chunk.pk, Chunk.document_id).where(Chunk.pk.in_(part), *indexed_chunks(kb_id))
                 )
                 now.update((int(pk), doc_id) for pk, doc_id in rows)
             before = {kb.chunk_doc[p] for p in pks if p in kb.chunk_doc}
@@ -203,7 +201,9 @@ class FilterCache(PerKbIndex[_KbFilters]):
         seen: set[str] = set()
         for i in range(0, len(doc_ids), 500):
             for row in session.execute(
-                select(*_DOC_COLUMNS).where(Document.kb_id == kb_id, Document.id.in_(doc_ids[i : i + 500]))
+                select(*_DOC_COLUMNS).where(
+                    Document.kb_id == split_index_key(kb_id)[0], Document.id.in_(doc_ids[i : i + 500])
+                )
             ):
                 seen.add(row.id)
                 number = kb.doc_numbers.get(row.id)

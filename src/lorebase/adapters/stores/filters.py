@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, and_, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from lorebase.db.models import Chunk, Document
+from lorebase.db.models import Chunk, Document, split_index_key
 from lorebase.errors import InvalidInput
 
 #: the document columns a filter can name
@@ -135,13 +135,20 @@ class Where:
         return (
             select(Chunk.pk)
             .join(Document, Document.id == Chunk.document_id)
-            .where(Chunk.kb_id == kb_id, Chunk.embedded.is_(True), *self.clauses(dialect))
+            .where(*indexed_chunks(kb_id), *self.clauses(dialect))
         )
 
     def pks(self, session: Session, kb_id: str) -> Allowed:
         """The allowed pks, read with SQL (the path of stores that cannot do better)."""
         found = session.execute(self.pks_query(kb_id, session.get_bind().dialect.name)).scalars()
         return Allowed(np.fromiter(found, dtype=np.int64))
+
+
+def indexed_chunks(key: str) -> tuple[ColumnElement[bool], ...]:
+    """The chunk rows whose entries a store holds under ``key`` (a KB version's index key:
+    ``db.models.index_key``): that KB's embedded chunks of that version."""
+    kb_id, version = split_index_key(key)
+    return (Chunk.kb_id == kb_id, Chunk.version == version, Chunk.embedded.is_(True))
 
 
 class Allowed:

@@ -78,17 +78,21 @@ class SqliteStore:
         for statement in self.changes.schema():  # the change log is written even where no cache reads it
             session.execute(text(statement))
         tables = set(session.execute(text("SELECT name FROM sqlite_master WHERE type = 'table'")).scalars())
-        if {"documents", "chunks"} <= tables:  # the app's schema (a bare store in tests has none)
+        chunk_columns = set(session.execute(text("SELECT name FROM pragma_table_info('chunks')")).scalars())
+        if "documents" in tables and "version" in chunk_columns:  # the app's schema (a bare store has none)
             # a document's filterable fields changing on their own (filter_cache.py): its chunks
             # go to the change log, in the same transaction
             watched = ("metadata", "external_id", "filename", "media_type", "source_type")
             changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in watched)
+            # (under each version's index key, db.models.index_key; the first trigger knew one)
+            session.execute(text(f"DROP TRIGGER IF EXISTS {self.changes.table}_documents"))
             session.execute(
                 text(
-                    f"CREATE TRIGGER IF NOT EXISTS {self.changes.table}_documents "
+                    f"CREATE TRIGGER IF NOT EXISTS {self.changes.table}_documents_v2 "
                     f"AFTER UPDATE OF {', '.join(watched)} ON documents WHEN {changed} BEGIN "
                     f"INSERT INTO {self.changes.table}(kb_id, pk) "
-                    "SELECT c.kb_id, c.pk FROM chunks c WHERE c.document_id = new.id AND c.embedded; END"
+                    "SELECT CASE WHEN c.version = 1 THEN c.kb_id ELSE c.kb_id || '@v' || c.version END, c.pk "
+                    "FROM chunks c WHERE c.document_id = new.id AND c.embedded; END"
                 )
             )
 
