@@ -44,7 +44,7 @@ from lorebase.db.states import (
     transition,
 )
 from lorebase.pipeline import progress
-from lorebase.services import notifications
+from lorebase.services import notifications, reindex
 from lorebase.services.events import publish_pipeline
 from lorebase.tasks import embed_chunks, process_document
 
@@ -86,7 +86,7 @@ def settle(runtime: Runtime, pipeline_id: str) -> None:
         if _active_jobs(s, pipeline_id) or p.status == PipelineStatus.PAUSED:
             progress.refresh_progress(s, pipeline_id)
             return
-        if not cancelling and _cover_leftovers(s, runtime, p):
+        if not cancelling and _more_work(s, runtime, p):
             progress.refresh_progress(s, pipeline_id)
             event = None
         else:
@@ -120,11 +120,25 @@ def _active_jobs(s: Session, pipeline_id: str) -> int:
     ).scalar_one()
 
 
+def _more_work(s: Session, runtime: Runtime, p: Pipeline) -> bool:
+    """Work of ``p`` that no job covers, queued again (True); False when it may end."""
+    if p.kind == progress.REINDEX:  # a re-index owns no documents: its version says what is left
+        return reindex.more_work(s, runtime, p)
+    return _cover_leftovers(s, runtime, p)
+
+
 def _end(s: Session, runtime: Runtime, p: Pipeline) -> dict[str, Any]:
     """Give ``p`` its final state (every document is final); returns the live notice."""
+    now = utcnow()
+    if p.kind == progress.REINDEX:
+        reindex.end(s, runtime, p)
+        p.progress, p.phase, p.finished_at, p.updated_at = 100, "done", now, now
+        p.started_at = p.started_at or now
+        event = progress.changed(s, p, events.END)
+        notifications.enqueue_pipeline_end(s, runtime, p)
+        return event
     counts = progress.doc_counts(s, p.id)
     failed, indexed = counts.get(DocumentStatus.FAILED, 0), counts.get(DocumentStatus.INDEXED, 0)
-    now = utcnow()
     if p.status == PipelineStatus.CANCELLING:
         p.status = PipelineStatus.CANCELLED
     elif failed == 0:

@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from lorebase.api.deps import PrincipalDep, RuntimeDep
 from lorebase.api.idempotency import IDEMPOTENT
 from lorebase.api.ratelimit import RATE_UPLOAD
 from lorebase.api.routes.drafts import MULTIPART_FILES
-from lorebase.api.schemas.requests import DocumentsBatch, WebSource
+from lorebase.api.schemas.requests import DocumentsBatch, KbPatch, WebSource
 from lorebase.api.uploads import is_multipart, read_json, receive_files, request_cap
-from lorebase.services import kbs, sources
+from lorebase.services import kbs, sources, versions
 
 router = APIRouter(prefix="/api/v1", tags=["knowledge bases"])
 
@@ -38,6 +40,39 @@ def list_kbs(
 @router.get("/kbs/{kb_id}")
 def get_kb(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return kbs.get(runtime, p, kb_id)
+
+
+@router.patch("/kbs/{kb_id}", dependencies=[IDEMPOTENT])
+def update_kb(kb_id: str, body: KbPatch, runtime: RuntimeDep, p: PrincipalDep) -> JSONResponse:
+    """Name, description and notifications change at once (200, the KB); a change of chunking,
+    embedding or store builds version N+1 beside the live one (202 ``{version, pipeline_id}``)."""
+    status, result = versions.update_kb(
+        runtime,
+        p,
+        kb_id,
+        name=body.name,
+        description=body.description,
+        config=body.config,
+        activate=body.activate,
+        evaluation=body.evaluation,
+    )
+    return JSONResponse(jsonable_encoder(result), status_code=status)
+
+
+@router.get("/kbs/{kb_id}/versions")
+def list_versions(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    return versions.list_versions(runtime, p, kb_id)
+
+
+@router.get("/kbs/{kb_id}/versions/{version}")
+def get_version(kb_id: str, version: int, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    return versions.get_version(runtime, p, kb_id, version)
+
+
+@router.post("/kbs/{kb_id}/versions/{version}/activate")
+def activate_version(kb_id: str, version: int, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    """A complete or retired version goes live in one transaction (forwards, or a rollback)."""
+    return versions.activate(runtime, p, kb_id, version)
 
 
 @router.delete("/kbs/{kb_id}", status_code=204)

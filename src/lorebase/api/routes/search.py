@@ -30,6 +30,7 @@ async def search_kb(
         mode=body.mode,
         top_k=body.top_k,
         filters=body.filters,
+        version=body.version,
     )
 
 

@@ -102,6 +102,20 @@ class SearchRequest(StorableModel):
     top_k: int = Field(10, ge=1, le=100)
     mode: Literal["hybrid", "vector", "keyword"] = "hybrid"
     filters: dict[str, Any] | None = None
+    #: a complete or retired config version to search instead of the live one
+    version: int | None = Field(None, ge=1)
+
+
+class KbPatch(StorableModel):
+    """``PATCH /kbs/{id}``: a config change that touches the index builds a new version."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=10_000)
+    config: dict[str, Any] | None = None
+    activate: Literal["always", "if_better", "manual"] = "always"
+    #: for ``activate: "if_better"``: ``{queries, qrels}`` or ``{from_feedback: true}``
+    evaluation: dict[str, Any] | None = None
 
 
 class FeedbackRequest(StorableModel):
