@@ -74,6 +74,17 @@ class ReindexVersion:
             runtime.queue.notify()
 
 
+    def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
+        """The version's build gave up: say why on the version (its pipeline then ends ``failed``
+        and the version with it, ``services/reindex.py``); the live version is untouched."""
+        pipeline_id = ctx.job.payload["pipeline_id"]
+        session.execute(
+            update(KbVersion)
+            .where(KbVersion.pipeline_id == pipeline_id, KbVersion.status == VersionStatus.BUILDING)
+            .values(message=f"re-index failed ({kind}): {message}")
+        )
+
+
 def _batch(s: Session, pipeline_id: str, version: int) -> tuple[str, dict[str, Any], list[Any]] | None:
     """(kb id, the version's config, a batch of documents to chunk), or None when none is left
     or the version is no longer building."""
