@@ -21,7 +21,8 @@ from lorebase.errors import InvalidInput
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, kbs
 from lorebase.services.auth import Principal
-from lorebase.services.evaluations import scorable, score
+from lorebase.services.evaluation_requests import scorable
+from lorebase.services.evaluations import score
 from lorebase.services.search import searched_version
 
 

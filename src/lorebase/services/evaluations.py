@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from lorebase.db.models import Chunk, Document, Evaluation, KbVersion, KnowledgeBase, utcnow
-from lorebase.db.states import EVALUATION_FINAL, EvaluationStatus, VersionStatus
+from lorebase.db.models import Chunk, Document, Evaluation, KnowledgeBase, utcnow
+from lorebase.db.states import EVALUATION_FINAL, EvaluationStatus
 from lorebase.errors import Conflict, Interrupted, InvalidInput, NotFound, PermanentError
 from lorebase.services.auth import Principal
-from lorebase.services.feedback_labels import feedback_labels
+from lorebase.services.evaluation_requests import validate
 from lorebase.services.kbs import load as load_kb
 from lorebase.services.search import MODES, Mode, retrieve, searched_version
 from lorebase.tasks import evaluate as evaluate_task
@@ -48,15 +48,10 @@ log = logging.getLogger("lorebase.evaluations")
 
 CHUNK_DEPTH = 300  # chunks fetched per query, enough for 100 distinct documents
 METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
-#: most queries one evaluation may hold
-MAX_QUERIES = 10_000
-#: most versions one evaluation may compare
-MAX_VERSIONS = 5
 #: most ``per_query`` rows kept (beyond, those that changed most between two versions)
 PER_QUERY_LIMIT = 1_000
 #: query texts are cut to this many characters in ``per_query``
 PER_QUERY_TEXT = 300
-MAX_QUERY_CHARS = 4_000  # as a search's query (api/schemas/requests.py)
 
 
 # -- metrics -------------------------------------------------------------------------------------
@@ -92,10 +87,6 @@ def query_metrics(ranked: list[str], rels: dict[str, int]) -> dict[str, float]:
         "recall@100": recall_at(ranked, rels, 100),
         "mrr@10": mrr_at(ranked, rels, 10),
     }
-
-
-def has_relevant(rels: dict[str, int]) -> bool:
-    return any(g > 0 for g in rels.values())
 
 
 # -- scoring (shared by the job, lorebase eval and activation) -----------------------------------
@@ -159,142 +150,6 @@ def _mode(mode: str) -> Mode:
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {mode!r}", details={"modes": list(MODES)})
     return mode  # type: ignore[return-value]
-
-
-def scorable(
-    queries: list[tuple[str, str]], qrels: dict[str, dict[str, int]]
-) -> tuple[list[tuple[str, str]], int]:
-    """(the queries that have a relevant document, how many were left out)."""
-    kept = [(qid, text) for qid, text in queries if has_relevant(qrels.get(qid, {}))]
-    return kept, len(queries) - len(kept)
-
-
-# -- validation ----------------------------------------------------------------------------------
-
-
-def validate(
-    s: Session, kb: KnowledgeBase, request: dict[str, Any], *, accept_building: bool = False
-) -> dict[str, Any]:
-    """The request as stored: labelled queries (from the body or the query log), versions (None:
-    the live one when the job starts), modes. Raises InvalidInput (422) with details."""
-    allowed = {"queries", "qrels", "from_feedback", "versions", "modes"}
-    if unknown := sorted(set(request) - allowed):
-        raise InvalidInput("unknown fields in the evaluation request", details={"fields": unknown})
-    if request.get("from_feedback"):
-        if request.get("queries") or request.get("qrels"):
-            raise InvalidInput("give either queries and qrels, or from_feedback: true, not both")
-        queries, qrels, rule = feedback_labels(s, kb, max_queries=MAX_QUERIES)
-    else:
-        queries = _queries(request.get("queries"))
-        qrels = _qrels(request.get("qrels"), {qid for qid, _ in queries})
-        rule = None
-    kept, skipped = scorable(queries, qrels)
-    if not kept:
-        raise InvalidInput(
-            "no query has a relevant document (a grade above 0) in the qrels: nothing can be scored"
-        )
-    out: dict[str, Any] = {
-        "queries": [{"id": qid, "text": text} for qid, text in kept],
-        "qrels": {qid: qrels[qid] for qid, _ in kept},
-        "skipped_queries": skipped,
-        "from_feedback": bool(request.get("from_feedback")),
-        "modes": _modes(request.get("modes")),
-        "versions": _versions(s, kb, request.get("versions"), accept_building=accept_building),
-    }
-    if rule is not None:
-        out["feedback"] = rule
-    return out
-
-
-def _queries(value: Any) -> list[tuple[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise InvalidInput("queries must be a non-empty list of {id, text} (or ask from_feedback: true)")
-    if len(value) > MAX_QUERIES:
-        raise InvalidInput(
-            f"too many queries: {len(value)}; at most {MAX_QUERIES} per evaluation",
-            details={"max_queries": MAX_QUERIES},
-        )
-    out: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for i, q in enumerate(value):
-        qid = q.get("id") if isinstance(q, dict) else None
-        text = q.get("text") if isinstance(q, dict) else None
-        if not isinstance(qid, str | int) or isinstance(qid, bool) or not str(qid).strip():
-            raise InvalidInput(f"queries[{i}]: id must be a non-empty string", details={"index": i})
-        if not isinstance(text, str) or not text.strip() or len(text) > MAX_QUERY_CHARS:
-            raise InvalidInput(
-                f"queries[{i}]: text must be a non-empty string of at most {MAX_QUERY_CHARS} characters",
-                details={"index": i, "id": str(qid)},
-            )
-        if str(qid) in seen:
-            raise InvalidInput(f"queries[{i}]: id {qid!r} appears twice", details={"id": str(qid)})
-        seen.add(str(qid))
-        out.append((str(qid), text))
-    return out
-
-
-def _qrels(value: Any, known: set[str]) -> dict[str, dict[str, int]]:
-    if not isinstance(value, dict) or not value:
-        raise InvalidInput("qrels must map query ids to {external_id: grade}")
-    if unknown := sorted(str(q) for q in value if str(q) not in known):
-        raise InvalidInput(
-            f"qrels name {len(unknown)} query id(s) that are not among the queries",
-            details={"unknown_query_ids": unknown[:20]},
-        )
-    out: dict[str, dict[str, int]] = {}
-    for qid, judged in value.items():
-        if not isinstance(judged, dict):
-            raise InvalidInput(f"qrels[{qid!r}] must map external ids to grades", details={"query_id": qid})
-        for doc, grade in judged.items():
-            if isinstance(grade, bool) or not isinstance(grade, int) or grade < 0:
-                raise InvalidInput(
-                    f"qrels[{qid!r}][{doc!r}]: a grade is an integer >= 0",
-                    details={"query_id": qid, "external_id": doc},
-                )
-        out[str(qid)] = {str(doc): int(g) for doc, g in judged.items()}
-    return out
-
-
-def _modes(value: Any) -> list[str]:
-    if value is None:
-        return ["hybrid"]
-    if not isinstance(value, list) or not value or not all(isinstance(m, str) for m in value):
-        raise InvalidInput("modes must be a non-empty list", details={"modes": list(MODES)})
-    if unknown := [m for m in value if m not in MODES]:
-        raise InvalidInput(
-            f"unknown mode(s): {', '.join(unknown)}", details={"unknown": unknown, "modes": list(MODES)}
-        )
-    return list(dict.fromkeys(value))
-
-
-def _versions(s: Session, kb: KnowledgeBase, value: Any, *, accept_building: bool) -> list[int] | None:
-    """The versions to score, each one a search can read now (or, for an evaluation that
-    belongs to a version's build, ``building``: the pipeline runs the job once it is built)."""
-    if value is None:
-        return None
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        raise InvalidInput("versions must be a non-empty list of version numbers")
-    versions = list(dict.fromkeys(value))
-    if len(versions) > MAX_VERSIONS:
-        raise InvalidInput(f"at most {MAX_VERSIONS} versions per evaluation")
-    for v in versions:
-        if accept_building and _status(s, kb, v) == VersionStatus.BUILDING:
-            continue
-        try:
-            searched_version(s, kb, v)
-        except (Conflict, NotFound) as exc:
-            raise InvalidInput(exc.message, details={"version": v}) from exc
-    return versions
-
-
-def _status(s: Session, kb: KnowledgeBase, version: int) -> str | None:
-    return s.execute(
-        select(KbVersion.status).where(KbVersion.kb_id == kb.id, KbVersion.version == version)
-    ).scalar()
 
 
 # -- lifecycle -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from lorebase.services.evaluation_requests import scorable
 from lorebase.services.evaluations import (
     ModeScore,
     mrr_at,
@@ -15,7 +16,6 @@ from lorebase.services.evaluations import (
     per_query,
     query_metrics,
     recall_at,
-    scorable,
 )
 
 
