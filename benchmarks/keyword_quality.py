@@ -2,7 +2,7 @@
 SQL (FTS5's bm25, ``ts_rank_cd``) and from the in-memory index (BM25), on the same entries.
 
 One entry per abstract (title + text, a zero vector: only keywords are asked), the train queries,
-nDCG@10 and recall@100 with ``cli/evaluate.py``'s definitions. This is not ``lorebase eval`` (no
+nDCG@10 and recall@100 with ``services/evaluations.py``'s definitions. This is not ``lorebase eval`` (no
 chunking, no pipeline, no embeddings): it compares the rankings with each other, cheaply (about a
 minute), on a real PostgreSQL (pgserver)::
 
@@ -27,8 +27,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # support.pg
 from lorebase.adapters.stores.pgvector import PgvectorStore  # noqa: E402
 from lorebase.adapters.stores.protocol import IndexEntry, Store  # noqa: E402
 from lorebase.adapters.stores.sqlite import SqliteStore  # noqa: E402
-from lorebase.cli.evaluate import load_qrels, ndcg_at, recall_at  # noqa: E402
+from lorebase.cli.evaluate import load_qrels  # noqa: E402
 from lorebase.db.engine import Database  # noqa: E402
+from lorebase.services.evaluations import ndcg_at, recall_at  # noqa: E402
 
 KB, DIMENSIONS, BUDGET = "scifact", 8, 1024**3
 

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from lorebase import __version__, web
 from lorebase.api import errors, guards, idempotency, openapi, pacing, ratelimit
-from lorebase.api.routes import drafts, health, kbs, keys, pipelines, queries, search
+from lorebase.api.routes import drafts, evaluations, health, kbs, keys, pipelines, queries, search
 from lorebase.assembly import assemble
 from lorebase.settings import Settings, get_settings
 from lorebase.web.security import SecurityHeaders
@@ -57,7 +57,7 @@ def create_app(
     )
     errors.install(app)
     idempotency.install(app)
-    for module in (health, drafts, kbs, search, queries, pipelines, keys):
+    for module in (health, drafts, kbs, search, queries, evaluations, pipelines, keys):
         app.include_router(module.router)
     web.install(app)  # the dashboard: pages, /static, sign-in
     ratelimit.install(app, settings)  # per-key limits on search, uploads, finalize

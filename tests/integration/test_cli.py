@@ -333,6 +333,11 @@ def test_eval_builds_the_kb_from_a_beir_corpus_and_reports_every_mode(cli: Cli, 
         **report["modes"]["keyword"],
         "ms_per_query": again["modes"]["keyword"]["ms_per_query"],
     }
+    # --version: the live one by number gives the same figures; one the KB never had is an error
+    live = _last_json(cli.ok(*args, "--modes", "keyword", "--version", str(again["version"])).stdout)
+    assert live["modes"]["keyword"]["ndcg@10"] == again["modes"]["keyword"]["ndcg@10"]
+    missing = cli(*args, "--version", "99")
+    assert missing.exit_code == 1 and "no version 99" in missing.stderr
     rt = cli.runtime()
     try:
         with rt.db.read_session() as s:

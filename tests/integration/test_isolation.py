@@ -76,6 +76,7 @@ def _two_workspaces(api: TestClient) -> dict[str, Any]:
         headers=a,
     ).json()["sources"][0]
     query = api.post(f"/api/v1/kbs/{kb_a['kb_id']}/search", json={"query": "waggle dance"}, headers=a).json()
+    evaluation = api.post(f"/api/v1/kbs/{kb_a['kb_id']}/evaluations", json=EVALUATION, headers=a).json()
     job = api.get("/api/v1/jobs", headers=a).json()["items"][0]
     key = api.get("/api/v1/keys", headers=a).json()["items"][0]
     return {
@@ -92,9 +93,12 @@ def _two_workspaces(api: TestClient) -> dict[str, Any]:
             "query": query["query_id"],
             "job": job["id"],
             "key": key["id"],
+            "evaluation": evaluation["evaluation_id"],
         },
     }
 
+
+EVALUATION = {"queries": [{"id": "q", "text": "waggle dance"}], "qrels": {"q": {"bees": 1}}}
 
 #: every endpoint of DESIGN.md §7 that names a resource (plus the query log and key endpoints),
 #: with a valid body, so that only the owner check can refuse it; destructive ones come last
@@ -115,6 +119,8 @@ MATRIX: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/v1/kbs/{kb}/search", {"json": {"query": "waggle dance", "mode": "keyword"}}),
     ("GET", "/api/v1/kbs/{kb}/queries", {}),
     ("GET", "/api/v1/kbs/{kb}/queries/daily", {}),
+    ("POST", "/api/v1/kbs/{kb}/evaluations", {"json": EVALUATION}),
+    ("GET", "/api/v1/evaluations/{evaluation}", {}),
     ("POST", "/api/v1/queries/{query}/feedback", {"json": {"feedback": "negative", "comment": "spam"}}),
     ("GET", "/api/v1/pipelines/{pipeline}", {}),
     ("GET", "/api/v1/pipelines/{pipeline}/events", {}),

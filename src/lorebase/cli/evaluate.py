@@ -1,46 +1,29 @@
 """``lorebase eval``: retrieval quality of a KB on BEIR-format queries and qrels.
 
-Metrics are computed here (a dozen lines each, the standard trec_eval definitions: nDCG with
-linear gain and log2 discount, recall over judged-relevant documents) rather than pulling a
-compiled evaluation package into the install. Results are per document: a document's rank is
-that of its best chunk. Evaluation queries are not written to the query log.
+The figures are ``services/evaluations.py``'s (:func:`~lorebase.services.evaluations.score`),
+the code path of ``POST /kbs/{id}/evaluations``: the same KB and labels give the same figures
+either way. Results are per document (a document's rank is that of its best chunk); queries
+without a relevant document are left out; evaluation queries are not written to the query log.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-import time
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import select
 
 from lorebase.adapters.embedders import embedder_info
 from lorebase.assembly import assemble
 from lorebase.cli.common import console
 from lorebase.cli.follow import follow
-from lorebase.db.models import Chunk, Document
 from lorebase.errors import InvalidInput
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, kbs
 from lorebase.services.auth import Principal
-from lorebase.services.search import retrieve
-
-CHUNK_DEPTH = 300  # chunks fetched per query, enough for 100 distinct documents
-
-
-def ndcg_at(ranked: list[str], rels: dict[str, int], k: int) -> float:
-    dcg = sum(rels.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
-    ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[:k]
-    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
-    return dcg / idcg if idcg else 0.0
-
-
-def recall_at(ranked: list[str], rels: dict[str, int], k: int) -> float:
-    relevant = {d for d, r in rels.items() if r > 0}
-    return len(relevant.intersection(ranked[:k])) / len(relevant) if relevant else 0.0
+from lorebase.services.evaluation_requests import scorable
+from lorebase.services.evaluations import score
+from lorebase.services.search import searched_version
 
 
 def load_qrels(path: str) -> dict[str, dict[str, int]]:
@@ -91,6 +74,7 @@ def run_eval(
     modes: list[str],
     limit: int | None,
     model: str | None = None,
+    version: int | None = None,
 ) -> dict[str, Any]:
     """``model`` (an embedding model spec) is the one a KB built from ``corpus`` uses; an existing
     KB built with another model is an error, not a silent comparison of the wrong vectors."""
@@ -111,31 +95,19 @@ def run_eval(
             )
     judgements = load_qrels(qrels)
     texts = load_queries(queries)
-    qids = [q for q in texts if q in judgements][: limit or None]
-    if not qids:
-        raise InvalidInput("no query has judgements in the qrels file")
-    report: dict[str, Any] = {"kb_id": kb_id, "queries": len(qids), "modes": {}}
+    judged = [(q, texts[q]) for q in texts if q in judgements]
+    labelled, _ = scorable(judged, judgements)
+    labelled = labelled[: limit or None]
+    if not labelled:
+        raise InvalidInput("no query has a relevant document in the qrels file")
+    report: dict[str, Any] = {"kb_id": kb_id, "queries": len(labelled), "modes": {}}
     with rt.db.read_session() as s:
         kb_row = kbs.load(s, p, kb_id)
-        report["model"] = kb_row.config["embedding"]["model"]
-        ext = dict(
-            s.execute(
-                select(Chunk.pk, Document.external_id)
-                .join(Document, Document.id == Chunk.document_id)
-                .where(Chunk.kb_id == kb_id)
-            ).all()
-        )
-        for mode in modes:
-            totals = {"ndcg@10": 0.0, "recall@10": 0.0, "recall@100": 0.0}
-            started = time.perf_counter()
-            for qid in qids:
-                ranked = retrieve(rt, s, kb_row, texts[qid], mode=mode, top_k=CHUNK_DEPTH)  # type: ignore[arg-type]
-                docs = list(dict.fromkeys(str(ext.get(r.pk)) for r in ranked))
-                rels = judgements[qid]
-                totals["ndcg@10"] += ndcg_at(docs, rels, 10)
-                totals["recall@10"] += recall_at(docs, rels, 10)
-                totals["recall@100"] += recall_at(docs, rels, 100)
-            elapsed = time.perf_counter() - started
-            report["modes"][mode] = {k: round(v / len(qids), 4) for k, v in totals.items()}
-            report["modes"][mode]["ms_per_query"] = round(1000 * elapsed / len(qids), 2)
+        report["version"], config = searched_version(s, kb_row, version)
+        report["model"] = config["embedding"]["model"]
+        for mode, result in score(rt, s, kb_row, labelled, judgements, modes=modes, version=version).items():
+            report["modes"][mode] = {
+                **result.averages(),
+                "ms_per_query": round(1000 * result.seconds / len(labelled), 2),
+            }
     return report

@@ -448,9 +448,13 @@ def evaluate(
             "(default: LOREBASE_EMBEDDER); an existing KB must have been built with it."
         ),
     ] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", help="Config version to score (default: the live one).")
+    ] = None,
     workspace: Workspace = None,
 ) -> None:
-    """nDCG@10, recall@10 and recall@100 of a KB on BEIR-format queries and qrels."""
+    """nDCG@10, recall@10, recall@100 (and MRR@10 in the JSON) of a KB on BEIR-format queries
+    and qrels; the figures of POST /api/v1/kbs/{id}/evaluations."""
     from lorebase.cli.evaluate import run_eval
 
     common.setup_logging()
@@ -467,6 +471,7 @@ def evaluate(
             modes=modes.split(","),
             limit=limit,
             model=model,
+            version=version,
         )
     )
     table = Table(title=f"retrieval quality of {kb} ({report['model']}, {report['queries']} queries)")

@@ -131,6 +131,19 @@ VERSION_SEARCHABLE: tuple[VersionStatus, ...] = (
 )
 
 
+class EvaluationStatus(StrEnum):
+    """A retrieval evaluation (``Evaluation``, ``services/evaluations.py``): ``queued`` →
+    ``running`` → ``completed``, or ``failed`` with its ``error``."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+EVALUATION_FINAL: tuple[EvaluationStatus, ...] = (EvaluationStatus.COMPLETED, EvaluationStatus.FAILED)
+
+
 def transition(
     session: Session,
     where: ColumnElement[bool] | Sequence[ColumnElement[bool]],

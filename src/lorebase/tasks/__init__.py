@@ -8,6 +8,7 @@
 | ``notify_webhook`` | ``notify_webhook.py`` | process | post a signed webhook when a pipeline ends |
 | ``notify_email`` | ``notify_email.py`` | process | send an email when a pipeline ends |
 | ``reindex_version`` | ``reindex_version.py`` | process | chunk a KB's documents for a new config version, beside the live one |
+| ``evaluate`` | ``evaluate.py`` | process | score a KB's versions and search modes on labelled queries |
 
 To add one: a file here with its ``SPEC`` (and an ``enqueue`` helper for its callers), its
 handler where its work lives, and a line in :data:`REGISTRY`.
@@ -19,6 +20,7 @@ from lorebase.jobs.registry import Registry
 from lorebase.tasks import (
     crawl_source,
     embed_chunks,
+    evaluate,
     notify_email,
     notify_webhook,
     process_document,
@@ -34,5 +36,6 @@ REGISTRY = Registry.of(
         notify_webhook.SPEC,
         notify_email.SPEC,
         reindex_version.SPEC,
+        evaluate.SPEC,
     ]
 )

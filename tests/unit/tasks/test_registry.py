@@ -16,6 +16,8 @@ def test_every_task_loads_a_handler_with_run_and_on_failure() -> None:
         "crawl_source",
         "notify_webhook",
         "notify_email",
+        "reindex_version",
+        "evaluate",
     )
     for spec in REGISTRY:
         handler = REGISTRY.handler(spec.name)
@@ -29,6 +31,7 @@ def test_what_the_declarations_say() -> None:
     assert [(s.name, s.kind) for s in REGISTRY if s.resumable] == [
         ("embed_chunks", "embed"),
         ("crawl_source", "crawl"),
+        ("reindex_version", "process"),
     ]
     assert REGISTRY.kind_of("notify_email") == "process"
     assert REGISTRY.kind_of("no_such_task") == "process"
@@ -37,6 +40,8 @@ def test_what_the_declarations_say() -> None:
         "crawl_source",
         "notify_webhook",
         "notify_email",
+        "reindex_version",
+        "evaluate",
     )
     assert crawl_source.PRIORITY < process_document.PRIORITY < embed_chunks.PRIORITY
     assert REGISTRY["notify_webhook"].retry.max_attempts(settings) == settings.notify.max_attempts
@@ -46,6 +51,7 @@ def test_what_the_declarations_say() -> None:
     assert REGISTRY["embed_chunks"].concurrency_key({"pipeline_id": "p1"}) == "embed:p1"
     assert REGISTRY["crawl_source"].concurrency_key({"source_id": "s"}) == "crawl:s"
     assert REGISTRY["process_document"].concurrency_key({"document_id": "d"}) is None
+    assert REGISTRY["evaluate"].concurrency_key({"evaluation_id": "e"}) == "evaluate:e"
 
 
 def test_queue_kinds_from_the_command_line() -> None:

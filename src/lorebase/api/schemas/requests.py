@@ -121,3 +121,22 @@ class KbPatch(StorableModel):
 class FeedbackRequest(StorableModel):
     feedback: Literal["positive", "negative", "neutral"]
     comment: str | None = Field(None, max_length=10_000)
+
+
+class EvaluationQuery(StorableModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=500)
+    text: str = Field(min_length=1, max_length=4000)
+
+
+class EvaluationRequest(StorableModel):
+    """``queries`` + ``qrels`` (``{query_id: {external_id: grade}}``), or ``from_feedback: true``.
+    What they may hold (counts, known ids and modes, searchable versions) is checked by
+    ``services/evaluations.py``, the same rules for every caller."""
+
+    model_config = ConfigDict(extra="forbid")
+    queries: list[EvaluationQuery] | None = None
+    qrels: dict[str, dict[str, int]] | None = None
+    from_feedback: bool = False
+    versions: list[int] | None = None
+    modes: list[str] | None = None
