@@ -399,9 +399,13 @@ def test_ingest_a_url_crawls_it_and_ingesting_it_again_refreshes_only_changes(
     assert "Perito Moreno" in top["results"][0]["text"]
 
 
-def test_kb_reindex_builds_a_version_that_goes_live_and_kb_activate_rolls_back(cli: Cli, folder: Path) -> None:
+def test_kb_reindex_builds_a_version_that_goes_live_and_kb_activate_rolls_back(
+    cli: Cli, folder: Path
+) -> None:
     cli.ok("ingest", str(folder), "--kb", "notes")
-    out = cli.ok("kb", "reindex", "notes", "--set", "chunking.chunk_size=64", "--set", "chunking.chunk_overlap=8")
+    out = cli.ok(
+        "kb", "reindex", "notes", "--set", "chunking.chunk_size=64", "--set", "chunking.chunk_overlap=8"
+    )
     assert "version 2 builds beside version 1" in out.stdout and "version 2 built and live" in out.stdout
     kb = _kb(cli, "notes")
     assert kb["version"] == 2 and kb["config"]["chunking"]["chunk_size"] == 64

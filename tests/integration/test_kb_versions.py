@@ -306,3 +306,83 @@ def test_sigkilled_worker_mid_reindex_resumes_without_embedding_any_text_twice(t
         assert end.chunks_embedded == new_texts and cached_after - cached_before == new_texts
     finally:
         rt.close()
+
+
+#: each relevant document has a passage per query term (the term three times in it); its
+#: distractor, a short note, names two of the terms together. A whole-document chunk holds every
+#: term and ranks first; 40-token chunks hold one term each, and the distractor's two then win.
+_TERMS = {
+    "q1": ["copper", "zinc", "tin", "bronze", "alloy"],
+    "q2": ["glacier", "moraine", "crevasse", "ablation", "firn"],
+    "q3": ["enzyme", "substrate", "catalysis", "inhibitor", "kinetics"],
+}
+
+
+def _spread(terms: list[str]) -> str:
+    return " ".join(
+        f"The next section is about {t}. We describe {t} in some detail here, with the common "
+        f"observations and measurements that field workers report about {t} over many seasons."
+        for t in terms
+    )
+
+
+def test_if_better_refuses_a_worse_config_and_accepts_one_that_is_not_worse(
+    api: TestClient, auth: dict[str, str]
+) -> None:
+    records = []
+    for q, terms in _TERMS.items():
+        records.append({"external_id": f"{q}-relevant", "title": "Field notes", "text": _spread(terms)})
+        records.append(
+            {
+                "external_id": f"{q}-distractor",
+                "title": "Note",
+                "text": f"A note on {terms[0]} and {terms[1]} only.",
+            }
+        )
+    r = api.post("/api/v1/kb-drafts", json={"name": "if-better"}, headers=auth)
+    draft = r.json()["id"]
+    api.post(f"/api/v1/kb-drafts/{draft}/sources", json={"type": "text", "documents": records}, headers=auth)
+    fin = api.post(f"/api/v1/kb-drafts/{draft}/finalize", headers=auth).json()
+    assert wait_pipeline(api, auth, fin["pipeline_id"])["status"] == "completed"
+    kb_id = fin["kb_id"]
+    evaluation = {
+        "queries": [{"id": q, "text": " ".join(terms)} for q, terms in _TERMS.items()],
+        "qrels": {q: {f"{q}-relevant": 1} for q in _TERMS},
+    }
+    worse = _reindex(
+        api,
+        auth,
+        kb_id,
+        {"chunking": {"chunk_size": 40, "chunk_overlap": 0}},
+        activate="if_better",
+        evaluation=evaluation,
+    )
+    assert wait_pipeline(api, auth, worse["pipeline_id"])["status"] == "completed"
+    states = _versions(api, auth, kb_id)
+    assert states[1]["status"] == "live" and states[2]["status"] == "complete", (
+        states[2]["message"],
+        states[2]["evaluation"],
+    )
+    figures = states[2]["evaluation"]["results"]
+    assert figures["2"]["hybrid"]["ndcg@10"] < figures["1"]["hybrid"]["ndcg@10"]
+    assert "not activated" in states[2]["message"] and "below version 1" in states[2]["message"]
+    assert (
+        api.post(f"/api/v1/kbs/{kb_id}/search", json={"query": "copper"}, headers=auth).json()["version"] == 1
+    )
+    ev = api.get(f"/api/v1/evaluations/{states[2]['evaluation_id']}", headers=auth).json()
+    assert ev["status"] == "completed" and set(ev["results"]) == {"1", "2"}
+
+    better = _reindex(
+        api,
+        auth,
+        kb_id,
+        {"chunking": {"chunk_size": 200, "chunk_overlap": 10}},
+        activate="if_better",
+        evaluation=evaluation,
+    )
+    assert wait_pipeline(api, auth, better["pipeline_id"])["status"] == "completed"
+    states = _versions(api, auth, kb_id)
+    assert states[3]["status"] == "live" and states[1]["status"] == "retired", states[3]
+    assert "and live: nDCG@10" in states[3]["message"]
+    # the refused version stays complete (kept current by ingestion) and can still be activated by hand
+    assert states[2]["status"] == "complete"
