@@ -1,7 +1,7 @@
 """The ``reindex_version`` task's handler (``tasks/reindex_version.py``): chunk a KB's documents
 for a config version being built, beside the live one.
 
-Work is found, not remembered: each round takes a batch of the KB's indexed documents that have
+Work is found, not remembered: each round takes a batch of the KB's documents with saved chunks that have
 no chunks in the version yet, parses them from their stored originals (uploads, fetched pages
 and text records alike: nothing is fetched again), chunks them with the version's config and
 saves the chunks pending, in one fenced transaction that is progress; the version's
@@ -33,12 +33,18 @@ from lorebase.tasks import embed_chunks
 BATCH = 16
 
 
+#: documents whose chunks are saved: a version must have them. One still before its save is
+#: chunked for every version kept at the time of its save (``pipeline/process.py``).
+SAVED = (DocumentStatus.INDEXED, DocumentStatus.EMBEDDING)
+
+
 def missing_documents(kb_id: str, version: int, skip: list[str] | None = None) -> Any:
-    """The KB's indexed documents without chunks in ``version`` (a query; ``skip``: ids left out)."""
+    """The KB's documents with saved chunks but none in ``version`` (a query; ``skip``: ids left
+    out)."""
     mine = aliased(Chunk)
     q = select(Document).where(
         Document.kb_id == kb_id,
-        Document.status == DocumentStatus.INDEXED,
+        Document.status.in_(SAVED),
         ~exists().where(mine.document_id == Document.id, mine.version == version),
     )
     if skip:

@@ -125,6 +125,11 @@ def retry(runtime: Runtime, p: Principal, pipeline_id: str) -> dict[str, Any]:
         row = _load(s, p, pipeline_id)
         if row.status not in PIPELINE_FINAL:
             raise Conflict(f"the pipeline is still {row.status}; retry once it has ended")
+        if row.kind == progress.REINDEX:
+            raise Conflict(
+                "a re-index is not retried: change the config again (PATCH the knowledge base) "
+                "to build a new version"
+            )
         retried = transition(
             s,
             [Document.pipeline_id == pipeline_id, Document.status.in_(DOCUMENT_RETRYABLE)],
