@@ -187,14 +187,7 @@ def new_evaluation(
 
 def start(s: Session, runtime: Runtime, evaluation: Evaluation) -> None:
     """Queue the evaluation's job in the caller's transaction (its pipeline, if any, waits for it)."""
-    evaluate_task.enqueue(
-        s,
-        runtime,
-        workspace_id=evaluation.workspace_id,
-        kb_id=evaluation.kb_id,
-        evaluation_id=evaluation.id,
-        pipeline_id=evaluation.pipeline_id,
-    )
+    evaluate_task.enqueue(s, runtime, evaluation)
 
 
 def create(runtime: Runtime, p: Principal, kb_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -115,14 +115,7 @@ def more_work(s: Session, runtime: Runtime, p: Pipeline) -> bool:
     if row.status == VersionStatus.COMPLETE and row.activate == "if_better" and row.evaluation_id:
         ev = s.get(Evaluation, row.evaluation_id)
         if ev is not None and ev.status == "queued":  # it runs in this pipeline, which waits for it
-            evaluate.enqueue(
-                s,
-                runtime,
-                workspace_id=ev.workspace_id,
-                kb_id=ev.kb_id,
-                evaluation_id=ev.id,
-                pipeline_id=p.id,
-            )
+            evaluate.enqueue(s, runtime, ev)
             return True
     return False
 

@@ -14,6 +14,7 @@ from lorebase.jobs.registry import TaskSpec
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from lorebase.db.models import Evaluation
     from lorebase.runtime import Runtime
 
 NAME = "evaluate"
@@ -35,23 +36,17 @@ SPEC = TaskSpec(
 )
 
 
-def enqueue(
-    s: Session,
-    runtime: Runtime,
-    *,
-    workspace_id: str,
-    kb_id: str,
-    evaluation_id: str,
-    pipeline_id: str | None = None,
-) -> None:
-    job_payload = {"evaluation_id": evaluation_id}
+def enqueue(s: Session, runtime: Runtime, evaluation: Evaluation) -> None:
+    """Queue the evaluation's job in the caller's transaction, in its pipeline if it has one (the
+    pipeline then settles only once the job has ended)."""
+    job_payload = {"evaluation_id": evaluation.id}
     SPEC.enqueue(
         s,
         runtime.queue,
         runtime.settings,
-        workspace_id=workspace_id,
-        pipeline_id=pipeline_id,
-        kb_id=kb_id,
+        workspace_id=evaluation.workspace_id,
+        pipeline_id=evaluation.pipeline_id,
+        kb_id=evaluation.kb_id,
         payload=job_payload,
         dedupe_key=key(job_payload),
     )
