@@ -397,3 +397,19 @@ def test_ingest_a_url_crawls_it_and_ingesting_it_again_refreshes_only_changes(
     assert pipeline.documents_total == 1 and pipeline.chunks_embedded == 1  # only the edited page
     top = json.loads(cli.ok("search", "--kb", "web", "Perito Moreno glacier", "--json").stdout)
     assert "Perito Moreno" in top["results"][0]["text"]
+
+
+def test_kb_reindex_builds_a_version_that_goes_live_and_kb_activate_rolls_back(cli: Cli, folder: Path) -> None:
+    cli.ok("ingest", str(folder), "--kb", "notes")
+    out = cli.ok("kb", "reindex", "notes", "--set", "chunking.chunk_size=64", "--set", "chunking.chunk_overlap=8")
+    assert "version 2 builds beside version 1" in out.stdout and "version 2 built and live" in out.stdout
+    kb = _kb(cli, "notes")
+    assert kb["version"] == 2 and kb["config"]["chunking"]["chunk_size"] == 64
+    listed = cli.ok("kb", "versions", "notes").stdout
+    assert "retired" in listed and "live" in listed and "64/8" in listed
+    assert "version 1 is live" in cli.ok("kb", "activate", "notes", "1").stdout
+    assert _kb(cli, "notes")["version"] == 1
+    bad = cli("kb", "reindex", "notes", "--set", "chunking.chunk_size=5000")
+    assert bad.exit_code == 1 and "chunk_size 5000 exceeds" in bad.stderr
+    assert cli("kb", "reindex", "notes", "--set", "nonsense").exit_code != 0
+    assert _kb(cli, "notes")["version"] == 1  # nothing changed by the refusals

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -295,6 +296,122 @@ def kb_delete(
         typer.confirm(f"Delete {kb['name']} ({kb['counts']['documents']} documents)?", abort=True)
     _run(lambda: kbs.delete_kb(rt, p, kb["id"]))
     console.print(f"deleted {kb['name']}")
+
+
+def _settings_patch(assignments: list[str]) -> dict[str, Any]:
+    """``["chunking.chunk_size=120", "embedding.model=local:x"]`` → a nested config patch."""
+    patch: dict[str, Any] = {}
+    for item in assignments:
+        path, sep, raw = item.partition("=")
+        if not sep or not path.strip():
+            raise typer.BadParameter(f"{item!r}: use KEY=VALUE, e.g. chunking.chunk_size=120")
+        value: Any = raw
+        with contextlib.suppress(ValueError):
+            value = json.loads(raw)  # numbers and booleans as such; anything else stays text
+        node = patch
+        *parents, leaf = path.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return patch
+
+
+@kb_app.command("reindex")
+def kb_reindex(
+    name: Annotated[str, typer.Argument(help="Name or id.")],
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", help="A config change, KEY=VALUE (repeatable): chunking.chunk_size=120"),
+    ],
+    activate: Annotated[
+        str, typer.Option(help="always, if_better (needs --queries/--qrels) or manual.")
+    ] = "always",
+    queries: Annotated[str | None, typer.Option(help="BEIR queries.jsonl, for --activate if_better.")] = None,
+    qrels: Annotated[str | None, typer.Option(help="BEIR qrels .tsv, for --activate if_better.")] = None,
+    wait: Annotated[bool, typer.Option(help="Build here with a progress bar until done.")] = True,
+    workers: Annotated[int, typer.Option(help="Worker threads while waiting.")] = 2,
+    workspace: Workspace = None,
+) -> None:
+    """Change a KB's chunking, embedding or store: a new version builds beside the live one and
+    swaps in when complete (searches keep being answered by the live one meanwhile)."""
+    from lorebase.assembly import assemble
+    from lorebase.cli.evaluate import load_qrels, load_queries
+    from lorebase.cli.follow import follow
+    from lorebase.services import versions
+
+    rt = common.runtime()
+    p = common.principal(rt, workspace)
+    kb = _run(lambda: common.resolve_kb(rt, p, name))
+    evaluation = None
+    if queries or qrels:
+        if not (queries and qrels):
+            raise typer.BadParameter("--queries and --qrels go together")
+        judged = load_qrels(qrels)
+        texts = load_queries(queries)
+        evaluation = {
+            "queries": [{"id": q, "text": t} for q, t in texts.items() if q in judged],
+            "qrels": judged,
+        }
+    patch = _settings_patch(set_)
+    status, out = _run(
+        lambda: versions.update_kb(rt, p, kb["id"], config=patch, activate=activate, evaluation=evaluation)
+    )
+    if status == 200:
+        console.print(f"{kb['name']}: changed at once (nothing of the index changes)")
+        return
+    console.print(f"{kb['name']}: version {out['version']} builds beside version {kb['version']}")
+    if not wait:
+        console.print(f"pipeline {out['pipeline_id']}")
+        return
+    process = assemble(rt.settings, role="cli", concurrency=workers, runtime=rt).start()
+    try:
+        state = follow(rt, p, out["pipeline_id"])
+    finally:
+        process.stop()
+    console.print(state.get("message") or state["status"])
+    if state["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@kb_app.command("versions")
+def kb_versions(
+    name: Annotated[str, typer.Argument(help="Name or id.")], workspace: Workspace = None
+) -> None:
+    """List a KB's config versions."""
+    from lorebase.services import versions
+
+    rt = common.runtime()
+    p = common.principal(rt, workspace)
+    kb = _run(lambda: common.resolve_kb(rt, p, name))
+    listed = _run(lambda: versions.list_versions(rt, p, kb["id"]))
+    table = Table("version", "status", "chunking", "model", "chunks", "message")
+    for v in listed["items"]:
+        chunking = v["config"].get("chunking") or {}
+        table.add_row(
+            str(v["version"]),
+            v["status"],
+            f"{chunking.get('chunk_size')}/{chunking.get('chunk_overlap')}",
+            (v["config"].get("embedding") or {}).get("model", ""),
+            str(v["counts"]["chunks"]),
+            v["message"] or "",
+        )
+    console.print(table)
+
+
+@kb_app.command("activate")
+def kb_activate(
+    name: Annotated[str, typer.Argument(help="Name or id.")],
+    version: Annotated[int, typer.Argument(help="The complete or retired version to make live.")],
+    workspace: Workspace = None,
+) -> None:
+    """Make a complete or retired version live (forwards, or a rollback)."""
+    from lorebase.services import versions
+
+    rt = common.runtime()
+    p = common.principal(rt, workspace)
+    kb = _run(lambda: common.resolve_kb(rt, p, name))
+    out = _run(lambda: versions.activate(rt, p, kb["id"], version))
+    console.print(f"{kb['name']}: version {out['version']} is {out['status']}")
 
 
 @app.command()

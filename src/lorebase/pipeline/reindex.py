@@ -73,7 +73,6 @@ class ReindexVersion:
                 _save(s, runtime, ctx, row, outcomes, hashes)
             runtime.queue.notify()
 
-
     def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
         """The version's build gave up: say why on the version (its pipeline then ends ``failed``
         and the version with it, ``services/reindex.py``); the live version is untouched."""

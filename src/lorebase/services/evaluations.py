@@ -249,12 +249,6 @@ def to_dict(evaluation: Evaluation) -> dict[str, Any]:
     return out
 
 
-def ndcg_of(evaluation: Evaluation, version: int, mode: str = "hybrid") -> float | None:
-    """nDCG@10 of ``version`` in ``mode``, or None when the evaluation has no such figure (yet)."""
-    figure = ((evaluation.results or {}).get(str(version)) or {}).get(mode, {}).get("ndcg@10")
-    return float(figure) if figure is not None else None
-
-
 # -- the job -------------------------------------------------------------------------------------
 
 

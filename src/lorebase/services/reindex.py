@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from lorebase.db.models import Chunk, Evaluation, Job, KbVersion, KnowledgeBase, Pipeline, index_key, utcnow
 from lorebase.db.states import JOB_GAVE_UP, PipelineStatus, VersionStatus
 from lorebase.pipeline.reindex import missing_documents
-from lorebase.tasks import embed_chunks, reindex_version
+from lorebase.tasks import embed_chunks, evaluate, reindex_version
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
@@ -114,10 +114,15 @@ def more_work(s: Session, runtime: Runtime, p: Pipeline) -> bool:
         row.status, row.completed_at = VersionStatus.COMPLETE, utcnow()
     if row.status == VersionStatus.COMPLETE and row.activate == "if_better" and row.evaluation_id:
         ev = s.get(Evaluation, row.evaluation_id)
-        if ev is not None and ev.status == "queued":
-            from lorebase.tasks import evaluate
-
-            evaluate.enqueue(s, runtime, ev)
+        if ev is not None and ev.status == "queued":  # it runs in this pipeline, which waits for it
+            evaluate.enqueue(
+                s,
+                runtime,
+                workspace_id=ev.workspace_id,
+                kb_id=ev.kb_id,
+                evaluation_id=ev.id,
+                pipeline_id=p.id,
+            )
             return True
     return False
 
@@ -163,10 +168,11 @@ def end(s: Session, runtime: Runtime, p: Pipeline) -> None:
     row.message = p.message
 
 
-def ndcg_of(ev: Evaluation, version: int, mode: str = "hybrid") -> float | None:
-    """An evaluation's nDCG@10 for one version and mode (None when it has none)."""
-    value = ((ev.results or {}).get(str(version)) or {}).get(mode, {}).get("ndcg@10")
-    return None if value is None else float(value)
+def ndcg_of(evaluation: Evaluation, version: int, mode: str = "hybrid") -> float | None:
+    """nDCG@10 of ``version`` in ``mode``, or None when the evaluation has no such figure (yet).
+    (Here, below ``services/evaluations.py``, which re-exports it: settling decides with it.)"""
+    figure = ((evaluation.results or {}).get(str(version)) or {}).get(mode, {}).get("ndcg@10")
+    return float(figure) if figure is not None else None
 
 
 def _if_better(s: Session, runtime: Runtime, kb: KnowledgeBase, row: KbVersion, built: str) -> str:

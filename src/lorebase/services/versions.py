@@ -39,7 +39,7 @@ from lorebase.pipeline.documents import new_pipeline
 from lorebase.pipeline.progress import REINDEX
 from lorebase.pipeline.progress import to_dict as pipeline_to_dict
 from lorebase.pipeline.reindex import missing_documents
-from lorebase.services import kbs, reindex
+from lorebase.services import evaluations, kbs, reindex
 from lorebase.services.auth import Principal
 from lorebase.services.config import deep_merge, parse_config
 from lorebase.services.drafts import check_config
@@ -231,8 +231,6 @@ def update_kb(
         s.add(row)
         s.flush()
         if evaluation:
-            from lorebase.services import evaluations
-
             ev = evaluations.new_evaluation(
                 s, runtime, kb, evaluation, versions=[kb.version, version], pipeline_id=pipeline.id
             )
