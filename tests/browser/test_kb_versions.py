@@ -3,6 +3,7 @@ version live until it goes live, then roll back to version 1 with its Activate b
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -20,6 +21,13 @@ RECORDS = [
     ("comets", "Comets", "Comets grow a glowing tail of gas and dust when they pass near the Sun."),
     ("bees", "Bees", "Honey bees dance to tell their hive where the flowers are and how far away."),
 ]
+EVALUATION = {
+    "queries": [
+        {"id": "q1", "text": "how many hearts does an octopus have"},
+        {"id": "q2", "text": "how do bees tell their hive where flowers are"},
+    ],
+    "qrels": {"q1": {"octopus": 1}, "q2": {"bees": 1}},
+}
 
 
 def _wait_ready(api: httpx.Client, kb_id: str) -> dict[str, Any]:
@@ -110,4 +118,25 @@ def test_reindex_from_the_form_goes_live_then_activate_rolls_back_to_version_1(
     assert listing["live"] == 1
     assert {v["version"]: v["status"] for v in listing["items"]} == {1: "live", 2: "retired"}
     assert kb["version"] == 1 and kb["config"]["chunking"]["chunk_size"] == v1_size
+
+    # version 3, built with an evaluation against the live version 1: its nDCG@10 is charted
+    with server.api() as api:
+        body = {
+            "config": {"chunking": {"chunk_size": 24, "chunk_overlap": 4}},
+            "activate": "if_better",  # (a "manual" version's evaluation is never run: left queued)
+            "evaluation": EVALUATION,
+        }
+        r = api.patch(f"/api/v1/kbs/{kb_id}", json=body)
+        assert r.status_code == 202, r.text
+    v3 = pg.locator('#versions-table tr[data-version="3"]')
+    pg.reload()
+    # followed live; live or complete as its nDCG@10 compares with version 1's
+    expect(v3.locator(".badge")).to_have_text(re.compile("^(live|complete)$"), timeout=BUILD_TIMEOUT)
+    expect(v3.locator(".version-message")).to_contain_text("evaluation completed", timeout=60_000)
+    bars = pg.locator("#evaluations svg.chart rect.bar")
+    expect(bars).to_have_count(2)  # versions 1 and 3 side by side; if_better evaluates hybrid
+    assert [bars.nth(i).get_attribute("data-version") for i in range(2)] == ["1", "3"]
+    assert {bars.nth(i).get_attribute("data-mode") for i in range(2)} == {"hybrid"}
+    assert all(0 < float(bars.nth(i).get_attribute("data-value") or 0) <= 1 for i in range(2))
+    page.shot("versions-evaluation")
     assert page.dialogs == [] and page.csp_violations == []

@@ -12,7 +12,9 @@
   const kbPath = `/api/v1/kbs/${encodeURIComponent(kbId)}`;
   const NOTICE = "versions-notice";
   const SVG = "http://www.w3.org/2000/svg";
+  const EVALUATION_FINAL = ["completed", "failed"];
   let followed = null; // { pipelineId, live } of the building version
+  let evaluationTimer = null;
 
   function when(value) {
     return value ? String(value).replace("T", " ").slice(0, 19) : "";
@@ -227,6 +229,11 @@
     document.getElementById("versions-empty").hidden = items.length > 0;
     charts(items);
     followBuilding(items);
+    // an evaluation runs after its version's build: look again until its results are in
+    clearTimeout(evaluationTimer);
+    if (items.some((v) => v.evaluation && !EVALUATION_FINAL.includes(v.evaluation.status))) {
+      evaluationTimer = setTimeout(() => refresh().catch(fail), 2000);
+    }
   }
 
   async function activate(version, button) {
