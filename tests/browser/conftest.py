@@ -57,9 +57,14 @@ class Server:
 
     def start_worker(self) -> None:
         """A separate ``lorebase worker`` process on the same data dir."""
-        log = (self.data_dir.parent / "worker.log").open("wb")
+        log = (self.data_dir.parent / "worker.log").open("ab")
         cmd = [sys.executable, "-m", "lorebase.cli.main", "worker", "--concurrency", "1"]
         self.extra.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT))
+
+    def stop_workers(self) -> None:
+        """Stop the ``lorebase worker`` processes started so far (they drain first)."""
+        while self.extra:
+            _stop(self.extra.pop())
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -9,10 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from lorebase.adapters.embedders.local import LOCAL_MODELS
 from lorebase.api.deps import RuntimeDep
 from lorebase.db.states import PIPELINE_FINAL
 from lorebase.services import jobs, kbs, pipelines, search
-from lorebase.services.config import default_config
+from lorebase.services.config import default_config, parse_config
 from lorebase.services.kbs import DOC_STATUSES
 from lorebase.web.render import render
 from lorebase.web.session import PagePrincipal
@@ -45,15 +46,25 @@ def kb_page(
     pipeline: dict[str, Any] | None = None
     if kb["latest_pipeline_id"]:
         pipeline = pipelines.get(runtime, p, kb["latest_pipeline_id"])
+    config = parse_config(kb["config"]).model_dump()  # the live one, defaults filled in
     context = {
         "kb": kb,
         "documents": docs["items"],
         "documents_total": docs["total"],
         "pipeline": pipeline,
         "live": pipeline is not None and pipeline["status"] not in PIPELINE_FINAL,
+        "config": config,
+        "embedding_models": _embedding_models(config),
         "nav": "kbs",
     }
     return render(request, "kb.html", context)
+
+
+def _embedding_models(config: dict[str, Any]) -> list[str]:
+    """The re-index form's choices: the bundled models, and the KB's own if it is another."""
+    models = [f"local:{name}" for name in LOCAL_MODELS]
+    current = config["embedding"]["model"]
+    return models if current in models else [current, *models]
 
 
 @router.get("/kbs/{kb_id}/queries", response_class=HTMLResponse)

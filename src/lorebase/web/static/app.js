@@ -66,16 +66,17 @@
     }
   }
 
-  function notice(message, kind) {
-    const box = document.getElementById("notice");
+  // the page's notice (#notice), or another box of the page given by id
+  function notice(message, kind, id) {
+    const box = document.getElementById(id || "notice");
     if (!box) return;
     box.textContent = message || "";
     box.className = "notice " + (kind || "error");
     box.hidden = !message;
   }
 
-  function report(error) {
-    notice(error && error.message ? error.message : String(error), "error");
+  function report(error, id) {
+    notice(error && error.message ? error.message : String(error), "error", id);
   }
 
   window.lorebase = { api, el, badge, httpUrl, notice, report, FINAL, ApiError };

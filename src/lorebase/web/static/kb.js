@@ -1,15 +1,12 @@
-// The KB page: live progress of the latest pipeline (Server-Sent Events, or polling when the
-// stream is unavailable), pipeline controls, and the documents table.
+// The KB page: live progress of the latest pipeline (live.js: Server-Sent Events, or polling
+// when the stream is unavailable), pipeline controls, and the documents table.
 "use strict";
 
 (function () {
-  const { api, el, badge, httpUrl, report, notice, FINAL } = window.lorebase;
+  const { api, el, badge, httpUrl, report, notice, follow, FINAL } = window.lorebase;
   const kbId = document.getElementById("kb").dataset.kbId;
   const section = document.getElementById("pipeline");
-  let pipelineId = section ? section.dataset.pipelineId : null;
-  let source = null;
-  let pollTimer = null;
-  let lastEventId = 0; // restarting the stream resumes after it (?after=) instead of replaying
+  const pipelineId = section ? section.dataset.pipelineId : null;
 
   function setText(id, value) {
     const node = document.getElementById(id);
@@ -85,74 +82,14 @@
 
   function ended(p) {
     showPipeline(p);
-    stopLive();
     refreshDocuments().catch(report);
   }
 
-  function stopLive() {
-    if (source) source.close();
-    source = null;
-    if (pollTimer) clearTimeout(pollTimer);
-    pollTimer = null;
-  }
-
-  // polling: the fallback while the events endpoint is missing or refused
-  function poll() {
-    api("GET", `/api/v1/pipelines/${encodeURIComponent(pipelineId)}`)
-      .then((p) => {
-        if (FINAL.includes(p.status)) return ended(p);
-        showPipeline(p);
-        pollTimer = setTimeout(poll, 1000);
-      })
-      .catch((error) => {
-        report(error);
-        pollTimer = setTimeout(poll, 3000);
-      });
-  }
-
-  function parse(event) {
-    const id = Number(event.lastEventId);
-    if (Number.isInteger(id) && id > lastEventId) lastEventId = id;
-    try {
-      return JSON.parse(event.data);
-    } catch (_) {
-      return null;
-    }
-  }
+  let live = null;
 
   function startLive() {
-    stopLive();
-    if (!window.EventSource) return poll();
-    let heard = false;
-    const after = lastEventId ? `?after=${lastEventId}` : "";
-    source = new EventSource(`/api/v1/pipelines/${encodeURIComponent(pipelineId)}/events${after}`);
-    source.addEventListener("pipeline", (event) => {
-      heard = true;
-      const p = parse(event);
-      if (p) showPipeline(p);
-    });
-    source.addEventListener("document", (event) => {
-      heard = true;
-      const d = parse(event);
-      if (d) updateDocument(d);
-    });
-    source.addEventListener("end", (event) => {
-      heard = true;
-      parse(event);
-      // the log replays from the start: the 'end' of an earlier run (before a retry) is old
-      // news, so the pipeline's current state decides
-      api("GET", `/api/v1/pipelines/${encodeURIComponent(pipelineId)}`)
-        .then((p) => (FINAL.includes(p.status) ? ended(p) : showPipeline(p)))
-        .catch(report);
-    });
-    source.addEventListener("error", () => {
-      // before any message: no stream here (404/405 or a proxy): poll instead. After one,
-      // EventSource reconnects by itself with Last-Event-ID.
-      if (!heard || source.readyState === EventSource.CLOSED) {
-        stopLive();
-        poll();
-      }
-    });
+    if (live) live.restart();
+    else live = follow(pipelineId, { pipeline: showPipeline, document: updateDocument, ended, error: report });
   }
 
   async function control(action) {
