@@ -112,7 +112,7 @@ def more_work(s: Session, runtime: Runtime, p: Pipeline) -> bool:
                 )
             return True
         row.status, row.completed_at = VersionStatus.COMPLETE, utcnow()
-    if row.status == VersionStatus.COMPLETE and row.activate == "if_better" and row.evaluation_id:
+    if row.status == VersionStatus.COMPLETE and row.evaluation_id:  # any policy: its figures show
         ev = s.get(Evaluation, row.evaluation_id)
         if ev is not None and ev.status == "queued":  # it runs in this pipeline, which waits for it
             evaluate.enqueue(s, runtime, ev)
@@ -155,7 +155,7 @@ def end(s: Session, runtime: Runtime, p: Pipeline) -> None:
         swap(s, runtime, kb, row)
         p.message = f"{built} and live"
     elif row.activate == "manual":
-        p.message = f"{built}; activate it when ready (version {kb.version} stays live)"
+        p.message = f"{built}; activate it when ready (version {kb.version} stays live){_figures(s, kb, row)}"
     else:
         p.message = _if_better(s, runtime, kb, row, built)
     row.message = p.message
@@ -166,6 +166,17 @@ def ndcg_of(evaluation: Evaluation, version: int, mode: str = "hybrid") -> float
     (Here, below ``services/evaluations.py``, which re-exports it: settling decides with it.)"""
     figure = ((evaluation.results or {}).get(str(version)) or {}).get(mode, {}).get("ndcg@10")
     return float(figure) if figure is not None else None
+
+
+def _figures(s: Session, kb: KnowledgeBase, row: KbVersion) -> str:
+    """``"; nDCG@10 0.7 against 0.6 for version 1"`` when the version was evaluated, else ``""``."""
+    ev = s.get(Evaluation, row.evaluation_id) if row.evaluation_id else None
+    new, old = (ndcg_of(ev, row.version), ndcg_of(ev, kb.version)) if ev is not None else (None, None)
+    return (
+        ""
+        if new is None or old is None
+        else f"; nDCG@10 {new:.4f} against {old:.4f} for version {kb.version}"
+    )
 
 
 def _if_better(s: Session, runtime: Runtime, kb: KnowledgeBase, row: KbVersion, built: str) -> str:
