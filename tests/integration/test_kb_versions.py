@@ -166,7 +166,9 @@ def test_reindex_swaps_atomically_keeps_new_documents_and_rolls_back(
         assert searcher.check() == {1, 2, 3}
 
 
-def test_cancelled_reindex_leaves_the_live_version_and_serves_nothing_of_the_new_one(tmp_path: Path) -> None:
+def test_paused_resumed_then_cancelled_reindex_leaves_the_live_version_and_serves_nothing_of_the_new_one(
+    tmp_path: Path,
+) -> None:
     settings = make_settings(tmp_path / "data", embed_batch_size=2)
     with running_app(settings) as client:
         h = key_headers(client)
@@ -178,6 +180,18 @@ def test_cancelled_reindex_leaves_the_live_version_and_serves_nothing_of_the_new
         kb_id = fin["kb_id"]
         searcher = Searcher(client, h, kb_id)
         started = _reindex(client, h, kb_id, {"chunking": {"chunk_size": 120, "chunk_overlap": 10}})
+        # pause and resume work as for any pipeline; the live version answers meanwhile
+        r = client.post(f"/api/v1/pipelines/{started['pipeline_id']}/pause", headers=h)
+        assert r.status_code in (200, 202), r.text
+        time.sleep(1.0)
+        paused = client.get(f"/api/v1/pipelines/{started['pipeline_id']}", headers=h).json()
+        assert paused["status"] == "paused", paused
+        assert searcher.search()["version"] == 1
+        time.sleep(0.5)
+        still = client.get(f"/api/v1/pipelines/{started['pipeline_id']}", headers=h).json()
+        assert still["counts"] == paused["counts"]  # nothing moves while paused
+        r = client.post(f"/api/v1/pipelines/{started['pipeline_id']}/resume", headers=h)
+        assert r.status_code in (200, 202), r.text
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # halfway: some of version 2 embedded, not all
             searcher.search()
