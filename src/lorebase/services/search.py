@@ -32,6 +32,8 @@ Mode = Literal["hybrid", "vector", "keyword"]
 MODES = ("hybrid", "vector", "keyword")
 #: hybrid search: the vector list's weight in the fusion (the keyword list has the rest)
 VECTOR_WEIGHT = 0.6
+#: hybrid search: how deep each list is read before fusion, whatever ``top_k`` (at least)
+FUSION_DEPTH = 200
 
 
 @dataclass(slots=True)
@@ -48,23 +50,44 @@ def fuse(
     query), and a chunk's fused score is the weighted sum; a chunk missing from a list gets that
     list's lowest z-score. On SciFact train this ranks better than reciprocal-rank fusion, which
     keeps only the ranks: hybrid nDCG@10 0.7240 with RRF (k=60), 0.7397 fused this way at the
-    vector weight 0.6 (README, Retrieval quality). Best first; ties by pk."""
-    normalised: list[dict[int, float]] = []
-    for ranked in lists:
-        if not ranked:
-            normalised.append({})
-            continue
-        values = np.fromiter((h.score for h in ranked), dtype=np.float64, count=len(ranked))
-        spread = float(values.std())
-        z = (values - values.mean()) / spread if spread > 0 else np.zeros(len(values))
-        normalised.append({h.pk: float(v) for h, v in zip(ranked, z, strict=True)})
-    floors = [min(n.values(), default=0.0) for n in normalised]
-    fused: dict[int, float] = {}
-    for pk in {pk for n in normalised for pk in n}:
-        fused[pk] = sum(
-            w * n.get(pk, floor) for w, n, floor in zip(weights, normalised, floors, strict=False)
-        )
-    return [Ranked(pk, sc) for pk, sc in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))]
+    vector weight 0.6 (README, Retrieval quality). Best first; ties by pk. Computed with numpy
+    over the union of the lists' pks: hundreds of hits fuse in well under a millisecond."""
+    parts = [(pks, z) for pks, z in map(_z_scores, lists) if len(pks)]
+    ws = [w for w, ranked in zip(weights, lists, strict=False) if ranked]
+    if not parts:
+        return []
+    every = np.unique(np.concatenate([pks for pks, _ in parts]))
+    fused = np.zeros(len(every), dtype=np.float64)
+    for w, (pks, z) in zip(ws, parts, strict=False):
+        column = np.full(len(every), z.min())  # missing from this list: its floor
+        column[np.searchsorted(every, pks)] = z
+        fused += w * column
+    order = np.lexsort((every, -fused))  # best first; ties by pk
+    return [
+        Ranked(int(pk), float(sc))
+        for pk, sc in zip(every[order].tolist(), fused[order].tolist(), strict=True)
+    ]
+
+
+def _z_scores(ranked: list[Ranked]) -> tuple[np.ndarray, np.ndarray]:
+    """A list's pks and its scores as z-scores over the list (all 0 when they do not spread)."""
+    pks = np.fromiter((h.pk for h in ranked), dtype=np.int64, count=len(ranked))
+    values = np.fromiter((h.score for h in ranked), dtype=np.float64, count=len(ranked))
+    spread = float(values.std()) if len(values) else 0.0
+    z = (values - values.mean()) / spread if spread > 0 else np.zeros(len(values))
+    return pks, z
+
+
+def candidate_depth(mode: Mode, top_k: int, candidates: int | None = None) -> int:
+    """How many hits to ask each store list for. Hybrid reads both lists at least
+    :data:`FUSION_DEPTH` deep: ``fuse`` turns each list's scores into z-scores over the list, and
+    over 50 hits (the depth before) the mean and spread are those of the head only, so a chunk's
+    fused score hangs on how many strong neighbours it has. On SciFact train (top 10 chunks, as
+    the API returns them) nDCG@10 is 0.7204 read 50 deep, 0.7236 at 100, 0.7297 at 200, 0.7302
+    at 300. On the sqlite store (lists from memory, fusion vectorised) the deeper lists cost no
+    measurable time: retrieve's p50 without the query embedding 8.1 ms at 50, 8.0-8.5 ms at 200
+    (README, Retrieval quality)."""
+    return max(top_k, candidates or 0, FUSION_DEPTH if mode == "hybrid" else 0)
 
 
 def retrieve(
@@ -89,7 +112,7 @@ def retrieve(
     store = runtime.kb_store(config)
     key = index_key(kb.id, version)
     where = Where.parse(filters)
-    depth = max(top_k, candidates or 0, 50 if mode == "hybrid" else 0)
+    depth = candidate_depth(mode, top_k, candidates)
     lists: list[list[Ranked]] = []
     if mode in ("vector", "hybrid"):
         vector = runtime.query_embedder(config["embedding"]["model"]).embed([query])[0]
