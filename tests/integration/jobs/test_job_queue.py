@@ -530,16 +530,24 @@ def test_a_claim_after_progress_still_fences_out_the_lost_one(runtime: Runtime) 
     assert job_row(runtime, job_id).status == "succeeded"
 
 
-def test_a_transient_error_after_progress_does_not_count(runtime: Runtime) -> None:
-    job_id = new_job(runtime, max_attempts=1)
-    job = claim(runtime)
-    save_progress(runtime, job)
-    with runtime.db.session() as s:
-        outcome, delay = runtime.queue.retry_later(s, job, "HTTP 503")
-    row = job_row(runtime, job_id)
-    assert (outcome, row.status, row.attempts) == ("pending", "pending", 0)
-    assert 0 < delay <= runtime.settings.jobs.backoff_max_seconds
-    assert runtime.queue.claim("B") is None  # not before its backoff
+def test_a_transient_error_after_progress_does_not_count(tmp_path: Path) -> None:
+    # a backoff of seconds, not the suite's 0.1-0.2 s: on a loaded machine the claim below could
+    # come after that and find the job runnable again
+    runtime = Runtime(
+        make_settings(tmp_path / "data", jobs={"backoff_base_seconds": 5.0, "backoff_max_seconds": 10.0})
+    )
+    try:
+        job_id = new_job(runtime, max_attempts=1)
+        job = claim(runtime)
+        save_progress(runtime, job)
+        with runtime.db.session() as s:
+            outcome, delay = runtime.queue.retry_later(s, job, "HTTP 503")
+        row = job_row(runtime, job_id)
+        assert (outcome, row.status, row.attempts) == ("pending", "pending", 0)
+        assert 0 < delay <= runtime.settings.jobs.backoff_max_seconds
+        assert runtime.queue.claim("B") is None  # not before its backoff
+    finally:
+        runtime.close()
 
 
 def test_an_unchanged_checkpoint_is_not_progress_and_a_changed_one_is(runtime: Runtime) -> None:
