@@ -240,6 +240,15 @@ def test_bad_config_changes_are_refused_and_change_nothing(api: TestClient, auth
     # a name change is not a version
     r = api.patch(f"/api/v1/kbs/{kb_id}", json={"name": "renamed", "description": "d"}, headers=auth)
     assert r.status_code == 200 and r.json()["name"] == "renamed", r.text
+    # Idempotency-Key: a retried PATCH replays its answer; an unknown KB is 404, not a server error
+    keyed = {**auth, "Idempotency-Key": "rename-1"}
+    first = api.patch(f"/api/v1/kbs/{kb_id}", json={"name": "again"}, headers=keyed)
+    again = api.patch(f"/api/v1/kbs/{kb_id}", json={"name": "again"}, headers=keyed)
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json() == first.json()
+    assert (
+        api.patch("/api/v1/kbs/0", json={"name": "x"}, headers=keyed | {"Idempotency-Key": "k"}).status_code
+        == 404
+    )
     # one build at a time
     first = _reindex(
         api, auth, kb_id, {"chunking": {"chunk_size": 100, "chunk_overlap": 10}}, activate="manual"

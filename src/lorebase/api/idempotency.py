@@ -11,7 +11,7 @@ Two halves meet through the ASGI scope:
   key by inserting an ``in_flight`` row; the unique constraint on (workspace, key, method, path)
   makes the claim atomic, so of two racing requests exactly one runs. The loser answers at once:
   the stored response (replay), 409 (still in flight) or 422 (the key came with another request).
-* ``IdempotencyMiddleware`` wraps every POST. When the dependency claimed a key, it holds the
+* ``IdempotencyMiddleware`` wraps every POST and PATCH (``PATCH /kbs/{id}`` may start a re-index). When the dependency claimed a key, it holds the
   response back until the row has stored it (status < 500) or been released (a 5xx, or the route
   raised), so a client that saw an answer always gets that answer replayed, and a failure that
   may be worth retrying never sticks to the key.
@@ -243,6 +243,9 @@ def release(db: Database, claim_id: str) -> None:
 
 # -- HTTP: the dependency, the middleware, the replay ---------------------------------------------
 
+#: the methods whose routes may declare ``IDEMPOTENT`` (the middleware wraps only these)
+_WRAPPED = frozenset({"POST", "PATCH"})
+
 
 async def _claim_key(
     request: Request,
@@ -318,7 +321,7 @@ class IdempotencyMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] not in _WRAPPED:
             await self.app(scope, receive, send)
             return
         slot = scope[_SCOPE_SLOT] = _Slot()
