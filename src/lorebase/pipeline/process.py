@@ -124,7 +124,6 @@ class ProcessDocument:
                 .where(Document.id.in_(list(by_id)))
             ).all()  # documents deleted meanwhile are simply absent
             items = [(doc, kb, by_id[doc.id]) for doc, kb in rows]
-            _check_versions(s, items)
             waiting = save_chunks(s, runtime, items)
             done = [doc.id for doc, _, _ in items if doc.id not in waiting]
             transition(s, Document.id.in_(list(waiting)), DocumentStatus.EMBEDDING)
@@ -227,17 +226,6 @@ def _load(runtime: Runtime, blob_key: str | None, media_type: str | None) -> byt
         raise PermanentError("the uploaded file is missing from storage") from None
 
 
-def _check_versions(s: Session, items: list[tuple[Document, KnowledgeBase, _Prepared]]) -> None:
-    """A version that started building after these documents were chunked must get their chunks
-    too: they are chunked again (a retry) rather than saved without them."""
-    for kb_id in {kb.id for _, kb, _ in items}:
-        kb = next(k for _, k, _ in items if k.id == kb_id)
-        now = set(versions.maintained(s, kb))
-        for _, k, item in items:
-            if k.id == kb_id and not now <= set(item.drafts):
-                raise TransientError("a new version of the knowledge base started building; chunking again")
-
-
 def _chunk_rows(
     doc: Document, drafts: list[ChunkDraft], title: str | None, version: int
 ) -> list[dict[str, Any]]:
@@ -289,6 +277,10 @@ def save_chunks(
         return set()
     kb = items[0][1]  # a group's documents share their KB
     kept = versions.maintained(s, kb)
+    if reindex_pipeline is None and any(not set(kept) <= set(item.drafts) for _, _, item in items):
+        # a version started building after these documents were chunked: it must get their
+        # chunks too, so they are chunked again (a retry) rather than saved without them
+        raise TransientError("a new version of the knowledge base started building; chunking again")
     waiting: set[str] = set()
     fresh_total = 0
     for version, config in kept.items():

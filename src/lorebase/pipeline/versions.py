@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lorebase.db.models import KbVersion, KnowledgeBase
-from lorebase.db.states import VERSION_MAINTAINED
+from lorebase.db.states import VERSION_MAINTAINED, VersionStatus
 
 
 def maintained(s: Session, kb: KnowledgeBase) -> dict[int, dict[str, Any]]:
@@ -48,3 +48,15 @@ def configs(s: Session, kb: KnowledgeBase, versions: Iterable[int]) -> dict[int,
         ).all()
         out.update({v: c for v, c in rows})
     return out
+
+
+def live_row(kb: KnowledgeBase) -> KbVersion:
+    """The ``kb_versions`` row of the KB's live version, as it is (a new KB's version 1)."""
+    return KbVersion(
+        kb_id=kb.id,
+        workspace_id=kb.workspace_id,
+        version=kb.version or 1,
+        config=kb.config,
+        status=VersionStatus.LIVE,
+        activated_at=kb.created_at,
+    )

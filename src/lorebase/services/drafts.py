@@ -19,12 +19,12 @@ from lorebase.adapters.drafts.protocol import DraftRecord
 from lorebase.adapters.embedders import embedder_info, embedder_problem
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.crawl.preview import fetch_one
-from lorebase.db.models import KbVersion, KnowledgeBase, new_id, utcnow
-from lorebase.db.states import VersionStatus
+from lorebase.db.models import KnowledgeBase, new_id, utcnow
 from lorebase.errors import InvalidInput, LorebaseError, NotFound
 from lorebase.pipeline.chunk import chunk
 from lorebase.pipeline.documents import SourceItem
 from lorebase.pipeline.types import ChunkingConfig
+from lorebase.pipeline.versions import live_row
 from lorebase.services import quotas
 from lorebase.services.auth import Principal
 from lorebase.services.config import (
@@ -403,16 +403,7 @@ def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -
     quotas.check_new_in(runtime, s, p.workspace_id, items)
     s.add(kb)
     s.flush()
-    s.add(
-        KbVersion(
-            kb_id=kb.id,
-            workspace_id=kb.workspace_id,
-            version=1,
-            config=draft.config,
-            status=VersionStatus.LIVE,
-            activated_at=kb.created_at,
-        )
-    )
+    s.add(live_row(kb))
     pipeline, _ = start_pipeline(s, runtime, kb, items)
     for src in _web_sources(draft.sources):
         create_source(s, runtime, kb, pipeline, src["url"], src["crawl"], source_id=src["id"])

@@ -43,10 +43,11 @@ if TYPE_CHECKING:
 DOC_STATUSES = tuple(DocumentStatus)
 
 
-def load(s: Session, p: Principal, kb_id: str) -> KnowledgeBase:
-    kb = s.execute(
-        select(KnowledgeBase).where(KnowledgeBase.id == kb_id, KnowledgeBase.workspace_id == p.workspace_id)
-    ).scalar_one_or_none()
+def load(s: Session, p: Principal, kb_id: str, *, lock: bool = False) -> KnowledgeBase:
+    """The workspace's KB (404 otherwise); ``lock``: its row locked for update (PostgreSQL), as
+    version changes take it (``services/versions.py``)."""
+    q = select(KnowledgeBase).where(KnowledgeBase.id == kb_id, KnowledgeBase.workspace_id == p.workspace_id)
+    kb = s.execute(q.with_for_update() if lock else q).scalar_one_or_none()
     if kb is None:
         raise NotFound(f"knowledge base {kb_id} not found")
     return kb

@@ -39,6 +39,7 @@ from lorebase.pipeline.documents import new_pipeline
 from lorebase.pipeline.progress import REINDEX
 from lorebase.pipeline.progress import to_dict as pipeline_to_dict
 from lorebase.pipeline.reindex import missing_documents
+from lorebase.pipeline.versions import live_row
 from lorebase.services import evaluations, kbs, reindex
 from lorebase.services.auth import Principal
 from lorebase.services.config import deep_merge, parse_config
@@ -129,32 +130,10 @@ def _row(s: Session, kb: KnowledgeBase, version: int) -> KbVersion:
     return row
 
 
-def _locked_kb(s: Session, p: Principal, kb_id: str) -> KnowledgeBase:
-    """The KB row, locked (PostgreSQL): version changes of one KB happen one at a time, and
-    wait for the chunk saves that hold it shared (``pipeline/process.py``)."""
-    kb = s.execute(
-        select(KnowledgeBase)
-        .where(KnowledgeBase.id == kb_id, KnowledgeBase.workspace_id == p.workspace_id)
-        .with_for_update()
-    ).scalar_one_or_none()
-    if kb is None:
-        raise NotFound(f"knowledge base {kb_id} not found")
-    return kb
-
-
 def _ensure_v1(s: Session, kb: KnowledgeBase) -> None:
     """A KB made before versions, or by hand, gets the row of its live version."""
     if s.execute(select(KbVersion.id).where(KbVersion.kb_id == kb.id).limit(1)).first() is None:
-        s.add(
-            KbVersion(
-                kb_id=kb.id,
-                workspace_id=kb.workspace_id,
-                version=kb.version,
-                config=kb.config,
-                status=VersionStatus.LIVE,
-                activated_at=kb.created_at,
-            )
-        )
+        s.add(live_row(kb))
         s.flush()
 
 
@@ -178,7 +157,7 @@ def update_kb(
     if activate not in ACTIVATE_POLICIES:
         raise InvalidInput(f"activate must be one of {', '.join(ACTIVATE_POLICIES)}")
     with runtime.db.session() as s:
-        kb = _locked_kb(s, p, kb_id)
+        kb = kbs.load(s, p, kb_id, lock=True)  # one version change at a time, after in-flight saves
         if name is not None:
             kb.name = name
         if description is not None:
@@ -262,7 +241,7 @@ def _check(runtime: Runtime, config: dict[str, Any]) -> None:
 def activate(runtime: Runtime, p: Principal, kb_id: str, version: int) -> dict[str, Any]:
     """Make a complete or retired version live, in one transaction (forwards, or a rollback)."""
     with runtime.db.session() as s:
-        kb = _locked_kb(s, p, kb_id)
+        kb = kbs.load(s, p, kb_id, lock=True)  # one version change at a time, after in-flight saves
         _ensure_v1(s, kb)
         row = _row(s, kb, version)
         if row.status == VersionStatus.LIVE:
