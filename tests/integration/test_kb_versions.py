@@ -147,6 +147,7 @@ def test_reindex_swaps_atomically_keeps_new_documents_and_rolls_back(
         states = _versions(client, h, kb_id)
         # retention keeps one retired version: version 1 is gone with its chunks and vectors
         assert {v: x["status"] for v, x in states.items()} == {2: "retired", 3: "live"}
+        assert searcher.search()["version"] == 3  # the polls may all have come before the swap
         assert 1 not in _chunk_ids(client, kb_id)
         r = client.post(f"/api/v1/kbs/{kb_id}/search", json={"query": QUERY, "version": 1}, headers=h)
         assert r.status_code == 404, r.text
