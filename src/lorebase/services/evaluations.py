@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -37,7 +38,7 @@ from lorebase.errors import Conflict, Interrupted, InvalidInput, NotFound, Perma
 from lorebase.services.auth import Principal
 from lorebase.services.evaluation_requests import validate
 from lorebase.services.kbs import load as load_kb
-from lorebase.services.search import MODES, Mode, retrieve, searched_version
+from lorebase.services.search import MODES, Mode, query_vectors, retrieve, searched_version
 from lorebase.tasks import evaluate as evaluate_task
 
 if TYPE_CHECKING:
@@ -128,15 +129,22 @@ def score(
     """Each mode's figures on ``version`` (None: the live one) for ``queries`` ((id, text), each
     with a relevant document in ``qrels``), read in ``s``. ``between`` is called every 50
     queries (a job's control check)."""
-    served, _ = searched_version(s, kb, version)
+    served, config = searched_version(s, kb, version)
     keys = document_keys(s, kb.id, served)
+    checked = [_mode(mode) for mode in modes]
+    vectors: np.ndarray | None = None
     out: dict[str, ModeScore] = {}
     done = 0
-    for mode in modes:
+    for mode in checked:
         result = out[mode] = ModeScore()
         started = time.perf_counter()
-        for qid, text in queries:
-            chunks = retrieve(runtime, s, kb, text, mode=_mode(mode), top_k=CHUNK_DEPTH, version=served)
+        if vectors is None and mode != "keyword":  # embedded once, in batches, for every mode
+            vectors = query_vectors(runtime, config, [text for _, text in queries])
+        for n, (qid, text) in enumerate(queries):
+            vector = None if vectors is None else vectors[n]
+            chunks = retrieve(
+                runtime, s, kb, text, mode=mode, top_k=CHUNK_DEPTH, version=served, vector=vector
+            )
             ranked = list(dict.fromkeys(keys[r.pk] for r in chunks if r.pk in keys))
             result.per_query[qid] = query_metrics(ranked, qrels[qid])
             done += 1

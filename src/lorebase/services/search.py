@@ -34,6 +34,8 @@ MODES = ("hybrid", "vector", "keyword")
 VECTOR_WEIGHT = 0.6
 #: hybrid search: how deep each list is read before fusion, whatever ``top_k`` (at least)
 FUSION_DEPTH = 200
+#: queries per model call when many are embedded at once (:func:`query_vectors`)
+QUERY_BATCH = 64
 
 
 @dataclass(slots=True)
@@ -101,9 +103,11 @@ def retrieve(
     filters: dict[str, Any] | None = None,
     candidates: int | None = None,
     version: int | None = None,
+    vector: np.ndarray | None = None,
 ) -> list[Ranked]:
     """The ranked chunks of one config version of ``kb``: the live one (as read with ``kb``, so a
-    search sees the whole of one version, before or after a swap), or ``version``."""
+    search sees the whole of one version, before or after a swap), or ``version``. ``vector``:
+    the query's vector when the caller embedded it already (:func:`query_vectors`)."""
     if mode not in MODES:
         raise InvalidInput(f"mode must be one of {', '.join(MODES)}")
     if not query.strip():
@@ -115,12 +119,22 @@ def retrieve(
     depth = candidate_depth(mode, top_k, candidates)
     lists: list[list[Ranked]] = []
     if mode in ("vector", "hybrid"):
-        vector = runtime.query_embedder(config["embedding"]["model"]).embed([query])[0]
+        if vector is None:
+            vector = query_vectors(runtime, config, [query])[0]
         lists.append([Ranked(h.pk, h.score) for h in store.vector_search(s, key, vector, depth, where)])
     if mode in ("keyword", "hybrid"):
         lists.append([Ranked(h.pk, h.score) for h in store.keyword_search(s, key, query, depth, where)])
     ranked = lists[0] if len(lists) == 1 else fuse(lists)
     return ranked[:top_k]
+
+
+def query_vectors(runtime: Runtime, config: dict[str, Any], queries: list[str]) -> np.ndarray:
+    """The query vectors of ``queries`` under a version's ``config``, embedded in batches of
+    :data:`QUERY_BATCH` (an evaluation's hundreds of queries: one model call per batch, not
+    per query)."""
+    embedder = runtime.query_embedder(config["embedding"]["model"])
+    parts = [embedder.embed(queries[i : i + QUERY_BATCH]) for i in range(0, len(queries), QUERY_BATCH)]
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dimensions), dtype=np.float32)
 
 
 def searched_version(s: Session, kb: KnowledgeBase, version: int | None) -> tuple[int, dict[str, Any]]:
