@@ -100,6 +100,8 @@ def test_reindex_from_the_form_goes_live_then_activate_rolls_back_to_version_1(
     expect(v1.locator(".badge")).to_have_text("retired")
     chunks = {n: int(pg.locator(f'tr[data-version="{n}"] .version-chunks').inner_text()) for n in (1, 2)}
     assert chunks[2] > chunks[1] >= len(RECORDS)  # smaller chunks, more of them
+    # the KB's own counts follow the live version without a reload
+    expect(pg.locator('#kb-counts [data-count="chunks"]')).to_have_text(str(chunks[2]))
     assert any("/pipelines/" in url for url in streams), "the building version was not followed live"
     page.shot("versions-live")
 
@@ -109,6 +111,7 @@ def test_reindex_from_the_form_goes_live_then_activate_rolls_back_to_version_1(
     expect(v1.locator(".badge")).to_have_text("live")
     expect(v2.locator(".badge")).to_have_text("retired")
     expect(pg.locator("#versions-live")).to_have_text("live: version 1")
+    expect(pg.locator('#kb-counts [data-count="chunks"]')).to_have_text(str(chunks[1]))
     expect(v2.locator("button[data-activate]")).to_be_visible()
     page.shot("versions-rolled-back")
 

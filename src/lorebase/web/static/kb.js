@@ -85,6 +85,9 @@
     refreshDocuments().catch(report);
   }
 
+  // the versions panel (versions.js) saw another version go live: its counts replace these
+  document.addEventListener("lorebase:live-version", () => refreshDocuments().catch(report));
+
   let live = null;
 
   function startLive() {

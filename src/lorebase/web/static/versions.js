@@ -221,8 +221,15 @@
 
   // -- actions ---------------------------------------------------------------------------------
 
+  let liveSeen = null; // the live version at the last refresh
+
   async function refresh() {
     const data = await api("GET", `${kbPath}/versions`);
+    if (liveSeen !== null && data.live !== liveSeen) {
+      // another version went live: the KB's counts and documents are now that version's (kb.js)
+      document.dispatchEvent(new CustomEvent("lorebase:live-version", { detail: data.live }));
+    }
+    liveSeen = data.live;
     const items = [...data.items].sort((a, b) => b.version - a.version);
     document.querySelector("#versions-table tbody").replaceChildren(...items.map(row));
     document.getElementById("versions-live").textContent = data.live === null ? "" : `live: version ${data.live}`;
