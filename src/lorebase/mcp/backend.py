@@ -46,9 +46,10 @@ class Backend(Protocol):
         ...
 
     async def search(
-        self, kb_id: str, query: str, *, mode: str, top_k: int, filters: dict[str, Any] | None
+        self, kb: str, query: str, *, mode: str, top_k: int, filters: dict[str, Any] | None
     ) -> dict[str, Any]:
-        """As ``POST /api/v1/kbs/{id}/search`` (the query is logged as there)."""
+        """As ``POST /api/v1/kbs/{id}/search`` on the KB ``find_kb(kb)`` names (the query is
+        logged as there)."""
         ...
 
     async def get_document(self, document_id: str) -> dict[str, Any]: ...
@@ -57,8 +58,9 @@ class Backend(Protocol):
         """``{items, total}``: the document's chunks of its KB's live version, in order."""
         ...
 
-    async def add_documents(self, kb_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """``{pipeline_id, documents}`` as ``POST /api/v1/kbs/{id}/documents`` (needs ``write``)."""
+    async def add_documents(self, kb: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """``{pipeline_id, documents}`` as ``POST /api/v1/kbs/{id}/documents`` on the KB
+        ``find_kb(kb)`` names (needs ``write``)."""
         ...
 
     async def pipeline(self, pipeline_id: str) -> dict[str, Any]: ...
@@ -104,11 +106,11 @@ class LocalBackend:
         return jsonable(kb)
 
     async def search(
-        self, kb_id: str, query: str, *, mode: str, top_k: int, filters: dict[str, Any] | None
+        self, kb: str, query: str, *, mode: str, top_k: int, filters: dict[str, Any] | None
     ) -> dict[str, Any]:
         self.principal.require("read", "search")
         await self._count("search", self.runtime.settings.limits.search_per_minute)
-        args = (self.runtime, self.principal, kb_id, query)
+        args = (self.runtime, self.principal, (await self.find_kb(kb))["id"], query)
         options: dict[str, Any] = {"mode": mode, "top_k": top_k, "filters": filters}
         if self.pacer is not None:  # paced while this server ingests, as REST searches are
             out = await self.pacer.run(self.runtime, search.search, *args, **options)
@@ -124,9 +126,10 @@ class LocalBackend:
         out = await self._call("read", "get_document", kbs.list_chunks, document_id, limit=limit, offset=0)
         return jsonable(out)
 
-    async def add_documents(self, kb_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-        self.principal.require("write", "add_documents")
+    async def add_documents(self, kb: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+        self.principal.require("write", "add_documents")  # before the KB is looked up, as REST
         await self._count("upload", self.runtime.settings.limits.uploads_per_minute)
+        kb_id = (await self.find_kb(kb))["id"]
         out = await self._call("write", "add_documents", kbs.add_documents, kb_id, records=records)
         return jsonable(out)
 

@@ -79,9 +79,10 @@ class RemoteBackend:
         raise NotFound(f"knowledge base {name_or_id} not found")
 
     async def search(
-        self, kb_id: str, query: str, *, mode: str, top_k: int, filters: dict[str, Any] | None
+        self, kb: str, query: str, *, mode: str, top_k: int, filters: dict[str, Any] | None
     ) -> dict[str, Any]:
         body = {"query": query, "mode": mode, "top_k": top_k, "filters": filters}
+        kb_id = (await self.find_kb(kb))["id"]
         out: dict[str, Any] = await self._request("POST", f"/kbs/{_segment(kb_id)}/search", json=body)
         return out
 
@@ -95,12 +96,13 @@ class RemoteBackend:
         )
         return out
 
-    async def add_documents(self, kb_id: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    async def add_documents(self, kb: str, records: list[dict[str, Any]]) -> dict[str, Any]:
         if self.read_only:
             raise Forbidden(
                 "lorebase mcp runs with --read-only; add_documents needs 'write'",
                 details={"required": "write", "scopes": ["read"]},
             )
+        kb_id = (await self.find_kb(kb))["id"]  # the server checks the scope when adding
         out: dict[str, Any] = await self._request(
             "POST", f"/kbs/{_segment(kb_id)}/documents", json={"documents": records}
         )

@@ -7,13 +7,12 @@ the :class:`~lorebase.mcp.backend.Backend` of the request at hand (on ``POST /mc
 A refused call is an MCP tool error (``isError``) whose text is the API's message: "knowledge
 base … not found" (other workspaces' ids included), "this API key has scope(s) read;
 add_documents needs 'write'", the reason an input is invalid. Anything unexpected is logged and
-answered "internal error; see the server log", never with a stack trace.
+answered "Error executing tool <name>" (by the SDK), never with a stack trace.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -26,8 +25,6 @@ from lorebase import __version__
 from lorebase.api.schemas.requests import TextRecord
 from lorebase.errors import LorebaseError
 from lorebase.mcp.backend import Backend
-
-log = logging.getLogger("lorebase.mcp")
 
 T = TypeVar("T")
 BackendOf = Callable[[Context], Backend]
@@ -51,16 +48,13 @@ def error_text(exc: LorebaseError) -> str:
 
 
 async def guarded(call: Awaitable[T]) -> T:
-    """A tool's work, its errors turned into tool errors with readable messages."""
+    """A tool's work, the API's errors turned into tool errors (``isError``) with the API's
+    message, which the SDK prefixes with "Error executing tool <name>: ". Anything else is a
+    crash the SDK logs and answers "Error executing tool <name>" alone: no internals leak."""
     try:
         return await call
     except LorebaseError as exc:
         raise ToolError(error_text(exc)) from None
-    except ToolError:
-        raise
-    except Exception:
-        log.exception("MCP tool failed")
-        raise ToolError("internal error; see the server log") from None
 
 
 def build_server(backend_of: BackendOf) -> MCPServer:
@@ -105,13 +99,7 @@ def build_server(backend_of: BackendOf) -> MCPServer:
         """Search one knowledge base; the best chunks first. Each result has chunk_id,
         document_id, external_id, title, url, section (heading path), text, score and metadata.
         Returns {query_id, version, results} as the REST API's search does."""
-        backend = backend_of(ctx)
-
-        async def run() -> dict[str, Any]:
-            found = await backend.find_kb(kb)
-            return await backend.search(found["id"], query, mode=mode, top_k=top_k, filters=filters)
-
-        return await guarded(run())
+        return await guarded(backend_of(ctx).search(kb, query, mode=mode, top_k=top_k, filters=filters))
 
     @server.tool(annotations=READ_ONLY)
     async def get_document(
@@ -153,14 +141,8 @@ def build_server(backend_of: BackendOf) -> MCPServer:
         """Add text documents to a knowledge base (needs a key with the write scope). They are
         chunked, embedded and indexed in the background: the answer's pipeline_id is for
         pipeline_status. Returns {pipeline_id, documents}."""
-        backend = backend_of(ctx)
         records = [r.model_dump() for r in documents]
-
-        async def run() -> dict[str, Any]:
-            found = await backend.find_kb(kb)
-            return await backend.add_documents(found["id"], records)
-
-        return await guarded(run())
+        return await guarded(backend_of(ctx).add_documents(kb, records))
 
     @server.tool(annotations=READ_ONLY)
     async def pipeline_status(
