@@ -13,7 +13,9 @@ answered "Error executing tool <name>" (by the SDK), never with a stack trace.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -57,10 +59,26 @@ async def guarded(call: Awaitable[T]) -> T:
         raise ToolError(error_text(exc)) from None
 
 
+@contextmanager
+def logging_left_alone() -> Iterator[None]:
+    """``MCPServer()`` calls ``logging.basicConfig`` (a Rich handler on the root logger): a no-op
+    once the process has configured its logging, as every ``lorebase`` command does first, but
+    an app built before that (a benchmark, a script) would have its root logger taken over. A
+    placeholder handler keeps ``basicConfig`` from doing anything meanwhile."""
+    root = logging.getLogger()
+    placeholder = None if root.handlers else logging.NullHandler()
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
+
 def build_server(backend_of: BackendOf) -> MCPServer:
-    server: MCPServer = MCPServer(
-        "lorebase", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING"
-    )
+    with logging_left_alone():
+        server: MCPServer = MCPServer("lorebase", version=__version__, instructions=INSTRUCTIONS)
 
     @server.tool(annotations=READ_ONLY)
     async def list_knowledge_bases(
