@@ -80,7 +80,8 @@ def readme_configs() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("mcp")
-    with serve_process(tmp, workers=1) as served:
+    # the workers beside the API in its process: one load of the model for the KB and the searches
+    with serve_process(tmp, workers=1, LOREBASE_JOBS__SERVE_WORKER_PROCESS="false") as served:
         url = f"http://127.0.0.1:{served.port}"
         headers = {"Authorization": f"Bearer {served.key}"}
         with httpx.Client(base_url=url, headers=headers, timeout=60) as rest:
