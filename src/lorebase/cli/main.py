@@ -564,6 +564,8 @@ def mcp(
     common.setup_logging()
     settings = get_settings()
     if settings.server_url:
+        if workspace is not None:  # a server's key belongs to one workspace
+            raise typer.BadParameter("a server's key decides the workspace", param_hint="--workspace")
         _run(lambda: stdio.serve_remote(settings, read_only=read_only))
         return
     rt = common.runtime(settings)
