@@ -62,7 +62,7 @@ def create_app(
     for module in (health, drafts, kbs, search, queries, evaluations, pipelines, keys):
         app.include_router(module.router)
     web.install(app)  # the dashboard: pages, /static, sign-in
-    mcp_endpoint = mcp_http.install(app)  # POST /mcp: the MCP server, behind the same keys
+    mcp_endpoint = mcp_http.install(app, settings)  # POST /mcp: the MCP server, behind the same keys
     ratelimit.install(app, settings)  # per-key limits on search, uploads, finalize
     pacing.install(app)  # searches take turns while this server ingests
     openapi.install(app)  # a self-contained /openapi.json (no dangling #/$defs references)

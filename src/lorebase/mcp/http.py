@@ -32,6 +32,7 @@ from lorebase.errors import Unauthorized
 from lorebase.mcp.backend import Backend, LocalBackend
 from lorebase.mcp.tools import build_server
 from lorebase.services.auth import Principal, authenticate
+from lorebase.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -45,10 +46,13 @@ _caller: ContextVar[Principal | None] = ContextVar("lorebase_mcp_caller", defaul
 
 
 class McpEndpoint:
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
         self.app = app
         self.server = build_server(self._backend)
-        self.server.streamable_http_app(stateless_http=True, json_response=True)  # makes the manager
+        # makes the session manager; a body may be as large as a JSON body of the REST API
+        self.server.streamable_http_app(
+            stateless_http=True, json_response=True, max_request_body_size=settings.max_upload_bytes
+        )
         self.manager = self.server.session_manager
 
     def run(self) -> AbstractAsyncContextManager[None]:
@@ -103,8 +107,8 @@ async def _unauthorized(exc: Unauthorized, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def install(app: FastAPI) -> McpEndpoint:
+def install(app: FastAPI, settings: Settings) -> McpEndpoint:
     """Route ``/mcp`` to the endpoint (any method: the SDK answers GET and DELETE itself)."""
-    endpoint = McpEndpoint(app)
+    endpoint = McpEndpoint(app, settings)
     app.router.add_route(PATH, endpoint, include_in_schema=False)  # type: ignore[arg-type]
     return endpoint
