@@ -6,8 +6,9 @@ the :class:`~lorebase.mcp.backend.Backend` of the request at hand (on ``POST /mc
 
 A refused call is an MCP tool error (``isError``) whose text is the API's message: "knowledge
 base … not found" (other workspaces' ids included), "this API key has scope(s) read;
-add_documents needs 'write'", the reason an input is invalid. Anything unexpected is logged and
-answered "Error executing tool <name>" (by the SDK), never with a stack trace.
+add_documents needs 'write'", or for arguments that fail the input schema "the request is not
+valid" with the field and the reason, as a 422 of the REST API says them. Anything unexpected is
+logged and answered "Error executing tool <name>" (by the SDK), never with a stack trace.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from contextlib import contextmanager
 from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp_types import ToolAnnotations
-from pydantic import Field
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
+from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
+from pydantic import Field, ValidationError
 
 from lorebase import __version__
 from lorebase.api.schemas.requests import TextRecord
@@ -42,6 +43,37 @@ KbRef = Annotated[str, Field(min_length=1, max_length=500, description="The KB's
 READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
 
 
+class ApiError(ToolError):
+    """A refusal of the API (not found, forbidden, invalid), told in its own words."""
+
+
+class LorebaseMCP(MCPServer):
+    """The SDK's server, whose tool errors read as the REST API's: the SDK prefixes every tool
+    error with "Error executing tool <name>: " and gives a failed input schema as pydantic's
+    report; here both become the API's message."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise  # a crash: the SDK logs it and answers without details
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ApiError):
+                raise ApiError(str(cause)) from cause
+            if isinstance(cause, ValidationError):
+                raise ApiError(invalid_text(cause)) from cause
+            raise
+
+
+def invalid_text(exc: ValidationError) -> str:
+    """As the API's 422: "the request is not valid", then each field and what is wrong."""
+    fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return f"the request is not valid: {fields}"
+
+
 def error_text(exc: LorebaseError) -> str:
     """The API's message, and for invalid input the details that say which field and why."""
     if exc.details and exc.code in ("invalid_input", "bad_request"):
@@ -56,7 +88,7 @@ async def guarded(call: Awaitable[T]) -> T:
     try:
         return await call
     except LorebaseError as exc:
-        raise ToolError(error_text(exc)) from None
+        raise ApiError(error_text(exc)) from None
 
 
 @contextmanager
@@ -76,9 +108,9 @@ def logging_left_alone() -> Iterator[None]:
             root.removeHandler(placeholder)
 
 
-def build_server(backend_of: BackendOf) -> MCPServer:
+def build_server(backend_of: BackendOf) -> LorebaseMCP:
     with logging_left_alone():
-        server: MCPServer = MCPServer("lorebase", version=__version__, instructions=INSTRUCTIONS)
+        server = LorebaseMCP("lorebase", version=__version__, instructions=INSTRUCTIONS)
 
     @server.tool(annotations=READ_ONLY)
     async def list_knowledge_bases(
