@@ -253,6 +253,8 @@ def test_http_get_document_returns_it_with_its_chunks(env: Env) -> None:
             assert [c["id"] for c in document["chunks"]] == [c["id"] for c in chunks]
             assert hit["chunk_id"] in [c["id"] for c in document["chunks"]]
             assert document["chunks_total"] == len(chunks)
+            kb = await client.read_resource("lorebase://kbs/science")
+            assert json.loads(kb.contents[0].text)["id"] == env.kb_id  # type: ignore[union-attr]
             read = await client.read_resource(f"lorebase://documents/{hit['document_id']}")
             assert "# Bees" in read.contents[0].text and "dance" in read.contents[0].text  # type: ignore[union-attr]
 
