@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import anyio
 
+from lorebase.assembly import assemble
 from lorebase.errors import InvalidInput
 from lorebase.mcp.backend import Backend, LocalBackend
 from lorebase.mcp.remote import RemoteBackend
@@ -37,8 +38,6 @@ def serve(backend: Backend) -> None:
 
 
 def serve_local(runtime: Runtime, principal: Principal, *, read_only: bool, workers: int) -> None:
-    from lorebase.assembly import assemble
-
     if read_only:
         principal = replace(principal, scopes=("read",))
     process = assemble(runtime.settings, role="cli", concurrency=workers, runtime=runtime).start()

@@ -83,8 +83,8 @@ def error_text(exc: LorebaseError) -> str:
 
 async def guarded(call: Awaitable[T]) -> T:
     """A tool's work, the API's errors turned into tool errors (``isError``) with the API's
-    message, which the SDK prefixes with "Error executing tool <name>: ". Anything else is a
-    crash the SDK logs and answers "Error executing tool <name>" alone: no internals leak."""
+    message (``LorebaseMCP.call_tool`` unwraps them). Anything else is a crash the SDK logs and
+    answers "Error executing tool <name>" alone: no internals leak."""
     try:
         return await call
     except LorebaseError as exc:
