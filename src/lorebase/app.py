@@ -15,6 +15,7 @@ from lorebase import __version__, web
 from lorebase.api import errors, guards, idempotency, openapi, pacing, ratelimit
 from lorebase.api.routes import drafts, evaluations, health, kbs, keys, pipelines, queries, search
 from lorebase.assembly import assemble
+from lorebase.mcp import http as mcp_http
 from lorebase.settings import Settings, get_settings
 from lorebase.web.security import SecurityHeaders
 
@@ -43,7 +44,8 @@ def create_app(
         app.state.process = process
         app.state.runtime = process.runtime
         try:
-            yield
+            async with mcp_endpoint.run():  # the MCP SDK's session manager lives as long as the app
+                yield
         finally:
             process.stop()
 
@@ -60,6 +62,7 @@ def create_app(
     for module in (health, drafts, kbs, search, queries, evaluations, pipelines, keys):
         app.include_router(module.router)
     web.install(app)  # the dashboard: pages, /static, sign-in
+    mcp_endpoint = mcp_http.install(app, settings)  # POST /mcp: the MCP server, behind the same keys
     ratelimit.install(app, settings)  # per-key limits on search, uploads, finalize
     pacing.install(app)  # searches take turns while this server ingests
     openapi.install(app)  # a self-contained /openapi.json (no dangling #/$defs references)

@@ -90,13 +90,19 @@ def install(app: Any, settings: Settings) -> None:
 
 
 def get_limiter(request: Request, settings: Settings) -> RateLimiter:
-    limiter: RateLimiter | None = getattr(request.app.state, _STATE_SLOT, None)
+    return app_limiter(request.app, settings)
+
+
+def app_limiter(app: Any, settings: Settings) -> RateLimiter:
+    """The app's limiter (made on first use when ``install`` was not called), for REST routes
+    and ``POST /mcp`` alike."""
+    limiter: RateLimiter | None = getattr(app.state, _STATE_SLOT, None)
     if limiter is None:
         with _create_lock:
-            limiter = getattr(request.app.state, _STATE_SLOT, None)
+            limiter = getattr(app.state, _STATE_SLOT, None)
             if limiter is None:
                 limiter = RateLimiter(settings)
-                setattr(request.app.state, _STATE_SLOT, limiter)
+                setattr(app.state, _STATE_SLOT, limiter)
     return limiter
 
 

@@ -546,6 +546,33 @@ def db_upgrade() -> None:
     console.print(f"database at head: {rt.settings.resolved_database_url}")
 
 
+@app.command()
+def mcp(
+    workspace: Workspace = None,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Only the read tools: add_documents is refused.")
+    ] = False,
+    workers: Annotated[
+        int, typer.Option(help="Worker threads for the documents agents add (local mode; 0: none).")
+    ] = 1,
+) -> None:
+    """An MCP server on stdio for desktop agents and IDEs (tools: search, list_knowledge_bases,
+    get_document, add_documents, pipeline_status). Works on the local data dir as its owner, or
+    on LOREBASE_SERVER_URL with LOREBASE_API_KEY's scopes."""
+    from lorebase.mcp import stdio
+
+    common.setup_logging()
+    settings = get_settings()
+    if settings.server_url:
+        if workspace is not None:  # a server's key belongs to one workspace
+            raise typer.BadParameter("a server's key decides the workspace", param_hint="--workspace")
+        _run(lambda: stdio.serve_remote(settings, read_only=read_only))
+        return
+    rt = common.runtime(settings)
+    p = _run(lambda: common.principal(rt, workspace))
+    stdio.serve_local(rt, p, read_only=read_only, workers=workers)
+
+
 @app.command("eval")
 def evaluate(
     kb: Annotated[str, typer.Option("--kb", help="Knowledge base name or id.")],
