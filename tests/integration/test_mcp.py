@@ -28,6 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult, TextContent
 
 from support import testdb
+from support.cluster import free_port
 from support.live import serve_process
 from support.waiting import wait_for
 
@@ -308,5 +309,10 @@ def test_stdio_remote_talks_to_the_server_with_the_keys_scopes(env: Env) -> None
             message = await refused(client, "add_documents", kb="science", documents=[{"text": "no"}])
             # the server's own words, naming the REST route
             assert f"scope(s) read; POST /api/v1/kbs/{{kb_id}}/documents {NEEDS_WRITE}" in message
+        # a server that is down is named in the tool's error, not a stack trace
+        down = {"LOREBASE_SERVER_URL": f"http://127.0.0.1:{free_port()}", "LOREBASE_API_KEY": "lb_k"}
+        async with connected(stdio_client(env, **down)) as client:
+            message = await refused(client, "list_knowledge_bases")
+            assert "cannot be reached" in message and "Traceback" not in message, message
 
     run(main)
