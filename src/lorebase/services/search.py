@@ -115,7 +115,7 @@ def retrieve(
     depth = candidate_depth(mode, top_k, candidates)
     lists: list[list[Ranked]] = []
     if mode in ("vector", "hybrid"):
-        vector = runtime.query_embedder(config["embedding"]["model"]).embed([query])[0]
+        vector = runtime.query_embedder(embedding=config["embedding"]).embed([query])[0]
         lists.append([Ranked(h.pk, h.score) for h in store.vector_search(s, key, vector, depth, where)])
     if mode in ("keyword", "hybrid"):
         lists.append([Ranked(h.pk, h.score) for h in store.keyword_search(s, key, query, depth, where)])
