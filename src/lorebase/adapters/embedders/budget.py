@@ -7,7 +7,11 @@ set (the scaled mode), in the process otherwise (the embedded executor: one proc
 ``limits`` package, as the API's own rate limits are (``api/ratelimit.py``).
 
 * requests: a *moving* window (each request's time is kept), so no window of
-  ``openai_rate_window_seconds`` ever holds more than ``openai_rpm`` requests;
+  ``openai_rate_window_seconds`` ever holds more than ``openai_rpm`` requests. The window is
+  counted ``ARRIVAL_MARGIN_SECONDS`` longer than set: the provider counts arrivals, which trail
+  the sends by a latency that varies, and a request sent just after the window turns can
+  arrive before one sent just before it had (seen at 8 s windows on loopback: 6 arrivals in a
+  window of 5 sends);
 * tokens: a sliding window *counter* (two counters, not one entry per token), approximate at
   the window's edge, which a token budget (itself counted with an approximate tokenizer) can
   afford.
@@ -33,6 +37,9 @@ from limits.strategies import MovingWindowRateLimiter, RateLimiter, SlidingWindo
 
 log = logging.getLogger("lorebase.embedders")
 
+#: the request window is kept this much longer than set, for the jitter of arrival times
+ARRIVAL_MARGIN_SECONDS = 1
+
 
 class Budget:
     """The budgets of one deployment (every endpoint is counted apart, by its base URL)."""
@@ -42,7 +49,9 @@ class Budget:
         self._requests: tuple[RateLimiter, RateLimitItem] | None = None
         self._tokens: tuple[RateLimiter, RateLimitItem] | None = None
         if rpm:
-            item = RateLimitItemPerSecond(rpm, window_seconds, namespace="openai-requests")
+            item = RateLimitItemPerSecond(
+                rpm, window_seconds + ARRIVAL_MARGIN_SECONDS, namespace="openai-requests"
+            )
             self._requests = (MovingWindowRateLimiter(storage), item)
         if tpm:
             item = RateLimitItemPerSecond(tpm, window_seconds, namespace="openai-tokens")
@@ -70,7 +79,7 @@ class Budget:
                 return waited
             # until the oldest counted request leaves the window, plus a little jitter so that
             # workers waiting together do not all ask again in the same millisecond
-            delay = min(max(stats.reset_time - time.time(), 0.02), float(self.window_seconds))
+            delay = min(max(stats.reset_time - time.time(), 0.02), float(item.get_expiry()))
             delay += random.uniform(0, 0.05)
             time.sleep(delay)
             waited += delay
