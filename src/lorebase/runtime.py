@@ -81,6 +81,10 @@ def check_supported(settings: Settings) -> None:
         problems.append(f"LOREBASE_EMBEDDER: {exc.message}")
     if (problem := embedder_problem(settings.embedder)) is not None:
         problems.append(f"LOREBASE_EMBEDDER: {problem}")
+    if is_openai(settings.embedder) and not settings.openai_base_url:
+        problems.append(
+            f"LOREBASE_EMBEDDER={settings.embedder} needs LOREBASE_OPENAI_BASE_URL (the endpoint new KBs embed with)"
+        )
     if problems:
         raise InvalidInput("unsupported configuration: " + "; ".join(problems))
 
