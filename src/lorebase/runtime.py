@@ -81,6 +81,8 @@ def check_supported(settings: Settings) -> None:
         problems.append(f"LOREBASE_EMBEDDER: {exc.message}")
     if (problem := embedder_problem(settings.embedder)) is not None:
         problems.append(f"LOREBASE_EMBEDDER: {problem}")
+    if settings.openai_tokenizer is not None and not settings.openai_tokenizer.is_file():
+        problems.append(f"LOREBASE_OPENAI_TOKENIZER: no file {settings.openai_tokenizer} (a tokenizer.json)")
     if is_openai(settings.embedder) and not settings.openai_base_url:
         problems.append(
             f"LOREBASE_EMBEDDER={settings.embedder} needs LOREBASE_OPENAI_BASE_URL (the endpoint new KBs embed with)"

@@ -120,3 +120,48 @@ def test_the_token_budget_counts_tokens() -> None:
     assert time.monotonic() - start < 0.5
     budget.acquire("http://e", 80)  # 160 > 100 in the window: waits
     assert time.monotonic() - start >= 0.4
+
+
+def test_budgets_in_redis_are_shared_by_separate_clients_as_processes_would_share_them() -> None:
+    import uuid
+
+    from limits.storage import RedisStorage
+
+    from support.cluster import REDIS_URL, redis_available
+
+    if not redis_available():
+        pytest.skip("Redis is not reachable")
+    prefix = f"lbt{uuid.uuid4().hex[:10]}:embed-budget"
+    a, b = (
+        Budget(RedisStorage(REDIS_URL, key_prefix=prefix), rpm=2, tpm=1000, window_seconds=1)
+        for _ in range(2)
+    )
+    start = time.monotonic()
+    a.acquire("http://e", 10)
+    b.acquire("http://e", 10)
+    assert time.monotonic() - start < 0.5
+    a.acquire("http://e", 10)  # the third request of the window, whoever sends it, waits
+    assert time.monotonic() - start >= 1.0
+    tokens = [Budget(RedisStorage(REDIS_URL, key_prefix=prefix + "t"), rpm=None, tpm=100, window_seconds=1)]
+    tokens.append(
+        Budget(RedisStorage(REDIS_URL, key_prefix=prefix + "t"), rpm=None, tpm=100, window_seconds=1)
+    )
+    start = time.monotonic()
+    tokens[0].acquire("http://e", 80)
+    tokens[1].acquire("http://e", 80)  # 160 > 100 across both clients: waits
+    assert time.monotonic() - start >= 0.4
+
+
+def test_a_named_tokenizer_counts_the_tokens_and_a_missing_one_is_refused_at_start(tmp_path: Path) -> None:
+    from lorebase.adapters.embedders import load_tokenizer_ref, tokenizer_ref
+    from lorebase.adapters.embedders.local import model_dir
+    from lorebase.runtime import check_supported
+
+    named = model_dir("all-MiniLM-L6-v2") / "tokenizer.json"
+    e = OpenAIEmbedder("m", Endpoint("http://127.0.0.1:9"), tokenizer_path=named)
+    assert len(e.tokenizer().encode("The cat sat on the mat.", add_special_tokens=False).ids) == 7
+    ref = tokenizer_ref("openai:m", named)
+    assert ref == f"file:{named}" and load_tokenizer_ref(ref).to_str() == e.tokenizer().to_str()
+    assert tokenizer_ref("openai:m", None) == "local:all-MiniLM-L6-v2"  # the documented approximation
+    with pytest.raises(InvalidInput, match="LOREBASE_OPENAI_TOKENIZER"):
+        check_supported(make_settings(tmp_path, openai_tokenizer=tmp_path / "missing.json"))
