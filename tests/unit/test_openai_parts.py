@@ -165,3 +165,24 @@ def test_a_named_tokenizer_counts_the_tokens_and_a_missing_one_is_refused_at_sta
     assert tokenizer_ref("openai:m", None) == "local:all-MiniLM-L6-v2"  # the documented approximation
     with pytest.raises(InvalidInput, match="LOREBASE_OPENAI_TOKENIZER"):
         check_supported(make_settings(tmp_path, openai_tokenizer=tmp_path / "missing.json"))
+
+
+def test_a_config_change_of_model_or_endpoint_forgets_the_recorded_dimension() -> None:
+    from lorebase.services.versions import _forget_dimensions
+
+    current = {"embedding": {"model": "openai:a", "dimensions": 384}}
+    other_model = {"embedding": {"model": "openai:b", "dimensions": 384}}
+    assert (
+        "dimensions"
+        not in _forget_dimensions(current, other_model, {"embedding": {"model": "openai:b"}})["embedding"]
+    )
+    stated = {"embedding": {"model": "openai:b", "dimensions": 768}}
+    assert _forget_dimensions(current, stated, stated)["embedding"]["dimensions"] == 768
+    moved = {"embedding": {"model": "openai:a", "base_url": "http://gpu:8080/v1", "dimensions": 384}}
+    assert (
+        "dimensions"
+        not in _forget_dimensions(current, moved, {"embedding": {"base_url": "http://gpu:8080/v1"}})[
+            "embedding"
+        ]
+    )
+    assert _forget_dimensions(current, current, {"chunking": {"chunk_size": 128}}) == current
