@@ -186,3 +186,11 @@ def test_a_config_change_of_model_or_endpoint_forgets_the_recorded_dimension() -
         ]
     )
     assert _forget_dimensions(current, current, {"chunking": {"chunk_size": 128}}) == current
+
+
+def test_credentials_in_a_base_url_are_never_shown() -> None:
+    from lorebase.adapters.embedders.openai import model_id_of, shown_url
+
+    assert shown_url("https://user:secret@gpu.example:8443/v1/") == "https://gpu.example:8443/v1"
+    assert shown_url("http://127.0.0.1:7997") == "http://127.0.0.1:7997"
+    assert "secret" not in model_id_of("m", "https://user:secret@gpu.example/v1")

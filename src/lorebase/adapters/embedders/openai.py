@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -73,14 +74,30 @@ class Endpoint:
     def url(self) -> str:
         return self.base_url.rstrip("/")
 
+    @property
+    def shown(self) -> str:
+        """The URL as messages, metrics and the cache key show it: without a ``user:password@``."""
+        return shown_url(self.base_url)
+
+
+def shown_url(url: str) -> str:
+    parts = urlsplit(url.rstrip("/"))
+    if parts.username is None and parts.password is None:
+        return parts.geturl()
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
+
 
 def model_id_of(model: str, base_url: str) -> str:
     """The cache key's model part: ``openai:<model>@<endpoint>`` (hashed when it would not fit
     the cache's 200-character column)."""
-    mid = f"{PREFIX}{model}@{base_url.rstrip('/')}"
+    mid = f"{PREFIX}{model}@{shown_url(base_url)}"
     if len(mid) <= 200:
         return mid
-    digest = hashlib.sha256(base_url.rstrip("/").encode()).hexdigest()[:32]
+    digest = hashlib.sha256(shown_url(base_url).encode()).hexdigest()[:32]
     return f"{PREFIX}{model[:150]}@sha256:{digest}"
 
 
@@ -195,16 +212,16 @@ class OpenAIEmbedder:
     def _request(self, texts: list[str], tokens: int) -> np.ndarray:
         url = f"{self.endpoint.url}/embeddings"
         if self.endpoint.budget is not None:
-            self.endpoint.budget.acquire(self.endpoint.url, tokens)
+            self.endpoint.budget.acquire(self.endpoint.shown, tokens)
         started = time.perf_counter()
         try:
             response = self._client.post(
                 url, json={"model": self.model, "input": texts, "encoding_format": "float"}
             )
         except httpx.TimeoutException:
-            raise TransientError(f"embedding endpoint {self.endpoint.url} timed out") from None
+            raise TransientError(f"embedding endpoint {self.endpoint.shown} timed out") from None
         except httpx.HTTPError as exc:
-            raise TransientError(f"embedding endpoint {self.endpoint.url} unreachable: {exc}") from None
+            raise TransientError(f"embedding endpoint {self.endpoint.shown} unreachable: {exc}") from None
         if response.status_code != 200:
             raise self._error(response)
         vectors = self._vectors(response, len(texts))
@@ -215,7 +232,7 @@ class OpenAIEmbedder:
     def _error(self, response: httpx.Response) -> Exception:
         status = response.status_code
         said = provider_message(response)
-        where = f"{self.endpoint.url} ({self.model})"
+        where = f"{self.endpoint.shown} ({self.model})"
         if status in TRANSIENT_STATUSES or status >= 500:
             wait = retry_after(response.headers.get("Retry-After"))
             return TransientError(f"embedding endpoint {where} answered {status}: {said}", retry_after=wait)
@@ -228,12 +245,12 @@ class OpenAIEmbedder:
             vectors = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
         except (ValueError, KeyError, TypeError) as exc:
             raise PermanentError(
-                f"embedding endpoint {self.endpoint.url} answered something that is not an "
+                f"embedding endpoint {self.endpoint.shown} answered something that is not an "
                 f"embeddings list (encoding_format=float): {exc}"
             ) from None
         if vectors.ndim != 2 or vectors.shape[0] != n:
             raise PermanentError(
-                f"embedding endpoint {self.endpoint.url} answered {vectors.shape[0]} vectors for {n} texts"
+                f"embedding endpoint {self.endpoint.shown} answered {vectors.shape[0]} vectors for {n} texts"
             )
         self._check_dimensions(vectors.shape[1])
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -247,7 +264,7 @@ class OpenAIEmbedder:
                 return
         if dims != self._dimensions:
             raise PermanentError(
-                f"embedding endpoint {self.endpoint.url} now answers {dims}-dimensional vectors for "
+                f"embedding endpoint {self.endpoint.shown} now answers {dims}-dimensional vectors for "
                 f"{self.model}, and this knowledge base's vectors have {self._dimensions}: the model "
                 "behind that name changed. Its vectors cannot share an index with the old ones: "
                 "create a new version of the knowledge base with the new model (or restore the old one)"
