@@ -124,6 +124,18 @@ def int8_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The base URL of a real OpenAI-compatible server, Infinity, serving the bundled
+    all-MiniLM-L6-v2 as ``all-MiniLM-L6-v2`` (``support.infinity``: its venv is built once per
+    machine, ~2 min; the server starts in ~10 s), for the session."""
+    from support.infinity import InfinityServer
+
+    server = InfinityServer(log=tmp_path_factory.mktemp("infinity") / "infinity.log")
+    with server as base_url:
+        yield base_url
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data")

@@ -16,7 +16,7 @@ from lorebase.adapters.blobs.database import DatabaseBlobStore
 from lorebase.adapters.blobs.local import LocalBlobStore
 from lorebase.adapters.blobs.protocol import BlobStore
 from lorebase.adapters.drafts import DraftRepository, build_draft_repository
-from lorebase.adapters.embedders import build_embedder, embedder_info, embedder_problem
+from lorebase.adapters.embedders import build_embedder, embedder_info, embedder_problem, is_openai
 from lorebase.adapters.embedders.protocol import Embedder
 from lorebase.adapters.events import EventBus, build_event_bus, connect_redis
 from lorebase.adapters.stores.protocol import Store
@@ -24,7 +24,7 @@ from lorebase.adapters.stores.sqlite import SqliteStore
 from lorebase.db.engine import Database
 from lorebase.db.migrate import upgrade
 from lorebase.db.querylog import QueryLogWriter
-from lorebase.errors import InvalidInput
+from lorebase.errors import InvalidInput, PermanentError
 from lorebase.jobs.queue import JobQueue
 from lorebase.settings import Settings
 
@@ -81,6 +81,12 @@ def check_supported(settings: Settings) -> None:
         problems.append(f"LOREBASE_EMBEDDER: {exc.message}")
     if (problem := embedder_problem(settings.embedder)) is not None:
         problems.append(f"LOREBASE_EMBEDDER: {problem}")
+    if settings.openai_tokenizer is not None and not settings.openai_tokenizer.is_file():
+        problems.append(f"LOREBASE_OPENAI_TOKENIZER: no file {settings.openai_tokenizer} (a tokenizer.json)")
+    if is_openai(settings.embedder) and not settings.openai_base_url:
+        problems.append(
+            f"LOREBASE_EMBEDDER={settings.embedder} needs LOREBASE_OPENAI_BASE_URL (the endpoint new KBs embed with)"
+        )
     if problems:
         raise InvalidInput("unsupported configuration: " + "; ".join(problems))
 
@@ -106,7 +112,8 @@ class Runtime:
             if settings.blob_store == "database"
             else LocalBlobStore(settings.blob_dir)
         )
-        self._embedders: dict[tuple[str, str], Embedder] = {}  # (spec, slot) -> embedder
+        #: (spec, base_url, dimensions, slot) -> embedder (the middle two: ``openai:`` models')
+        self._embedders: dict[tuple[str, str | None, int | None, str], Embedder] = {}
         self._stores: dict[tuple[str, int], Store] = {}
         self._lock = threading.Lock()
         self._redis = connect_redis(settings)  # one client for drafts and events; None when embedded
@@ -114,24 +121,48 @@ class Runtime:
         self.drafts: DraftRepository = build_draft_repository(settings, self.db, self._redis)
         # The store's tables exist before any transaction needs them: creating them lazily from
         # inside another write transaction would wait on SQLite's lock held by that transaction.
-        self.store(settings.vector_store, embedder_info(settings.embedder)[0])
+        # (an ``openai:`` default's dimension is known once its endpoint answers: its store's
+        # tables are made when the first such KB is created, before any write transaction)
+        if (dimensions := embedder_info(settings.embedder)[0]) is not None:
+            self.store(settings.vector_store, dimensions)
 
-    def embedder(self, spec: str | None = None, *, slot: str = "ingest") -> Embedder:
-        key = (spec or self.settings.embedder, slot)
+    def embedder(
+        self, spec: str | None = None, *, slot: str = "ingest", embedding: dict[str, Any] | None = None
+    ) -> Embedder:
+        """The embedder of ``spec`` (default: the server's), or of a KB config's ``embedding``
+        options (an ``openai:`` model's endpoint and recorded dimension are part of them)."""
+        spec = (embedding or {}).get("model") or spec or self.settings.embedder
+        options: dict[str, Any] = embedding if embedding is not None and is_openai(spec) else {"model": spec}
+        key: tuple[str, str | None, int | None, str] = (
+            spec,
+            options.get("base_url"),
+            options.get("dimensions"),
+            slot,
+        )
         with self._lock:
             if key not in self._embedders:
                 self._embedders[key] = build_embedder(
-                    key[0],
+                    spec,
                     data_dir=self.settings.data_dir,
                     slot=slot,
                     threads=self.settings.embed_threads,
                     onnx_fp32=slot == "query" and self.serving and self.settings.onnx_queries,
+                    settings=self.settings,
+                    embedding=options,
                 )
             return self._embedders[key]
 
-    def query_embedder(self, spec: str | None = None) -> Embedder:
+    def query_embedder(self, spec: str | None = None, *, embedding: dict[str, Any] | None = None) -> Embedder:
         """A second model instance for queries, so searches never wait behind an ingestion batch."""
-        return self.embedder(spec, slot="query")
+        return self.embedder(spec, slot="query", embedding=embedding)
+
+    def embedding_info(self, embedding: dict[str, Any]) -> tuple[int | None, int]:
+        """(dimensions, max_tokens) of a KB config's ``embedding``: an ``openai:`` model's
+        dimension is the one its config records (None before its endpoint first answered)."""
+        dims, max_tokens = embedder_info(
+            embedding["model"], openai_max_tokens=self.settings.openai_max_tokens
+        )
+        return (dims if dims is not None else embedding.get("dimensions")), max_tokens
 
     def store(self, name: str | None, dimensions: int) -> Store:
         name = name or self.settings.vector_store
@@ -187,11 +218,15 @@ class Runtime:
         )
 
     def kb_store(self, config: dict[str, Any]) -> Store:
-        dims, _ = embedder_info(config["embedding"]["model"])
+        dims, _ = self.embedding_info(config["embedding"])
+        if dims is None:  # an openai: KB is created with its dimension recorded (services/drafts)
+            raise PermanentError(
+                f"the knowledge base's model {config['embedding']['model']} has no recorded dimension"
+            )
         return self.store(config["store"]["type"], dims)
 
     def kb_embedder(self, config: dict[str, Any]) -> Embedder:
-        return self.embedder(config["embedding"]["model"])
+        return self.embedder(embedding=config["embedding"])
 
     def close(self) -> None:
         self.query_log.close()  # what is queued is written: a clean shutdown loses no query

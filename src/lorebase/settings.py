@@ -350,7 +350,54 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible embeddings endpoint."
     )
-    openai_api_key: str | None = Field(None, description="API key for the OpenAI-compatible endpoint.")
+    openai_api_key: str | None = Field(
+        None,
+        description="API key for the OpenAI-compatible endpoint, sent as `Authorization: Bearer` to "
+        "`openai_base_url` only (never to a KB's own `config.embedding.base_url`, never stored in a KB).",
+    )
+    openai_rpm: int | None = Field(
+        None,
+        ge=1,
+        description="Requests per minute that all workers together may send to each OpenAI-compatible "
+        "endpoint (counted in Redis when `redis_url` is set, else in the process); a request over "
+        "budget waits for it. Unset: no limit.",
+    )
+    openai_tpm: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per minute (as counted by `openai_tokenizer`) that all workers together may "
+        "send to each OpenAI-compatible endpoint; a request over budget waits. Unset: no limit.",
+    )
+    openai_rate_window_seconds: int = Field(
+        60,
+        ge=1,
+        le=3600,
+        description="The sliding window `openai_rpm` / `openai_tpm` count in (60: per minute, as their "
+        "names say; a shorter window with proportionally smaller budgets smooths bursts).",
+    )
+    openai_batch_size: int = Field(
+        64, ge=1, le=2048, description="Most texts in one request to an OpenAI-compatible endpoint."
+    )
+    openai_batch_tokens: int = Field(
+        8192,
+        ge=1,
+        description="Most tokens (as counted by `openai_tokenizer`) in one request to an "
+        "OpenAI-compatible endpoint; a longer text goes alone.",
+    )
+    openai_max_tokens: int = Field(
+        8191,
+        ge=16,
+        description="The most tokens an `openai:` model reads per text (chunk sizes above it are refused).",
+    )
+    openai_tokenizer: Path | None = Field(
+        None,
+        description="A local `tokenizer.json` (HuggingFace `tokenizers`) that counts tokens as the "
+        "`openai:` model does, for chunk sizes and the token budgets. Unset: the bundled MiniLM "
+        "tokenizer, an approximation (within ~10-20 % of BPE tokenizers on English prose).",
+    )
+    openai_timeout_seconds: float = Field(
+        60.0, gt=0, description="Timeout of one request to an OpenAI-compatible endpoint."
+    )
     api_key: str | None = Field(None, description="The key the CLI sends to a server.")
     server_url: str | None = Field(
         None, description="When set, CLI commands talk to this running server instead of the local data dir."

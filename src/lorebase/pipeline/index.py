@@ -113,7 +113,10 @@ class EmbedChunks:
             embedder = runtime.kb_embedder(config)
             cached = cached_vectors(s, embedder.model_id, [r.embed_text for r in rows], kb.workspace_id)
             key = index_key(kb.id, version)
-            return _Window(key, config, kb.workspace_id, embedder, list(rows), cached)
+        # the store's tables exist before the write transaction needs them (another dimension's
+        # tables, for an openai: model, are created on first use: never inside a transaction)
+        runtime.kb_store(config)
+        return _Window(key, config, kb.workspace_id, embedder, list(rows), cached)
 
     def _embed_and_write(self, ctx: JobContext[Runtime], window: _Window, rows: list[Any]) -> None:
         runtime = ctx.runtime

@@ -126,10 +126,11 @@ def leading_heading(parsed: ParsedDocument) -> str | None:
     return first.text.strip() if first and first.kind == "heading" and first.level == 1 else None
 
 
-def _tokenizer(embedder: str) -> Any:
-    from lorebase.adapters.embedders.local import load_tokenizer  # cached per process
+def _tokenizer(ref: str) -> Any:
+    """The tokenizer ``adapters.embedders.tokenizer_ref`` named (cached per process)."""
+    from lorebase.adapters.embedders import load_tokenizer_ref
 
-    return load_tokenizer(embedder.partition(":")[2])
+    return load_tokenizer_ref(ref)
 
 
 def prepare(

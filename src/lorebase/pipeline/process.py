@@ -17,7 +17,7 @@ from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from lorebase import faults
-from lorebase.adapters.embedders import embedder_info
+from lorebase.adapters.embedders import tokenizer_ref
 from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, index_key, utcnow
 from lorebase.db.states import DOCUMENT_BEFORE_EMBEDDING, DocumentStatus, transition
 from lorebase.errors import NotFound, PermanentError, TransientError
@@ -176,11 +176,10 @@ class ProcessDocument:
                 errors[n] = exc
                 continue
             for version, config in targets.items():
-                spec = config["embedding"]["model"]
+                tokens = tokenizer_ref(config["embedding"]["model"], runtime.settings.openai_tokenizer)
+                max_tokens = runtime.embedding_info(config["embedding"])[1]
                 asks.append((n, version))
-                args.append(
-                    (data, media_type, filename, ChunkingConfig.of(config), spec, embedder_info(spec)[1])
-                )
+                args.append((data, media_type, filename, ChunkingConfig.of(config), tokens, max_tokens))
         results: dict[int, dict[int, Any]] = {}
         for (n, version), result in zip(asks, pool_for(runtime.settings).prepare_all(args), strict=True):
             results.setdefault(n, {})[version] = result

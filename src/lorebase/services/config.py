@@ -34,8 +34,28 @@ class ChunkingOptions(BaseModel):
 
 
 class EmbeddingOptions(BaseModel):
+    """The model, and for an ``openai:`` model its endpoint and dimension. Never an API key: the
+    config is returned by the API to anyone who can read the KB, so keys stay in the server's
+    settings (``openai_api_key``, sent to ``openai_base_url`` only)."""
+
     model_config = ConfigDict(extra="forbid")
     model: str = "local:all-MiniLM-L6-v2"
+    #: ``openai:`` only: this KB's endpoint instead of the server's ``openai_base_url`` (sent no key)
+    base_url: str | None = Field(None, max_length=2000)
+    #: ``openai:`` only: the vectors' dimension, stated, or recorded from the endpoint's first
+    #: answer when the draft is validated; an answer of another dimension is refused
+    dimensions: int | None = Field(None, ge=1, le=65536)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        parts = urlsplit(v)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("base_url must be an http(s) URL with a host")
+        return v
 
 
 class StoreOptions(BaseModel):
@@ -84,12 +104,18 @@ class KbConfig(BaseModel):
     notifications: NotificationOptions = Field(default_factory=NotificationOptions)
 
     @model_serializer(mode="wrap")
-    def _omit_unused_notifications(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """A KB that notifies nobody keeps the config shape clients have always seen."""
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A KB that notifies nobody, on a local model, keeps the config shape clients have
+        always seen (no ``notifications``, no unset ``embedding.base_url`` / ``dimensions``)."""
         data: dict[str, Any] = handler(self)
         notes = data.get("notifications")
         if isinstance(notes, dict) and not notes.get("webhook_url") and not notes.get("email_to"):
             del data["notifications"]
+        embedding = data.get("embedding")
+        if isinstance(embedding, dict):
+            for key in ("base_url", "dimensions"):
+                if embedding.get(key) is None:
+                    embedding.pop(key, None)
         return data
 
 

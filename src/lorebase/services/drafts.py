@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from lorebase.adapters.drafts.protocol import DraftRecord
-from lorebase.adapters.embedders import embedder_info, embedder_problem
+from lorebase.adapters.embedders import embedder_problem, is_openai
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.crawl.preview import fetch_one
 from lorebase.db.models import KnowledgeBase, new_id, utcnow
-from lorebase.errors import InvalidInput, LorebaseError, NotFound
+from lorebase.errors import InvalidInput, JobError, LorebaseError, NotFound
 from lorebase.pipeline.chunk import chunk
 from lorebase.pipeline.documents import SourceItem
 from lorebase.pipeline.types import ChunkingConfig
@@ -264,8 +264,8 @@ def _preview_chunks(
     source_id: str | None,
     title: str | None,
 ) -> dict[str, Any]:
-    _, max_tokens = embedder_info(cfg["embedding"]["model"])
-    tokenizer = runtime.embedder(cfg["embedding"]["model"]).tokenizer()
+    _, max_tokens = runtime.embedding_info(cfg["embedding"])
+    tokenizer = runtime.embedder(embedding=cfg["embedding"]).tokenizer()
     chunks = chunk(parsed, ChunkingConfig.of(cfg), tokenizer, max_tokens=max_tokens)
     return {
         "source_id": source_id,
@@ -285,11 +285,13 @@ def check_config(runtime: Runtime, cfg: dict[str, Any]) -> tuple[list[dict[str, 
     warnings: list[dict[str, str]] = []
     max_tokens = None
     try:
-        _, max_tokens = embedder_info(cfg["embedding"]["model"])
+        _, max_tokens = runtime.embedding_info(cfg["embedding"])
     except InvalidInput as exc:
         errors.append({"field": "config.embedding.model", "message": exc.message})
     if (problem := embedder_problem(cfg["embedding"]["model"])) is not None:
         errors.append({"field": "config.embedding.model", "message": problem})
+    if max_tokens is not None:
+        errors.extend(endpoint_problems(runtime, cfg["embedding"]))
     if (problem := runtime.store_problem(cfg["store"]["type"])) is not None:
         errors.append({"field": "config.store.type", "message": problem})
     size, overlap = cfg["chunking"]["chunk_size"], cfg["chunking"]["chunk_overlap"]
@@ -320,6 +322,42 @@ def check_config(runtime: Runtime, cfg: dict[str, Any]) -> tuple[list[dict[str, 
             {"field": "config.chunking.chunk_size", "message": "chunks under 64 tokens often retrieve poorly"}
         )
     return errors, warnings
+
+
+def endpoint_problems(runtime: Runtime, embedding: dict[str, Any]) -> list[dict[str, str]]:
+    """An ``openai:`` model's endpoint: named (the KB's ``base_url`` or the server's
+    ``LOREBASE_OPENAI_BASE_URL``), and, when the config states no dimension, answering: one
+    probe call learns the dimension the KB will record (``with_dimensions``; cached per
+    process). Endpoint options on a local model are refused rather than ignored."""
+    if not is_openai(embedding["model"]):
+        extra = [k for k in ("base_url", "dimensions") if embedding.get(k) is not None]
+        return [
+            {"field": f"config.embedding.{k}", "message": "only an openai:<model> embedding takes it"}
+            for k in extra
+        ]
+    try:
+        runtime.embedder(embedding=embedding).dimensions  # noqa: B018 (the probe, when unknown)
+    except InvalidInput as exc:
+        return [{"field": "config.embedding.base_url", "message": exc.message}]
+    except JobError as exc:
+        return [
+            {
+                "field": "config.embedding.model",
+                "message": f"{exc.message} (state config.embedding.dimensions to create the "
+                "knowledge base while the endpoint is away)",
+            }
+        ]
+    return []
+
+
+def with_dimensions(runtime: Runtime, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with its ``openai:`` model's dimension recorded (a valid config's endpoint has
+    answered, or the dimension was stated), so every process builds the same index."""
+    embedding = cfg["embedding"]
+    if not is_openai(embedding["model"]) or embedding.get("dimensions") is not None:
+        return cfg
+    dims = runtime.embedder(embedding=embedding).dimensions
+    return {**cfg, "embedding": {**embedding, "dimensions": dims}}
 
 
 def validate_draft(
@@ -396,7 +434,7 @@ def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -
         workspace_id=p.workspace_id,
         name=draft.name,
         description=draft.description,
-        config=draft.config,
+        config=with_dimensions(runtime, draft.config),
         status="processing",
         created_by=p.key_id,
     )

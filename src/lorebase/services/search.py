@@ -132,7 +132,7 @@ def query_vectors(runtime: Runtime, config: dict[str, Any], queries: list[str]) 
     """The query vectors of ``queries`` under a version's ``config``, embedded in batches of
     :data:`QUERY_BATCH` (an evaluation's hundreds of queries: one model call per batch, not
     per query)."""
-    embedder = runtime.query_embedder(config["embedding"]["model"])
+    embedder = runtime.query_embedder(embedding=config["embedding"])
     parts = [embedder.embed(queries[i : i + QUERY_BATCH]) for i in range(0, len(queries), QUERY_BATCH)]
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dimensions), dtype=np.float32)
 

@@ -43,7 +43,7 @@ from lorebase.pipeline.versions import live_row
 from lorebase.services import evaluations, kbs, reindex
 from lorebase.services.auth import Principal
 from lorebase.services.config import deep_merge, parse_config
-from lorebase.services.drafts import check_config
+from lorebase.services.drafts import check_config, with_dimensions
 from lorebase.tasks import reindex_version
 
 if TYPE_CHECKING:
@@ -164,6 +164,7 @@ def update_kb(
             kb.description = description
         current = parse_config(kb.config).model_dump()
         merged = current if config is None else parse_config(deep_merge(current, config)).model_dump()
+        merged = _forget_dimensions(current, merged, config)
         if all(merged.get(k) == current.get(k) for k in INDEX_PARTS):
             if merged != current:
                 _check(runtime, merged)
@@ -177,6 +178,7 @@ def update_kb(
             s.flush()
             return 200, kbs.to_dict(s, kb)
         _check(runtime, merged)
+        merged = with_dimensions(runtime, merged)
         if activate == "if_better" and not evaluation:
             raise InvalidInput(
                 'activate "if_better" needs an evaluation: {queries, qrels} or {from_feedback: true}'
@@ -227,6 +229,19 @@ def update_kb(
         }
     runtime.queue.notify()
     return 202, result
+
+
+def _forget_dimensions(
+    current: dict[str, Any], merged: dict[str, Any], patch: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A recorded ``openai:`` dimension belongs to its model and endpoint: a patch changing
+    either (without stating a dimension) drops it, to be learnt from the new endpoint."""
+    new, old = merged["embedding"], current["embedding"]
+    stated = "dimensions" in ((patch or {}).get("embedding") or {})
+    moved = (new["model"], new.get("base_url")) != (old["model"], old.get("base_url"))
+    if moved and not stated and new.get("dimensions") is not None:
+        return {**merged, "embedding": {k: v for k, v in new.items() if k != "dimensions"}}
+    return merged
 
 
 def _check(runtime: Runtime, config: dict[str, Any]) -> None:

@@ -17,8 +17,12 @@ from tokenizers import Tokenizer
 class Embedder(Protocol):
     #: stable identifier, part of the embedding cache key (e.g. "local:all-MiniLM-L6-v2")
     model_id: str
-    #: vector dimension
-    dimensions: int
+
+    @property
+    def dimensions(self) -> int:
+        """The vectors' dimension (a remote model's may cost one call to learn, then is fixed)."""
+        ...
+
     #: the most tokens the model reads; longer inputs are truncated by the model
     max_tokens: int
 
