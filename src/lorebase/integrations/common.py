@@ -29,6 +29,39 @@ def hit_metadata(hit: SearchResult, answer: SearchResponse, kb_id: str) -> dict[
     }
 
 
+def sync_client(
+    client: Client | None, other: AsyncClient | None, base_url: str | None, api_key: str | None
+) -> Client:
+    """The retriever's ``Client``: the one given, or one to the server of the async one given,
+    or of ``base_url`` / ``api_key`` (the environment's by default)."""
+    if client is not None:
+        return client
+    if other is not None:
+        return Client(
+            other.config.base_url,
+            other.config.api_key,
+            timeout=other.config.timeout,
+            retry=other.config.retry,
+        )
+    return Client(base_url, api_key)
+
+
+def async_client(
+    client: AsyncClient | None, other: Client | None, base_url: str | None, api_key: str | None
+) -> AsyncClient:
+    """As :func:`sync_client`, for the async paths."""
+    if client is not None:
+        return client
+    if other is not None:
+        return AsyncClient(
+            other.config.base_url,
+            other.config.api_key,
+            timeout=other.config.timeout,
+            retry=other.config.retry,
+        )
+    return AsyncClient(base_url, api_key)
+
+
 class KbSearch:
     """A KB (by name or id, resolved once) and the search options of one retriever."""
 

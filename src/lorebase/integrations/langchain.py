@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from lorebase.client import AsyncClient, Client
 from lorebase.client.models import SearchResponse
-from lorebase.integrations.common import KbSearch, Mode, hit_metadata
+from lorebase.integrations.common import KbSearch, Mode, async_client, hit_metadata, sync_client
 
 
 class LorebaseRetriever(BaseRetriever):
@@ -49,15 +49,13 @@ class LorebaseRetriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun
     ) -> list[Document]:
-        if self.client is None:
-            self.client = Client(self.base_url, self.api_key)
+        self.client = sync_client(self.client, self.async_client, self.base_url, self.api_key)
         return _documents(*self._search.run(self.client, query))
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
     ) -> list[Document]:
-        if self.async_client is None:
-            self.async_client = AsyncClient(self.base_url, self.api_key)
+        self.async_client = async_client(self.async_client, self.client, self.base_url, self.api_key)
         return _documents(*await self._search.arun(self.async_client, query))
 
 

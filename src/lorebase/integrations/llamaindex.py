@@ -22,7 +22,7 @@ from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle
 
 from lorebase.client import AsyncClient, Client
 from lorebase.client.models import SearchResponse
-from lorebase.integrations.common import KbSearch, Mode, hit_metadata
+from lorebase.integrations.common import KbSearch, Mode, async_client, hit_metadata, sync_client
 
 
 class LorebaseRetriever(BaseRetriever):
@@ -50,13 +50,11 @@ class LorebaseRetriever(BaseRetriever):
         self._base_url, self._api_key = base_url, api_key
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        if self._client is None:
-            self._client = Client(self._base_url, self._api_key)
+        self._client = sync_client(self._client, self._async_client, self._base_url, self._api_key)
         return _nodes(*self._search.run(self._client, query_bundle.query_str))
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        if self._async_client is None:
-            self._async_client = AsyncClient(self._base_url, self._api_key)
+        self._async_client = async_client(self._async_client, self._client, self._base_url, self._api_key)
         return _nodes(*await self._search.arun(self._async_client, query_bundle.query_str))
 
 
