@@ -95,15 +95,15 @@ def _find(lb: Client, name_or_id: str) -> KnowledgeBase | None:
         return None
 
 
-def _batches(files: list[Path]) -> Iterator[list[Path]]:
-    batch: list[Path] = []
+def _batches(files: list[tuple[Path, str]]) -> Iterator[list[tuple[Path, str]]]:
+    batch: list[tuple[Path, str]] = []
     size = 0
-    for f in files:
+    for f, external_id in files:
         length = f.stat().st_size
         if batch and (len(batch) >= UPLOAD_BATCH_FILES or size + length > UPLOAD_BATCH_BYTES):
             yield batch
             batch, size = [], 0
-        batch.append(f)
+        batch.append((f, external_id))
         size += length
     if batch:
         yield batch
@@ -125,16 +125,16 @@ def ingest(
     The progress bar follows each pipeline's SSE stream to its end."""
     config, crawl = ingest_options(strategy, chunk_size, max_pages, max_depth)
     urls = [raw for raw in paths if is_url(raw)]
-    files = (
-        [f for f, _ in collect([raw for raw in paths if not is_url(raw)])] if len(urls) < len(paths) else []
-    )
+    # each file with its path relative to the folder given as its external id: an edited file
+    # ingested again replaces its earlier version, as in the local CLI
+    files = collect([raw for raw in paths if not is_url(raw)]) if len(urls) < len(paths) else []
     existing = _find(lb, kb)
     pipeline_ids: list[str] = []
     if existing is None:
         draft = lb.create_draft(kb, config=config)
         try:
             for batch in _batches(files):
-                lb.upload_files(draft.id, batch)
+                lb.upload_files(draft.id, [f for f, _ in batch], external_ids=[x for _, x in batch])
             for url in urls:
                 lb.add_web_source(draft.id, url, crawl=crawl)
             done = lb.finalize(draft.id)
@@ -149,7 +149,9 @@ def ingest(
     else:
         skipped = 0
         for batch in _batches(files):
-            added = lb.upload_documents(existing.id, batch)
+            added = lb.upload_documents(
+                existing.id, [f for f, _ in batch], external_ids=[x for _, x in batch]
+            )
             pipeline_ids.append(added.pipeline_id)
             skipped += sum(1 for d in added.documents if d.status == "skipped")
         if files:

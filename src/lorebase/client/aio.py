@@ -122,9 +122,12 @@ class AsyncClient:
         """``documents``: ``{text, external_id?, title?, metadata?}`` records."""
         return await self.call(calls.add_text(draft_id, documents))
 
-    async def upload_files(self, draft_id: str, files: Sequence[str | Path]) -> list[m.DraftSource]:
-        """One source per file, streamed from disk in one multipart request."""
-        return await self.call(calls.add_files(draft_id, [Path(f) for f in files]))
+    async def upload_files(
+        self, draft_id: str, files: Sequence[str | Path], *, external_ids: Sequence[str] | None = None
+    ) -> list[m.DraftSource]:
+        """One source per file, streamed from disk in one multipart request. ``external_ids`` (one
+        per file): a file sent again with the same id replaces its earlier version."""
+        return await self.call(calls.add_files(draft_id, [Path(f) for f in files], external_ids))
 
     async def delete_source(self, draft_id: str, source_id: str) -> None:
         await self.call(calls.delete_source(draft_id, source_id))
@@ -179,8 +182,11 @@ class AsyncClient:
     async def add_documents(self, kb_id: str, documents: Sequence[Mapping[str, Any]]) -> m.DocumentsAdded:
         return await self.call(calls.add_documents(kb_id, documents))
 
-    async def upload_documents(self, kb_id: str, files: Sequence[str | Path]) -> m.DocumentsAdded:
-        return await self.call(calls.upload_documents(kb_id, [Path(f) for f in files]))
+    async def upload_documents(
+        self, kb_id: str, files: Sequence[str | Path], *, external_ids: Sequence[str] | None = None
+    ) -> m.DocumentsAdded:
+        """Files added to a KB (a pipeline); with ``external_ids``, as :meth:`upload_files`."""
+        return await self.call(calls.upload_documents(kb_id, [Path(f) for f in files], external_ids))
 
     async def add_source(self, kb_id: str, url: str, *, crawl: dict[str, Any] | None = None) -> m.SourceAdded:
         return await self.call(calls.add_source(kb_id, url, crawl))

@@ -88,6 +88,8 @@ def request_args(call: Call[Any], headers: dict[str, str]) -> Iterator[dict[str,
             for file in call.files:
                 opened.append(("files", (file.name, stack.enter_context(open_upload(file)))))
             args["files"] = opened
+            if call.form:
+                args["data"] = {k: list(v) for k, v in call.form.items()}
         yield args
 
 

@@ -49,6 +49,8 @@ class Call(Generic[T]):
     params: Mapping[str, Any] | None = None
     #: files sent as the repeatable multipart field ``files``, each streamed from disk
     files: Sequence[Path] = ()
+    #: text fields of a multipart body (``external_id``, one per file)
+    form: Mapping[str, list[str]] | None = None
 
 
 def path(template: str, *ids: str | int) -> str:
@@ -145,8 +147,19 @@ def add_text(draft_id: str, documents: Sequence[Mapping[str, Any]]) -> Call[list
     return Call("POST", path("/kb-drafts/{}/sources", draft_id), _sources, "keyed", json=data)
 
 
-def add_files(draft_id: str, files: Sequence[Path]) -> Call[list[m.DraftSource]]:
-    return Call("POST", path("/kb-drafts/{}/sources", draft_id), _sources, "keyed", files=files)
+def _external_ids(files: Sequence[Path], external_ids: Sequence[str] | None) -> dict[str, list[str]] | None:
+    if external_ids is None:
+        return None
+    if len(external_ids) != len(files):
+        raise ValidationFailed(f"{len(external_ids)} external ids for {len(files)} files: give one per file")
+    return {"external_id": list(external_ids)}
+
+
+def add_files(
+    draft_id: str, files: Sequence[Path], external_ids: Sequence[str] | None
+) -> Call[list[m.DraftSource]]:
+    form = _external_ids(files, external_ids)
+    return Call("POST", path("/kb-drafts/{}/sources", draft_id), _sources, "keyed", files=files, form=form)
 
 
 def delete_source(draft_id: str, source_id: str) -> Call[None]:
@@ -191,8 +204,12 @@ def add_documents(kb_id: str, documents: Sequence[Mapping[str, Any]]) -> Call[m.
     return Call("POST", path("/kbs/{}/documents", kb_id), model(m.DocumentsAdded), "keyed", json=data)
 
 
-def upload_documents(kb_id: str, files: Sequence[Path]) -> Call[m.DocumentsAdded]:
-    return Call("POST", path("/kbs/{}/documents", kb_id), model(m.DocumentsAdded), "keyed", files=files)
+def upload_documents(
+    kb_id: str, files: Sequence[Path], external_ids: Sequence[str] | None
+) -> Call[m.DocumentsAdded]:
+    form = _external_ids(files, external_ids)
+    answer = model(m.DocumentsAdded)
+    return Call("POST", path("/kbs/{}/documents", kb_id), answer, "keyed", files=files, form=form)
 
 
 def add_source(kb_id: str, url: str, crawl: dict[str, Any] | None) -> Call[m.SourceAdded]:

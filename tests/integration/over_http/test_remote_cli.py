@@ -17,6 +17,9 @@ from .conftest import Remote
 
 BEES = "# Honeybees\n\nForager bees perform a waggle dance to tell their sisters where the flowers are.\n"
 GLACIERS = "# Glaciers\n\nThe Aletsch glacier in Switzerland is the largest glacier in the Alps.\n"
+GLACIERS_EDITED = (
+    "# Glaciers\n\nThe Perito Moreno glacier in Patagonia is still advancing into Lake Argentino.\n"
+)
 
 
 class RemoteCli:
@@ -66,11 +69,19 @@ def test_ingest_creates_the_kb_on_the_server_and_follows_its_event_stream(
     # the bar was fed by the server's SSE stream of that pipeline, read to its end
     assert f"GET /api/v1/pipelines/{pipeline_id}/events" in remote.log.read_text()
 
-    more = tmp_path / "more"
-    more.mkdir()
-    (more / "owls.txt").write_text("Barn owls swallow their prey whole and cough up pellets.")
-    out = cli.ok("ingest", str(more), "--kb", "remote-notes").stdout
-    assert "adding 1 files to remote-notes (0 unchanged)" in out and "completed" in out
+    # again, one file edited and one new: the edited one replaces its earlier version (its external
+    # id is its path in the folder), the unchanged one is skipped
+    (docs / "deep" / "glaciers.md").write_text(GLACIERS_EDITED)
+    (docs / "owls.txt").write_text("Barn owls swallow their prey whole and cough up pellets.")
+    out = cli.ok("ingest", str(docs), "--kb", "remote-notes").stdout
+    assert "adding 3 files to remote-notes (1 unchanged)" in out and "completed" in out, out
+    with remote.client() as lb:
+        kb = lb.find_kb("remote-notes")
+        assert kb.counts.model_dump() == {"documents": 3, "indexed": 3, "failed": 0, "chunks": 3}
+        docs_listed = {d.external_id: d for d in lb.list_documents(kb.id).items}
+        assert set(docs_listed) == {"bees.md", "deep/glaciers.md", "owls.txt"}
+        chunks = lb.list_chunks(docs_listed["deep/glaciers.md"].id).items
+        assert [c.text for c in chunks if "Aletsch" in c.text] == [] and "Perito Moreno" in chunks[0].text
     listed = cli.ok("kb", "list").stdout
     assert "remote-notes" in listed and "animals" in listed
     assert not cli.local_dir.exists(), "a remote command touched the local data dir"
