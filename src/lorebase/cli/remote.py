@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,12 +39,15 @@ def or_remote(remote: Callable[..., Any]) -> Callable[[F], F]:
     """Run ``remote(client, **options)`` instead of the decorated command when a server is set."""
 
     def decorate(local: F) -> F:
+        workspace = inspect.signature(local).parameters.get("workspace")
+        default = workspace.default if workspace is not None else None
+
         @functools.wraps(local)
         def command(**options: Any) -> Any:
             settings = get_settings()
             if not settings.server_url:
                 return local(**options)
-            if options.get("workspace"):
+            if options.get("workspace") not in (None, default):
                 raise typer.BadParameter(
                     "a server acts in the workspace of LOREBASE_API_KEY; --workspace is for the local data dir",
                     param_hint="--workspace",
@@ -333,7 +337,7 @@ def keys_create(
 
 
 def keys_list(lb: Client, *, as_json: bool, **_: Any) -> None:
-    items = lb.list_keys().model_dump(mode="json")["items"]
+    items = [k.model_dump(mode="json", exclude={"key"}) for k in lb.list_keys().items]  # no secret
     if as_json:
         import json
 

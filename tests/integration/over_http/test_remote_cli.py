@@ -130,3 +130,16 @@ def test_local_only_commands_say_so_and_errors_are_clear(cli: RemoteCli) -> None
     assert missing.exit_code == 1 and "no knowledge base named 'no-such-kb'" in missing.output
     assert "Traceback" not in missing.output
     assert not cli.local_dir.exists()
+
+
+def test_keys_are_managed_remotely_with_an_admin_key(cli: RemoteCli, remote: Remote) -> None:
+    created = cli.ok("keys", "create", "--scopes", "read", "--name", "reader")
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("lb_") and "shown once" in created.stderr
+    listed = json.loads(cli.ok("keys", "list", "--json").stdout)
+    mine = [k for k in listed if k["name"] == "reader"]
+    assert len(mine) == 1 and mine[0]["scopes"] == ["read"] and "key" not in mine[0]
+    cli.ok("keys", "revoke", mine[0]["prefix"])
+    cli.env["LOREBASE_API_KEY"] = key  # revoked: the server answers 401, told plainly
+    refused = cli("kb", "list")
+    assert refused.exit_code == 1 and "error:" in refused.output and "Traceback" not in refused.output
