@@ -85,6 +85,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, P
         LOREBASE_MAX_UPLOAD_BYTES=str(UPLOAD_CAP),
         LOREBASE_LIMITS__SEARCH_PER_MINUTE=str(SEARCHES_PER_MINUTE),
         LOREBASE_LIMITS__REJECT_DELAY_SECONDS="0",
+        # the workers as threads of the server: one load of the model serves both the
+        # embedding and the queries (a worker process would load its own, ~10 s of CPU)
+        LOREBASE_JOBS__SERVE_WORKER_PROCESS="false",
     ) as server:
         yield server, root / "data"
 
