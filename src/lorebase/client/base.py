@@ -124,7 +124,9 @@ def read_answer(
         payload = None
     wait_hint = retry_after(response)
     error = error_for(status, payload, retry_after=wait_hint)
-    if policy.should_retry(call.safety, attempt, status=status) and policy.waits_for(wait_hint):
+    if policy.should_retry(call.safety, attempt, status=status, code=error.code) and policy.waits_for(
+        wait_hint
+    ):
         return Outcome(error=error, retry=True, wait=policy.delay(attempt, wait_hint))
     return Outcome(error=error)
 

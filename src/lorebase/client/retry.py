@@ -6,7 +6,8 @@ A call is retried when sending it again cannot do its work twice:
   connection, a timeout, 429 and 5xx;
 * ``keyed`` calls (the POSTs and PATCHes that create work): the same, because the client sends
   them with an ``Idempotency-Key`` it generated once for the call: the server runs the first
-  and replays its answer to every retry;
+  and replays its answer to every retry; and on 409 ``idempotency_key_in_use`` (a retry that
+  arrived while the first attempt, whose answer timed out, still runs on the server);
 * ``once`` calls (creating an API key): only when nothing was sent (the connection was refused)
   or the server refused before running it (429).
 
@@ -27,6 +28,8 @@ import httpx
 Safety = Literal["safe", "keyed", "once"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: the server still runs an earlier attempt of the same keyed call (``api/idempotency.py``)
+KEY_IN_USE = "idempotency_key_in_use"
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,13 @@ class RetryPolicy:
     max_retry_after: float = 60.0
 
     def should_retry(
-        self, safety: Safety, attempt: int, *, status: int | None = None, error: Exception | None = None
+        self,
+        safety: Safety,
+        attempt: int,
+        *,
+        status: int | None = None,
+        error: Exception | None = None,
+        code: str | None = None,
     ) -> bool:
         """Whether attempt number ``attempt`` (1-based), which ended with ``status`` or ``error``,
         is followed by another."""
@@ -50,6 +59,8 @@ class RetryPolicy:
             return safety != "once" or isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
         if status == 429:
             return True
+        if status == 409 and code == KEY_IN_USE:
+            return safety == "keyed"
         return status in RETRY_STATUSES and safety != "once"
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:

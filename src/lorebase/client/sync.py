@@ -15,6 +15,7 @@ to send again are retried (``retry.py``).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -320,8 +321,6 @@ class Client:
 
 
 def looks_like_id(value: str) -> bool:
-    import uuid
-
     try:
         uuid.UUID(value)
     except ValueError:

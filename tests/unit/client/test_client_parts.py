@@ -33,6 +33,13 @@ def test_what_is_retried(safety: str, status: int | None, error: Exception | Non
     assert RetryPolicy().should_retry(safety, 1, status=status, error=error) is expected  # type: ignore[arg-type]
 
 
+def test_a_keyed_call_still_running_on_the_server_is_asked_again() -> None:
+    policy = RetryPolicy()
+    assert policy.should_retry("keyed", 1, status=409, code="idempotency_key_in_use")
+    assert not policy.should_retry("keyed", 1, status=409, code="conflict")
+    assert not policy.should_retry("safe", 1, status=409, code="idempotency_key_in_use")
+
+
 def test_attempts_are_capped_and_waits_grow_up_to_the_cap_and_honour_retry_after() -> None:
     policy = RetryPolicy(attempts=3, backoff=1.0, max_backoff=4.0, max_retry_after=30)
     assert policy.should_retry("safe", 2, status=503) and not policy.should_retry("safe", 3, status=503)
