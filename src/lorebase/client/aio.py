@@ -56,6 +56,9 @@ class AsyncClient:
         self.config = Config.resolve(base_url, api_key, timeout, retry)
         self._http = httpx.AsyncClient(transport=transport, **self.config.httpx_options())
 
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.config.base_url!r})"
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

@@ -32,7 +32,7 @@ STREAM_READ_TIMEOUT = 60.0
 @dataclass(frozen=True)
 class Config:
     base_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never in a log line or a traceback's locals
     timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 

@@ -60,6 +60,9 @@ class Client:
         self.config = Config.resolve(base_url, api_key, timeout, retry)
         self._http = httpx.Client(transport=transport, **self.config.httpx_options())
 
+    def __repr__(self) -> str:
+        return f"Client({self.config.base_url!r})"
+
     def close(self) -> None:
         self._http.close()
 
