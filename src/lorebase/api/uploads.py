@@ -10,6 +10,11 @@ bytes are counted. Limits, each answered with 413 ``payload_too_large`` at once,
   headers and small fields): by ``Content-Length`` before the body is read, else while streaming;
 * more than ``MAX_FILES_PER_REQUEST`` files, or a text field over ``MAX_FIELD_BYTES``.
 
+A request may name each file's ``external_id`` (the repeatable text field ``external_id``, one per
+file, in the order of the files): a file sent again with the same external id replaces its
+earlier version in the KB, as a text record's does (``lorebase ingest`` sends each file's path
+relative to the folder given).
+
 The spool files are deleted when the request ends, whatever happened.
 """
 
@@ -29,6 +34,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from lorebase.api.schemas.requests import unstorable
 from lorebase.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from lorebase.pipeline.documents import sanitize_filename
 from lorebase.services.documents import FileTuple
@@ -43,6 +49,8 @@ REQUEST_SLACK_BYTES = 1024 * 1024
 #: a non-file form field (text) larger than this is refused
 MAX_FIELD_BYTES = 64 * 1024
 FIELD = "files"
+EXTERNAL_ID_FIELD = "external_id"
+MAX_EXTERNAL_ID_CHARS = 500
 
 
 def is_multipart(request: Request) -> bool:
@@ -93,6 +101,7 @@ class _Part:
     upload: SpooledUpload | None = None
     size: int = 0
     keep: bool = False
+    value: bytearray = field(default_factory=bytearray)
 
 
 class _Collector:
@@ -102,6 +111,7 @@ class _Collector:
         self.directory = directory
         self.max_bytes = max_bytes
         self.uploads: list[SpooledUpload] = []
+        self.external_ids: list[str] = []
         self.part = _Part()
         self._field = bytearray()
         self._value = bytearray()
@@ -140,6 +150,9 @@ class _Collector:
         part.name = _decode(options[b"name"])
         if b"filename" in options:
             part.filename = _decode(options[b"filename"])
+        if part.name == EXTERNAL_ID_FIELD and part.filename is None:
+            part.keep = True
+            return
         if part.name != FIELD:
             return  # another field: counted, not kept
         if part.filename is None:
@@ -168,9 +181,13 @@ class _Collector:
             part.file.write(data[start:end])
         elif part.filename is None and part.size > MAX_FIELD_BYTES:
             raise PayloadTooLarge(f"the form field {part.name!r} is over {MAX_FIELD_BYTES} bytes")
+        elif part.keep:
+            part.value += data[start:end]
 
     def _end(self) -> None:
         part = self.part
+        if part.keep:
+            self.external_ids.append(_external_id(bytes(part.value)))
         if part.file is not None and part.upload is not None:
             part.file.close()
             part.file = None
@@ -182,6 +199,23 @@ class _Collector:
             self.part.file = None
 
 
+def _external_id(raw: bytes) -> str:
+    value = _decode(raw)
+    if len(value) > MAX_EXTERNAL_ID_CHARS:
+        raise InvalidInput(f"an external_id is over {MAX_EXTERNAL_ID_CHARS} characters")
+    if (problem := unstorable(value)) is not None:
+        raise InvalidInput(f"external_id: {problem}")
+    return value
+
+
+@dataclass
+class Received:
+    """The files of a multipart request (spooled) and their external ids (None: not named)."""
+
+    files: list[FileTuple]
+    external_ids: list[str | None] | None = None
+
+
 def _decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
@@ -190,9 +224,9 @@ def _decode(raw: bytes) -> str:
 
 
 @contextlib.asynccontextmanager
-async def receive_files(request: Request, settings: Settings) -> AsyncIterator[list[FileTuple]]:
+async def receive_files(request: Request, settings: Settings) -> AsyncIterator[Received]:
     """Stream the multipart body's ``files`` to spool files; yields (filename, declared content
-    type, spool file path) per file, and deletes the spool files on exit."""
+    type, spool file path) per file with their external ids, and deletes the spool files on exit."""
     cap = request_cap(settings)
     check_content_length(request, cap)
     _, options = parse_options_header(request.headers.get("content-type", ""))
@@ -216,7 +250,16 @@ async def receive_files(request: Request, settings: Settings) -> AsyncIterator[l
         collector.close()
         if not collector.uploads:
             raise InvalidInput(f"no files found: send them in the repeatable multipart field {FIELD!r}")
-        yield [(u.filename, u.content_type, u.path) for u in collector.uploads]
+        ids = collector.external_ids
+        if ids and len(ids) != len(collector.uploads):
+            raise InvalidInput(
+                f"{len(ids)} external_id fields for {len(collector.uploads)} files: send one per file, "
+                "in the order of the files"
+            )
+        yield Received(
+            [(u.filename, u.content_type, u.path) for u in collector.uploads],
+            [x or None for x in ids] if ids else None,
+        )
     finally:
         collector.close()
         for upload in collector.uploads:

@@ -41,11 +41,15 @@ def checked(settings: Settings | None = None) -> Settings:
     """The settings of a command that works on the local data dir (refused with a server URL)."""
     settings = settings or get_settings()
     if settings.server_url:
-        raise SystemExit(
-            "error: LOREBASE_SERVER_URL is set, but talking to a remote server is not in this build yet; "
-            "unset it to work on the local data dir"
-        )
+        raise SystemExit(local_only_message("this command", settings.server_url))
     return settings
+
+
+def local_only_message(command: str, server_url: str) -> str:
+    return (
+        f"error: {command} works on the local data dir only, and LOREBASE_SERVER_URL is set "
+        f"({server_url}); unset it to run it here, on the server's machine"
+    )
 
 
 def runtime(settings: Settings | None = None) -> Runtime:

@@ -8,13 +8,12 @@ without a relevant document are left out; evaluation queries are not written to 
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
 from lorebase.adapters.embedders import embedder_info
 from lorebase.assembly import assemble
+from lorebase.cli.beir import load_corpus, load_qrels, load_queries
 from lorebase.cli.common import console
 from lorebase.cli.follow import follow
 from lorebase.errors import InvalidInput
@@ -26,28 +25,8 @@ from lorebase.services.evaluations import score
 from lorebase.services.search import searched_version
 
 
-def load_qrels(path: str) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            out.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-    return out
-
-
-def load_queries(path: str) -> dict[str, str]:
-    with open(path) as f:
-        return {q["_id"]: q["text"] for q in map(json.loads, f) if q}
-
-
 def build_from_corpus(rt: Runtime, p: Principal, name: str, corpus: str, model: str | None = None) -> str:
-    records = []
-    with open(corpus) as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                records.append(
-                    {"external_id": str(d["_id"]), "title": d.get("title") or None, "text": d["text"]}
-                )
+    records = load_corpus(corpus)
     config = {"embedding": {"model": model}} if model else None
     draft = drafts.create(rt, p, name=name, description=f"built from {Path(corpus).name}", config=config)
     drafts.add_text(rt, p, draft["id"], records)

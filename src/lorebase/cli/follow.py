@@ -1,8 +1,8 @@
 """A Rich progress bar that follows a pipeline's event stream until its ``end`` event.
 
 It reads the same event log as ``GET /pipelines/{id}/events`` (``services.events``), so the
-terminal shows what a browser shows: the bar moves on ``pipeline`` events, a document that fails
-is named as it fails (``document`` events), and ``end`` carries the final state."""
+terminal shows what a browser shows; the bar itself is ``progress.py``'s, which the remote CLI
+feeds from the server's SSE stream."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from lorebase.cli.progress import PipelineBar
 from lorebase.runtime import Runtime
 from lorebase.services import pipelines
 from lorebase.services.auth import Principal
@@ -30,34 +29,13 @@ def follow(
     """Follow the pipeline's events until it has ended; returns its final state.
 
     ``quiet`` draws nothing (the events are still read, so the result is the same)."""
-    state = pipelines.get(rt, p, pipeline_id)
     seen = 0
-    with Progress(
-        TextColumn("[bold]{task.fields[phase]:<10}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[message]}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    ) as bar:
-        task = bar.add_task("pipeline", total=100, phase=state["phase"], message=state.get("message") or "")
+    with PipelineBar(pipelines.get(rt, p, pipeline_id), quiet=quiet, console=console) as bar:
         while True:
             batch, over = pipelines.events_since(rt, p, pipeline_id, seen)
             for event in batch:
                 seen = event["id"]
-                data = event["data"]
-                if event["event"] == "document":
-                    if data["status"] == "failed" and not quiet:
-                        name = data.get("filename") or data.get("title") or data["document_id"]
-                        bar.console.print(
-                            f"[red]failed[/] {escape(str(name))}: {escape(str(data.get('error')))}"
-                        )
-                    continue
-                state = data
-                bar.update(
-                    task, completed=data["progress"], phase=data["phase"], message=data.get("message") or ""
-                )
+                bar.show(event["event"], event["data"])
             if over:
                 return pipelines.get(rt, p, pipeline_id)
             if len(batch) < 500:

@@ -3,49 +3,16 @@ pipeline. A URL the KB already crawls is refreshed: only changed pages are re-pr
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from lorebase.assembly import assemble
 from lorebase.cli.common import console
 from lorebase.cli.follow import follow
-from lorebase.errors import InvalidInput
+from lorebase.cli.paths import collect, count, is_url
 from lorebase.runtime import Runtime
 from lorebase.services import drafts, kbs, pipelines, sources
 from lorebase.services.auth import Principal
 from lorebase.services.documents import FileTuple
-
-SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"}
-
-
-def is_url(raw: str) -> bool:
-    return raw.lower().startswith(("http://", "https://"))
-
-
-def collect(paths: list[str]) -> list[tuple[Path, str]]:
-    """Expand folders (recursively, supported suffixes only, hidden files skipped).
-
-    Each file comes with its external id: its path relative to the folder given (or its name), so
-    that ingesting an edited file again replaces the earlier version instead of adding a copy."""
-    out: list[tuple[Path, str]] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(
-                f
-                for f in path.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(path).parts)
-            )
-            out.extend((f, f.relative_to(path).as_posix()) for f in found)
-        elif path.is_file():
-            out.append((path, path.name))
-        else:
-            raise InvalidInput(f"{raw}: no such file or folder")
-    if not out:
-        raise InvalidInput("no supported files found (txt, md, html, pdf, docx)")
-    return out
 
 
 def ingest(
@@ -77,7 +44,7 @@ def ingest(
         kb_id = result["kb_id"]
         pipeline_ids.append(result["pipeline_id"])
         if not quiet:
-            what = ", ".join(x for x in (_count(len(files), "file"), _count(len(urls), "website")) if x)
+            what = ", ".join(x for x in (count(len(files), "file"), count(len(urls), "website")) if x)
             console.print(f"created knowledge base [bold]{kb_name}[/] ({kb_id}) from {what}")
     else:
         kb_id = existing["id"]
@@ -108,7 +75,3 @@ def ingest(
             if process:
                 process.stop()
     return {"kb_id": kb_id, "pipeline": states[-1], "pipelines": states}
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'s' if n != 1 else ''}" if n else ""

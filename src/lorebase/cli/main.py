@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import threading
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from lorebase.cli import common
+from lorebase.cli import common, remote, render
 from lorebase.cli.common import console, err_console
+from lorebase.cli.options import ingest_options, settings_patch
 from lorebase.errors import LorebaseError
 from lorebase.settings import Settings, get_settings
 
@@ -50,6 +49,7 @@ def sign_in_url(settings: Settings, host: str, port: int, key: str) -> str:
 
 
 @app.command()
+@remote.local_only("lorebase serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
@@ -94,6 +94,7 @@ def serve(
 
 
 @app.command()
+@remote.local_only("lorebase worker")
 def worker(
     concurrency: Annotated[
         int,
@@ -178,6 +179,7 @@ def _broker_worker(settings: Settings, *, concurrency: int, queues: str | None) 
 
 
 @app.command()
+@remote.or_remote(remote.ingest)
 def ingest(
     paths: Annotated[list[str], typer.Argument(help="Files, folders or http(s) URLs to crawl.")],
     kb: Annotated[str, typer.Option("--kb", help="Knowledge base name (created when new).")],
@@ -195,13 +197,7 @@ def ingest(
     from lorebase.cli.ingest import ingest as do_ingest
 
     common.setup_logging()
-    chunking: dict[str, Any] = {}
-    if strategy:
-        chunking["strategy"] = strategy
-    if chunk_size:
-        chunking["chunk_size"] = chunk_size
-    config = {"chunking": chunking} if chunking else None
-    crawl = {k: v for k, v in (("max_pages", max_pages), ("max_depth", max_depth)) if v is not None}
+    config, crawl = ingest_options(strategy, chunk_size, max_pages, max_depth)
     rt = common.runtime()
     result = _run(
         lambda: do_ingest(
@@ -212,7 +208,7 @@ def ingest(
             config=config,
             wait=wait,
             workers=workers,
-            crawl=crawl or None,
+            crawl=crawl,
         )
     )
     state = result["pipeline"]
@@ -223,6 +219,7 @@ def ingest(
 
 
 @app.command()
+@remote.or_remote(remote.search)
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")],
     kb: Annotated[str, typer.Option("--kb", help="Knowledge base name or id.")],
@@ -238,49 +235,29 @@ def search(
     p = common.principal(rt, workspace)
     kb_row = _run(lambda: common.resolve_kb(rt, p, kb))
     result = _run(lambda: search_service.search(rt, p, kb_row["id"], query, mode=mode, top_k=top_k))  # type: ignore[arg-type]
-    if as_json:
-        console.print_json(json.dumps(result, default=str))
-        return
-    table = Table(title=f"{mode} search in {kb_row['name']}: {query}")
-    for col in ("#", "score", "document", "section", "text"):
-        table.add_column(col, overflow="fold")
-    for i, r in enumerate(result["results"], 1):
-        doc = r["title"] or r["filename"] or r["external_id"] or r["document_id"]
-        text = r["text"][:200] + ("…" if len(r["text"]) > 200 else "")
-        table.add_row(str(i), f"{r['score']:.4f}", str(doc), " > ".join(r["section"]), text)
-    console.print(table)
+    render.search(result, kb_name=kb_row["name"], query=query, mode=mode, as_json=as_json)
 
 
 @kb_app.command("list")
+@remote.or_remote(remote.kb_list)
 def kb_list(workspace: Workspace = None) -> None:
     """List knowledge bases."""
     from lorebase.services import kbs
 
     rt = common.runtime()
-    data = kbs.list_kbs(rt, common.principal(rt, workspace), limit=1000)
-    table = Table(title=f"{data['total']} knowledge bases")
-    for col in ("id", "name", "status", "documents", "indexed", "failed", "chunks"):
-        table.add_column(col)
-    for kb in data["items"]:
-        c = kb["counts"]
-        table.add_row(
-            kb["id"],
-            kb["name"],
-            kb["status"],
-            *(str(c[k]) for k in ("documents", "indexed", "failed", "chunks")),
-        )
-    console.print(table)
+    render.kb_list(kbs.list_kbs(rt, common.principal(rt, workspace), limit=1000))
 
 
 @kb_app.command("show")
+@remote.or_remote(remote.kb_show)
 def kb_show(name: Annotated[str, typer.Argument(help="Name or id.")], workspace: Workspace = None) -> None:
     """Show one knowledge base as JSON."""
     rt = common.runtime()
-    kb = _run(lambda: common.resolve_kb(rt, common.principal(rt, workspace), name))
-    console.print_json(json.dumps(kb, default=str))
+    render.kb_show(_run(lambda: common.resolve_kb(rt, common.principal(rt, workspace), name)))
 
 
 @kb_app.command("delete")
+@remote.or_remote(remote.kb_delete)
 def kb_delete(
     name: Annotated[str, typer.Argument(help="Name or id.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
@@ -298,25 +275,8 @@ def kb_delete(
     console.print(f"deleted {kb['name']}")
 
 
-def _settings_patch(assignments: list[str]) -> dict[str, Any]:
-    """``["chunking.chunk_size=120", "embedding.model=local:x"]`` → a nested config patch."""
-    patch: dict[str, Any] = {}
-    for item in assignments:
-        path, sep, raw = item.partition("=")
-        if not sep or not path.strip():
-            raise typer.BadParameter(f"{item!r}: use KEY=VALUE, e.g. chunking.chunk_size=120")
-        value: Any = raw
-        with contextlib.suppress(ValueError):
-            value = json.loads(raw)  # numbers and booleans as such; anything else stays text
-        node = patch
-        *parents, leaf = path.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return patch
-
-
 @kb_app.command("reindex")
+@remote.or_remote(remote.kb_reindex)
 def kb_reindex(
     name: Annotated[str, typer.Argument(help="Name or id.")],
     set_: Annotated[
@@ -335,7 +295,7 @@ def kb_reindex(
     """Change a KB's chunking, embedding or store: a new version builds beside the live one and
     swaps in when complete (searches keep being answered by the live one meanwhile)."""
     from lorebase.assembly import assemble
-    from lorebase.cli.evaluate import load_qrels, load_queries
+    from lorebase.cli.beir import evaluation_body
     from lorebase.cli.follow import follow
     from lorebase.services import versions
 
@@ -346,13 +306,8 @@ def kb_reindex(
     if queries or qrels:
         if not (queries and qrels):
             raise typer.BadParameter("--queries and --qrels go together")
-        judged = load_qrels(qrels)
-        texts = load_queries(queries)
-        evaluation = {
-            "queries": [{"id": q, "text": t} for q, t in texts.items() if q in judged],
-            "qrels": judged,
-        }
-    patch = _settings_patch(set_)
+        evaluation = evaluation_body(queries, qrels)
+    patch = settings_patch(set_)
     status, out = _run(
         lambda: versions.update_kb(rt, p, kb["id"], config=patch, activate=activate, evaluation=evaluation)
     )
@@ -374,6 +329,7 @@ def kb_reindex(
 
 
 @kb_app.command("versions")
+@remote.or_remote(remote.kb_versions)
 def kb_versions(
     name: Annotated[str, typer.Argument(help="Name or id.")], workspace: Workspace = None
 ) -> None:
@@ -383,22 +339,11 @@ def kb_versions(
     rt = common.runtime()
     p = common.principal(rt, workspace)
     kb = _run(lambda: common.resolve_kb(rt, p, name))
-    listed = _run(lambda: versions.list_versions(rt, p, kb["id"]))
-    table = Table("version", "status", "chunking", "model", "chunks", "message")
-    for v in listed["items"]:
-        chunking = v["config"].get("chunking") or {}
-        table.add_row(
-            str(v["version"]),
-            v["status"],
-            f"{chunking.get('chunk_size')}/{chunking.get('chunk_overlap')}",
-            (v["config"].get("embedding") or {}).get("model", ""),
-            str(v["counts"]["chunks"]),
-            v["message"] or "",
-        )
-    console.print(table)
+    render.versions(_run(lambda: versions.list_versions(rt, p, kb["id"]))["items"])
 
 
 @kb_app.command("activate")
+@remote.or_remote(remote.kb_activate)
 def kb_activate(
     name: Annotated[str, typer.Argument(help="Name or id.")],
     version: Annotated[int, typer.Argument(help="The complete or retired version to make live.")],
@@ -415,6 +360,7 @@ def kb_activate(
 
 
 @app.command()
+@remote.or_remote(remote.jobs)
 def jobs(
     status: Annotated[
         str | None, typer.Option(help="pending, running, succeeded, failed, cancelled or dead.")
@@ -433,25 +379,11 @@ def jobs(
         console.print(f"job {job['id']} is {job['status']} again")
         return
     data = _run(lambda: job_service.list_jobs(rt, p, status=status, kb_id=None, limit=limit, offset=0))
-    stats = job_service.queue_stats(rt, p)
-    table = Table(
-        title=f"{data['total']} jobs — pending {stats['pending']}, running {stats['running']}, dead {stats['dead']}"
-    )
-    for col in ("id", "type", "status", "attempts", "document", "last error"):
-        table.add_column(col, overflow="fold")
-    for j in data["items"]:
-        table.add_row(
-            j["id"],
-            j["type"],
-            j["status"],
-            f"{j['attempts']}/{j['max_attempts']}",
-            j["document_id"] or "",
-            (j["last_error"] or "")[:120],
-        )
-    console.print(table)
+    render.jobs(data, job_service.queue_stats(rt, p))
 
 
 @keys_app.command("create")
+@remote.or_remote(remote.keys_create)
 def keys_create(
     workspace: Annotated[str, typer.Option(help="Workspace (created when new).")] = "default",
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
@@ -486,6 +418,7 @@ def keys_create(
 
 
 @keys_app.command("list")
+@remote.or_remote(remote.keys_list)
 def keys_list(
     workspace: Annotated[
         str | None, typer.Option(help="Only this workspace's keys (default: every workspace).")
@@ -510,24 +443,11 @@ def keys_list(
     if as_json:
         print(json.dumps(items, default=str, indent=2))
         return
-    table = Table(title=f"{len(items)} API key(s)")
-    for col in ("id", "prefix", "workspace", "name", "scopes", "state", "expires", "last used"):
-        table.add_column(col, overflow="fold")
-    for k in items:
-        table.add_row(
-            k["id"],
-            f"{k['prefix']}…",
-            k["workspace"],
-            k["name"],
-            ",".join(k["scopes"]),
-            k["state"],
-            f"{k['expires_at']:%Y-%m-%d %H:%M}" if k["expires_at"] else "never",
-            f"{k['last_used_at']:%Y-%m-%d %H:%M}" if k["last_used_at"] else "never",
-        )
-    console.print(table)
+    render.keys(items)
 
 
 @keys_app.command("revoke")
+@remote.or_remote(remote.keys_revoke)
 def keys_revoke(
     key: Annotated[str, typer.Argument(help="The key's id or its prefix (as `keys list` shows it).")],
 ) -> None:
@@ -540,6 +460,7 @@ def keys_revoke(
 
 
 @db_app.command("upgrade")
+@remote.local_only("lorebase db upgrade")
 def db_upgrade() -> None:
     """Apply database migrations."""
     rt = common.runtime()
@@ -574,6 +495,7 @@ def mcp(
 
 
 @app.command("eval")
+@remote.or_remote(remote.evaluate)
 def evaluate(
     kb: Annotated[str, typer.Option("--kb", help="Knowledge base name or id.")],
     queries: Annotated[str, typer.Option(help="BEIR queries.jsonl")],
@@ -618,19 +540,7 @@ def evaluate(
             version=version,
         )
     )
-    table = Table(title=f"retrieval quality of {kb} ({report['model']}, {report['queries']} queries)")
-    for col in ("mode", "nDCG@10", "recall@10", "recall@100", "ms/query"):
-        table.add_column(col)
-    for mode, m in report["modes"].items():
-        table.add_row(
-            mode,
-            f"{m['ndcg@10']:.4f}",
-            f"{m['recall@10']:.4f}",
-            f"{m['recall@100']:.4f}",
-            f"{m['ms_per_query']:.1f}",
-        )
-    console.print(table)
-    print(json.dumps(report))
+    render.evaluation(report, kb)
 
 
 if __name__ == "__main__":

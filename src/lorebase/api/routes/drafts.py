@@ -19,7 +19,15 @@ router = APIRouter(prefix="/api/v1/kb-drafts", tags=["drafts"])
 MULTIPART_FILES: dict[str, Any] = {
     "schema": {
         "type": "object",
-        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+        "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "external_id": {
+                "type": "array",
+                "items": {"type": "string", "maxLength": 500},
+                "description": "One per file, in the order of the files: a file sent again with the "
+                "same external id replaces its earlier version.",
+            },
+        },
         "required": ["files"],
     }
 }
@@ -70,8 +78,10 @@ async def add_sources(
 ) -> dict[str, Any]:
     if is_multipart(request):
         await run_in_threadpool(drafts.get, runtime, p, draft_id)  # 404 before reading the body
-        async with receive_files(request, runtime.settings) as files:
-            sources = await run_in_threadpool(drafts.add_files, runtime, p, draft_id, files)
+        async with receive_files(request, runtime.settings) as got:
+            sources = await run_in_threadpool(
+                drafts.add_files, runtime, p, draft_id, got.files, got.external_ids
+            )
         return {"sources": sources}
     body = await read_json(request, TextSource, WebSource, cap=request_cap(runtime.settings))
     if isinstance(body, WebSource):

@@ -90,8 +90,10 @@ def delete_kb(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> Response:
 async def add_documents(kb_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     if is_multipart(request):
         await run_in_threadpool(kbs.get, runtime, p, kb_id)  # 404 before reading the body
-        async with receive_files(request, runtime.settings) as files:
-            return await run_in_threadpool(lambda: kbs.add_documents(runtime, p, kb_id, files=files))
+        async with receive_files(request, runtime.settings) as got:
+            return await run_in_threadpool(
+                lambda: kbs.add_documents(runtime, p, kb_id, files=got.files, external_ids=got.external_ids)
+            )
     body = await read_json(request, DocumentsBatch, cap=request_cap(runtime.settings))
     assert isinstance(body, DocumentsBatch)
     records = [r.model_dump() for r in body.documents]
