@@ -355,6 +355,12 @@ class Settings(BaseSettings):
         description="API key for the OpenAI-compatible endpoint, sent as `Authorization: Bearer` to "
         "`openai_base_url` only (never to a KB's own `config.embedding.base_url`, never stored in a KB).",
     )
+    openai_allowed_base_urls: str = Field(
+        "",
+        description="Comma-separated endpoints a KB may name as its own `config.embedding.base_url` "
+        "(besides `openai_base_url`). Empty: none, since any KB writer could otherwise make the workers "
+        "POST chunk texts to an address of their choosing.",
+    )
     openai_rpm: int | None = Field(
         None,
         ge=1,

@@ -95,6 +95,16 @@ def test_a_draft_on_an_openai_model_without_an_endpoint_is_invalid_and_says_so(t
         )
         r = api.post(f"/api/v1/kb-drafts/{draft}/finalize", headers=auth)
         assert r.status_code == 422 and "LOREBASE_OPENAI_BASE_URL" in r.text
+        # an endpoint of the writer's choosing (here the cloud metadata address) is refused
+        hostile = {"embedding": {"model": MODEL, "base_url": "http://169.254.169.254/v1"}}
+        r = api.patch(f"/api/v1/kb-drafts/{draft}", json={"config": hostile}, headers=auth)
+        assert r.status_code == 200, r.text
+        report = api.post(f"/api/v1/kb-drafts/{draft}/validate", headers=auth).json()
+        [error] = [e for e in report["errors"] if e["field"].startswith("config.embedding")]
+        assert error["field"] == "config.embedding.base_url"
+        assert "LOREBASE_OPENAI_ALLOWED_BASE_URLS" in error["message"], error
+        r = api.post(f"/api/v1/kb-drafts/{draft}/finalize", headers=auth)
+        assert r.status_code == 422 and "LOREBASE_OPENAI_ALLOWED_BASE_URLS" in r.text
 
 
 def test_a_429_is_retried_after_its_retry_after_and_the_document_ends_indexed(

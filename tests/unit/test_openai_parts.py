@@ -79,12 +79,26 @@ def test_an_unreachable_endpoint_is_transient() -> None:
 
 
 def test_the_api_key_goes_to_the_server_s_endpoint_only(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, openai_base_url="https://api.example.com/v1/", openai_api_key="sk-x")
+    settings = make_settings(
+        tmp_path,
+        openai_base_url="https://api.example.com/v1/",
+        openai_api_key="sk-x",
+        openai_allowed_base_urls="https://elsewhere.example/v1/, http://gpu-box:8080/v1",
+    )
     model = {"model": "openai:text-embedding-3-small"}
     assert openai_endpoint(settings, model).api_key == "sk-x"
     assert openai_endpoint(settings, {**model, "base_url": "https://api.example.com/v1"}).api_key == "sk-x"
-    # a KB naming its own endpoint (any KB writer may) must not receive the deployment's key
+    # a KB naming its own endpoint (one the operator allows) must not receive the deployment's key
     assert openai_endpoint(settings, {**model, "base_url": "https://elsewhere.example/v1"}).api_key is None
+    assert openai_endpoint(settings, {**model, "base_url": "http://gpu-box:8080/v1/"}).api_key is None
+    # any other address a KB writer names is refused: the workers would POST chunk texts to it
+    for hostile in (
+        "http://127.0.0.1:6379/v1",
+        "http://169.254.169.254/latest",
+        "https://elsewhere.example/v2",
+    ):
+        with pytest.raises(InvalidInput, match="LOREBASE_OPENAI_ALLOWED_BASE_URLS"):
+            openai_endpoint(settings, {**model, "base_url": hostile})
     with pytest.raises(InvalidInput, match="LOREBASE_OPENAI_BASE_URL"):
         openai_endpoint(make_settings(tmp_path), model)
 

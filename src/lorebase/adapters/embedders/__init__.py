@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from lorebase.adapters.embedders.budget import shared_budget
 from lorebase.adapters.embedders.local import INT8_PACKAGES_HINT, INT8_SUFFIX, LOCAL_MODELS, LocalEmbedder
-from lorebase.adapters.embedders.openai import APPROXIMATE_TOKENIZER, Endpoint, OpenAIEmbedder
+from lorebase.adapters.embedders.openai import APPROXIMATE_TOKENIZER, Endpoint, OpenAIEmbedder, shown_url
 from lorebase.adapters.embedders.protocol import Embedder
 from lorebase.errors import InvalidInput
 
@@ -80,6 +80,14 @@ def openai_endpoint(settings: Settings, embedding: Mapping[str, Any]) -> Endpoin
     same = settings.openai_base_url is not None and base_url.rstrip("/") == settings.openai_base_url.rstrip(
         "/"
     )
+    allowed = {u.strip().rstrip("/") for u in settings.openai_allowed_base_urls.split(",") if u.strip()}
+    if not same and base_url.rstrip("/") not in allowed:
+        # a KB's own endpoint is an address its writers choose: only those the operator listed
+        raise InvalidInput(
+            f"config.embedding.base_url {shown_url(base_url)} is not an endpoint this server lets a "
+            "knowledge base name: leave it out to use LOREBASE_OPENAI_BASE_URL, or have the operator "
+            "add it to LOREBASE_OPENAI_ALLOWED_BASE_URLS"
+        )
     return Endpoint(
         base_url=base_url,
         api_key=settings.openai_api_key if same else None,
