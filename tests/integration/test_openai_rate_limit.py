@@ -25,7 +25,7 @@ from lorebase.services.auth import create_key
 from support.cluster import Cluster, redis_available
 from support.faults import records
 from support.openai_proxy import OpenAIProxy
-from support.pg import drop_database, migrated_database, shared_server_url
+from support.pg import migrated_database_of_its_own
 
 RPM = 3
 WINDOW = 4  # seconds
@@ -36,14 +36,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 def database() -> Iterator[tuple[str, Database]]:
-    server = shared_server_url()
-    url = migrated_database(server)
-    db = Database(url)
-    try:
-        yield url, db
-    finally:
-        db.dispose()
-        drop_database(server, url)
+    with migrated_database_of_its_own() as made:
+        yield made
 
 
 def most_in_a_window(times: list[float], window: float) -> int:

@@ -22,7 +22,7 @@ from lorebase.db.models import Chunk, Document, Job
 from lorebase.services.auth import create_key
 from support.cluster import Cluster, redis_available
 from support.faults import records
-from support.pg import drop_database, migrated_database, shared_server_url
+from support.pg import migrated_database_of_its_own
 
 N_RECORDS = 300
 N_FILES = 12
@@ -32,14 +32,8 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture
 def database() -> Iterator[tuple[str, Database]]:
-    server = shared_server_url()
-    url = migrated_database(server)
-    db = Database(url)
-    try:
-        yield url, db
-    finally:
-        db.dispose()
-        drop_database(server, url)
+    with migrated_database_of_its_own() as made:
+        yield made
 
 
 @pytest.fixture

@@ -158,3 +158,16 @@ def database_on(server_url: str) -> Iterator[Database]:
 def fresh_database(pg_url: str) -> Iterator[Database]:
     with database_on(pg_url) as db:
         yield db
+
+
+@contextmanager
+def migrated_database_of_its_own() -> Iterator[tuple[str, Database]]:
+    """A migrated database of its own on the shared server, as (url, Database); dropped after."""
+    server = shared_server_url()
+    url = migrated_database(server)
+    db = Database(url)
+    try:
+        yield url, db
+    finally:
+        db.dispose()
+        drop_database(server, url)

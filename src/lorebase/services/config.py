@@ -33,6 +33,17 @@ class ChunkingOptions(BaseModel):
     chunk_overlap: int = Field(20, ge=0, le=4096)
 
 
+def _http_url_or_none(field: str, v: str | None) -> str | None:
+    """A URL option's value: None when blank, else an http(s) URL with a host (stripped)."""
+    if v is None or not v.strip():
+        return None
+    v = v.strip()
+    parts = urlsplit(v)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} must be an http(s) URL with a host")
+    return v
+
+
 class EmbeddingOptions(BaseModel):
     """The model, and for an ``openai:`` model its endpoint and dimension. Never an API key: the
     config is returned by the API to anyone who can read the KB, so keys stay in the server's
@@ -49,13 +60,7 @@ class EmbeddingOptions(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
-            return None
-        v = v.strip()
-        parts = urlsplit(v)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError("base_url must be an http(s) URL with a host")
-        return v
+        return _http_url_or_none("base_url", v)
 
 
 class StoreOptions(BaseModel):
@@ -78,13 +83,7 @@ class NotificationOptions(BaseModel):
     @field_validator("webhook_url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
-            return None
-        v = v.strip()
-        parts = urlsplit(v)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError("webhook_url must be an http(s) URL with a host")
-        return v
+        return _http_url_or_none("webhook_url", v)
 
     @field_validator("email_to")
     @classmethod
