@@ -51,7 +51,10 @@ def embed_text(title: str | None, section: list[str] | None, text: str) -> str:
 
 
 @dataclass(slots=True)
-class _Prepared:
+class Prepared:
+    """A document parsed and chunked for each KB config version it is kept in (``prepare``),
+    ready for ``save_chunks``: the process task and the re-index both save these."""
+
     doc_id: str
     page_count: int | None
     #: the chunks for each KB config version it was chunked for (``pipeline/versions.py``)
@@ -91,16 +94,16 @@ class ProcessDocument:
             ]
             transition(s, Document.id.in_([w[0] for w in work]), DocumentStatus.PARSING)
         try:
-            outcomes = self._prepare(runtime, work)
+            outcomes = self.prepare(runtime, work)
         except TransientError:
             if not retry.split_group(len(work), tried_before=True):
                 raise
             self._split(ctx, [w[0] for w in work])
             return
-        prepared: list[_Prepared] = []
+        prepared: list[Prepared] = []
         failed: list[tuple[str, str]] = []
         for doc_id, outcome in zip([w[0] for w in work], outcomes, strict=True):
-            if isinstance(outcome, _Prepared):
+            if isinstance(outcome, Prepared):
                 prepared.append(outcome)
             elif len(work) == 1:
                 raise outcome  # a job of one document fails with it (and shows as a failed job)
@@ -163,7 +166,7 @@ class ProcessDocument:
         runtime.queue.notify()
 
     @staticmethod
-    def _prepare(runtime: Runtime, work: list[tuple[Any, ...]]) -> list[_Prepared | PermanentError]:
+    def prepare(runtime: Runtime, work: list[tuple[Any, ...]]) -> list[Prepared | PermanentError]:
         """Parse and chunk the documents (in parallel, in the parse pool), once for each KB
         config version they are kept in; failures in place."""
         errors: dict[int, PermanentError] = {}
@@ -183,7 +186,7 @@ class ProcessDocument:
         results: dict[int, dict[int, Any]] = {}
         for (n, version), result in zip(asks, pool_for(runtime.settings).prepare_all(args), strict=True):
             results.setdefault(n, {})[version] = result
-        outcomes: list[_Prepared | PermanentError] = []
+        outcomes: list[Prepared | PermanentError] = []
         for n, (doc_id, _, _, filename, title, targets) in enumerate(work):
             if n in errors:
                 outcomes.append(errors[n])
@@ -198,7 +201,7 @@ class ProcessDocument:
             else:
                 title = title or live.title or live.leading_heading or filename
                 drafts = {version: r.drafts for version, r in per.items()}
-                outcomes.append(_Prepared(doc_id, live.page_count, drafts, title))
+                outcomes.append(Prepared(doc_id, live.page_count, drafts, title))
         return outcomes
 
     def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
@@ -259,7 +262,7 @@ def _chunk_rows(
 def save_chunks(
     s: Session,
     runtime: Runtime,
-    items: list[tuple[Document, KnowledgeBase, _Prepared]],
+    items: list[tuple[Document, KnowledgeBase, Prepared]],
     *,
     reindex_pipeline: str | None = None,
 ) -> set[str]:

@@ -25,7 +25,7 @@ from lorebase.db.states import DocumentStatus, VersionStatus
 from lorebase.errors import PermanentError
 from lorebase.jobs.context import JobContext
 from lorebase.pipeline import progress
-from lorebase.pipeline.process import ProcessDocument, _Prepared, save_chunks
+from lorebase.pipeline.process import Prepared, ProcessDocument, save_chunks
 from lorebase.runtime import Runtime
 from lorebase.tasks import embed_chunks
 
@@ -65,7 +65,7 @@ class ReindexVersion:
             kb_id, config, docs = found
             work = [(d.id, d.blob_key, d.media_type, d.filename, d.title, {version: config}) for d in docs]
             hashes = {d.id: d.content_hash for d in docs}
-            outcomes = ProcessDocument._prepare(runtime, work)
+            outcomes = ProcessDocument.prepare(runtime, work)
             ctx.check_control()
             with ctx.transaction(progress=True) as s:
                 s.execute(
@@ -113,13 +113,13 @@ def _save(
     runtime: Runtime,
     ctx: JobContext[Runtime],
     row: KbVersion,
-    outcomes: list[_Prepared | PermanentError],
+    outcomes: list[Prepared | PermanentError],
     hashes: dict[str, str | None],
 ) -> None:
     """Save a round's chunks: only for documents still indexed, unchanged since they were read,
     and still without chunks in the version (ingestion may have chunked them meanwhile)."""
     pipeline_id = ctx.job.payload["pipeline_id"]
-    ids = [o.doc_id for o in outcomes if isinstance(o, _Prepared)]
+    ids = [o.doc_id for o in outcomes if isinstance(o, Prepared)]
     current = {
         d.id: d
         for d in s.execute(missing_documents(row.kb_id, row.version).where(Document.id.in_(ids))).scalars()
@@ -127,7 +127,7 @@ def _save(
     }
     kb = s.get(KnowledgeBase, row.kb_id)
     assert kb is not None
-    items = [(current[o.doc_id], kb, o) for o in outcomes if isinstance(o, _Prepared) and o.doc_id in current]
+    items = [(current[o.doc_id], kb, o) for o in outcomes if isinstance(o, Prepared) and o.doc_id in current]
     failed = [
         {"id": doc_id, "error": o.message}
         for (doc_id, o) in zip(hashes, outcomes, strict=True)
