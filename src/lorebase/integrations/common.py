@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from lorebase.client import AsyncClient, Client
 from lorebase.client.models import SearchResponse, SearchResult
@@ -34,32 +34,25 @@ def sync_client(
 ) -> Client:
     """The retriever's ``Client``: the one given, or one to the server of the async one given,
     or of ``base_url`` / ``api_key`` (the environment's by default)."""
-    if client is not None:
-        return client
-    if other is not None:
-        return Client(
-            other.config.base_url,
-            other.config.api_key,
-            timeout=other.config.timeout,
-            retry=other.config.retry,
-        )
-    return Client(base_url, api_key)
+    return client if client is not None else _made(Client, other, base_url, api_key)
 
 
 def async_client(
     client: AsyncClient | None, other: Client | None, base_url: str | None, api_key: str | None
 ) -> AsyncClient:
     """As :func:`sync_client`, for the async paths."""
-    if client is not None:
-        return client
-    if other is not None:
-        return AsyncClient(
-            other.config.base_url,
-            other.config.api_key,
-            timeout=other.config.timeout,
-            retry=other.config.retry,
-        )
-    return AsyncClient(base_url, api_key)
+    return client if client is not None else _made(AsyncClient, other, base_url, api_key)
+
+
+C = TypeVar("C", Client, AsyncClient)
+
+
+def _made(cls: type[C], other: Client | AsyncClient | None, base_url: str | None, api_key: str | None) -> C:
+    """A new client of ``cls``: to the server of ``other`` with its settings, else of ``base_url``."""
+    if other is None:
+        return cls(base_url, api_key)
+    config = other.config
+    return cls(config.base_url, config.api_key, timeout=config.timeout, retry=config.retry)
 
 
 class KbSearch:
