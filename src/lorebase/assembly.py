@@ -16,7 +16,7 @@ Every process that runs or sends jobs is built by :func:`assemble`, for its role
 * ``cli``: ``lorebase ingest`` and ``lorebase eval`` run worker threads while they wait.
 
 All of them take their job types from ``lorebase.tasks.REGISTRY``, settle pipelines with
-``services.settle.settle`` after every job, and sweep stranded pipelines and expired drafts in
+``services.settle.settle`` after every job, and sweep stranded pipelines and tick the scheduler in
 their maintenance thread. The engine (``jobs/``) knows none of this: it is given it here.
 """
 
@@ -43,11 +43,11 @@ from lorebase.jobs import delivery
 from lorebase.jobs.dispatch import Dispatcher, Sender
 from lorebase.jobs.executor import EmbeddedExecutor
 from lorebase.jobs.queue import JobQueue
+from lorebase.jobs.scheduler import Scheduler
 from lorebase.metrics import REGISTRY as INSTRUMENTS
 from lorebase.pipeline.embed import TEXTS_EMBEDDED
 from lorebase.pipeline.isolated import pool_for
 from lorebase.runtime import Runtime
-from lorebase.services import drafts
 from lorebase.services.settle import settle, sweep
 from lorebase.settings import Settings
 from lorebase.tasks import REGISTRY, crawl_source
@@ -55,21 +55,20 @@ from lorebase.tasks import REGISTRY, crawl_source
 log = logging.getLogger("lorebase.worker")
 
 Role = Literal["serve", "worker", "pool", "cli"]
-#: how often the maintenance thread purges expired drafts
-PURGE_SECONDS = 300.0
 
 
 class _Maintenance:
-    """Periodic chores beside the reaper: settle stranded pipelines, purge expired drafts."""
+    """Chores beside the reaper: settle stranded pipelines, tick the scheduler (periodic tasks:
+    cleanup, retention, scheduled refreshes; ``jobs/scheduler.py``)."""
 
     def __init__(self) -> None:
-        self._last_purge = 0.0
+        self._scheduler: Scheduler | None = None
 
     def __call__(self, runtime: Runtime) -> None:
         sweep(runtime)
-        if time.monotonic() - self._last_purge > PURGE_SECONDS:
-            drafts.purge_expired(runtime)
-            self._last_purge = time.monotonic()
+        if self._scheduler is None:
+            self._scheduler = Scheduler(runtime.db, runtime.queue, REGISTRY, runtime.settings)
+        self._scheduler.maybe_tick()
 
 
 def build_executor(

@@ -263,6 +263,60 @@ class RetentionSettings(BaseModel):
         description="Retired config versions of a KB kept for rollback (the newest first); older "
         "ones are deleted with their chunks and vectors when another version goes live.",
     )
+    blob_grace_seconds: float = Field(
+        86400.0,
+        ge=0,
+        description="An unreferenced blob (a deleted KB's upload, an expired draft's, a replaced "
+        "file's) is deleted by the blob GC this long after it was last stored.",
+    )
+    jobs_days: float = Field(
+        30.0, ge=0, description="Finished jobs older than this many days are deleted (0: keep)."
+    )
+    events_days: float = Field(
+        30.0,
+        ge=0,
+        description="Pipeline events (the SSE replay log) older than this many days are deleted (0: keep).",
+    )
+    query_logs_days: float = Field(
+        365.0,
+        ge=0,
+        description="Query logs older than this many days are deleted (0: keep); a workspace may set "
+        "its own (`PATCH /api/v1/workspace`).",
+    )
+    idempotency_days: float = Field(
+        1.0,
+        ge=0,
+        description="Idempotency keys older than this many days are deleted (0: keep until they expire).",
+    )
+    originals_days: float = Field(
+        0.0,
+        ge=0,
+        description="Default original-file retention: originals of documents indexed longer ago than "
+        "this are deleted, chunks and vectors stay (0: keep); a workspace may set its own.",
+    )
+
+
+class SchedulerSettings(BaseModel):
+    """Periodic work (``jobs/scheduler.py``): cleanup, retention and scheduled refreshes, run by
+    the workers exactly once per period across all processes."""
+
+    tick_seconds: float = Field(
+        30.0, gt=0, description="How often a worker looks for due periodic tasks (tests shorten it)."
+    )
+    cleanup_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Period of the cleanup tasks: blob GC, expired drafts, retention.",
+    )
+    refresh_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Period of the scheduled-refresh task: web sources whose `refresh_every` is due "
+        "are refreshed.",
+    )
+    enabled: bool = Field(
+        True, description="Whether this process's workers run the scheduler (API-only nodes run none)."
+    )
 
 
 class ParseSettings(BaseModel):
@@ -472,6 +526,9 @@ class Settings(BaseSettings):
     )
     retention: RetentionSettings = Field(
         default_factory=RetentionSettings, description="What is kept, and for how long."
+    )
+    scheduler: SchedulerSettings = Field(
+        default_factory=SchedulerSettings, description="Periodic work: cleanup, retention, refreshes."
     )
     cors_origins: str = Field(
         "",

@@ -72,6 +72,12 @@ class Workspace(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: added to the priority of every job the workspace queues (a premium tenant goes first)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: the worker pool that takes its jobs (``lorebase worker --pool NAME``); None: the default workers
+    pool: Mapped[str | None] = mapped_column(String(100), default=None)
+    #: per-tenant retention: ``originals_days``, ``query_logs_days`` (absent: the settings' default)
+    retention: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
 class ApiKey(Base):
@@ -186,6 +192,10 @@ class Source(Base):
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_refreshed_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: ``refresh_every`` in seconds (web sources): the scheduler refreshes the source when
+    #: ``next_refresh_at`` has passed
+    refresh_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    next_refresh_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
 
 
 class CrawlPage(Base):
@@ -258,6 +268,9 @@ class Document(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     indexed_at: Mapped[datetime | None] = mapped_column(default=None)
+    #: the original was deleted by the workspace's retention (``blob_key`` is then None); the
+    #: chunks and vectors stay, but a re-index or a re-parse has nothing to read
+    original_removed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Chunk(Base):
@@ -322,6 +335,8 @@ class Pipeline(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: a scheduled start (``not_before`` of finalize / refresh / documents): its jobs wait until then
+    not_before: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class PipelineEvent(Base):
@@ -375,6 +390,8 @@ class Job(Base):
     error_kind: Mapped[str | None] = mapped_column(String(20), default=None)
     dedupe_key: Mapped[str | None] = mapped_column(String(200), default=None)
     concurrency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    #: the worker pool that may take it (the workspace's, when queued); None: the default workers
+    pool: Mapped[str | None] = mapped_column(String(100), default=None)
     #: when a broker message for this pending job was last sent (Celery/RQ executors); NULL: never
     dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     checkpoint: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -396,7 +413,8 @@ class Blob(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: when the bytes were last stored: a ``put`` of bytes already here moves it (blob GC's grace)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class QueryLog(Base):
@@ -452,3 +470,31 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Schedule(Base):
+    """A periodic task (``jobs/scheduler.py``): the period it last ran for and when it runs next.
+
+    Periods are numbered from the epoch (``floor(now / period_seconds)``). A process that finds a
+    task due moves ``last_period`` forward with a compare-and-set and queues the period's job in the
+    same transaction: of any number of processes, exactly one queues each period's job.
+    """
+
+    __tablename__ = "schedules"
+    name: Mapped[str] = mapped_column(String(60), primary_key=True)
+    period_seconds: Mapped[float] = mapped_column(Float)
+    last_period: Mapped[int] = mapped_column(BigInteger, default=-1, server_default="-1")
+    last_job_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    last_run_at: Mapped[datetime | None] = mapped_column(default=None)
+    next_run_at: Mapped[datetime | None] = mapped_column(default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ServerSecret(Base):
+    """A key every process of a deployment shares (``signed_urls``: the HMAC key of signed links
+    to originals), made once by whichever process needs it first."""
+
+    __tablename__ = "server_secrets"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

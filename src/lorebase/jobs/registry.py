@@ -69,6 +69,9 @@ class TaskSpec:
     concurrency_key: Callable[[Mapping[str, Any]], str | None] = _no_key
     #: what it is for, in a sentence (the jobs README and ``lorebase jobs`` show it)
     summary: str = ""
+    #: a periodic task: how often it runs, in seconds, from the settings (``jobs/scheduler.py``
+    #: queues one job per period across all processes); None: queued by its callers only
+    every: Callable[[Settings], float] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -10,6 +10,7 @@ finalize wins, the others get 404) and puts it back if the KB cannot be created.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,10 @@ from lorebase.services.documents import (
 from lorebase.services.sources import create_source, validate_web_source
 
 if TYPE_CHECKING:
+    from lorebase.jobs.context import JobContext
     from lorebase.runtime import Runtime
+
+log = logging.getLogger("lorebase.drafts")
 
 #: rough cost model for estimates: chunks embedded per second on a 2-core CPU, bytes per token
 EMBED_CHUNKS_PER_SECOND = 20.0
@@ -456,3 +460,15 @@ def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -
 def purge_expired(runtime: Runtime) -> int:
     """Expired SQL drafts; 0 with Redis, whose keys expire by themselves."""
     return runtime.drafts.purge_expired()
+
+
+class PurgeExpiredDrafts:
+    """Job handler of the periodic ``purge_drafts`` task (idempotent: a second run finds none)."""
+
+    def run(self, ctx: JobContext[Runtime]) -> None:
+        purged = purge_expired(ctx.runtime)
+        if purged:
+            log.info("purged %d expired drafts", purged)
+
+    def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
+        log.warning("purging expired drafts failed: %s", message)

@@ -9,6 +9,10 @@
 | ``notify_email`` | ``notify_email.py`` | process | send an email when a pipeline ends |
 | ``reindex_version`` | ``reindex_version.py`` | process | chunk a KB's documents for a new config version, beside the live one |
 | ``evaluate`` | ``evaluate.py`` | process | score a KB's versions and search modes on labelled queries |
+| ``purge_drafts`` | ``purge_drafts.py`` | process | periodic: delete expired drafts |
+
+A periodic task's ``SPEC`` says how often it runs (``every``); the scheduler
+(``jobs/scheduler.py``) queues it once per period across all processes.
 
 To add one: a file here with its ``SPEC`` (and an ``enqueue`` helper for its callers), its
 handler where its work lives, and a line in :data:`REGISTRY`.
@@ -24,6 +28,7 @@ from lorebase.tasks import (
     notify_email,
     notify_webhook,
     process_document,
+    purge_drafts,
     reindex_version,
 )
 
@@ -37,5 +42,6 @@ REGISTRY = Registry.of(
         notify_email.SPEC,
         reindex_version.SPEC,
         evaluate.SPEC,
+        purge_drafts.SPEC,
     ]
 )
