@@ -30,6 +30,13 @@ class NotFound(LorebaseError):
     status_code = 404
 
 
+class Gone(LorebaseError):
+    """The resource existed and its content is no longer kept (an original removed by retention)."""
+
+    code = "gone"
+    status_code = 410
+
+
 class Conflict(LorebaseError):
     """The request conflicts with the resource's current state."""
 
