@@ -3,7 +3,9 @@
 The database is a SQLite file in each test's data dir, or, with
 ``LOREBASE_TEST_DATABASE=postgres``, a fresh database per data dir on a real PostgreSQL 16 +
 pgvector started for the session (``support.testdb``). ``@pytest.mark.sqlite_only(reason)``
-marks a test of SQLite itself; it is skipped, with its reason, on PostgreSQL.
+marks a test of SQLite itself; it is skipped, with its reason, on PostgreSQL. With
+``LOREBASE_TEST_BLOB_STORE=s3`` every app, runtime and worker the fixtures build keeps its blobs
+in S3: the session's moto_server, a key prefix per data dir (``support.testblobs``).
 
 ``settings`` uses short leases so that crash-recovery tests do not wait 30 s for a reaper.
 ``api`` is a FastAPI TestClient running the app's lifespan (so the embedded worker threads
