@@ -99,6 +99,7 @@ class TransientError(JobError):
 
     kind = "transient"
     code = "transient"
+    status_code = 503  # reaching the API (an upload while S3 is down): try again later
 
     def __init__(self, message: str, *, retry_after: float | None = None, details: Any = None) -> None:
         super().__init__(message, details=details)

@@ -75,6 +75,20 @@ def test_an_interrupted_multipart_upload_leaves_no_object(gate: TcpGate, tmp_pat
     assert store.get(key) == path.read_bytes()
 
 
+def test_a_multipart_upload_cut_in_the_middle_is_aborted(gate: TcpGate, tmp_path: Path) -> None:
+    """The connections drop once mid-upload and the endpoint stays reachable: boto3's transfer
+    aborts the multipart upload, so neither an object nor an unfinished upload is left."""
+    store = _store(gate.url, multipart_threshold_mb=5, multipart_chunk_mb=5, max_attempts=1)
+    path = tmp_path / "large.bin"
+    path.write_bytes(os.urandom(20 * MB))
+    gate.cut_after(12 * MB, reopen=True)
+    with pytest.raises(TransientError):
+        store.put_file(path)
+    assert list(store.iter_blobs()) == []
+    uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+    assert uploads.get("Uploads", []) == []
+
+
 def test_a_missing_bucket_is_refused_by_the_server() -> None:
     url, _ = shared_server()
     store = _store(url, bucket=f"nope-{uuid.uuid4().hex[:8]}")

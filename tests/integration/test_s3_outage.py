@@ -56,6 +56,9 @@ def test_an_s3_outage_during_ingestion_is_retried_until_every_document_is_indexe
             r = client.post(f"/api/v1/kb-drafts/{draft_id}/sources", files=files, headers=headers)
             assert r.status_code == 201, r.text  # the files are in the bucket
             gate.cut()  # before any worker read them
+            other = client.post("/api/v1/kb-drafts", json={"name": "later"}, headers=headers).json()["id"]
+            r = client.post(f"/api/v1/kb-drafts/{other}/sources", files=files[:1], headers=headers)
+            assert r.status_code == 503 and "S3" in r.json()["error"]["message"], r.text  # try later
             r = client.post(f"/api/v1/kb-drafts/{draft_id}/finalize", headers=headers)
             assert r.status_code == 202, r.text
             kb_id, pipeline_id = r.json()["kb_id"], r.json()["pipeline_id"]

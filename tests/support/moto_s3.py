@@ -83,6 +83,7 @@ class TcpGate:
         self.open = True
         #: cut the gate once this many bytes went upstream (``cut_after``)
         self._budget: int | None = None
+        self._reopen = False
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         threading.Thread(target=self._accept, daemon=True, name="tcp-gate").start()
@@ -103,11 +104,13 @@ class TcpGate:
             self.open = True
             self._budget = None
 
-    def cut_after(self, upstream_bytes: int) -> None:
+    def cut_after(self, upstream_bytes: int, *, reopen: bool = False) -> None:
         """Cut the gate once ``upstream_bytes`` more bytes went to the server (in the middle
-        of an upload, deterministically)."""
+        of an upload, deterministically); with ``reopen``, only the connections open then are
+        dropped (a blip: the client's next connections pass)."""
         with self._lock:
             self._budget = upstream_bytes
+            self._reopen = reopen
 
     def close(self) -> None:
         self.cut()
@@ -146,8 +149,11 @@ class TcpGate:
                 return False
             self._budget -= n
             out = self._budget <= 0
+            reopen = self._reopen
         if out:
             self.cut()
+            if reopen:
+                self.restore()
         return out
 
     def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:

@@ -44,6 +44,8 @@ _TRANSIENT_CODES = {
     "RequestTimeout",
     "RequestTimeTooSkewed",
     "OperationAborted",
+    "ExpiredToken",  # rotated role credentials: the next attempt signs with fresh ones
+    "RequestExpired",
 }
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
@@ -91,7 +93,7 @@ class S3BlobStore:
             config=Config(
                 connect_timeout=settings.connect_timeout_seconds,
                 read_timeout=settings.read_timeout_seconds,
-                retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+                retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
                 signature_version="s3v4",
                 s3={"addressing_style": "path"} if settings.endpoint_url else {},
             ),
