@@ -14,6 +14,7 @@ throttling raise ``TransientError`` (the job is retried with backoff), a missing
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,11 @@ _TRANSIENT_CODES = {
     "RequestExpired",
 }
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+#: one boto3 session per process: it caches the parsed service models, so a second client
+#: (another runtime in this process) costs milliseconds instead of reloading them; sessions are
+#: not thread-safe, clients are: clients are made under the lock
+_session: boto3.session.Session | None = None
+_session_lock = threading.Lock()
 
 
 def _translated(exc: BaseException) -> Exception:
@@ -84,20 +90,23 @@ class S3BlobStore:
         self.bucket = settings.bucket
         self.prefix = settings.prefix
         secret = settings.secret_access_key
-        self.client: Any = boto3.session.Session().client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            region_name=settings.region,
-            aws_access_key_id=settings.access_key_id,
-            aws_secret_access_key=secret.get_secret_value() if secret is not None else None,
-            config=Config(
-                connect_timeout=settings.connect_timeout_seconds,
-                read_timeout=settings.read_timeout_seconds,
-                retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
-                signature_version="s3v4",
-                s3={"addressing_style": "path"} if settings.endpoint_url else {},
-            ),
-        )
+        global _session
+        with _session_lock:
+            _session = _session or boto3.session.Session()
+            self.client: Any = _session.client(
+                "s3",
+                endpoint_url=settings.endpoint_url,
+                region_name=settings.region,
+                aws_access_key_id=settings.access_key_id,
+                aws_secret_access_key=secret.get_secret_value() if secret is not None else None,
+                config=Config(
+                    connect_timeout=settings.connect_timeout_seconds,
+                    read_timeout=settings.read_timeout_seconds,
+                    retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
+                    signature_version="s3v4",
+                    s3={"addressing_style": "path"} if settings.endpoint_url else {},
+                ),
+            )
         self.transfer = TransferConfig(
             multipart_threshold=settings.multipart_threshold_mb * _MB,
             multipart_chunksize=settings.multipart_chunk_mb * _MB,
@@ -125,9 +134,12 @@ class S3BlobStore:
         key = digest.hexdigest()
         name = self._object(key)
         if self._exists(name):
-            self._touch(name)
-        else:
-            _calling(lambda: self.client.upload_file(str(path), self.bucket, name, Config=self.transfer))
+            try:
+                self._touch(name)
+                return key
+            except NotFound:  # deleted in between (blob GC): upload it again
+                pass
+        _calling(lambda: self.client.upload_file(str(path), self.bucket, name, Config=self.transfer))
         return key
 
     def _exists(self, name: str) -> bool:
