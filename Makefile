@@ -63,7 +63,8 @@ POSTGRES_SUITES := tests/integration/jobs/test_job_queue.py tests/integration/jo
 test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgvector
 	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(call junit,test-postgres) $(POSTGRES_SUITES)
 
-#: the suites that run in the scaled mode: PostgreSQL + pgvector, Redis, Celery worker processes.
+#: the suites that run in the scaled mode: PostgreSQL + pgvector, Redis, Celery worker processes;
+#: the Celery run keeps every blob in S3 (moto_server, started for the session).
 #: Not tests/contract: each store and embedder there brings its own backend (pgvector on
 #: pgserver, Qdrant, Chroma), whatever LOREBASE_TEST_DATABASE/EXECUTOR say, so `make test`
 #: already runs exactly those cases (334 of them, ~2 min).
@@ -74,8 +75,8 @@ SCALE_SUITES := tests/integration/test_api_e2e.py tests/integration/test_idempot
 	tests/faults
 
 test-scale: $(DEV_STAMP)  ## the API, store-contract and fault suites with Celery workers on PostgreSQL + Redis
-	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=celery $(BIN)/pytest -q $(call junit,test-scale-celery) \
-		$(SCALE_SUITES)
+	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=celery LOREBASE_TEST_BLOB_STORE=s3 \
+		$(BIN)/pytest -q $(call junit,test-scale-celery) $(SCALE_SUITES)
 	LOREBASE_TEST_DATABASE=postgres LOREBASE_TEST_EXECUTOR=rq $(BIN)/pytest -q $(call junit,test-scale-rq) \
 		tests/integration/test_api_e2e.py
 

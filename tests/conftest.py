@@ -3,7 +3,9 @@
 The database is a SQLite file in each test's data dir, or, with
 ``LOREBASE_TEST_DATABASE=postgres``, a fresh database per data dir on a real PostgreSQL 16 +
 pgvector started for the session (``support.testdb``). ``@pytest.mark.sqlite_only(reason)``
-marks a test of SQLite itself; it is skipped, with its reason, on PostgreSQL.
+marks a test of SQLite itself; it is skipped, with its reason, on PostgreSQL. With
+``LOREBASE_TEST_BLOB_STORE=s3`` every app, runtime and worker the fixtures build keeps its blobs
+in S3: the session's moto_server, a key prefix per data dir (``support.testblobs``).
 
 ``settings`` uses short leases so that crash-recovery tests do not wait 30 s for a reaper.
 ``api`` is a FastAPI TestClient running the app's lifespan (so the embedded worker threads
@@ -34,7 +36,7 @@ from lorebase.app import create_app
 from lorebase.runtime import Runtime
 from lorebase.services.auth import Principal, create_key, local_principal
 from lorebase.settings import JobSettings, Settings
-from support import testdb, testexec, zygote
+from support import testblobs, testdb, testexec, zygote
 
 FINAL = ("completed", "completed_with_errors", "failed", "cancelled")
 
@@ -46,6 +48,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if testdb.TEST_DATABASE not in testdb.CHOICES:
         raise pytest.UsageError(
             f"LOREBASE_TEST_DATABASE={testdb.TEST_DATABASE!r}: use one of {', '.join(testdb.CHOICES)}"
+        )
+    if testblobs.TEST_BLOB_STORE not in testblobs.CHOICES:
+        raise pytest.UsageError(
+            f"LOREBASE_TEST_BLOB_STORE={testblobs.TEST_BLOB_STORE!r}: use s3 or leave it unset"
         )
     if testexec.TEST_EXECUTOR not in testexec.CHOICES:
         raise pytest.UsageError(
@@ -79,6 +85,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_sessionfinish(session: pytest.Session) -> None:
     testdb.end_session()  # stops the PostgreSQL server, if this run started one, and deletes it
     zygote.close()  # the worker processes' warm parent, if this run started it
+    testblobs.end_session()  # stops the moto server, if this run started one
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +103,7 @@ def make_settings(data_dir: Path, *, jobs: dict[str, Any] | None = None, **overr
     ``database_url`` (the vector store then defaults to pgvector)."""
     if "database_url" not in overrides and (url := testdb.database_url_for(data_dir)):
         overrides["database_url"] = url
-    for key, value in testexec.settings_for(data_dir).items():
+    for key, value in {**testexec.settings_for(data_dir), **testblobs.settings_for(data_dir)}.items():
         overrides.setdefault(key, value)
     job_settings = JobSettings(
         **{

@@ -30,6 +30,13 @@ class NotFound(LorebaseError):
     status_code = 404
 
 
+class Gone(LorebaseError):
+    """The resource existed and its content is no longer kept (an original removed by retention)."""
+
+    code = "gone"
+    status_code = 410
+
+
 class Conflict(LorebaseError):
     """The request conflicts with the resource's current state."""
 
@@ -92,6 +99,7 @@ class TransientError(JobError):
 
     kind = "transient"
     code = "transient"
+    status_code = 503  # reaching the API (an upload while S3 is down): try again later
 
     def __init__(self, message: str, *, retry_after: float | None = None, details: Any = None) -> None:
         super().__init__(message, details=details)

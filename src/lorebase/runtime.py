@@ -107,11 +107,7 @@ class Runtime:
         self.queue = JobQueue(self.db, settings.jobs)
         #: search's query log, written in batches off the request path (``db/querylog.py``)
         self.query_log = QueryLogWriter(self.db, delay=settings.query_log_delay_seconds)
-        self.blobs: BlobStore = (
-            DatabaseBlobStore(self.db)
-            if settings.blob_store == "database"
-            else LocalBlobStore(settings.blob_dir)
-        )
+        self.blobs: BlobStore = self._new_blob_store()
         #: (spec, base_url, dimensions, slot) -> embedder (the middle two: ``openai:`` models')
         self._embedders: dict[tuple[str, str | None, int | None, str], Embedder] = {}
         self._stores: dict[tuple[str, int], Store] = {}
@@ -125,6 +121,15 @@ class Runtime:
         # tables are made when the first such KB is created, before any write transaction)
         if (dimensions := embedder_info(settings.embedder)[0]) is not None:
             self.store(settings.vector_store, dimensions)
+
+    def _new_blob_store(self) -> BlobStore:
+        if self.settings.blob_store == "database":
+            return DatabaseBlobStore(self.db)
+        if self.settings.blob_store == "s3":
+            from lorebase.adapters.blobs.s3 import S3BlobStore  # boto3 loads only when used
+
+            return S3BlobStore(self.settings.s3)
+        return LocalBlobStore(self.settings.blob_dir)
 
     def embedder(
         self, spec: str | None = None, *, slot: str = "ingest", embedding: dict[str, Any] | None = None

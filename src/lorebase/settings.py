@@ -319,6 +319,45 @@ class SchedulerSettings(BaseModel):
     )
 
 
+class S3Settings(BaseModel):
+    """The S3-compatible bucket of ``blob_store = "s3"`` (AWS S3, MinIO, Ceph, R2, …)."""
+
+    endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of the S3-compatible service (`http://minio:9000`); unset: AWS S3 of `region`.",
+    )
+    bucket: str | None = Field(
+        None, description="Bucket that holds the blobs; required when `blob_store = s3`."
+    )
+    region: str = Field("us-east-1", description="Region of the bucket (and of request signing).")
+    access_key_id: str | None = Field(
+        None, description="Access key id; unset: boto3's own chain (environment, instance role, …)."
+    )
+    secret_access_key: SecretStr | None = Field(None, description="Secret access key of `access_key_id`.")
+    prefix: str = Field(
+        "",
+        description="Prefix of every object key (`lorebase/`), so one bucket can serve several deployments.",
+    )
+    connect_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest wait for a connection to the S3 endpoint."
+    )
+    read_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for the S3 endpoint to answer a request (or send the next bytes).",
+    )
+    max_attempts: int = Field(
+        2,
+        ge=1,
+        description="Attempts boto3 makes per S3 request; kept small, since a failed blob read or "
+        "write fails its job transiently and the job engine retries it with backoff.",
+    )
+    multipart_threshold_mb: int = Field(
+        8, ge=5, description="Files larger than this are uploaded in parts (multipart upload)."
+    )
+    multipart_chunk_mb: int = Field(8, ge=5, description="Size of one part of a multipart upload.")
+
+
 class ParseSettings(BaseModel):
     """Limits that keep a hostile or pathological file from hurting a worker."""
 
@@ -383,10 +422,27 @@ class Settings(BaseSettings):
         description="Prefix of broker queue names and Redis keys, so several deployments can share "
         "one Redis or broker.",
     )
-    blob_store: Literal["local", "database"] = Field(
+    blob_store: Literal["local", "database", "s3"] = Field(
         "local",
-        description="Where uploads and fetched pages are kept: files in the data dir (`local`) or "
-        "the database (`database`, readable by workers on other machines; the default on PostgreSQL).",
+        description="Where uploads and fetched pages are kept: files in the data dir (`local`), "
+        "the database (`database`, readable by workers on other machines; the default on PostgreSQL) "
+        "or an S3-compatible bucket (`s3`, see `s3.*`).",
+    )
+    s3: S3Settings = Field(
+        default_factory=S3Settings, description="The S3-compatible bucket of `blob_store = s3`."
+    )
+    signed_url_ttl_seconds: int = Field(
+        3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Lifetime of a signed link to a document's original "
+        "(`GET /api/v1/documents/{id}/original` redirects to one).",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Server secret that signs links to originals on the local and database blob "
+        "stores (HMAC-SHA256); set the same value on every API node. Unset: a random key made once "
+        "and kept in the data dir (`secret_key` file).",
     )
     vector_store: Literal["sqlite", "pgvector", "qdrant", "chroma"] = Field(
         "sqlite",
@@ -545,6 +601,12 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _s3_has_bucket(self) -> Settings:
+        if self.blob_store == "s3" and not self.s3.bucket:
+            raise ValueError("blob_store = s3 needs a bucket: set LOREBASE_S3__BUCKET")
+        return self
 
     @model_validator(mode="after")
     def _store_follows_database(self) -> Settings:

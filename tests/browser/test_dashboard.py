@@ -144,6 +144,13 @@ def test_hostile_document_text_and_title_stay_inert_text(api_only_server: Server
     expect(pg.locator("#documents .badge-indexed")).to_have_count(1)  # rebuilt by kb.js
     expect(pg.locator("#documents td.doc-title")).to_have_text([HOSTILE])
     assert pg.locator("#documents img, #documents script").count() == 0
+    # the title links to the original: a download (attachment), never rendered as a page
+    link = pg.locator("#documents td.doc-title a")
+    expect(link).to_have_attribute("href", re.compile(r"^/api/v1/documents/[0-9a-f-]{36}/original$"))
+    with pg.expect_download() as download:
+        link.click()
+    assert HOSTILE in Path(download.value.path()).read_text()
+    expect(pg).to_have_url(f"{server.url}/kbs/{kb_id}")
     assert streams, "the KB page did not open the pipeline's event stream"
     page.shot("xss-kb-page")
 

@@ -175,3 +175,20 @@ def test_query_log_lists_queries_and_negative_share_per_day_in_the_workspace_onl
     other = key_headers(signed_in, workspace="other")
     assert signed_in.get(f"/api/v1/kbs/{kb_id}/queries", headers=other).status_code == 404
     assert signed_in.get(f"/api/v1/kbs/{kb_id}/queries/daily", headers=other).status_code == 404
+
+
+def test_a_documents_title_links_to_its_original_for_the_signed_in_browser(
+    signed_in: TestClient, key: str
+) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    upload = ("files", ("a<b>.md", b"# Zymurgy\n\nnotes on brewing", "text/markdown"))
+    body = finalize_draft(signed_in, headers, name="originals", files=[upload])
+    (doc,) = signed_in.get(f"/api/v1/kbs/{body['kb_id']}/documents", headers=headers).json()["items"]
+    html = signed_in.get(f"/kbs/{body['kb_id']}").text
+    href = f"/api/v1/documents/{doc['id']}/original"
+    assert f'<a href="{href}" rel="noopener noreferrer"' in html and "a<b>" not in html
+    r = signed_in.get(href, follow_redirects=False)  # the session cookie, no Bearer header
+    assert r.status_code == 302
+    r = signed_in.get(r.headers["location"])
+    assert r.status_code == 200 and r.content == b"# Zymurgy\n\nnotes on brewing"
+    assert r.headers["content-disposition"].startswith("attachment;")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from support import zygote
+from support.testblobs import worker_env as blob_env
 from support.testdb import database_url_for
 from support.testexec import ON_BROKER, worker_env
 
@@ -64,6 +65,7 @@ def start_worker(data_dir: Path, *, concurrency: int = 2, **env: str) -> WorkerP
         "LOREBASE_JOBS__REDISPATCH_SECONDS": "5",
         **({"LOREBASE_DATABASE_URL": url} if url else {}),
         **worker_env(data_dir),
+        **blob_env(data_dir),
         # a fault's "kill" takes the whole worker (with its pool processes), as a crash would
         **({"LOREBASE_FAULTS_KILL": "group"} if ON_BROKER else {}),
         **env,

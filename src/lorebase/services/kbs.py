@@ -187,6 +187,8 @@ def document_to_dict(d: Document) -> dict[str, Any]:
         "page_count": d.page_count,
         "chunk_count": d.chunk_count,
         "size_bytes": d.size_bytes,
+        #: GET /api/v1/documents/{id}/original answers a link to it (410 once retention removed it)
+        "has_original": d.blob_key is not None,
         "metadata": d.meta,
         "pipeline_id": d.pipeline_id,
         "created_at": d.created_at,

@@ -59,10 +59,17 @@ def headers_for(path: str) -> dict[bytes, bytes]:
     return API_HEADERS
 
 
+def _stores_nothing(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the route's own ``Cache-Control`` already says ``no-store`` (``private,
+    no-store`` on a signed original): it is kept as it is."""
+    return any(k.lower() == NO_STORE[0] and b"no-store" in v.lower() for k, v in headers)
+
+
 class SecurityHeaders:
     """Pure ASGI middleware (a ``BaseHTTPMiddleware`` would buffer streaming responses such as
-    the SSE endpoint's) adding the security headers to every HTTP response; a header the route
-    set itself is kept, except ``Cache-Control`` on ``/api/``, which is always ``no-store``."""
+        the SSE endpoint's) adding the security headers to every HTTP response; a header the route
+        set itself is kept, except ``Cache-Control`` on ``/api/``, which is always ``no-store`` (a
+    route's own that includes ``no-store`` stays)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -79,8 +86,9 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if no_store:
-                    headers = [(k, v) for k, v in headers if k.lower() != NO_STORE[0]]
-                    headers.append(NO_STORE)
+                    kept = [(k, v) for k, v in headers if k.lower() != NO_STORE[0]]
+                    if len(kept) == len(headers) or not _stores_nothing(headers):
+                        headers = [*kept, NO_STORE]
                 names = {name.lower() for name, _ in headers}
                 headers.extend((k, v) for k, v in extra_headers.items() if k not in names)
                 message["headers"] = headers

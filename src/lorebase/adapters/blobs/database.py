@@ -1,24 +1,29 @@
 """Blobs as rows of the ``blobs`` table: every API node and worker that reaches the database
 reads them, so uploads need no shared disk (``blob_store = "database"``, the default on PostgreSQL).
 
-Content-addressed like the local store: the key is the sha256 of the bytes, a second ``put`` of
-the same bytes writes nothing. Each call runs in a short transaction of its own, so a blob is
-saved before the draft or job row that names it is committed.
+Content-addressed like the local store: the key is the sha256 of the bytes; a second ``put`` of
+the same bytes only moves the row's ``created_at`` (its stored-at time) to now. Each call runs in
+a short transaction of its own, so a blob is saved before the draft or job row that names it is
+committed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from lorebase.db.engine import Database, insert_or_skip
-from lorebase.db.models import Blob
+from lorebase.adapters.blobs.protocol import KEY
+from lorebase.db.engine import Database
+from lorebase.db.models import Blob, utcnow
 from lorebase.errors import NotFound
 
-_KEY = re.compile(r"^[0-9a-f]{64}$")
+_LIST_BATCH = 1000
 
 
 class DatabaseBlobStore:
@@ -28,8 +33,12 @@ class DatabaseBlobStore:
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         with self.db.session() as s:
+            insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+            stmt = insert(Blob).values(key=key, data=data, size=len(data), created_at=utcnow())
             s.execute(
-                insert_or_skip(s, Blob, {"key": key, "data": data, "size": len(data)}, index_elements=["key"])
+                stmt.on_conflict_do_update(
+                    index_elements=["key"], set_={"created_at": stmt.excluded.created_at}
+                )
             )
         return key
 
@@ -39,7 +48,7 @@ class DatabaseBlobStore:
         return self.put(path.read_bytes())
 
     def get(self, key: str) -> bytes:
-        if not _KEY.match(key):  # keys are ours; anything else is tampering
+        if not KEY.match(key):  # keys are ours; anything else is tampering
             raise NotFound("blob not found")
         with self.db.read_session() as s:
             data = s.execute(select(Blob.data).where(Blob.key == key)).scalar()
@@ -48,6 +57,26 @@ class DatabaseBlobStore:
         return bytes(data)
 
     def delete(self, key: str) -> None:
-        if _KEY.match(key):
+        if KEY.match(key):
             with self.db.session() as s:
                 s.execute(delete(Blob).where(Blob.key == key))
+
+    def iter_blobs(self) -> Iterator[tuple[str, datetime, int]]:
+        """By key, in batches of short read transactions (no transaction held while the caller
+        works through the listing)."""
+        after = ""
+        while True:
+            with self.db.read_session() as s:
+                rows = s.execute(
+                    select(Blob.key, Blob.created_at, Blob.size)
+                    .where(Blob.key > after)
+                    .order_by(Blob.key)
+                    .limit(_LIST_BATCH)
+                ).all()
+            yield from ((key, created_at, size) for key, created_at, size in rows)
+            if len(rows) < _LIST_BATCH:
+                return
+            after = rows[-1][0]
+
+    def presigned_url(self, key: str, *, ttl_seconds: int, filename: str, media_type: str) -> str | None:
+        return None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+from lorebase.adapters.blobs.protocol import KEY
 from lorebase.errors import NotFound
 
-_KEY = re.compile(r"^[0-9a-f]{64}$")
 _BLOCK = 1024 * 1024
 
 
@@ -20,14 +21,23 @@ class LocalBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        if not _KEY.match(key):  # keys are ours; anything else is tampering
+        if not KEY.match(key):  # keys are ours; anything else is tampering
             raise NotFound("blob not found")
         return self.root / key[:2] / key
+
+    @staticmethod
+    def _refreshed(path: Path) -> bool:
+        """Touch an existing blob (its mtime is its stored-at time); False when there is none."""
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         path = self._path(key)
-        if path.exists():
+        if self._refreshed(path):
             return key
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -51,7 +61,7 @@ class LocalBlobStore:
                     out.write(block)
             key = digest.hexdigest()
             target = self._path(key)
-            if target.exists():
+            if self._refreshed(target):
                 Path(tmp).unlink()
                 return key
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -68,4 +78,21 @@ class LocalBlobStore:
             raise NotFound("blob not found") from None
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        if KEY.match(key):
+            self._path(key).unlink(missing_ok=True)
+
+    def iter_blobs(self) -> Iterator[tuple[str, datetime, int]]:
+        for shard in sorted(self.root.iterdir()):
+            if not shard.is_dir():
+                continue
+            for entry in os.scandir(shard):
+                if not KEY.match(entry.name):  # ``.tmp-*``: a write in progress
+                    continue
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                yield entry.name, datetime.fromtimestamp(st.st_mtime, UTC), st.st_size
+
+    def presigned_url(self, key: str, *, ttl_seconds: int, filename: str, media_type: str) -> str | None:
+        return None

@@ -6,16 +6,17 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
+from lorebase.adapters.blobs.protocol import attachment
 from lorebase.api.deps import PrincipalDep, RuntimeDep
 from lorebase.api.idempotency import IDEMPOTENT
 from lorebase.api.ratelimit import RATE_UPLOAD
 from lorebase.api.routes.drafts import MULTIPART_FILES
 from lorebase.api.schemas.requests import DocumentsBatch, KbPatch, WebSource
 from lorebase.api.uploads import is_multipart, read_json, receive_files, request_cap
-from lorebase.services import kbs, sources, versions
+from lorebase.services import kbs, originals, sources, versions
 
 router = APIRouter(prefix="/api/v1", tags=["knowledge bases"])
 
@@ -136,3 +137,47 @@ def list_chunks(
     offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
     return kbs.list_chunks(runtime, p, document_id, limit=limit, offset=offset)
+
+
+@router.get(
+    "/documents/{document_id}/original",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses={
+        302: {"description": "a signed link to the original, valid for `signed_url_ttl_seconds`"},
+        410: {"description": "the original is no longer kept (retention removed it)"},
+    },
+)
+def get_original(document_id: str, runtime: RuntimeDep, p: PrincipalDep) -> RedirectResponse:
+    """A redirect to a signed, expiring link to the uploaded or fetched original: the bucket's
+    presigned URL on the s3 store, ``/api/v1/originals/{id}?expires=…&sig=…`` otherwise."""
+    return RedirectResponse(originals.link(runtime, p, document_id), status_code=302)
+
+
+@router.get(
+    "/originals/{document_id}",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the original, as a download"},
+        403: {"description": "the signature does not hold, or the link expired"},
+    },
+)
+def signed_original(
+    document_id: str,
+    runtime: RuntimeDep,
+    expires: int = Query(..., description="Unix time the link expires at"),
+    sig: str = Query(..., max_length=128, description="HMAC-SHA256 of the document, its blob and `expires`"),
+) -> Response:
+    """The original behind a signed link: no API key, the signature is the credential. Served as
+    an attachment in a sandbox, never rendered inline."""
+    got = originals.signed(runtime, document_id, expires=expires, sig=sig)
+    return Response(
+        got.data,
+        media_type=got.media_type,
+        headers={
+            "Content-Disposition": attachment(got.filename),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+            "Cache-Control": "private, no-store",
+        },
+    )

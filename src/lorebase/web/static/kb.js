@@ -42,6 +42,15 @@
     }
   }
 
+  // the title links to the original (a signed, expiring download) while one is kept; the API
+  // route takes the session cookie as it does for the page's other requests
+  function originalLink(d) {
+    const title = d.title || d.filename || d.external_id || d.id;
+    if (!d.has_original) return document.createTextNode(title);
+    const href = `/api/v1/documents/${encodeURIComponent(d.id)}/original`;
+    return el("a", { href, rel: "noopener noreferrer", title: "download the original", text: title });
+  }
+
   function documentRow(d) {
     const link = httpUrl(d.source_url);
     const source = link
@@ -50,7 +59,7 @@
     return el(
       "tr",
       { "data-document-id": d.id },
-      el("td", { className: "doc-title", text: d.title || d.filename || d.external_id || d.id }),
+      el("td", { className: "doc-title" }, originalLink(d)),
       el("td", {}, source),
       el("td", {}, badge(d.status)),
       el("td", { className: "num", text: d.chunk_count }),
