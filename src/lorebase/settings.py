@@ -441,8 +441,8 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(
         None,
         description="Server secret that signs links to originals on the local and database blob "
-        "stores (HMAC-SHA256); set the same value on every API node. Unset: a random key made once "
-        "and kept in the data dir (`secret_key` file).",
+        "stores (HMAC-SHA256). Unset: a random key made once per deployment and kept in the "
+        "database, shared by every API node.",
     )
     vector_store: Literal["sqlite", "pgvector", "qdrant", "chroma"] = Field(
         "sqlite",

@@ -7,37 +7,36 @@ HMAC-SHA256 with the server secret over the document id, its blob key and the ex
 names one document's one blob: it cannot be moved to another document, outlive its ``expires``,
 or serve bytes that replaced the ones it was made for.
 
-The server secret is ``LOREBASE_SECRET_KEY``, or else a random key made once and kept in the
-data dir (``secret_key``), shared by the processes on that data dir: API nodes on several
-machines need the same ``LOREBASE_SECRET_KEY``.
+The server secret is ``LOREBASE_SECRET_KEY``, or else a random key made once per deployment and
+kept in the database (``server_secrets``), so every API node and worker of the deployment signs
+and checks with the same key without configuration.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import urlencode
 
 from sqlalchemy import select
 
 from lorebase.adapters.blobs.protocol import safe_filename
-from lorebase.db.models import Document
+from lorebase.db.engine import insert_or_skip
+from lorebase.db.models import Document, ServerSecret, utcnow
 from lorebase.errors import Forbidden, Gone, NotFound
 from lorebase.runtime import Runtime
 from lorebase.services.auth import Principal
-from lorebase.settings import Settings
 
 SIGNED_PATH = "/api/v1/originals/{document_id}"
 _OCTET = "application/octet-stream"
-_secrets: dict[Path, bytes] = {}
+#: the deployment's key, by database URL (one process may serve several in tests)
+_secrets: dict[str, bytes] = {}
+_SECRET_NAME = "signed_urls"
 _secrets_lock = threading.Lock()
 
 
@@ -48,26 +47,30 @@ class Original:
     media_type: str
 
 
-def server_secret(settings: Settings) -> bytes:
-    """The key links are signed with: the setting, or the data dir's ``secret_key`` file, made on
-    first use (written aside and hard-linked into place, so racing processes agree on one)."""
+def server_secret(runtime: Runtime) -> bytes:
+    """The key links are signed with: the setting, or the deployment's ``signed_urls`` row of
+    ``server_secrets``, made by the first process that needs it (insert-or-skip, then read: racing
+    processes, on any machine, agree on the row that went in)."""
+    settings = runtime.settings
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
-    path = settings.data_dir / "secret_key"
+    url = settings.resolved_database_url
     with _secrets_lock:
-        if path not in _secrets:
-            if not path.exists():
-                fd, tmp = tempfile.mkstemp(dir=settings.data_dir, prefix=".tmp-secret-")
-                try:
-                    with os.fdopen(fd, "w") as f:
-                        f.write(secrets.token_hex(32))
-                    os.link(tmp, path)  # fails if another process made it first: theirs wins
-                except FileExistsError:
-                    pass
-                finally:
-                    Path(tmp).unlink(missing_ok=True)
-            _secrets[path] = path.read_text().strip().encode()
-        return _secrets[path]
+        if url not in _secrets:
+            with runtime.db.session() as s:
+                s.execute(
+                    insert_or_skip(
+                        s,
+                        ServerSecret,
+                        {"name": _SECRET_NAME, "value": secrets.token_hex(32), "created_at": utcnow()},
+                        index_elements=["name"],
+                    )
+                )
+                value = s.execute(
+                    select(ServerSecret.value).where(ServerSecret.name == _SECRET_NAME)
+                ).scalar_one()
+            _secrets[url] = value.encode()
+        return _secrets[url]
 
 
 def signature(secret: bytes, document_id: str, blob_key: str, expires: int) -> str:
@@ -96,7 +99,7 @@ def link(runtime: Runtime, p: Principal, document_id: str) -> str:
     if presigned is not None:
         return presigned
     expires = int(time.time()) + ttl
-    sig = signature(server_secret(runtime.settings), document_id, blob_key, expires)
+    sig = signature(server_secret(runtime), document_id, blob_key, expires)
     # ``sig`` last: everything before it is what it signs
     return SIGNED_PATH.format(document_id=document_id) + "?" + urlencode({"expires": expires, "sig": sig})
 
@@ -109,7 +112,7 @@ def signed(runtime: Runtime, document_id: str, *, expires: int, sig: str) -> Ori
         blob_key = doc.blob_key if doc is not None else None
         name = _download_name(doc) if doc is not None else ""
         media_type = (doc.media_type if doc is not None else None) or _OCTET
-    expected = signature(server_secret(runtime.settings), document_id, blob_key or "", expires)
+    expected = signature(server_secret(runtime), document_id, blob_key or "", expires)
     if blob_key is None or not hmac.compare_digest(expected.encode(), sig.encode("utf-8", "replace")):
         raise Forbidden(
             "this link is not valid (or the original is no longer kept)", code="invalid_signature"
