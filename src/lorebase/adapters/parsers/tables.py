@@ -110,9 +110,9 @@ def table_blocks(
     def flush() -> None:
         nonlocal size
         if header is not None and body:
-            blocks.append(Block(kind="table", text="\n".join([header, *body]), page=page))
+            blocks.append(Block(kind="table", text="\n".join([header, *body]), page=page, header_rows=1))
         elif header is not None and not blocks:
-            blocks.append(Block(kind="table", text=header, page=page))  # a header-only sheet
+            blocks.append(Block(kind="table", text=header, page=page, header_rows=1))  # header only
         body.clear()
         size = len(header or "")
 
