@@ -11,6 +11,12 @@ that fits, found with the token offsets of the one ``encode_batch`` call over al
 Overlap is the tail of the previous chunk (cut at a sentence or word start) carried into the
 next one; ``page``/``pages`` describe the chunk's own text, not that carried-over tail.
 
+Tables whose header is known (``Block.header_rows``: spreadsheets and CSV) are cut between rows
+only, every part opening with the header row, and such a part neither shares a chunk with the
+part before it nor gets an overlap tail (its header is its context). Other tables are cut like
+text (their first row need not be a header). Every chunk's ``metadata.type`` is ``table``,
+``code`` or ``text``: the kind of the blocks holding most of its own tokens, headings aside.
+
 Two strategies:
 
 * ``recursive`` packs across headings and pages; ``section`` is that of the chunk's first block;
@@ -118,6 +124,10 @@ class _Chunker:
         self.overlap = max(0, min(cfg.chunk_overlap, (self.size - 1) // 2))
         self.tokenizer = tokenizer
         self.additive = is_additive(tokenizer)
+        # what joining costs a tokenizer whose counts do not add up (0 for an additive one): a
+        # table is grouped with this slack, so the re-count of its chunk rarely cuts it again
+        newline, join = count_tokens(tokenizer, ["\n", "\n\n"]) if not self.additive else (0, 0)
+        self.line_cost, self.join_cost = newline, 2 * join
         self.strategy = cfg.strategy
 
     # -- cutting -------------------------------------------------------------------------------
@@ -206,7 +216,7 @@ class _Chunker:
         encoded = self._encode([text for _, text, _, _ in located])
         pieces: list[_Piece] = []
         oversize: list[tuple[_Piece, _Encoded, int]] = []  # and where its parts go
-        tables: list[tuple[_Piece, list[str], int]] = []  # oversize tables as groups of rows
+        tables: list[tuple[_Piece, list[_Encoded], int]] = []  # oversize tables as groups of rows
         headings_before = 0  # tokens of the headings right before this block
         for (block, text, section, anchor), (_, tokens, starts) in zip(located, encoded, strict=True):
             piece = _Piece(
@@ -230,12 +240,14 @@ class _Chunker:
             capacity = self.size - max(self.overlap, reserve)
             # (a headed table's parts get no overlap tail: see ``pack``)
             rows = (
-                _table_parts(text, starts, self.size - reserve, block.header_rows)
+                _table_parts(
+                    text, starts, self.size - reserve - self.join_cost, block.header_rows, self.line_cost
+                )
                 if block.header_rows
                 else []
             )
             if rows:
-                tables.append((piece, rows, self.size - reserve))
+                tables.append((piece, rows, self.size - reserve - self.join_cost))
             else:
                 oversize.append((piece, (text, tokens, starts), capacity))
             pieces.append(piece)  # replaced by its parts below
@@ -247,7 +259,7 @@ class _Chunker:
         self,
         pieces: list[_Piece],
         oversize: list[tuple[_Piece, _Encoded, int]],
-        tables: list[tuple[_Piece, list[str], int]],
+        tables: list[tuple[_Piece, list[_Encoded], int]],
     ) -> list[_Piece]:
         """``pieces`` with each oversize one replaced by its parts.
 
@@ -255,7 +267,10 @@ class _Chunker:
         part that still does not fit (one huge row) is cut like any text."""
         parts: dict[int, list[_Piece]] = {id(big): [big] for big, _, _ in oversize}
         owners = [id(big) for big, _, _ in oversize]  # whose parts each oversize piece is among
-        encoded_rows = iter(self._encode([group for _, groups, _ in tables for group in groups]))
+        counted = [group for _, groups, _ in tables for group in groups]
+        if not self.additive:  # the sums of the lines' counts are estimates: count for real
+            counted = self._encode([text for text, _, _ in counted])
+        encoded_rows = iter(counted)
         for table, groups, room in tables:
             parts[id(table)] = []
             for group_text, group_tokens, group_starts in (next(encoded_rows) for _ in groups):
@@ -410,10 +425,16 @@ class _Chunker:
         ]
 
 
-def _table_parts(text: str, starts: tuple[int, ...], capacity: int, header_rows: int) -> list[str]:
+def _table_parts(
+    text: str, starts: tuple[int, ...], capacity: int, header_rows: int, line_cost: int = 0
+) -> list[_Encoded]:
     """An oversize table's rows in groups of about ``capacity`` tokens (counted from the token
     offsets), each opening with the header row(s) (the first ``header_rows`` lines); [] when the
-    table cannot be cut that way (a header that takes half the room, fewer than two rows)."""
+    table cannot be cut that way (a header that takes half the room, fewer than two rows).
+
+    Each group comes with its token count and offsets as the sum of its lines' (exact for an
+    additive tokenizer, as the lines are joined at whitespace; re-encoded otherwise, and each line
+    then counted ``line_cost`` tokens more for its line break)."""
     lines = text.split("\n")
     if len(lines) < header_rows + 2:
         return []
@@ -421,20 +442,28 @@ def _table_parts(text: str, starts: tuple[int, ...], capacity: int, header_rows:
     for line in lines:
         bounds.append(bounds[-1] + len(line) + 1)
     firsts = [bisect_left(starts, b) for b in bounds]
-    counts = [b - a for a, b in pairwise(firsts)]
-    header, header_tokens = lines[:header_rows], sum(counts[:header_rows])
+    counts = [b - a + line_cost for a, b in pairwise(firsts)]
+    header_tokens = sum(counts[:header_rows])
     if header_tokens > capacity // 2:
         return []
-    groups: list[list[str]] = []
+    groups: list[list[int]] = []  # line numbers
     used = header_tokens
-    for line, tokens in zip(lines[header_rows:], counts[header_rows:], strict=True):
-        if groups and used + tokens <= capacity:
-            groups[-1].append(line)
-            used += tokens
+    for i in range(header_rows, len(lines)):
+        if groups and used + counts[i] <= capacity:
+            groups[-1].append(i)
+            used += counts[i]
         else:
-            groups.append([*header, line])
-            used = header_tokens + tokens
-    return ["\n".join(group) for group in groups]
+            groups.append([*range(header_rows), i])
+            used = header_tokens + counts[i]
+    out: list[_Encoded] = []
+    for group in groups:
+        offsets: list[int] = []
+        at = 0  # where line i starts in the group's text
+        for i in group:
+            offsets.extend(start - bounds[i] + at for start in starts[firsts[i] : firsts[i + 1]])
+            at += len(lines[i]) + 1
+        out.append(("\n".join(lines[i] for i in group), len(offsets), tuple(offsets)))
+    return out
 
 
 #: a chunk's ``metadata.type`` by the kind of the blocks that hold most of its tokens

@@ -42,8 +42,8 @@ def _header(msg: EmailMessage, name: str) -> str | None:
 def _attachments(msg: EmailMessage) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     for part in msg.iter_attachments():
-        payload = part.get_payload(decode=True)
-        size = len(payload) if isinstance(payload, bytes) else len(str(part.get_payload()))
+        payload = part.get_payload(decode=True)  # None for a forwarded message (message/rfc822)
+        size = len(payload) if isinstance(payload, bytes) else len(part.as_bytes())
         found.append({"filename": part.get_filename(), "content_type": part.get_content_type(), "size": size})
     return found
 

@@ -29,6 +29,8 @@ from .tables import cell_text
 from .zipguard import guard_zip
 
 PPTX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+#: slide headings are level 2: a deck without a title is then titled by its file name, not "Slide 1"
+_LEVEL = 2
 _TITLE_TYPES = (PP_PLACEHOLDER.TITLE, PP_PLACEHOLDER.CENTER_TITLE, PP_PLACEHOLDER.VERTICAL_TITLE)
 
 
@@ -75,7 +77,7 @@ def _slide_blocks(slide: Any, number: int) -> list[Block]:
         notes = _lines(notes_frame.text) if notes_frame is not None else ""
         if notes:
             body.append(Block(kind="paragraph", text=f"Notes: {notes}", page=number))
-    heading = Block(kind="heading", text=title or f"Slide {number}", level=1, page=number)
+    heading = Block(kind="heading", text=title or f"Slide {number}", level=_LEVEL, page=number)
     return [heading, *body] if body or title else []
 
 

@@ -45,6 +45,9 @@ from .zipguard import guard_zip
 
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CSV_MEDIA_TYPE = "text/csv"
+#: sheet headings are level 2, so that a workbook without a title is titled by its file name
+#: (the pipeline titles a document by a leading level-1 heading), not "Sheet1"
+SHEET_LEVEL = 2
 #: columns of a sheet that are read
 MAX_COLUMNS = 200
 #: characters of a CSV file the dialect is sniffed from
@@ -60,9 +63,11 @@ def _value(value: Any) -> Any:
     return value
 
 
-def _rows(sheet: Any) -> Iterator[tuple[Any, ...]]:
-    for row in sheet.iter_rows(max_col=MAX_COLUMNS, values_only=True):
-        yield tuple(_value(v) for v in row) if row else ()
+def _rows(sheet: Any) -> Iterator[list[Any]]:
+    # No max_col: openpyxl would pad every row to it. Without it (and without the declared
+    # dimension) a row is as wide as its last cell, and empty rows are empty.
+    for row in sheet.iter_rows(values_only=True):
+        yield [_value(v) for v in row[:MAX_COLUMNS]]
 
 
 def _finish(blocks: list[Block], stats: TableStats, kind: str, title: str | None) -> ParsedDocument:
@@ -95,7 +100,7 @@ class XlsxParser:
                     sheet.reset_dimensions()
                     tables = table_blocks(_rows(sheet), stats, name=sheet.title)
                     if tables:
-                        blocks.append(Block(kind="heading", text=sheet.title, level=1))
+                        blocks.append(Block(kind="heading", text=sheet.title, level=SHEET_LEVEL))
                         blocks.extend(tables)
                 title = (book.properties.title or "").strip() or None
             finally:
@@ -135,5 +140,5 @@ class CsvParser:
             tables = table_blocks(reader, stats, name=stem)
         except csv.Error as exc:  # e.g. a field over the csv module's 128 KiB limit
             raise PermanentError(f"could not read CSV: {exc}") from exc
-        blocks = [Block(kind="heading", text=stem, level=1), *tables] if tables else []
+        blocks = [Block(kind="heading", text=stem, level=SHEET_LEVEL), *tables] if tables else []
         return _finish(blocks, stats, "CSV", None)
