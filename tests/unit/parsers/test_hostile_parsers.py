@@ -12,7 +12,7 @@ import zipfile
 import pytest
 from lxml import etree
 
-from factories import docx_bytes, pdf_bytes, pptx_bytes, xlsx_bytes
+from factories import docx_bytes, epub_bytes, pdf_bytes, pptx_bytes, xlsx_bytes
 from lorebase.adapters.parsers import zipguard
 from lorebase.adapters.parsers.docx import DocxParser
 from lorebase.adapters.parsers.registry import DOCX, PDF, XLSX, detect_media_type, parse_bytes
@@ -143,9 +143,10 @@ def test_circular_xref_pdf_fails_with_a_readable_error() -> None:
     [
         ("PPTX", pptx_bytes([("Deck", ["A harmless slide."], "Notes.")]), "deck.pptx"),
         ("XLSX", xlsx_bytes({"Sheet": [["a", "b"], [1, 2]]}), "book.xlsx"),
+        ("EPUB", epub_bytes("Book", [("One", "<h1>One</h1><p>A harmless chapter.</p>")]), "book.epub"),
     ],
 )
-def test_pptx_and_xlsx_zip_bombs_are_refused_at_detection_and_by_their_parser(
+def test_pptx_xlsx_and_epub_zip_bombs_are_refused_at_detection_and_by_their_parser(
     kind: str, original: bytes, filename: str
 ) -> None:
     bomb = hostile.zip_bomb_of(original)

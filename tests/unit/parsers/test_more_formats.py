@@ -337,3 +337,22 @@ def test_the_new_types_are_supported_and_an_unknown_zip_is_refused() -> None:
         out.writestr("readme.txt", "hello")
     with pytest.raises(UnsupportedMediaType, match="not a Word, PowerPoint, Excel or EPUB document"):
         detect_media_type(buf.getvalue(), "archive.zip")
+
+
+def test_a_drm_encrypted_epub_fails_readably() -> None:
+    import zipfile
+
+    good = epub_bytes("Locked", [("One", "<h1>One</h1><p>Secret text.</p>")])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as source, zipfile.ZipFile(buf, "w") as out:
+        for item in source.infolist():
+            out.writestr(item, source.read(item))
+        out.writestr(
+            "META-INF/encryption.xml",
+            '<encryption xmlns="urn:oasis:names:tc:opendocument:xmlns:container" '
+            'xmlns:enc="http://www.w3.org/2001/04/xmlenc#"><enc:EncryptedData>'
+            '<enc:CipherData><enc:CipherReference URI="EPUB/chapter_1.xhtml"/></enc:CipherData>'
+            "</enc:EncryptedData></encryption>",
+        )
+    with pytest.raises(PermanentError, match=r"^could not read EPUB: its chapters are encrypted \(DRM\)"):
+        parse_bytes(buf.getvalue(), EPUB)

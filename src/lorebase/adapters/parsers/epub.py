@@ -2,15 +2,20 @@
 
 An EPUB is a zip holding XHTML chapters, an OPF package file (metadata, a manifest of parts, the
 *spine*: the reading order) and ``META-INF/container.xml`` pointing at the OPF. Read here with
-:mod:`zipfile` and lxml rather than ``ebooklib``: the archive is already open for ``zipguard``,
-only the container, the OPF and the spine's chapters need reading (ebooklib inflates and parses
-every item of the book, images included, before anything can be asked of it), and it is one
-dependency fewer at run time (ebooklib writes the test books).
+:mod:`zipfile` and lxml rather than ``ebooklib``. Not for speed — measured on a 60-chapter book,
+ebooklib reads the package in ~7 ms and the chapters' DOM walk (~0.1 s) dominates either way —
+but because the archive is already open for ``zipguard``, only the container, the OPF and the
+spine's chapters are inflated (ebooklib inflates every item into memory, images and fonts
+included), and it is one run-time dependency fewer (ebooklib writes the test books).
 
 Each chapter is a section: a heading with the chapter's title (its first heading, else its
 ``<title>``, else "Chapter N"), then the blocks of ``html_dom.dom_blocks`` — so headings, lists,
-tables and code carry over as they do for web pages. Boilerplate stripping is not needed (a
-chapter is all content) but is harmless. The book's title is the OPF's ``dc:title``.
+tables and code carry over as they do for web pages. Boilerplate stripping also drops ``<nav>``,
+so the EPUB 3 table of contents, which sits in the spine, is not indexed as a chapter. The
+book's title is the OPF's ``dc:title``.
+
+A DRM-protected book (its chapters listed in ``META-INF/encryption.xml``) fails readably
+instead of indexing ciphertext; fonts obfuscated the same way are not chapters and do not count.
 
 Hostile input: the zip is checked for a bomb, and every XML-ish part (``.xml``, ``.opf``,
 ``.ncx``, ``.xhtml``, ``.html``) for entity declarations, before anything is parsed
@@ -41,6 +46,7 @@ _NS = {
     "c": "urn:oasis:names:tc:opendocument:xmlns:container",
     "opf": "http://www.idpf.org/2007/opf",
     "dc": "http://purl.org/dc/elements/1.1/",
+    "enc": "http://www.w3.org/2001/04/xmlenc#",
 }
 _SAFE_XML = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
@@ -85,6 +91,16 @@ def _spine(opf_path: str, opf: Any) -> list[str]:
     return names
 
 
+def _encrypted(archive: zipfile.ZipFile) -> set[str]:
+    """Zip names that ``META-INF/encryption.xml`` lists as encrypted (DRM, or obfuscated fonts)."""
+    if "META-INF/encryption.xml" not in archive.namelist():
+        return set()
+    root = _xml(archive, "META-INF/encryption.xml")
+    return {
+        posixpath.normpath(unquote(uri)) for uri in root.xpath("//enc:CipherReference/@URI", namespaces=_NS)
+    }
+
+
 def _chapter(data: bytes, number: int) -> list[Block]:
     root = parse_dom(decode_html(data))
     title = page_title(root)
@@ -118,6 +134,9 @@ class EpubParser:
                 check_xml_parts(archive, kind="EPUB", suffixes=_XML_PARTS, allow_doctype=True)
                 opf_path, opf = _package(archive)
                 chapters = _spine(opf_path, opf)
+                encrypted = _encrypted(archive)
+                if locked := [name for name in chapters if name in encrypted]:
+                    raise _Unreadable(f"its chapters are encrypted (DRM), e.g. {locked[0]}")
                 for number, name in enumerate(chapters, 1):
                     try:
                         content = archive.read(name)
