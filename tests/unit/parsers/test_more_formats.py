@@ -356,3 +356,10 @@ def test_a_drm_encrypted_epub_fails_readably() -> None:
         )
     with pytest.raises(PermanentError, match=r"^could not read EPUB: its chapters are encrypted \(DRM\)"):
         parse_bytes(buf.getvalue(), EPUB)
+
+
+def test_the_cli_ingests_a_folder_by_the_parsers_own_extensions() -> None:
+    from lorebase.adapters.parsers.registry import SUPPORTED_EXTENSIONS
+    from lorebase.cli.paths import SUFFIXES
+
+    assert SUFFIXES == SUPPORTED_EXTENSIONS

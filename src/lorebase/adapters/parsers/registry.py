@@ -96,6 +96,9 @@ _EXTENSIONS = {
     ".eml": EML,
 }
 
+#: file extensions recognised (``lorebase ingest`` picks a folder's files by them)
+SUPPORTED_EXTENSIONS = frozenset(_EXTENSIONS)
+
 #: declared content types (and common aliases) we accept, mapped to the canonical one
 _DECLARED = {
     PLAIN: PLAIN,
