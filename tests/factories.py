@@ -43,3 +43,110 @@ def html_page(title: str, heading: str, body: str) -> bytes:
 <table><tr><th>Layer</th><th>Depth</th></tr><tr><td>Crust</td><td>35 km</td></tr></table>
 <pre><code>measure --depth 35</code></pre></article></main>
 <footer>Copyright 2026 Example Org. All rights reserved.</footer></body></html>""".encode()
+
+
+def pptx_bytes(
+    slides: list[tuple[str | None, list[str], str | None]], table: list[list[str]] | None = None
+) -> bytes:
+    """A python-pptx deck: per slide (title or None, body lines, speaker notes or None); ``table``
+    goes on one more slide, without a title."""
+    from pptx import Presentation
+    from pptx.util import Inches
+
+    deck = Presentation()
+    deck.core_properties.title = ""
+    for title, lines, notes in slides:
+        slide = deck.slides.add_slide(deck.slide_layouts[1 if title else 6])
+        if title:
+            slide.shapes.title.text = title
+            slide.placeholders[1].text = "\n".join(lines)
+        elif lines:
+            box = slide.shapes.add_textbox(Inches(1), Inches(1), Inches(6), Inches(2))
+            box.text_frame.text = "\n".join(lines)
+        if notes:
+            slide.notes_slide.notes_text_frame.text = notes
+    if table:
+        slide = deck.slides.add_slide(deck.slide_layouts[6])
+        shape = slide.shapes.add_table(len(table), len(table[0]), Inches(1), Inches(1), Inches(6), Inches(3))
+        for r, row in enumerate(table):
+            for c, value in enumerate(row):
+                shape.table.cell(r, c).text = value
+    buf = io.BytesIO()
+    deck.save(buf)
+    return buf.getvalue()
+
+
+def xlsx_bytes(sheets: dict[str, list[list[object]]], title: str | None = None) -> bytes:
+    """An openpyxl workbook with one sheet per entry (rows as given: numbers stay numbers)."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.remove(book.active)
+    for name, rows in sheets.items():
+        sheet = book.create_sheet(name)
+        for row in rows:
+            sheet.append(row)
+    if title:
+        book.properties.title = title
+    buf = io.BytesIO()
+    book.save(buf)
+    return buf.getvalue()
+
+
+def csv_bytes(rows: list[list[object]], delimiter: str = ",", encoding: str = "utf-8") -> bytes:
+    import csv
+
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter).writerows(rows)
+    return buf.getvalue().encode(encoding)
+
+
+def epub_bytes(title: str, chapters: list[tuple[str, str]]) -> bytes:
+    """An ebooklib book: chapters as (title, XHTML body), in spine order after the nav page."""
+    from ebooklib import epub
+
+    book = epub.EpubBook()
+    book.set_identifier(f"urn:test:{title}")
+    book.set_title(title)
+    book.set_language("en")
+    items = []
+    for i, (name, body) in enumerate(chapters, 1):
+        item = epub.EpubHtml(title=name, file_name=f"chapter_{i}.xhtml", lang="en")
+        item.content = body
+        book.add_item(item)
+        items.append(item)
+    book.toc = tuple(items)
+    book.add_item(epub.EpubNcx())
+    book.add_item(epub.EpubNav())
+    book.spine = ["nav", *items]
+    buf = io.BytesIO()
+    epub.write_epub(buf, book)
+    return buf.getvalue()
+
+
+def eml_bytes(
+    subject: str,
+    body: str,
+    *,
+    html: str | None = None,
+    attachments: list[tuple[str, str, bytes]] | None = None,
+) -> bytes:
+    """A stdlib ``email`` message; ``html`` adds an HTML alternative (or is the only body when
+    ``body`` is empty); attachments are (filename, content type, bytes)."""
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"] = "Ada Lovelace <ada@example.org>"
+    msg["To"] = "Charles Babbage <charles@example.org>"
+    msg["Subject"] = subject
+    msg["Date"] = "Mon, 07 Dec 2026 10:00:00 +0000"
+    if body:
+        msg.set_content(body)
+        if html:
+            msg.add_alternative(html, subtype="html")
+    elif html:
+        msg.set_content(html, subtype="html")
+    for filename, content_type, data in attachments or []:
+        maintype, subtype = content_type.split("/", 1)
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return msg.as_bytes()

@@ -375,18 +375,27 @@ class ParseSettings(BaseModel):
         "fails its document.",
     )
     zip_max_entries: int = Field(
-        10_000, ge=1, description="Entries a DOCX (zip) may hold before it is refused unparsed."
+        10_000,
+        ge=1,
+        description="Entries a zip-based document (DOCX, PPTX, XLSX, EPUB) may hold before it is refused unparsed.",
     )
     zip_max_uncompressed_bytes: int = Field(
         512 * 1024**2,
         ge=1,
-        description="Total declared uncompressed size a DOCX (zip) may have before it is refused.",
+        description="Total declared uncompressed size a zip-based document (DOCX, PPTX, XLSX, EPUB) may "
+        "have before it is refused.",
     )
     zip_max_ratio: float = Field(
         200.0,
         gt=1,
         description="Highest compression ratio of a zip entry (uncompressed / compressed) before the "
         "file is refused as a zip bomb.",
+    )
+    max_table_rows: int = Field(
+        100_000,
+        ge=1,
+        description="Rows of a spreadsheet or CSV file (all sheets together) that are indexed; the "
+        "rest of the file is dropped and the document's metadata says so (`warnings`).",
     )
 
 

@@ -192,3 +192,56 @@ def test_hostile_uploads_are_refused_or_fail_alone_and_the_worker_keeps_indexing
         client, headers, files=[("files", ("later.md", b"# Later\n\nStill indexing.\n", "text/markdown"))]
     )
     assert wait_pipeline(client, headers, later["pipeline_id"])["status"] == "completed"
+
+
+def test_new_formats_in_the_parse_pool_keep_the_row_cap_and_refuse_zip_bombs() -> None:
+    """The row cap reaches the parse processes (``ParseLimits.max_table_rows``); a PPTX zip bomb
+    that skipped upload detection (crawled) fails its document; an XLSX with a cell at row
+    1,000,000 is parsed quickly."""
+    import io
+
+    from openpyxl import Workbook
+
+    from factories import csv_bytes, pptx_bytes
+
+    far = Workbook()
+    far.active.append(["Fruit", "Count"])
+    far.active.append(["Quince", 3])
+    far.active.cell(row=1_000_000, column=1, value="far away")
+    far_bytes = io.BytesIO()
+    far.save(far_bytes)
+    rows = [["n", "square"], *[[i, i * i] for i in range(20)]]
+    pool = ParsePool(1, limits=ParseLimits(60, 30, 2048, ZIP_DEFAULTS, max_table_rows=6))
+    try:
+        pool.start(wait=True)
+        capped, bomb, sparse = pool.prepare_all(
+            [
+                (csv_bytes(rows), "text/csv", "squares.csv", CFG, SPEC, 256),
+                (
+                    hostile.zip_bomb_of(pptx_bytes([("Deck", ["Slide text."], None)])),
+                    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+                    "deck.pptx",
+                    CFG,
+                    SPEC,
+                    256,
+                ),
+                (
+                    far_bytes.getvalue(),
+                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+                    "far.xlsx",
+                    CFG,
+                    SPEC,
+                    256,
+                ),
+            ]
+        )
+        assert isinstance(capped, Prepared)
+        text = "\n".join(d.text for d in capped.drafts)
+        assert "4 | 16" in text and "5 | 25" not in text  # the header and 5 rows
+        assert isinstance(bomb, PermanentError)
+        assert bomb.message == "refused: the PPTX would expand to 1.2 GB (limit 512 MB)"
+        assert isinstance(sparse, Prepared)
+        assert [d.text for d in sparse.drafts] == ["Sheet\n\nFruit | Count\nQuince | 3"]
+        assert [d.metadata["type"] for d in sparse.drafts] == ["table"]
+    finally:
+        pool.shutdown()

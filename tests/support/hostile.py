@@ -7,6 +7,8 @@ explode, an executable named ``.pdf``.
   bomb: each record, read alone, inflates to the full run of zeros with a valid CRC). With the
   defaults the file is ~120 KB and declares ~1.2 GB uncompressed. :mod:`zipfile` writes it:
   the extra records are appended to ``ZipFile.filelist`` before the directory is written.
+* :func:`zip_bomb_of` — the same bomb added to another zip document (a python-pptx deck, an
+  openpyxl workbook).
 * :func:`ratio_bomb_docx` — an honest single entry of zeros: refused by its compression ratio.
 * :func:`billion_laughs_docx` — ``word/document.xml`` opens with a DOCTYPE of ten nested
   ``<!ENTITY>`` declarations (10^10 "lol"s once expanded).
@@ -55,12 +57,13 @@ def _rewrite_docx(
     *,
     text: str = "A harmless paragraph.",
     change: Callable[[zipfile.ZipInfo, bytes], bytes] | None = None,
+    original: bytes | None = None,
 ) -> bytes:
-    """A copy of a small python-docx document, each part passed through ``change`` and then
-    ``add`` given the archive to put more entries in."""
+    """A copy of a small python-docx document (or of ``original``, another zip document), each
+    part passed through ``change`` and then ``add`` given the archive to put more entries in."""
     buf = io.BytesIO()
     with (
-        zipfile.ZipFile(io.BytesIO(_small_docx(text))) as source,
+        zipfile.ZipFile(io.BytesIO(original or _small_docx(text))) as source,
         zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out,
     ):
         for item in source.infolist():
@@ -80,6 +83,17 @@ def zip_bomb_docx(entry_mib: int = 100, copies: int = 12) -> bytes:
             out.filelist.append(copy.copy(zeros))  # another directory record, same local entry
 
     return _rewrite_docx(add)
+
+
+def zip_bomb_of(original: bytes, entry_mib: int = 100, copies: int = 12) -> bytes:
+    """:func:`zip_bomb_docx` built on another zip document (a PPTX, an XLSX) made by its own tool."""
+
+    def add(out: zipfile.ZipFile) -> None:
+        zeros = _zeros_entry(out, "docProps/zeros.bin", entry_mib)
+        for _ in range(copies - 1):
+            out.filelist.append(copy.copy(zeros))
+
+    return _rewrite_docx(add, original=original)
 
 
 def ratio_bomb_docx(mib: int = 20) -> bytes:

@@ -7,7 +7,26 @@ from pathlib import Path
 
 from lorebase.errors import InvalidInput
 
-SUFFIXES = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx"}
+#: the parsers' extensions (``registry.SUPPORTED_EXTENSIONS``; a test keeps the two equal without
+#: the CLI importing every parser library)
+SUFFIXES = {
+    ".txt",
+    ".text",
+    ".md",
+    ".markdown",
+    ".mkd",
+    ".html",
+    ".htm",
+    ".xhtml",
+    ".pdf",
+    ".docx",
+    ".pptx",
+    ".xlsx",
+    ".csv",
+    ".tsv",
+    ".epub",
+    ".eml",
+}
 
 
 def is_url(raw: str) -> bool:
@@ -36,7 +55,7 @@ def collect(paths: list[str]) -> list[tuple[Path, str]]:
         else:
             raise InvalidInput(f"{raw}: no such file or folder")
     if not out:
-        raise InvalidInput("no supported files found (txt, md, html, pdf, docx)")
+        raise InvalidInput("no supported files found (txt, md, html, pdf, docx, pptx, xlsx, csv, epub, eml)")
     return out
 
 

@@ -11,6 +11,12 @@ that fits, found with the token offsets of the one ``encode_batch`` call over al
 Overlap is the tail of the previous chunk (cut at a sentence or word start) carried into the
 next one; ``page``/``pages`` describe the chunk's own text, not that carried-over tail.
 
+Tables whose header is known (``Block.header_rows``: spreadsheets and CSV) are cut between rows
+only, every part opening with the header row, and such a part neither shares a chunk with the
+part before it nor gets an overlap tail (its header is its context). Other tables are cut like
+text (their first row need not be a header). Every chunk's ``metadata.type`` is ``table``,
+``code`` or ``text``: the kind of the blocks holding most of its own tokens, headings aside.
+
 Two strategies:
 
 * ``recursive`` packs across headings and pages; ``section`` is that of the chunk's first block;
@@ -33,6 +39,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -105,6 +112,8 @@ class _Piece:
     anchor: str | None
     heading: bool = False
     tail: bool = False
+    kind: str = "paragraph"  # the block's kind (``Block.kind``)
+    header_rows: int = 0  # a table's header lines, repeated atop each part it is cut into
 
 
 class _Chunker:
@@ -115,6 +124,10 @@ class _Chunker:
         self.overlap = max(0, min(cfg.chunk_overlap, (self.size - 1) // 2))
         self.tokenizer = tokenizer
         self.additive = is_additive(tokenizer)
+        # what joining costs a tokenizer whose counts do not add up (0 for an additive one): a
+        # table is grouped with this slack, so the re-count of its chunk rarely cuts it again
+        newline, join = count_tokens(tokenizer, ["\n", "\n\n"]) if not self.additive else (0, 0)
+        self.line_cost, self.join_cost = newline, 2 * join
         self.strategy = cfg.strategy
 
     # -- cutting -------------------------------------------------------------------------------
@@ -203,9 +216,20 @@ class _Chunker:
         encoded = self._encode([text for _, text, _, _ in located])
         pieces: list[_Piece] = []
         oversize: list[tuple[_Piece, _Encoded, int]] = []  # and where its parts go
+        tables: list[tuple[_Piece, list[_Encoded], int]] = []  # oversize tables as groups of rows
         headings_before = 0  # tokens of the headings right before this block
         for (block, text, section, anchor), (_, tokens, starts) in zip(located, encoded, strict=True):
-            piece = _Piece(text, tokens, starts, block.page, section, anchor, block.kind == "heading")
+            piece = _Piece(
+                text,
+                tokens,
+                starts,
+                block.page,
+                section,
+                anchor,
+                block.kind == "heading",
+                kind=block.kind,
+                header_rows=block.header_rows,
+            )
             # Room kept for the headings that open the chunk, so a heading is never left alone.
             reserve = min(headings_before, self.size // 2)
             headings_before = headings_before + tokens if piece.heading else 0
@@ -213,21 +237,56 @@ class _Chunker:
                 pieces.append(piece)
                 continue
             # Cut so that a part plus an overlap tail (or the headings) still fits a chunk.
-            oversize.append((piece, (text, tokens, starts), self.size - max(self.overlap, reserve)))
+            capacity = self.size - max(self.overlap, reserve)
+            # (a headed table's parts get no overlap tail: see ``pack``)
+            rows = (
+                _table_parts(
+                    text, starts, self.size - reserve - self.join_cost, block.header_rows, self.line_cost
+                )
+                if block.header_rows
+                else []
+            )
+            if rows:
+                tables.append((piece, rows, self.size - reserve - self.join_cost))
+            else:
+                oversize.append((piece, (text, tokens, starts), capacity))
             pieces.append(piece)  # replaced by its parts below
-        if not oversize:
+        if not oversize and not tables:
             return pieces
-        fitted = iter(self._fit([(encoded, capacity) for _, encoded, capacity in oversize]))
-        cut = {id(piece) for piece, _, _ in oversize}
+        return self._replace_oversize(pieces, oversize, tables)
+
+    def _replace_oversize(
+        self,
+        pieces: list[_Piece],
+        oversize: list[tuple[_Piece, _Encoded, int]],
+        tables: list[tuple[_Piece, list[_Encoded], int]],
+    ) -> list[_Piece]:
+        """``pieces`` with each oversize one replaced by its parts.
+
+        A table is cut between rows, its header row opening every part (``_table_parts``); a
+        part that still does not fit (one huge row) is cut like any text."""
+        parts: dict[int, list[_Piece]] = {id(big): [big] for big, _, _ in oversize}
+        owners = [id(big) for big, _, _ in oversize]  # whose parts each oversize piece is among
+        counted = [group for _, groups, _ in tables for group in groups]
+        if not self.additive:  # the sums of the lines' counts are estimates: count for real
+            counted = self._encode([text for text, _, _ in counted])
+        encoded_rows = iter(counted)
+        for table, groups, room in tables:
+            parts[id(table)] = []
+            for group_text, group_tokens, group_starts in (next(encoded_rows) for _ in groups):
+                part = replace(table, text=group_text, tokens=group_tokens, starts=group_starts)
+                if group_tokens > room:
+                    oversize.append((part, (group_text, group_tokens, group_starts), room))
+                    owners.append(id(table))
+                parts[id(table)].append(part)
+        fitted = self._fit([(encoded, room) for _, encoded, room in oversize])
+        for (big, _, _), owner, cut in zip(oversize, owners, fitted, strict=True):
+            siblings = parts[owner]
+            at = next(i for i, p in enumerate(siblings) if p is big)
+            siblings[at : at + 1] = [replace(big, text=t, tokens=n, starts=st) for t, n, st in cut]
         out: list[_Piece] = []
         for piece in pieces:
-            if id(piece) not in cut:
-                out.append(piece)
-                continue
-            out.extend(
-                replace(piece, text=text, tokens=tokens, starts=starts)
-                for text, tokens, starts in next(fitted)
-            )
+            out.extend(parts.get(id(piece), [piece]))
         return out
 
     # -- overlap -------------------------------------------------------------------------------
@@ -291,7 +350,11 @@ class _Chunker:
         current: list[_Piece] = []
         used = 0
         for piece in pieces:
-            if current and used + piece.tokens > self.size:
+            # A table with a known header never shares a chunk with the part before it (each
+            # part repeats the header; two in one chunk would say it twice).
+            if current and (
+                used + piece.tokens > self.size or (piece.header_rows and current[-1].header_rows)
+            ):
                 # Headings at the end of a full chunk belong to what follows them.
                 carried: list[_Piece] = []
                 while current and current[-1].heading and len(current) > 1:
@@ -301,7 +364,10 @@ class _Chunker:
                     current.extend(carried)
                     carried, carried_tokens = [], 0
                 chunks.append(current)
-                head = carried or self._tail(current, self.size - piece.tokens)
+                if carried or (piece.header_rows and current[-1].header_rows):
+                    head = carried  # a table part opens with its header, not the rows before it
+                else:
+                    head = self._tail(current, self.size - piece.tokens)
                 current = list(head)
                 used = sum(p.tokens for p in current)
             current.append(piece)
@@ -335,7 +401,7 @@ class _Chunker:
                 continue
             own = [p for p in group if not p.tail] or group
             ref = own[-1] if self.strategy == "structure" else own[0]
-            meta: dict[str, Any] = {"section": list(ref.section)}
+            meta: dict[str, Any] = {"section": list(ref.section), "type": _chunk_type(own)}
             if ref.anchor:
                 meta["anchor"] = ref.anchor
             pages = sorted({p.page for p in own if p.page is not None})
@@ -357,6 +423,60 @@ class _Chunker:
             for parts, meta in zip(fitted, metas, strict=True)
             for text, tokens, _ in parts
         ]
+
+
+def _table_parts(
+    text: str, starts: tuple[int, ...], capacity: int, header_rows: int, line_cost: int = 0
+) -> list[_Encoded]:
+    """An oversize table's rows in groups of about ``capacity`` tokens (counted from the token
+    offsets), each opening with the header row(s) (the first ``header_rows`` lines); [] when the
+    table cannot be cut that way (a header that takes half the room, fewer than two rows).
+
+    Each group comes with its token count and offsets as the sum of its lines' (exact for an
+    additive tokenizer, as the lines are joined at whitespace; re-encoded otherwise, and each line
+    then counted ``line_cost`` tokens more for its line break)."""
+    lines = text.split("\n")
+    if len(lines) < header_rows + 2:
+        return []
+    bounds: list[int] = [0]
+    for line in lines:
+        bounds.append(bounds[-1] + len(line) + 1)
+    firsts = [bisect_left(starts, b) for b in bounds]
+    counts = [b - a + line_cost for a, b in pairwise(firsts)]
+    header_tokens = sum(counts[:header_rows])
+    if header_tokens > capacity // 2:
+        return []
+    groups: list[list[int]] = []  # line numbers
+    used = header_tokens
+    for i in range(header_rows, len(lines)):
+        if groups and used + counts[i] <= capacity:
+            groups[-1].append(i)
+            used += counts[i]
+        else:
+            groups.append([*range(header_rows), i])
+            used = header_tokens + counts[i]
+    out: list[_Encoded] = []
+    for group in groups:
+        offsets: list[int] = []
+        at = 0  # where line i starts in the group's text
+        for i in group:
+            offsets.extend(start - bounds[i] + at for start in starts[firsts[i] : firsts[i + 1]])
+            at += len(lines[i]) + 1
+        out.append(("\n".join(lines[i] for i in group), len(offsets), tuple(offsets)))
+    return out
+
+
+#: a chunk's ``metadata.type`` by the kind of the blocks that hold most of its tokens
+_TYPES = {"table": "table", "code": "code"}
+
+
+def _chunk_type(own: list[_Piece]) -> str:
+    """``table``, ``code`` or ``text`` (DESIGN §7): the kind with most of the chunk's own tokens,
+    headings aside (a sheet's name above its rows does not make the chunk text)."""
+    weights: dict[str, int] = {}
+    for p in [p for p in own if not p.heading] or own:
+        weights[_TYPES.get(p.kind, "text")] = weights.get(_TYPES.get(p.kind, "text"), 0) + p.tokens
+    return max(weights, key=lambda t: weights[t])
 
 
 def chunk(

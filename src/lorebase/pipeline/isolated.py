@@ -47,7 +47,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from lorebase import faults
-from lorebase.adapters.parsers import zipguard
+from lorebase.adapters.parsers import tables, zipguard
 from lorebase.adapters.parsers.document import ParsedDocument
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.child import end_with_parent, lower_priority
@@ -74,11 +74,16 @@ class ParseLimits:
     max_cpu_seconds: int
     max_memory_mb: int
     zip: zipguard.ZipLimits
+    max_table_rows: int = ParseSettings().max_table_rows
 
     @classmethod
     def of(cls, parse: ParseSettings) -> ParseLimits:
         return cls(
-            parse.max_seconds, parse.max_cpu_seconds, parse.max_memory_mb, zipguard.ZipLimits.of(parse)
+            parse.max_seconds,
+            parse.max_cpu_seconds,
+            parse.max_memory_mb,
+            zipguard.ZipLimits.of(parse),
+            parse.max_table_rows,
         )
 
     def cpu_message(self) -> str:
@@ -198,6 +203,7 @@ def _child_main(conn: Connection, niceness: int, parent: int, limits: ParseLimit
     """A parse process: warm up, then parse one document per message until told to stop."""
     _start_child(niceness, parent)
     zipguard.set_limits(limits.zip)
+    tables.set_max_rows(limits.max_table_rows)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a parser killed by a limit dumps no core
     conn.send(("ready", _vm_bytes("VmRSS")))
@@ -403,7 +409,7 @@ class ParsePool:
         for another reason raises a :class:`TransientError` for the whole lot (the job is retried).
         """
         if self.processes <= 0 or not work:
-            with zipguard.use_limits(self.limits.zip):
+            with zipguard.use_limits(self.limits.zip), tables.use_max_rows(self.limits.max_table_rows):
                 answers = [_prepare_in_child(*args) for args in work]
             return [value if outcome == "ok" else PermanentError(value) for outcome, value in answers]
         if len(work) == 1:

@@ -31,7 +31,8 @@ class ChunkDraft:
     """A chunk before it is saved: text, its token count and metadata.
 
     metadata keys: ``section`` (list of heading texts, outermost first), ``page`` (first page,
-    1-based) and ``pages`` (all pages spanned) for paged formats, ``anchor`` of the nearest heading.
+    1-based) and ``pages`` (all pages spanned) for paged formats, ``anchor`` of the nearest heading,
+    ``type`` (``text``, ``table`` or ``code``; see ``chunk.py``).
     """
 
     text: str

@@ -12,10 +12,10 @@ import zipfile
 import pytest
 from lxml import etree
 
-from factories import docx_bytes, pdf_bytes
+from factories import docx_bytes, epub_bytes, pdf_bytes, pptx_bytes, xlsx_bytes
 from lorebase.adapters.parsers import zipguard
 from lorebase.adapters.parsers.docx import DocxParser
-from lorebase.adapters.parsers.registry import DOCX, PDF, detect_media_type, parse_bytes
+from lorebase.adapters.parsers.registry import DOCX, PDF, XLSX, detect_media_type, parse_bytes
 from lorebase.errors import PayloadTooLarge, PermanentError, UnsupportedMediaType
 from lorebase.settings import ParseSettings
 from support import hostile
@@ -136,3 +136,43 @@ def test_circular_xref_pdf_fails_with_a_readable_error() -> None:
     assert detect_media_type(data, "loop.pdf") == PDF
     with pytest.raises(PermanentError, match=r"^could not read PDF: .+"):
         parse_bytes(data, PDF, "loop.pdf")
+
+
+@pytest.mark.parametrize(
+    ("kind", "original", "filename"),
+    [
+        ("PPTX", pptx_bytes([("Deck", ["A harmless slide."], "Notes.")]), "deck.pptx"),
+        ("XLSX", xlsx_bytes({"Sheet": [["a", "b"], [1, 2]]}), "book.xlsx"),
+        ("EPUB", epub_bytes("Book", [("One", "<h1>One</h1><p>A harmless chapter.</p>")]), "book.epub"),
+    ],
+)
+def test_pptx_xlsx_and_epub_zip_bombs_are_refused_at_detection_and_by_their_parser(
+    kind: str, original: bytes, filename: str
+) -> None:
+    bomb = hostile.zip_bomb_of(original)
+    assert len(bomb) < 200_000
+    message = f"refused: the {kind} would expand to 1.2 GB (limit 512 MB)"
+    with pytest.raises(PayloadTooLarge) as caught:
+        detect_media_type(bomb, filename)
+    assert caught.value.status_code == 413 and caught.value.message == message
+    media_type = detect_media_type(bomb, filename, limits=None)  # the crawler's call
+    with pytest.raises(PermanentError) as failed:
+        parse_bytes(bomb, media_type, filename)
+    assert failed.value.message == message
+    assert parse_bytes(original, media_type, filename).blocks  # the same file without the bomb
+
+
+def test_an_xlsx_with_entity_declarations_is_refused_before_openpyxl_reads_it() -> None:
+    original = xlsx_bytes({"Sheet": [["a", "b"], [1, 2]]})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(original)) as source, zipfile.ZipFile(buf, "w") as out:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = hostile.BILLION_LAUGHS_PROLOG + data  # openpyxl writes no XML declaration
+            out.writestr(item, data)
+    with pytest.raises(PermanentError) as caught:
+        parse_bytes(buf.getvalue(), XLSX, "laughs.xlsx")
+    assert caught.value.message == (
+        "refused: the XLSX contains XML entity declarations (a billion-laughs attack?) in xl/worksheets/sheet1.xml"
+    )

@@ -18,7 +18,10 @@ class Block:
     ``text`` is plain text with light markdown conventions: list items start with "- " or
     "1. ", table rows are "a | b | c" lines, code keeps its line breaks. ``level`` is the
     heading level (1-6) for headings and 0 otherwise. ``page`` is 1-based for paged formats.
-    ``anchor`` is the element id of a heading when the source has one (HTML).
+    ``anchor`` is the element id of a heading when the source has one (HTML). ``header_rows``
+    is the number of leading lines of a table block that are its header row(s) (spreadsheets
+    and CSV: 1; 0 when unknown): the chunk stage repeats them at the top of every part when it
+    has to cut the table.
     """
 
     kind: BlockKind
@@ -26,6 +29,7 @@ class Block:
     level: int = 0
     page: int | None = None
     anchor: str | None = None
+    header_rows: int = 0
 
 
 @dataclass(slots=True)

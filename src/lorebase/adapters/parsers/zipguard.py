@@ -1,4 +1,4 @@
-"""Zip-based documents (DOCX) inspected before anything decompresses them.
+"""Zip-based documents (DOCX, PPTX, XLSX, EPUB) inspected before anything decompresses them.
 
 A zip's central directory declares, for every entry, its compressed and uncompressed sizes.
 Reading it costs nothing (no entry is inflated), and Python's :mod:`zipfile` — which
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.ElementTree import DefusedXMLParser
 
+from lorebase.errors import PermanentError
 from lorebase.settings import ParseSettings
 
 #: entries smaller than this (uncompressed) are not ratio-checked
@@ -141,7 +142,7 @@ class _PrologTarget:
         pass
 
 
-def _check_xml_part(stream: io.BufferedIOBase, name: str, kind: str) -> None:
+def _check_xml_part(stream: io.BufferedIOBase, name: str, kind: str, allow_doctype: bool = False) -> None:
     parser = DefusedXMLParser(
         target=_PrologTarget(), forbid_dtd=False, forbid_entities=True, forbid_external=True
     )
@@ -169,19 +170,41 @@ def _check_xml_part(stream: io.BufferedIOBase, name: str, kind: str) -> None:
         raise ZipRefused(f"refused: the {kind} contains a DTD in {name}") from exc
     except Exception:  # malformed XML: python-docx reports it with its own message
         return
-    if doctype:
+    if doctype and not allow_doctype:
         raise ZipRefused(f"refused: the {kind} contains a DTD (<!DOCTYPE>) in {name}, which OOXML forbids")
 
 
-def check_xml_parts(archive: zipfile.ZipFile, *, kind: str = "DOCX") -> None:
-    """Raise :class:`ZipRefused` if an XML part declares a DTD or entities (reads prologs only)."""
+def check_xml_parts(
+    archive: zipfile.ZipFile,
+    *,
+    kind: str = "DOCX",
+    suffixes: tuple[str, ...] = _XML_SUFFIXES,
+    allow_doctype: bool = False,
+) -> None:
+    """Raise :class:`ZipRefused` if an XML part (a name ending in one of ``suffixes``) declares
+    entities, or a DTD unless ``allow_doctype`` (EPUB's XHTML chapters and NCX carry a plain
+    ``<!DOCTYPE>``; OOXML parts never do). Reads prologs only."""
     for info in archive.infolist():
-        if info.is_dir() or not info.filename.lower().endswith(_XML_SUFFIXES):
+        if info.is_dir() or not info.filename.lower().endswith(suffixes):
             continue
         try:
             with archive.open(info) as stream:
-                _check_xml_part(stream, info.filename, kind)  # type: ignore[arg-type]
+                _check_xml_part(stream, info.filename, kind, allow_doctype)  # type: ignore[arg-type]
         except ZipRefused:
             raise
         except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError):
             continue  # an unreadable part: python-docx fails on it with its own message
+
+
+def guard_zip(data: bytes, kind: str) -> None:
+    """:func:`check_archive` and :func:`check_xml_parts` for a parser, as a :class:`PermanentError`.
+
+    A damaged zip passes: the library that opens it next says what is wrong, in its own words."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            check_archive(archive, kind=kind)
+            check_xml_parts(archive, kind=kind)
+    except ZipRefused as exc:
+        raise PermanentError(str(exc)) from None
+    except (zipfile.BadZipFile, ValueError, OSError):
+        pass
