@@ -304,6 +304,14 @@ class AsyncClient:
     async def queue(self) -> m.QueueStats:
         return await self.call(calls.queue())
 
+    async def get_workspace(self) -> m.WorkspaceInfo:
+        """The key's workspace: its tier (priority, worker pool) and retention."""
+        return await self.call(calls.get_workspace())
+
+    async def patch_workspace(self, **fields: Any) -> m.WorkspaceInfo:
+        """``priority``, ``pool`` (None: the default workers), ``retention`` (admin scope)."""
+        return await self.call(calls.patch_workspace(**fields))
+
     async def list_keys(self) -> m.Page[m.ApiKey]:
         return await self.call(calls.list_keys())
 

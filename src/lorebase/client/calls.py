@@ -286,6 +286,19 @@ def queue() -> Call[m.QueueStats]:
     return Call("GET", path("/queue"), model(m.QueueStats))
 
 
+# the workspace (GET: read scope; PATCH: admin)
+
+
+def get_workspace() -> Call[m.WorkspaceInfo]:
+    return Call("GET", path("/workspace"), model(m.WorkspaceInfo))
+
+
+def patch_workspace(**fields: Any) -> Call[m.WorkspaceInfo]:
+    """Only the fields given change; ``pool=None`` puts the workspace back on the default workers
+    (so no None-dropping ``body`` here)."""
+    return Call("PATCH", path("/workspace"), model(m.WorkspaceInfo), "safe", json=dict(fields))
+
+
 # keys (admin scope)
 
 

@@ -250,6 +250,16 @@ class QueueStats(ApiModel):
     throughput_per_hour: int | None = None
 
 
+class WorkspaceInfo(ApiModel):
+    """``GET/PATCH /api/v1/workspace``: the tier and the retention (days; None: the default)."""
+
+    id: str
+    name: str
+    priority: int = 0
+    pool: str | None = None
+    retention: dict[str, float | None] = Field(default_factory=dict)
+
+
 class ApiKey(ApiModel):
     id: str
     prefix: str

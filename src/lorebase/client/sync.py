@@ -297,6 +297,14 @@ class Client:
     def queue(self) -> m.QueueStats:
         return self.call(calls.queue())
 
+    def get_workspace(self) -> m.WorkspaceInfo:
+        """The key's workspace: its tier (priority, worker pool) and retention."""
+        return self.call(calls.get_workspace())
+
+    def patch_workspace(self, **fields: Any) -> m.WorkspaceInfo:
+        """``priority``, ``pool`` (None: the default workers), ``retention`` (admin scope)."""
+        return self.call(calls.patch_workspace(**fields))
+
     def list_keys(self) -> m.Page[m.ApiKey]:
         return self.call(calls.list_keys())
 
