@@ -177,6 +177,8 @@ class Pipeline(ApiModel):
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: a scheduled start: none of its jobs runs before then
+    not_before: datetime | None = None
     eta_seconds: float | None = None
 
     @property
