@@ -164,6 +164,15 @@ def test_a_scheduled_refresh_re_embeds_only_the_changed_page(client: TestClient,
         # its next refresh moved on from the one it ran for
         after = client.get(f"/api/v1/kbs/{kb_id}/sources", headers=h).json()["items"][0]
         assert datetime.fromisoformat(after["next_refresh_at"]).replace(tzinfo=UTC) > edited
+        # the KB's dashboard page shows when the source is refreshed next
+        client.get("/login", params={"token": h["Authorization"].removeprefix("Bearer ")})
+        listed = [client.get(f"/api/v1/kbs/{kb_id}/sources", headers=h).json()["items"][0]]
+        page = client.get(f"/kbs/{kb_id}")
+        listed.append(client.get(f"/api/v1/kbs/{kb_id}/sources", headers=h).json()["items"][0])
+        assert page.status_code == 200 and 'id="sources"' in page.text
+        row = page.text.split('id="sources"', 1)[1]
+        shown = {x["next_refresh_at"][:19].replace("T", " ") for x in listed}  # it may move meanwhile
+        assert "3s" in row and any(when in row for when in shown), (shown, row[:600])
 
 
 def test_a_due_source_is_refreshed_once_and_not_while_its_last_crawl_goes_on(tmp_path: Path) -> None:

@@ -3,14 +3,19 @@ real server on loopback (as ``lorebase workspace show|set`` uses them with LOREB
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from click.testing import Result
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from conftest import running_app
+from lorebase.cli.main import app
 from lorebase.services.auth import create_key
-from lorebase.settings import Settings
+from lorebase.settings import Settings, get_settings
 
 
 @pytest.fixture
@@ -74,3 +79,27 @@ def test_only_an_admin_key_may_change_the_workspace(client: TestClient) -> None:
     r = client.patch("/api/v1/workspace", json={"priority": 5}, headers=headers(client, "read,write"))
     assert r.status_code == 403, r.text
     assert client.get("/api/v1/workspace", headers=headers(client, "read")).json()["priority"] == 0
+
+
+def test_the_cli_sets_and_shows_a_workspace_on_the_local_data_dir(tmp_path: Path) -> None:
+    env = {"LOREBASE_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+
+    def run(*args: str) -> Result:
+        get_settings.cache_clear()
+        try:
+            return CliRunner().invoke(app, list(args), env=env)
+        finally:
+            get_settings.cache_clear()
+
+    assert run("keys", "create", "--workspace", "acme").exit_code == 0
+    got = run(
+        "workspace", "set", "acme", "--priority", "-5", "--pool", "slow", "--retain-query-logs-days", "90"
+    )
+    assert got.exit_code == 0, got.output
+    assert "priority -5" in got.output and "pool slow" in got.output
+    shown = json.loads(run("workspace", "show", "acme", "--json").output)
+    assert (shown["priority"], shown["pool"], shown["retention"]["query_logs_days"]) == (-5, "slow", 90)
+    assert run("workspace", "set", "acme", "--priority", "500").exit_code == 1
+    assert run("workspace", "set", "nobody", "--priority", "1").exit_code == 1
+    assert run("workspace", "set", "acme").exit_code != 0  # nothing to change
+    assert run("worker", "--pool", "not a pool").exit_code != 0

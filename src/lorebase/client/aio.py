@@ -115,9 +115,15 @@ class AsyncClient:
         await self.call(calls.delete_draft(draft_id))
 
     async def add_web_source(
-        self, draft_id: str, url: str, *, crawl: dict[str, Any] | None = None
+        self,
+        draft_id: str,
+        url: str,
+        *,
+        crawl: dict[str, Any] | None = None,
+        refresh_every: str | None = None,
     ) -> list[m.DraftSource]:
-        return await self.call(calls.add_web(draft_id, url, crawl))
+        """A website crawled at finalize, and again every ``refresh_every`` (``"24h"``) if given."""
+        return await self.call(calls.add_web(draft_id, url, crawl, refresh_every))
 
     async def add_text_source(
         self, draft_id: str, documents: Sequence[Mapping[str, Any]]
@@ -206,6 +212,10 @@ class AsyncClient:
         """A web source crawled into the KB (from ``not_before``; again every ``refresh_every``,
         e.g. ``"24h"``)."""
         return await self.call(calls.add_source(kb_id, url, crawl, not_before, refresh_every))
+
+    async def list_sources(self, kb_id: str) -> m.Page[m.WebSourceInfo]:
+        """The KB's web sources, with ``refresh_every`` and ``next_refresh_at``."""
+        return await self.call(calls.list_sources(kb_id))
 
     async def refresh(self, kb_id: str, *, not_before: datetime | None = None) -> m.PipelineStarted:
         return await self.call(calls.refresh(kb_id, not_before))

@@ -137,8 +137,10 @@ class _Sources(m.ApiModel):
     sources: list[m.DraftSource]
 
 
-def add_web(draft_id: str, url: str, crawl: dict[str, Any] | None) -> Call[list[m.DraftSource]]:
-    data = body(WebSource, type="web", url=url, crawl=crawl)
+def add_web(
+    draft_id: str, url: str, crawl: dict[str, Any] | None, refresh_every: str | None = None
+) -> Call[list[m.DraftSource]]:
+    data = body(WebSource, type="web", url=url, crawl=crawl, refresh_every=refresh_every)
     return Call("POST", path("/kb-drafts/{}/sources", draft_id), _sources, "keyed", json=data)
 
 
@@ -233,6 +235,10 @@ def add_source(
     data = body(WebSource, type="web", url=url, crawl=crawl, refresh_every=refresh_every)
     answer = model(m.SourceAdded)
     return Call("POST", path("/kbs/{}/sources", kb_id), answer, "keyed", json=data, params=_start(not_before))
+
+
+def list_sources(kb_id: str) -> Call[m.Page[m.WebSourceInfo]]:
+    return Call("GET", path("/kbs/{}/sources", kb_id), page(m.WebSourceInfo))
 
 
 def refresh(kb_id: str, not_before: datetime | None = None) -> Call[m.PipelineStarted]:

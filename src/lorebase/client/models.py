@@ -35,6 +35,7 @@ class DraftSource(ApiModel):
     filename: str | None = None
     size_bytes: int | None = None
     documents: list[dict[str, Any]] | None = None
+    refresh_every: str | None = None
 
 
 class Draft(ApiModel):
@@ -147,6 +148,19 @@ class DocumentsAdded(ApiModel):
 class SourceAdded(ApiModel):
     pipeline_id: str
     source: dict[str, Any] = Field(default_factory=dict)
+
+
+class WebSourceInfo(ApiModel):
+    """A KB's web source (``GET /kbs/{id}/sources``) with its schedule."""
+
+    id: str
+    type: str = "web"
+    url: str | None = None
+    crawl: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    last_refreshed_at: datetime | None = None
+    refresh_every: str | None = None
+    next_refresh_at: datetime | None = None
 
 
 class PipelineStarted(ApiModel):
