@@ -210,3 +210,23 @@ def test_a_due_source_is_refreshed_once_and_not_while_its_last_crawl_goes_on(tmp
                 s.execute(select(Pipeline.kind).where(Pipeline.kb_id == started["kb_id"])).scalars()
             )
         assert kinds == ["ingest", "refresh"]
+
+
+def test_a_refresh_on_request_moves_the_next_scheduled_one(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", crawl={"allow_private_networks": True})
+    with TestClient(create_app(settings, workers=0)) as client:
+        h = key_headers(client)
+        source = {"type": "web", "url": "http://127.0.0.1:9/", "refresh_every": "1h"}
+        kb_id = client.post(f"/api/v1/kb-drafts/{_draft(client, h, source)}/finalize", headers=h).json()[
+            "kb_id"
+        ]
+        first = client.get(f"/api/v1/kbs/{kb_id}/sources", headers=h).json()["items"][0]["next_refresh_at"]
+        at = datetime.now(UTC) + timedelta(hours=2)
+        r = client.post(f"/api/v1/kbs/{kb_id}/refresh", params={"not_before": at.isoformat()}, headers=h)
+        assert r.status_code == 202, r.text
+        moved = client.get(f"/api/v1/kbs/{kb_id}/sources", headers=h).json()["items"][0]["next_refresh_at"]
+        assert datetime.fromisoformat(moved) == at + timedelta(hours=1) > datetime.fromisoformat(first)
+        pipeline = client.get(f"/api/v1/pipelines/{r.json()['pipeline_id']}", headers=h).json()
+        assert pipeline["status"] == "queued" and datetime.fromisoformat(pipeline["not_before"]) == at
+        r = client.post(f"/api/v1/kbs/{kb_id}/refresh", params={"not_before": "2026-12-08 02:00"}, headers=h)
+        assert r.status_code == 422, r.text  # no zone

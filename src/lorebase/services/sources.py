@@ -229,6 +229,8 @@ def refresh(
         pipeline = new_pipeline(s, kb, kind="refresh", not_before=start)
         for source in sources:
             enqueue_crawl(s, runtime, kb, pipeline, source)
+            if source.refresh_seconds:  # a refresh on request counts: the next is one period on
+                source.next_refresh_at = (start or utcnow()) + timedelta(seconds=source.refresh_seconds)
         result = {"pipeline_id": pipeline.id, "sources": [source_to_dict(src) for src in sources]}
     runtime.queue.notify()
     return result
