@@ -245,7 +245,7 @@ def embedded_throughput(n: int, workers: int) -> dict[str, Any]:
         ws = workspace_id(runtime)
         t = time.perf_counter()
         with runtime.db.session() as s:
-            s.execute(insert(Job), [runtime.queue.job_row(type=NOOP, workspace_id=ws) for _ in range(n)])
+            s.execute(insert(Job), [runtime.queue.job_row(s, type=NOOP, workspace_id=ws) for _ in range(n)])
         enqueue_s = time.perf_counter() - t
         executor = EmbeddedExecutor(runtime, {NOOP: NoopHandler()}, concurrency=workers, name="bench")
         t0, cpu0 = time.perf_counter(), time.process_time()

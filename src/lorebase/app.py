@@ -13,7 +13,17 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from lorebase import __version__, web
 from lorebase.api import errors, guards, idempotency, openapi, pacing, ratelimit
-from lorebase.api.routes import drafts, evaluations, health, kbs, keys, pipelines, queries, search
+from lorebase.api.routes import (
+    drafts,
+    evaluations,
+    health,
+    kbs,
+    keys,
+    pipelines,
+    queries,
+    search,
+    workspace,
+)
 from lorebase.assembly import assemble
 from lorebase.mcp import http as mcp_http
 from lorebase.settings import Settings, get_settings
@@ -59,7 +69,7 @@ def create_app(
     )
     errors.install(app)
     idempotency.install(app)
-    for module in (health, drafts, kbs, search, queries, evaluations, pipelines, keys):
+    for module in (health, drafts, kbs, search, queries, evaluations, pipelines, keys, workspace):
         app.include_router(module.router)
     web.install(app)  # the dashboard: pages, /static, sign-in
     mcp_endpoint = mcp_http.install(app, settings)  # POST /mcp: the MCP server, behind the same keys

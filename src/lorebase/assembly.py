@@ -72,10 +72,16 @@ class _Maintenance:
 
 
 def build_executor(
-    runtime: Runtime, *, concurrency: int, name: str = "worker", kinds: tuple[str, ...] | None = None
+    runtime: Runtime,
+    *,
+    concurrency: int,
+    name: str = "worker",
+    kinds: tuple[str, ...] | None = None,
+    pool: str | None = None,
 ) -> EmbeddedExecutor:
     """The embedded executor over every task, claiming those of the queue ``kinds`` given
-    (``("crawl", "process")``: a worker that leaves embedding to others, as ``--queues`` does)."""
+    (``("crawl", "process")``: a worker that leaves embedding to others, as ``--queues`` does),
+    of the worker ``pool`` given (``--pool``; None: the jobs of no pool)."""
     if concurrency > 0:
         pool_for(runtime.settings).start()  # warm before the first document arrives
     return EmbeddedExecutor(
@@ -87,6 +93,7 @@ def build_executor(
         name=name,
         on_settle=settle,
         maintenance=_Maintenance(),
+        pool=pool,
     )
 
 
@@ -360,16 +367,18 @@ def assemble(
     kinds: tuple[str, ...] | None = None,
     runtime: Runtime | None = None,
     worker_process: bool = False,
+    pool: str | None = None,
 ) -> Process:
     """Build (not start) the process of ``role`` (see the module doc). ``runtime``: one the caller
     already has and keeps (the CLI's); otherwise the process makes its own and closes it.
-    ``worker_process``: ``serve``'s worker threads go to a :class:`WorkerChild`."""
+    ``worker_process``: ``serve``'s worker threads go to a :class:`WorkerChild`. ``pool``: a
+    ``worker`` (or a broker's ``pool`` process) that takes only the jobs of that worker pool."""
     owns = runtime is None
     # a pool's parent migrated already; the API process serves searches (Runtime.serving)
     rt = runtime or Runtime(settings, migrate=role != "pool", serving=role == "serve")
     try:
         if role == "pool":
-            executor = build_executor(rt, concurrency=0, name=settings.executor)
+            executor = build_executor(rt, concurrency=0, name=settings.executor, pool=pool)
             pool_for(settings).start()  # its jobs are delivered to this process's own thread
             dispatcher = Dispatcher(rt, make_sender(settings))
             owner = f"{socket.gethostname()}:{os.getpid()}:{settings.executor}"
@@ -384,7 +393,7 @@ def assemble(
             return Process(rt, worker_child=child, owns_runtime=owns)
         if role == "worker" and settings.executor != "embedded":
             raise ValueError("a Celery or RQ worker is started with run_broker_worker")
-        executor = build_executor(rt, concurrency=concurrency, name=role, kinds=kinds)
+        executor = build_executor(rt, concurrency=concurrency, name=role, kinds=kinds, pool=pool)
         return Process(rt, executor, owns_runtime=owns)
     except BaseException:
         if owns:
@@ -392,15 +401,18 @@ def assemble(
         raise
 
 
-def run_broker_worker(settings: Settings, *, concurrency: int, kinds: tuple[str, ...]) -> None:
+def run_broker_worker(
+    settings: Settings, *, concurrency: int, kinds: tuple[str, ...], pool: str | None = None
+) -> None:
     """``lorebase worker`` with Celery or RQ: the worker process (and every pool process it forks)
-    builds its process with :func:`assemble` on first use; then the broker's worker runs."""
-    delivery.configure(lambda: assemble(settings, role="pool").start(freeze_heap=True))
+    builds its process with :func:`assemble` on first use; then the broker's worker runs, on the
+    queues of ``pool`` when one is given (``<prefix>.<kind>.<pool>``)."""
+    delivery.configure(lambda: assemble(settings, role="pool", pool=pool).start(freeze_heap=True))
     if settings.executor == "celery":
         from lorebase.jobs.celery_executor import run_worker
 
-        run_worker(settings, concurrency=concurrency, kinds=kinds)
+        run_worker(settings, concurrency=concurrency, kinds=kinds, pool=pool)
     else:
         from lorebase.jobs.rq_executor import run_worker as run_rq_worker
 
-        run_rq_worker(settings, kinds=kinds)
+        run_rq_worker(settings, kinds=kinds, pool=pool)

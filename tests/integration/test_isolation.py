@@ -112,6 +112,7 @@ MATRIX: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/v1/kb-drafts/{draft}/validate", {}),
     ("GET", "/api/v1/kbs/{kb}", {}),
     ("GET", "/api/v1/kbs/{kb}/documents", {}),
+    ("GET", "/api/v1/kbs/{kb}/sources", {}),
     ("GET", "/api/v1/documents/{document}", {}),
     ("GET", "/api/v1/documents/{document}/chunks", {}),
     ("POST", "/api/v1/kbs/{kb}/search", {"json": {"query": "waggle dance"}}),

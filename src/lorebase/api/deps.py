@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -71,3 +72,14 @@ async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+#: ``?not_before=`` of finalize, ``documents``, ``sources`` and ``refresh``: the pipeline is
+#: created at once and its jobs wait until then (``services.pipelines.scheduled_start``: a time
+#: without a zone is a 422, one already past starts now)
+NotBefore = Annotated[
+    datetime | None,
+    Query(
+        description="Start the pipeline's work no earlier than this (ISO 8601 with a timezone, "
+        "e.g. 2026-12-08T02:00:00Z); a past time starts now."
+    ),
+]

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from lorebase.cli import common, remote, render
+from lorebase.cli import workspace as workspace_cli
 from lorebase.cli.common import console, err_console
 from lorebase.cli.options import ingest_options, settings_patch
 from lorebase.errors import LorebaseError
@@ -24,6 +25,7 @@ db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+app.add_typer(workspace_cli.app, name="workspace")
 
 Workspace = Annotated[str | None, typer.Option("--workspace", "-w", help="Workspace to act in (local mode).")]
 
@@ -117,6 +119,13 @@ def worker(
             "/metrics has the database's figures).",
         ),
     ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            help="Take only the jobs of workspaces placed in this worker pool (`lorebase workspace "
+            "set NAME --pool NAME`); without it, only the jobs of workspaces in no pool.",
+        ),
+    ] = None,
 ) -> None:
     """Run background jobs until SIGTERM/SIGINT (which drains).
 
@@ -124,17 +133,24 @@ def worker(
     LOREBASE_EXECUTOR=celery or rq it runs a Celery or RQ worker that takes job messages from
     the broker (the job table still decides what runs)."""
     from lorebase.assembly import assemble
+    from lorebase.services.workspaces import check_pool
 
     common.setup_logging()
     settings = get_settings()
+    try:
+        pool = check_pool(pool)
+    except LorebaseError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--pool") from None
     if settings.executor != "embedded":
         if metrics_port is not None:  # jobs run in pool/work-horse processes, not in this one
             hint = "--metrics-port"
             raise typer.BadParameter(f"{hint} is for the embedded executor", param_hint=hint)
-        _broker_worker(settings, concurrency=concurrency, queues=queues)
+        _broker_worker(settings, concurrency=concurrency, queues=queues, pool=pool)
         return
     kinds = _queue_kinds(queues)
-    process = assemble(common.checked(settings), role="worker", concurrency=concurrency, kinds=kinds)
+    process = assemble(
+        common.checked(settings), role="worker", concurrency=concurrency, kinds=kinds, pool=pool
+    )
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -147,8 +163,9 @@ def worker(
     process.start(freeze_heap=True)
     crawlers = settings.jobs.crawl_workers
     extra = f" (+{crawlers} for crawls)" if crawlers and concurrency else ""
+    where = f" of pool {pool!r}" if pool else ""
     console.print(
-        f"worker started with {concurrency} threads{extra} for {', '.join(kinds)} jobs"
+        f"worker started with {concurrency} threads{extra} for {', '.join(kinds)} jobs{where}"
         f" on {common.safe_url(settings.resolved_database_url)}"
     )
     stop.wait()
@@ -165,7 +182,7 @@ def _queue_kinds(queues: str | None) -> tuple[str, ...]:
         raise typer.BadParameter(str(exc), param_hint="--queues") from None
 
 
-def _broker_worker(settings: Settings, *, concurrency: int, queues: str | None) -> None:
+def _broker_worker(settings: Settings, *, concurrency: int, queues: str | None, pool: str | None) -> None:
     kinds = _queue_kinds(queues)
     if concurrency < 1:
         raise typer.BadParameter("a Celery or RQ worker needs at least 1", param_hint="--concurrency")
@@ -175,7 +192,7 @@ def _broker_worker(settings: Settings, *, concurrency: int, queues: str | None) 
     )
     from lorebase.assembly import run_broker_worker
 
-    run_broker_worker(settings, concurrency=concurrency, kinds=kinds)
+    run_broker_worker(settings, concurrency=concurrency, kinds=kinds, pool=pool)
 
 
 @app.command()

@@ -115,9 +115,15 @@ class AsyncClient:
         await self.call(calls.delete_draft(draft_id))
 
     async def add_web_source(
-        self, draft_id: str, url: str, *, crawl: dict[str, Any] | None = None
+        self,
+        draft_id: str,
+        url: str,
+        *,
+        crawl: dict[str, Any] | None = None,
+        refresh_every: str | None = None,
     ) -> list[m.DraftSource]:
-        return await self.call(calls.add_web(draft_id, url, crawl))
+        """A website crawled at finalize, and again every ``refresh_every`` (``"24h"``) if given."""
+        return await self.call(calls.add_web(draft_id, url, crawl, refresh_every))
 
     async def add_text_source(
         self, draft_id: str, documents: Sequence[Mapping[str, Any]]
@@ -141,8 +147,9 @@ class AsyncClient:
     async def validate(self, draft_id: str) -> m.Validation:
         return await self.call(calls.validate(draft_id))
 
-    async def finalize(self, draft_id: str) -> m.Finalized:
-        return await self.call(calls.finalize(draft_id))
+    async def finalize(self, draft_id: str, *, not_before: datetime | None = None) -> m.Finalized:
+        """The KB is created now; with ``not_before`` (timezone-aware) its work starts then."""
+        return await self.call(calls.finalize(draft_id, not_before))
 
     # knowledge bases
 
@@ -182,8 +189,10 @@ class AsyncClient:
     async def delete_kb(self, kb_id: str) -> None:
         await self.call(calls.delete_kb(kb_id))
 
-    async def add_documents(self, kb_id: str, documents: Sequence[Mapping[str, Any]]) -> m.DocumentsAdded:
-        return await self.call(calls.add_documents(kb_id, documents))
+    async def add_documents(
+        self, kb_id: str, documents: Sequence[Mapping[str, Any]], *, not_before: datetime | None = None
+    ) -> m.DocumentsAdded:
+        return await self.call(calls.add_documents(kb_id, documents, not_before))
 
     async def upload_documents(
         self, kb_id: str, files: Sequence[str | Path], *, external_ids: Sequence[str] | None = None
@@ -191,11 +200,25 @@ class AsyncClient:
         """Files added to a KB (a pipeline); with ``external_ids``, as :meth:`upload_files`."""
         return await self.call(calls.upload_documents(kb_id, [Path(f) for f in files], external_ids))
 
-    async def add_source(self, kb_id: str, url: str, *, crawl: dict[str, Any] | None = None) -> m.SourceAdded:
-        return await self.call(calls.add_source(kb_id, url, crawl))
+    async def add_source(
+        self,
+        kb_id: str,
+        url: str,
+        *,
+        crawl: dict[str, Any] | None = None,
+        not_before: datetime | None = None,
+        refresh_every: str | None = None,
+    ) -> m.SourceAdded:
+        """A web source crawled into the KB (from ``not_before``; again every ``refresh_every``,
+        e.g. ``"24h"``)."""
+        return await self.call(calls.add_source(kb_id, url, crawl, not_before, refresh_every))
 
-    async def refresh(self, kb_id: str) -> m.PipelineStarted:
-        return await self.call(calls.refresh(kb_id))
+    async def list_sources(self, kb_id: str) -> m.Page[m.WebSourceInfo]:
+        """The KB's web sources, with ``refresh_every`` and ``next_refresh_at``."""
+        return await self.call(calls.list_sources(kb_id))
+
+    async def refresh(self, kb_id: str, *, not_before: datetime | None = None) -> m.PipelineStarted:
+        return await self.call(calls.refresh(kb_id, not_before))
 
     async def list_versions(self, kb_id: str) -> m.Page[m.KbVersion]:
         return await self.call(calls.list_versions(kb_id))
@@ -303,6 +326,14 @@ class AsyncClient:
 
     async def queue(self) -> m.QueueStats:
         return await self.call(calls.queue())
+
+    async def get_workspace(self) -> m.WorkspaceInfo:
+        """The key's workspace: its tier (priority, worker pool) and retention."""
+        return await self.call(calls.get_workspace())
+
+    async def patch_workspace(self, **fields: Any) -> m.WorkspaceInfo:
+        """``priority``, ``pool`` (None: the default workers), ``retention`` (admin scope)."""
+        return await self.call(calls.patch_workspace(**fields))
 
     async def list_keys(self) -> m.Page[m.ApiKey]:
         return await self.call(calls.list_keys())

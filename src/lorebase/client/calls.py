@@ -137,8 +137,10 @@ class _Sources(m.ApiModel):
     sources: list[m.DraftSource]
 
 
-def add_web(draft_id: str, url: str, crawl: dict[str, Any] | None) -> Call[list[m.DraftSource]]:
-    data = body(WebSource, type="web", url=url, crawl=crawl)
+def add_web(
+    draft_id: str, url: str, crawl: dict[str, Any] | None, refresh_every: str | None = None
+) -> Call[list[m.DraftSource]]:
+    data = body(WebSource, type="web", url=url, crawl=crawl, refresh_every=refresh_every)
     return Call("POST", path("/kb-drafts/{}/sources", draft_id), _sources, "keyed", json=data)
 
 
@@ -175,8 +177,14 @@ def validate(draft_id: str) -> Call[m.Validation]:
     return Call("POST", path("/kb-drafts/{}/validate", draft_id), model(m.Validation))
 
 
-def finalize(draft_id: str) -> Call[m.Finalized]:
-    return Call("POST", path("/kb-drafts/{}/finalize", draft_id), model(m.Finalized), "keyed")
+def _start(not_before: datetime | None) -> dict[str, Any] | None:
+    """``?not_before=`` (a scheduled start) as the API takes it: ISO 8601 with its zone."""
+    return None if not_before is None else {"not_before": not_before.isoformat()}
+
+
+def finalize(draft_id: str, not_before: datetime | None = None) -> Call[m.Finalized]:
+    answer = model(m.Finalized)
+    return Call("POST", path("/kb-drafts/{}/finalize", draft_id), answer, "keyed", params=_start(not_before))
 
 
 # knowledge bases
@@ -199,9 +207,14 @@ def delete_kb(kb_id: str) -> Call[None]:
     return Call("DELETE", path("/kbs/{}", kb_id), nothing)
 
 
-def add_documents(kb_id: str, documents: Sequence[Mapping[str, Any]]) -> Call[m.DocumentsAdded]:
+def add_documents(
+    kb_id: str, documents: Sequence[Mapping[str, Any]], not_before: datetime | None = None
+) -> Call[m.DocumentsAdded]:
     data = body(DocumentsBatch, documents=list(documents))
-    return Call("POST", path("/kbs/{}/documents", kb_id), model(m.DocumentsAdded), "keyed", json=data)
+    answer = model(m.DocumentsAdded)
+    return Call(
+        "POST", path("/kbs/{}/documents", kb_id), answer, "keyed", json=data, params=_start(not_before)
+    )
 
 
 def upload_documents(
@@ -212,13 +225,25 @@ def upload_documents(
     return Call("POST", path("/kbs/{}/documents", kb_id), answer, "keyed", files=files, form=form)
 
 
-def add_source(kb_id: str, url: str, crawl: dict[str, Any] | None) -> Call[m.SourceAdded]:
-    data = body(WebSource, type="web", url=url, crawl=crawl)
-    return Call("POST", path("/kbs/{}/sources", kb_id), model(m.SourceAdded), "keyed", json=data)
+def add_source(
+    kb_id: str,
+    url: str,
+    crawl: dict[str, Any] | None,
+    not_before: datetime | None = None,
+    refresh_every: str | None = None,
+) -> Call[m.SourceAdded]:
+    data = body(WebSource, type="web", url=url, crawl=crawl, refresh_every=refresh_every)
+    answer = model(m.SourceAdded)
+    return Call("POST", path("/kbs/{}/sources", kb_id), answer, "keyed", json=data, params=_start(not_before))
 
 
-def refresh(kb_id: str) -> Call[m.PipelineStarted]:
-    return Call("POST", path("/kbs/{}/refresh", kb_id), model(m.PipelineStarted), "keyed")
+def list_sources(kb_id: str) -> Call[m.Page[m.WebSourceInfo]]:
+    return Call("GET", path("/kbs/{}/sources", kb_id), page(m.WebSourceInfo))
+
+
+def refresh(kb_id: str, not_before: datetime | None = None) -> Call[m.PipelineStarted]:
+    answer = model(m.PipelineStarted)
+    return Call("POST", path("/kbs/{}/refresh", kb_id), answer, "keyed", params=_start(not_before))
 
 
 def list_versions(kb_id: str) -> Call[m.Page[m.KbVersion]]:
@@ -284,6 +309,19 @@ def retry_job(job_id: str) -> Call[m.Job]:
 
 def queue() -> Call[m.QueueStats]:
     return Call("GET", path("/queue"), model(m.QueueStats))
+
+
+# the workspace (GET: read scope; PATCH: admin)
+
+
+def get_workspace() -> Call[m.WorkspaceInfo]:
+    return Call("GET", path("/workspace"), model(m.WorkspaceInfo))
+
+
+def patch_workspace(**fields: Any) -> Call[m.WorkspaceInfo]:
+    """Only the fields given change; ``pool=None`` puts the workspace back on the default workers
+    (so no None-dropping ``body`` here)."""
+    return Call("PATCH", path("/workspace"), model(m.WorkspaceInfo), "safe", json=dict(fields))
 
 
 # keys (admin scope)

@@ -35,6 +35,7 @@ class DraftSource(ApiModel):
     filename: str | None = None
     size_bytes: int | None = None
     documents: list[dict[str, Any]] | None = None
+    refresh_every: str | None = None
 
 
 class Draft(ApiModel):
@@ -149,6 +150,19 @@ class SourceAdded(ApiModel):
     source: dict[str, Any] = Field(default_factory=dict)
 
 
+class WebSourceInfo(ApiModel):
+    """A KB's web source (``GET /kbs/{id}/sources``) with its schedule."""
+
+    id: str
+    type: str = "web"
+    url: str | None = None
+    crawl: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime | None = None
+    last_refreshed_at: datetime | None = None
+    refresh_every: str | None = None
+    next_refresh_at: datetime | None = None
+
+
 class PipelineStarted(ApiModel):
     pipeline_id: str
 
@@ -177,6 +191,8 @@ class Pipeline(ApiModel):
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: a scheduled start: none of its jobs runs before then
+    not_before: datetime | None = None
     eta_seconds: float | None = None
 
     @property
@@ -248,6 +264,16 @@ class QueueStats(ApiModel):
     avg_processing_seconds: float | None = None
     error_rate: float | None = None
     throughput_per_hour: int | None = None
+
+
+class WorkspaceInfo(ApiModel):
+    """``GET/PATCH /api/v1/workspace``: the tier and the retention (days; None: the default)."""
+
+    id: str
+    name: str
+    priority: int = 0
+    pool: str | None = None
+    retention: dict[str, float | None] = Field(default_factory=dict)
 
 
 class ApiKey(ApiModel):

@@ -119,9 +119,15 @@ class Client:
         self.call(calls.delete_draft(draft_id))
 
     def add_web_source(
-        self, draft_id: str, url: str, *, crawl: dict[str, Any] | None = None
+        self,
+        draft_id: str,
+        url: str,
+        *,
+        crawl: dict[str, Any] | None = None,
+        refresh_every: str | None = None,
     ) -> list[m.DraftSource]:
-        return self.call(calls.add_web(draft_id, url, crawl))
+        """A website crawled at finalize, and again every ``refresh_every`` (``"24h"``) if given."""
+        return self.call(calls.add_web(draft_id, url, crawl, refresh_every))
 
     def add_text_source(self, draft_id: str, documents: Sequence[Mapping[str, Any]]) -> list[m.DraftSource]:
         """``documents``: ``{text, external_id?, title?, metadata?}`` records."""
@@ -143,8 +149,9 @@ class Client:
     def validate(self, draft_id: str) -> m.Validation:
         return self.call(calls.validate(draft_id))
 
-    def finalize(self, draft_id: str) -> m.Finalized:
-        return self.call(calls.finalize(draft_id))
+    def finalize(self, draft_id: str, *, not_before: datetime | None = None) -> m.Finalized:
+        """The KB is created now; with ``not_before`` (timezone-aware) its work starts then."""
+        return self.call(calls.finalize(draft_id, not_before))
 
     # knowledge bases
 
@@ -175,8 +182,10 @@ class Client:
     def delete_kb(self, kb_id: str) -> None:
         self.call(calls.delete_kb(kb_id))
 
-    def add_documents(self, kb_id: str, documents: Sequence[Mapping[str, Any]]) -> m.DocumentsAdded:
-        return self.call(calls.add_documents(kb_id, documents))
+    def add_documents(
+        self, kb_id: str, documents: Sequence[Mapping[str, Any]], *, not_before: datetime | None = None
+    ) -> m.DocumentsAdded:
+        return self.call(calls.add_documents(kb_id, documents, not_before))
 
     def upload_documents(
         self, kb_id: str, files: Sequence[str | Path], *, external_ids: Sequence[str] | None = None
@@ -184,11 +193,25 @@ class Client:
         """Files added to a KB (a pipeline); with ``external_ids``, as :meth:`upload_files`."""
         return self.call(calls.upload_documents(kb_id, [Path(f) for f in files], external_ids))
 
-    def add_source(self, kb_id: str, url: str, *, crawl: dict[str, Any] | None = None) -> m.SourceAdded:
-        return self.call(calls.add_source(kb_id, url, crawl))
+    def add_source(
+        self,
+        kb_id: str,
+        url: str,
+        *,
+        crawl: dict[str, Any] | None = None,
+        not_before: datetime | None = None,
+        refresh_every: str | None = None,
+    ) -> m.SourceAdded:
+        """A web source crawled into the KB (from ``not_before``; again every ``refresh_every``,
+        e.g. ``"24h"``)."""
+        return self.call(calls.add_source(kb_id, url, crawl, not_before, refresh_every))
 
-    def refresh(self, kb_id: str) -> m.PipelineStarted:
-        return self.call(calls.refresh(kb_id))
+    def list_sources(self, kb_id: str) -> m.Page[m.WebSourceInfo]:
+        """The KB's web sources, with ``refresh_every`` and ``next_refresh_at``."""
+        return self.call(calls.list_sources(kb_id))
+
+    def refresh(self, kb_id: str, *, not_before: datetime | None = None) -> m.PipelineStarted:
+        return self.call(calls.refresh(kb_id, not_before))
 
     def list_versions(self, kb_id: str) -> m.Page[m.KbVersion]:
         return self.call(calls.list_versions(kb_id))
@@ -296,6 +319,14 @@ class Client:
 
     def queue(self) -> m.QueueStats:
         return self.call(calls.queue())
+
+    def get_workspace(self) -> m.WorkspaceInfo:
+        """The key's workspace: its tier (priority, worker pool) and retention."""
+        return self.call(calls.get_workspace())
+
+    def patch_workspace(self, **fields: Any) -> m.WorkspaceInfo:
+        """``priority``, ``pool`` (None: the default workers), ``retention`` (admin scope)."""
+        return self.call(calls.patch_workspace(**fields))
 
     def list_keys(self) -> m.Page[m.ApiKey]:
         return self.call(calls.list_keys())

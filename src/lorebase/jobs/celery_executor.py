@@ -37,7 +37,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 
 from lorebase.jobs.delivery import close_worker_state, run_delivered, worker_state
-from lorebase.jobs.dispatch import Sender, queue_name
+from lorebase.jobs.dispatch import Due, Sender, queue_name
 from lorebase.jobs.registry import Registry
 from lorebase.settings import Settings
 
@@ -83,10 +83,10 @@ def make_celery(settings: Settings) -> Celery:
 def celery_sender(app: Celery, prefix: str, registry: Registry) -> Sender:
     """A ``Sender`` that publishes one ``run_job`` message per job on its kind's queue."""
 
-    def send(jobs: Sequence[tuple[str, str]]) -> None:
+    def send(jobs: Sequence[Due]) -> None:
         with app.producer_or_acquire() as producer:
-            for job_id, job_type in jobs:
-                queue = queue_name(prefix, registry.kind_of(job_type))
+            for job_id, job_type, pool in jobs:
+                queue = queue_name(prefix, registry.kind_of(job_type), pool)
                 app.send_task(TASK_NAME, args=[job_id], queue=queue, producer=producer)
 
     return send
@@ -131,7 +131,12 @@ def run_job(job_id: str) -> str:
 
 
 def worker_argv(
-    settings: Settings, *, concurrency: int, kinds: Sequence[str], name: str | None = None
+    settings: Settings,
+    *,
+    concurrency: int,
+    kinds: Sequence[str],
+    name: str | None = None,
+    pool: str | None = None,
 ) -> list[str]:
     """The ``celery worker`` command line for ``lorebase worker``."""
     node = name or f"lorebase-{os.getpid()}@{socket.gethostname()}"
@@ -140,7 +145,7 @@ def worker_argv(
         "--loglevel=INFO",
         f"--concurrency={concurrency}",
         "--pool=prefork",
-        f"--queues={','.join(queue_name(settings.queue_prefix, k) for k in kinds)}",
+        f"--queues={','.join(queue_name(settings.queue_prefix, k, pool) for k in kinds)}",
         f"--hostname={node}",
         "--without-gossip",
         "--without-mingle",
@@ -148,7 +153,10 @@ def worker_argv(
     ]
 
 
-def run_worker(settings: Settings, *, concurrency: int, kinds: Sequence[str]) -> None:
-    """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown)."""
+def run_worker(
+    settings: Settings, *, concurrency: int, kinds: Sequence[str], pool: str | None = None
+) -> None:
+    """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown); with
+    ``pool``, on that pool's queues."""
     app = make_celery(settings)
-    app.worker_main(worker_argv(settings, concurrency=concurrency, kinds=kinds))
+    app.worker_main(worker_argv(settings, concurrency=concurrency, kinds=kinds, pool=pool))

@@ -81,12 +81,13 @@ def run_delivered(job_id: str) -> str:
     key or share is taken); in that last case another message follows shortly, or at once
     when the job holding the key ends."""
     state = worker_state()
-    job = state.runtime.queue.claim(state.owner, job_id=job_id)
+    assert state.executor is not None
+    # the worker's pool, so a message left on an old pool's queue by a tier change runs nothing
+    job = state.runtime.queue.claim(state.owner, job_id=job_id, pool=state.executor.pool)
     if job is None:
         state.runtime.queue.defer_dispatch(
             job_id, seconds=max(1.0, state.runtime.settings.jobs.poll_seconds * 4)
         )
         return "skipped"
-    assert state.executor is not None
     state.executor.run_job(job)
     return "ran"

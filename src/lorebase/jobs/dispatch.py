@@ -4,7 +4,8 @@ A ``Dispatcher`` thread runs in every process of the scaled mode (API nodes and 
 wakes when this process enqueues work (``JobQueue.notify``) and every ``jobs.poll_seconds``
 otherwise, marks due jobs as dispatched (``JobQueue.due_for_dispatch``) and sends one message per
 job, carrying only the job id, to the queue of the job's kind (``crawl``, ``process``,
-``embed``), so each kind can be given workers of its own.
+``embed``), so each kind can be given workers of its own; a job of a workspace placed in a
+worker pool goes to that kind's queue of the pool (``<prefix>.<kind>.<pool>``).
 
 This is the transactional-outbox pattern: a job is a committed row before any message exists,
 so a crash between commit and send loses nothing; the next pass (any process's) sends it. The
@@ -27,13 +28,16 @@ from lorebase.jobs.context import Host
 
 log = logging.getLogger("lorebase.dispatch")
 
-#: sends ``(job_id, job_type)`` messages; raises when the broker cannot be reached
-Sender = Callable[[Sequence[tuple[str, str]]], None]
+#: a job due for a message: ``(job_id, job_type, pool)``
+Due = tuple[str, str, str | None]
+#: sends one message per due job; raises when the broker cannot be reached
+Sender = Callable[[Sequence[Due]], None]
 
 
-def queue_name(prefix: str, kind: str) -> str:
-    """The broker queue of one kind of job (``lorebase.crawl``, ``lorebase.process`` …)."""
-    return f"{prefix}.{kind}"
+def queue_name(prefix: str, kind: str, pool: str | None = None) -> str:
+    """The broker queue of one kind of job (``lorebase.crawl``, ``lorebase.process`` …), or of
+    one kind in one worker pool (``lorebase.process.big``: ``lorebase worker --pool big``)."""
+    return f"{prefix}.{kind}" if pool is None else f"{prefix}.{kind}.{pool}"
 
 
 class Dispatcher:
@@ -67,7 +71,7 @@ class Dispatcher:
                 self.send(due)
             except Exception as exc:
                 # the broker is away: the jobs stay pending and are dispatched once it is back
-                self.runtime.queue.undispatch([job_id for job_id, _ in due])
+                self.runtime.queue.undispatch([job_id for job_id, _, _ in due])
                 log.warning("could not send %d job message(s): %s", len(due), exc)
                 raise
             sent += len(due)

@@ -8,6 +8,9 @@ It runs the tasks of the registry it is given (``lorebase.tasks.REGISTRY`` in ev
 process; ``types`` narrows what it claims, as ``lorebase worker --queues`` does) and knows none
 by name. How an attempt ended is classified by ``jobs/retry.py``, which decides what follows.
 
+``pool`` makes it a worker of one pool (``lorebase worker --pool big``): it takes only the jobs of
+workspaces placed in that pool; an executor without one takes only jobs of no pool.
+
 ``lanes`` gives job types threads of their own (``{"crawl_source": 1}``): those threads claim
 only those types and the ``concurrency`` general threads claim everything else. A crawl waits
 on the network for its whole run; in a lane of its own it never holds a thread that would
@@ -61,6 +64,7 @@ class EmbeddedExecutor:
         name: str = "worker",
         on_settle: Callable[[Any, str], None] | None = None,
         maintenance: Callable[[Any], None] | None = None,
+        pool: str | None = None,
     ) -> None:
         self.runtime = runtime
         #: every job type this process knows (a dead job of any of them goes to its on_failure)
@@ -68,6 +72,8 @@ class EmbeddedExecutor:
         #: the job types this executor claims
         self.types = tuple(self.registry.names() if types is None else types)
         self.concurrency = concurrency
+        #: the worker pool whose jobs it takes (``lorebase worker --pool``); None: jobs of no pool
+        self.pool = pool
         #: job types with threads of their own, and how many (only types this executor claims)
         self.lanes = {t: n for t, n in (lanes or {}).items() if n > 0 and t in self.types}
         self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:{name}"
@@ -167,7 +173,7 @@ class EmbeddedExecutor:
                 return ahead
         cfg = self.runtime.settings.jobs
         limit = 1 if pace is None else min(cfg.prefetch, 1 + int(cfg.prefetch_seconds / max(pace, 1e-6)))
-        jobs = queue.claim_many(owner, types, limit=limit)
+        jobs = queue.claim_many(owner, types, limit=limit, pool=self.pool)
         if len(jobs) > 1:
             with self._active_lock:
                 self._ahead.setdefault(types, deque()).extend(jobs[1:])
@@ -296,7 +302,7 @@ class EmbeddedExecutor:
         deadline = time.monotonic() + timeout
         owner = f"{self.owner_prefix}-inline"
         while time.monotonic() < deadline:
-            job = self.runtime.queue.claim(owner, self.types)
+            job = self.runtime.queue.claim(owner, self.types, pool=self.pool)
             if job is None:
                 return
             self.run_job(job)

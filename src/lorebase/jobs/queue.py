@@ -21,7 +21,7 @@ from sqlalchemy import Connection, and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from lorebase.db.engine import Database, insert_or_skip
-from lorebase.db.models import Job, Pipeline, new_id, utcnow
+from lorebase.db.models import Job, Pipeline, Workspace, new_id, utcnow
 from lorebase.db.states import PIPELINE_HELD
 from lorebase.errors import LeaseLost
 from lorebase.jobs import retry
@@ -56,6 +56,21 @@ class ClaimedJob:
 #: called by the reaper, in its transaction, for a job it ends ``dead`` (a lost worker out of
 #: attempts): the executor hands it to the task's ``on_failure``
 OnDead = Callable[[Session, ClaimedJob, str], None]
+#: where ``Session.info`` keeps the placements read in the session's current transaction
+_PLACEMENTS = "lorebase.jobs.placements"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """What a job takes from its workspace and pipeline when it is queued: the workspace's tier
+    (``priority``, added to the task's; ``pool``, the workers that may take it) and the
+    pipeline's scheduled start (``not_before``: none of its jobs runs earlier)."""
+
+    priority: int = 0
+    pool: str | None = None
+    not_before: datetime | None = None
+
+
 #: a transaction a job's transitions are written in: an ORM session (a handler's, a hook's) or a
 #: Core connection (``Database.connection``: the executor's own steps, without ORM bookkeeping)
 Tx = Session | Connection
@@ -97,6 +112,7 @@ class JobQueue:
         """Insert a pending job in the caller's transaction; returns its id, or None when a pending
         job with the same ``dedupe_key`` already exists (that one will do the work)."""
         row = self.job_row(
+            session,
             type=type,
             workspace_id=workspace_id,
             payload=payload,
@@ -124,9 +140,15 @@ class JobQueue:
         inserted = session.execute(stmt.returning(Job.id)).scalar()
         return str(inserted) if inserted is not None else None
 
-    def job_row(self, *, type: str, workspace_id: str, **kw: Any) -> dict[str, Any]:
-        """A complete row for bulk inserts (``session.execute(insert(Job), rows)``)."""
+    def job_row(self, session: Session, *, type: str, workspace_id: str, **kw: Any) -> dict[str, Any]:
+        """A complete row for bulk inserts (``session.execute(insert(Job), rows)``), placed by its
+        workspace and pipeline (:meth:`placement`): the one place a job gets its tier and its
+        earliest start."""
         now = utcnow()
+        place = self.placement(session, workspace_id, kw.get("pipeline_id"))
+        run_at = kw.get("run_at") or now
+        if place.not_before is not None and place.not_before > run_at:
+            run_at = place.not_before
         return {
             "id": new_id(),
             "type": type,
@@ -135,21 +157,60 @@ class JobQueue:
             "pipeline_id": kw.get("pipeline_id"),
             "kb_id": kw.get("kb_id"),
             "document_id": kw.get("document_id"),
-            "priority": kw.get("priority") or 0,
+            "priority": (kw.get("priority") or 0) + place.priority,
+            "pool": place.pool,
             "dedupe_key": kw.get("dedupe_key"),
             "concurrency_key": kw.get("concurrency_key"),
             "status": "pending",
             "attempts": 0,
             "max_attempts": kw.get("max_attempts") or self.cfg.max_attempts,
-            "run_at": kw.get("run_at") or now,
+            "run_at": run_at,
             "checkpoint": {},
             "created_at": now,
             "updated_at": now,
         }
 
+    @staticmethod
+    def placement(session: Session, workspace_id: str, pipeline_id: str | None = None) -> Placement:
+        """The workspace's tier and the pipeline's ``not_before``, read in the caller's transaction
+        (once per transaction: a bulk insert of a thousand rows reads them once).
+
+        Read, not cached across transactions: a tier changed by ``PATCH /api/v1/workspace``
+        applies to the next job queued. On PostgreSQL the workspace row is read ``FOR SHARE``:
+        a tier change (``services/workspaces.py``) waits for this transaction, then moves its
+        pending jobs, this one among them. A workspace with no row (``system``: periodic jobs)
+        has the default tier."""
+        tx = session.get_transaction()
+        memo: tuple[Any, dict[tuple[str, str | None], Placement]] | None = session.info.get(_PLACEMENTS)
+        if memo is None or memo[0] is not tx:
+            memo = session.info[_PLACEMENTS] = (tx, {})
+        key = (workspace_id, pipeline_id)
+        found = memo[1].get(key)
+        if found is None:
+            query = select(Workspace.priority, Workspace.pool).where(Workspace.id == workspace_id)
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(read=True)
+            tier = session.execute(query).first()
+            not_before = None
+            if pipeline_id is not None:
+                not_before = session.execute(
+                    select(Pipeline.not_before).where(Pipeline.id == pipeline_id)
+                ).scalar()
+            found = memo[1][key] = Placement(
+                priority=tier.priority if tier is not None else 0,
+                pool=tier.pool if tier is not None else None,
+                not_before=not_before,
+            )
+        return found
+
     # -- claim ------------------------------------------------------------------------------
     def claim(
-        self, owner: str, types: tuple[str, ...] | None = None, *, job_id: str | None = None
+        self,
+        owner: str,
+        types: tuple[str, ...] | None = None,
+        *,
+        job_id: str | None = None,
+        pool: str | None = None,
     ) -> ClaimedJob | None:
         """Take the most urgent runnable job: highest priority, then oldest ``run_at``.
 
@@ -162,12 +223,21 @@ class JobQueue:
         ``jobs.max_running_per_workspace``), so one huge ingestion cannot take every worker.
         The shares are counted across all workers; on PostgreSQL two claims racing may each see
         the last free slot, so a share can be exceeded by a job for a moment, never for long.
+
+        ``pool``: a worker of that pool (``lorebase worker --pool NAME``) takes only jobs of that
+        pool; a default worker (None) only jobs of no pool.
         """
-        jobs = self.claim_many(owner, types, limit=1, job_id=job_id)
+        jobs = self.claim_many(owner, types, limit=1, job_id=job_id, pool=pool)
         return jobs[0] if jobs else None
 
     def claim_many(
-        self, owner: str, types: tuple[str, ...] | None = None, *, limit: int, job_id: str | None = None
+        self,
+        owner: str,
+        types: tuple[str, ...] | None = None,
+        *,
+        limit: int,
+        job_id: str | None = None,
+        pool: str | None = None,
     ) -> list[ClaimedJob]:
         """Take up to ``limit`` runnable jobs at once, by the rules of ``claim``, most urgent first:
         the first starts now; the others are claimed *ahead*, for the same worker to run next.
@@ -186,7 +256,9 @@ class JobQueue:
         now = utcnow()
         with self.db.connection() as conn:
             dialect, by_id = conn.dialect.name, job_id is not None
-            stmt = self._sql.claim(dialect, typed=bool(types), by_id=by_id, batch=limit > 1)
+            stmt = self._sql.claim(
+                dialect, typed=bool(types), by_id=by_id, batch=limit > 1, pooled=pool is not None
+            )
             params = {
                 "now": now,
                 "owner": owner,
@@ -194,6 +266,7 @@ class JobQueue:
                 "limit": limit,
                 "types": list(types or ()),
                 "job_id": job_id,
+                "claim_pool": pool,
             }
             rows = list(conn.execute(stmt, params))
             for pipeline_id in sorted({r.pipeline_id for r in rows if r.pipeline_id}):
@@ -419,9 +492,11 @@ class JobQueue:
         return True
 
     # -- broker executors (Celery, RQ) --------------------------------------------------------
-    def due_for_dispatch(self, limit: int = 500) -> list[tuple[str, str]]:
+    def due_for_dispatch(self, limit: int = 500) -> list[tuple[str, str, str | None]]:
         """Mark pending jobs that are runnable now and have no live broker message as dispatched;
-        return their ``(id, type)``, most urgent first, for the caller to send.
+        return their ``(id, type, pool)``, most urgent first, for the caller to send (a pooled job
+        goes to its pool's queue, ``dispatch.queue_name``). A job whose ``run_at`` (a pipeline's
+        ``not_before``, a retry's backoff) is in the future is not sent before then.
 
         A job needs a message when it was never dispatched (``dispatched_at`` NULL: new, retried,
         released or reaped) or when its message went out ``redispatch_seconds`` ago and it still
@@ -433,7 +508,7 @@ class JobQueue:
         stale = now - timedelta(seconds=self.cfg.redispatch_seconds)
         held = select(Pipeline.id).where(Pipeline.status.in_(PIPELINE_HELD))
         query = (
-            select(Job.id, Job.type)
+            select(Job.id, Job.type, Job.pool)
             .where(
                 Job.status == "pending",
                 Job.run_at <= now,
@@ -449,7 +524,7 @@ class JobQueue:
         with self.db.session() as s:
             if s.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(of=Job, skip_locked=True)
-            rows = [(str(r.id), str(r.type)) for r in s.execute(query)]
+            rows = [(str(r.id), str(r.type), r.pool) for r in s.execute(query)]
             if rows:
                 s.execute(
                     update(Job)

@@ -20,7 +20,7 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from lorebase.jobs.delivery import close_worker_state, run_delivered, worker_state
-from lorebase.jobs.dispatch import Sender, queue_name
+from lorebase.jobs.dispatch import Due, Sender, queue_name
 from lorebase.jobs.registry import Registry
 from lorebase.settings import Settings
 
@@ -36,10 +36,10 @@ def rq_sender(settings: Settings, registry: Registry) -> Sender:
     timeout = int(settings.jobs.time_limit_seconds)
     queues: dict[str, Queue] = {}
 
-    def send(jobs: Sequence[tuple[str, str]]) -> None:
+    def send(jobs: Sequence[Due]) -> None:
         with connection.pipeline() as pipe:
-            for job_id, job_type in jobs:
-                name = queue_name(settings.queue_prefix, registry.kind_of(job_type))
+            for job_id, job_type, pool in jobs:
+                name = queue_name(settings.queue_prefix, registry.kind_of(job_type), pool)
                 queue = queues.setdefault(name, Queue(name, connection=connection))
                 queue.enqueue(
                     run_job, job_id, job_timeout=timeout, result_ttl=0, failure_ttl=86400, pipeline=pipe
@@ -54,10 +54,11 @@ def run_job(job_id: str) -> str:
     return run_delivered(job_id)
 
 
-def run_worker(settings: Settings, *, kinds: Sequence[str]) -> None:
-    """Run an RQ worker in this process until SIGTERM/SIGINT (RQ lets the running job end)."""
+def run_worker(settings: Settings, *, kinds: Sequence[str], pool: str | None = None) -> None:
+    """Run an RQ worker in this process until SIGTERM/SIGINT (RQ lets the running job end); with
+    ``pool``, on that pool's queues."""
     connection = _redis(settings)
-    queues = [Queue(queue_name(settings.queue_prefix, k), connection=connection) for k in kinds]
+    queues = [Queue(queue_name(settings.queue_prefix, k, pool), connection=connection) for k in kinds]
     worker_state()  # the runtime and its threads, before the first message
     try:
         SimpleWorker(queues, connection=connection).work(with_scheduler=False)

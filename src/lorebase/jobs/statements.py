@@ -77,7 +77,7 @@ class Statements:
 
     def __init__(self, cfg: JobSettings) -> None:
         self.cfg = cfg
-        self._claims: dict[tuple[str, bool, bool, bool], Update] = {}
+        self._claims: dict[tuple[str, bool, bool, bool, bool], Update] = {}
         self._fenced: dict[tuple[str, ...], Update] = {}
         #: the pipeline of a claimed job starts (``pipeline_id``, ``now``), if it was queued
         self.pipeline_started = (
@@ -105,7 +105,7 @@ class Statements:
             )
         )
 
-    def claim(self, dialect: str, *, typed: bool, by_id: bool, batch: bool) -> Update:
+    def claim(self, dialect: str, *, typed: bool, by_id: bool, batch: bool, pooled: bool = False) -> Update:
         """Claim the most urgent runnable job, or with ``batch`` up to ``:limit`` of them, in one
         statement (see ``JobQueue.claim_many``): ``WITH picked AS MATERIALIZED (…) UPDATE jobs …
         FROM picked RETURNING CLAIMED``. The job at ``pos`` 1 starts: its attempt is counted and
@@ -113,8 +113,12 @@ class Statements:
         ``heartbeat_at`` until they start (``JobQueue.start``).
 
         Parameters: ``now``, ``owner``, ``lease_until``, ``types`` (a list) when ``typed``,
-        ``job_id`` when ``by_id``, ``limit`` with ``batch`` (``batch_of``)."""
-        key = (dialect, typed, by_id, batch)
+        ``job_id`` when ``by_id``, ``limit`` with ``batch`` (``batch_of``), ``claim_pool`` when
+        ``pooled`` (a ``--pool`` worker takes only that pool's jobs; otherwise only jobs of no
+        pool). The pool is a residual predicate on the ``ix_jobs_claim`` walk (status, priority,
+        run_at): pooled jobs are few, and a default worker passes over them as it passes over a
+        held pipeline's."""
+        key = (dialect, typed, by_id, batch, pooled)
         stmt = self._claims.get(key)
         if stmt is None:
             runnable = self.runnable()
@@ -122,6 +126,10 @@ class Statements:
                 runnable = runnable.where(JOBS.c.type.in_(bindparam("types", expanding=True)))
             if by_id:
                 runnable = runnable.where(JOBS.c.id == bindparam("job_id", type_=String))
+            if pooled:
+                runnable = runnable.where(JOBS.c.pool == bindparam("claim_pool", type_=String))
+            else:
+                runnable = runnable.where(JOBS.c.pool.is_(None))
             lock = dialect == "postgresql"  # FOR UPDATE SKIP LOCKED: racing claims split the jobs
             if batch:
                 picked = self.batch_of(runnable, lock=lock)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table, delete, insert, select
@@ -78,9 +79,20 @@ def sanitize_filename(name: str | None) -> str:
     return name or "upload"
 
 
-def new_pipeline(session: Session, kb: KnowledgeBase, *, kind: str) -> Pipeline:
+def new_pipeline(
+    session: Session, kb: KnowledgeBase, *, kind: str, not_before: datetime | None = None
+) -> Pipeline:
+    """A ``queued`` pipeline. With ``not_before`` (a scheduled start, UTC) every job it queues
+    waits until then (``JobQueue.placement`` sets their ``run_at``), and its message says when
+    it starts; the first claim of one of its jobs makes it ``running``."""
     pipeline = Pipeline(
-        id=new_id(), kb_id=kb.id, workspace_id=kb.workspace_id, kind=kind, created_at=utcnow()
+        id=new_id(),
+        kb_id=kb.id,
+        workspace_id=kb.workspace_id,
+        kind=kind,
+        created_at=utcnow(),
+        not_before=not_before,
+        message=f"scheduled: starts at {not_before.isoformat()}" if not_before is not None else None,
     )
     session.add(pipeline)
     session.flush()

@@ -128,6 +128,7 @@ def to_dict(p: Pipeline) -> dict[str, Any]:
         "created_at": p.created_at,
         "started_at": p.started_at,
         "finished_at": p.finished_at,
+        "not_before": p.not_before,
         "eta_seconds": eta,
     }
 

@@ -62,8 +62,11 @@ class Principal:
 
 def required_scope(method: str, route_path: str) -> str:
     """The scope a request needs: ``read`` for safe methods and :data:`READ_ONLY_POSTS`,
-    ``admin`` for key management, ``write`` for everything else."""
+    ``admin`` for key management and changing the workspace (its tier, its retention),
+    ``write`` for everything else."""
     if route_path.startswith("/api/v1/keys"):
+        return "admin"
+    if route_path == "/api/v1/workspace" and method.upper() not in _SAFE_METHODS:
         return "admin"
     if method.upper() in _SAFE_METHODS or route_path in READ_ONLY_POSTS:
         return "read"

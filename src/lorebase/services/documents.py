@@ -7,6 +7,7 @@ documents themselves (upsert, grouping, removal) are ``pipeline/documents.py``.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +142,7 @@ def start_pipeline(
     *,
     kind: str = "ingest",
     priority: int | None = None,
+    not_before: datetime | None = None,
 ) -> tuple[Pipeline, list[dict[str, Any]]]:
     """Create a pipeline, upsert documents and enqueue their jobs, all in the caller's transaction.
 
@@ -148,6 +150,6 @@ def start_pipeline(
     ``pending`` (will be processed) or ``skipped`` (unchanged).
     """
     check_unique_external_ids(items)
-    pipeline = new_pipeline(session, kb, kind=kind)
+    pipeline = new_pipeline(session, kb, kind=kind, not_before=not_before)
     outcome = add_items(session, runtime, kb, pipeline, items, priority=priority)
     return pipeline, outcome

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
@@ -41,7 +42,8 @@ from lorebase.services.documents import (
     save_file,
     start_pipeline,
 )
-from lorebase.services.sources import create_source, validate_web_source
+from lorebase.services.pipelines import scheduled_start
+from lorebase.services.sources import create_source, parse_every, validate_web_source
 
 if TYPE_CHECKING:
     from lorebase.jobs.context import JobContext
@@ -186,13 +188,20 @@ def add_text(
 
 
 def add_web(
-    runtime: Runtime, p: Principal, draft_id: str, url: str, crawl: dict[str, Any] | None
+    runtime: Runtime,
+    p: Principal,
+    draft_id: str,
+    url: str,
+    crawl: dict[str, Any] | None,
+    refresh_every: str | None = None,
 ) -> list[dict[str, Any]]:
-    """A website to crawl at finalize; the URL and options are checked now."""
+    """A website to crawl at finalize (and again every ``refresh_every``); checked now."""
     normalized, options = validate_web_source(runtime, url, crawl)
-    return _append(
-        runtime, p, draft_id, [{"id": new_id(), "type": "web", "url": normalized, "crawl": options}]
-    )
+    src: dict[str, Any] = {"id": new_id(), "type": "web", "url": normalized, "crawl": options}
+    if refresh_every is not None:
+        parse_every(refresh_every, minimum=runtime.settings.scheduler.refresh_seconds)
+        src["refresh_every"] = refresh_every
+    return _append(runtime, p, draft_id, [src])
 
 
 def _web_sources(draft_sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -405,8 +414,11 @@ def validate(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
     return validate_draft(runtime, runtime.drafts.get(p.workspace_id, draft_id))
 
 
-def finalize(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
+def finalize(
+    runtime: Runtime, p: Principal, draft_id: str, *, not_before: datetime | None = None
+) -> dict[str, Any]:
     """One transaction: KB ``processing``, documents ``pending``, pipeline ``queued``, jobs, draft gone.
+    With ``not_before`` (``services.pipelines.scheduled_start``) the jobs wait until then.
 
     The draft is *taken* from the repository inside that transaction: in SQL the delete commits
     or rolls back with the KB; in Redis it is an atomic get-and-delete, so of two concurrent
@@ -419,7 +431,7 @@ def finalize(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
     try:
         with runtime.db.session() as s:
             taken = runtime.drafts.take(p.workspace_id, draft_id, s)
-            result = _create_kb(runtime, p, s, taken)
+            result = _create_kb(runtime, p, s, taken, scheduled_start(not_before))
     except BaseException:
         if taken is not None:
             runtime.drafts.put_back(taken)
@@ -428,7 +440,9 @@ def finalize(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
     return result
 
 
-def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -> dict[str, Any]:
+def _create_kb(
+    runtime: Runtime, p: Principal, s: Session, draft: DraftRecord, not_before: datetime | None
+) -> dict[str, Any]:
     items = _items(draft.sources)
     report = validate_draft(runtime, draft, items)  # the draft as taken: it may have changed since
     if not report["is_valid"]:
@@ -446,9 +460,13 @@ def _create_kb(runtime: Runtime, p: Principal, s: Session, draft: DraftRecord) -
     s.add(kb)
     s.flush()
     s.add(live_row(kb))
-    pipeline, _ = start_pipeline(s, runtime, kb, items)
+    pipeline, _ = start_pipeline(s, runtime, kb, items, not_before=not_before)
     for src in _web_sources(draft.sources):
-        create_source(s, runtime, kb, pipeline, src["url"], src["crawl"], source_id=src["id"])
+        # the minimum was checked when it was added: a setting changed since does not fail finalize
+        every = parse_every(src.get("refresh_every"), minimum=1)
+        create_source(
+            s, runtime, kb, pipeline, src["url"], src["crawl"], source_id=src["id"], refresh_seconds=every
+        )
     return {
         "kb_id": kb.id,
         "pipeline_id": pipeline.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
@@ -35,6 +36,7 @@ from lorebase.services.documents import (
     save_file,
     start_pipeline,
 )
+from lorebase.services.pipelines import scheduled_start
 from lorebase.services.settle import settle
 
 if TYPE_CHECKING:
@@ -137,8 +139,11 @@ def add_documents(
     records: list[dict[str, Any]] | None = None,
     files: list[FileTuple] | None = None,
     external_ids: list[str | None] | None = None,
+    not_before: datetime | None = None,
 ) -> dict[str, Any]:
-    """Every item is checked (size, type, the workspace quota) before any blob is stored."""
+    """Every item is checked (size, type, the workspace quota) before any blob is stored;
+    ``not_before``: the processing waits until then (``services.pipelines.scheduled_start``)."""
+    not_before = scheduled_start(not_before)
     get(runtime, p, kb_id)  # 404 before storing anything
     items: list[SourceItem] = []
     contents: list[FileData] = []
@@ -164,7 +169,7 @@ def add_documents(
     with runtime.db.session() as s:
         kb = load(s, p, kb_id)
         quotas.check_kb(runtime, s, kb, items)  # again: others may have added meanwhile
-        pipeline, outcome = start_pipeline(s, runtime, kb, items)
+        pipeline, outcome = start_pipeline(s, runtime, kb, items, not_before=not_before)
         pipeline_id = pipeline.id
     runtime.queue.notify()
     settle(runtime, pipeline_id)  # a batch of unchanged records ends at once

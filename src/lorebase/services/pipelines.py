@@ -7,6 +7,7 @@ the invariant that guards it) is ``services/settle.py``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
@@ -22,7 +23,7 @@ from lorebase.db.states import (
     PipelineStatus,
     transition,
 )
-from lorebase.errors import Conflict, NotFound
+from lorebase.errors import Conflict, InvalidInput, NotFound
 from lorebase.pipeline import progress
 from lorebase.services.auth import Principal
 from lorebase.services.events import publish_pipeline
@@ -31,6 +32,18 @@ from lorebase.tasks import process_document
 
 if TYPE_CHECKING:
     from lorebase.runtime import Runtime
+
+
+def scheduled_start(not_before: datetime | None) -> datetime | None:
+    """A pipeline's ``not_before`` as given to finalize, ``documents``, ``sources`` or ``refresh``:
+    UTC, or None to start now (none given, or a time already past). A time without a zone is
+    refused: "09:00" of which zone would be a guess."""
+    if not_before is None:
+        return None
+    if not_before.tzinfo is None or not_before.utcoffset() is None:
+        raise InvalidInput("not_before needs a timezone (ISO 8601, e.g. 2026-12-08T09:00:00Z)")
+    at = not_before.astimezone(UTC)
+    return at if at > utcnow() else None
 
 
 # -- reads ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 | ``reindex_version`` | ``reindex_version.py`` | process | chunk a KB's documents for a new config version, beside the live one |
 | ``evaluate`` | ``evaluate.py`` | process | score a KB's versions and search modes on labelled queries |
 | ``purge_drafts`` | ``purge_drafts.py`` | process | periodic: delete expired drafts |
+| ``refresh_sources`` | ``refresh_sources.py`` | process | periodic: refresh web sources whose ``refresh_every`` is due |
 
 A periodic task's ``SPEC`` says how often it runs (``every``); the scheduler
 (``jobs/scheduler.py``) queues it once per period across all processes.
@@ -29,6 +30,7 @@ from lorebase.tasks import (
     notify_webhook,
     process_document,
     purge_drafts,
+    refresh_sources,
     reindex_version,
 )
 
@@ -43,5 +45,6 @@ REGISTRY = Registry.of(
         reindex_version.SPEC,
         evaluate.SPEC,
         purge_drafts.SPEC,
+        refresh_sources.SPEC,
     ]
 )

@@ -76,6 +76,7 @@ def enqueue(
     groups = group(docs) if grouped else [[doc_id] for doc_id, _ in docs]
     rows = [
         runtime.queue.job_row(
+            s,
             **SPEC.row_values(runtime.settings, payload=payload(ids), priority=priority),
             workspace_id=workspace_id,
             pipeline_id=pipeline_id,

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse
 from lorebase.adapters.embedders.local import LOCAL_MODELS
 from lorebase.api.deps import RuntimeDep
 from lorebase.db.states import PIPELINE_FINAL
-from lorebase.services import jobs, kbs, pipelines, search
+from lorebase.services import jobs, kbs, pipelines, search, sources
 from lorebase.services.config import default_config, parse_config
 from lorebase.services.kbs import DOC_STATUSES
 from lorebase.web.render import render
@@ -51,6 +51,7 @@ def kb_page(
         "kb": kb,
         "documents": docs["items"],
         "documents_total": docs["total"],
+        "sources": sources.list_sources(runtime, p, kb_id)["items"],
         "pipeline": pipeline,
         "live": pipeline is not None and pipeline["status"] not in PIPELINE_FINAL,
         "config": config,

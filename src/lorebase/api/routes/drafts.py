@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from lorebase.api.deps import PrincipalDep, RuntimeDep
+from lorebase.api.deps import NotBefore, PrincipalDep, RuntimeDep
 from lorebase.api.idempotency import IDEMPOTENT
 from lorebase.api.ratelimit import RATE_FINALIZE, RATE_UPLOAD
 from lorebase.api.schemas.requests import DraftCreate, DraftPatch, PreviewRequest, TextSource, WebSource
@@ -85,7 +85,9 @@ async def add_sources(
         return {"sources": sources}
     body = await read_json(request, TextSource, WebSource, cap=request_cap(runtime.settings))
     if isinstance(body, WebSource):
-        sources = await run_in_threadpool(drafts.add_web, runtime, p, draft_id, body.url, body.crawl)
+        sources = await run_in_threadpool(
+            drafts.add_web, runtime, p, draft_id, body.url, body.crawl, body.refresh_every
+        )
         return {"sources": sources}
     assert isinstance(body, TextSource)
     records = [r.model_dump() for r in body.documents]
@@ -113,8 +115,10 @@ def validate(draft_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, A
 
 
 @router.post("/{draft_id}/finalize", status_code=202, dependencies=[RATE_FINALIZE, IDEMPOTENT])
-def finalize(draft_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
-    result = drafts.finalize(runtime, p, draft_id)
+def finalize(
+    draft_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep, not_before: NotBefore = None
+) -> dict[str, Any]:
+    result = drafts.finalize(runtime, p, draft_id, not_before=not_before)
     base = (runtime.settings.public_url or str(request.base_url)).rstrip("/")
     result["tracking_url"] = f"{base}/api/v1/pipelines/{result['pipeline_id']}"
     return result

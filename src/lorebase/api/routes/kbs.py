@@ -10,13 +10,14 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from lorebase.adapters.blobs.protocol import attachment
-from lorebase.api.deps import PrincipalDep, RuntimeDep
+from lorebase.api.deps import NotBefore, PrincipalDep, RuntimeDep
 from lorebase.api.idempotency import IDEMPOTENT
 from lorebase.api.ratelimit import RATE_UPLOAD
 from lorebase.api.routes.drafts import MULTIPART_FILES
 from lorebase.api.schemas.requests import DocumentsBatch, KbPatch, WebSource
 from lorebase.api.uploads import is_multipart, read_json, receive_files, request_cap
 from lorebase.services import kbs, originals, sources, versions
+from lorebase.services.pipelines import scheduled_start
 
 router = APIRouter(prefix="/api/v1", tags=["knowledge bases"])
 
@@ -88,27 +89,45 @@ def delete_kb(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> Response:
     openapi_extra=DOCUMENTS_BODY,
     dependencies=[RATE_UPLOAD, IDEMPOTENT],
 )
-async def add_documents(kb_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+async def add_documents(
+    kb_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep, not_before: NotBefore = None
+) -> dict[str, Any]:
+    scheduled_start(not_before)  # a 422 before reading the body
     if is_multipart(request):
         await run_in_threadpool(kbs.get, runtime, p, kb_id)  # 404 before reading the body
         async with receive_files(request, runtime.settings) as got:
             return await run_in_threadpool(
-                lambda: kbs.add_documents(runtime, p, kb_id, files=got.files, external_ids=got.external_ids)
+                lambda: kbs.add_documents(
+                    runtime, p, kb_id, files=got.files, external_ids=got.external_ids, not_before=not_before
+                )
             )
     body = await read_json(request, DocumentsBatch, cap=request_cap(runtime.settings))
     assert isinstance(body, DocumentsBatch)
     records = [r.model_dump() for r in body.documents]
-    return await run_in_threadpool(lambda: kbs.add_documents(runtime, p, kb_id, records=records))
+    return await run_in_threadpool(
+        lambda: kbs.add_documents(runtime, p, kb_id, records=records, not_before=not_before)
+    )
 
 
 @router.post("/kbs/{kb_id}/sources", status_code=202, dependencies=[RATE_UPLOAD, IDEMPOTENT])
-def add_source(kb_id: str, body: WebSource, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
-    return sources.add_to_kb(runtime, p, kb_id, body.url, body.crawl)
+def add_source(
+    kb_id: str, body: WebSource, runtime: RuntimeDep, p: PrincipalDep, not_before: NotBefore = None
+) -> dict[str, Any]:
+    return sources.add_to_kb(
+        runtime, p, kb_id, body.url, body.crawl, not_before=not_before, refresh_every=body.refresh_every
+    )
+
+
+@router.get("/kbs/{kb_id}/sources")
+def list_sources(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+    """The KB's web sources: ``{id, type, url, crawl, created_at, last_refreshed_at,
+    refresh_every, next_refresh_at}``."""
+    return sources.list_sources(runtime, p, kb_id)
 
 
 @router.post("/kbs/{kb_id}/refresh", status_code=202, dependencies=[IDEMPOTENT])
-def refresh(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
-    return sources.refresh(runtime, p, kb_id)
+def refresh(kb_id: str, runtime: RuntimeDep, p: PrincipalDep, not_before: NotBefore = None) -> dict[str, Any]:
+    return sources.refresh(runtime, p, kb_id, not_before=not_before)
 
 
 @router.get("/kbs/{kb_id}/documents")

@@ -86,6 +86,12 @@ class WebSource(StorableModel):
     type: Literal["web"]
     url: str
     crawl: dict[str, Any] | None = None
+    refresh_every: str | None = Field(
+        None,
+        max_length=12,
+        description="Refresh the source on a schedule: digits and a unit s, m, h or d ('24h'), at "
+        "least LOREBASE_SCHEDULER__REFRESH_SECONDS.",
+    )
 
 
 class DocumentsBatch(StorableModel):
