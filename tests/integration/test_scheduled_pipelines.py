@@ -79,6 +79,32 @@ def test_a_pipeline_with_not_before_waits_queued_until_then_and_then_completes(c
     assert starts and all(t is not None and t >= at for t in starts)  # no job ran early
 
 
+def test_not_before_in_a_json_body_schedules_finalize_and_added_documents(client: TestClient) -> None:
+    h = key_headers(client)
+    at = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    draft_id = _draft(client, h, {"type": "text", "documents": RECORDS})
+    r = client.post(f"/api/v1/kb-drafts/{draft_id}/finalize", json={"not_before": at.isoformat()}, headers=h)
+    assert r.status_code == 202, r.text
+    kb_id, first = r.json()["kb_id"], r.json()["pipeline_id"]
+    more = [{"external_id": "late", "text": "A late record about llamas."}]
+    r = client.post(
+        f"/api/v1/kbs/{kb_id}/documents", json={"documents": more, "not_before": at.isoformat()}, headers=h
+    )
+    assert r.status_code == 202, r.text
+    for pipeline_id in (first, r.json()["pipeline_id"]):
+        state = client.get(f"/api/v1/pipelines/{pipeline_id}", headers=h).json()
+        assert state["status"] == "queued" and datetime.fromisoformat(state["not_before"]) == at, state
+    # the query and the body disagreeing is refused, and nothing is queued for it
+    other = (at + timedelta(minutes=5)).isoformat()
+    r = client.post(
+        f"/api/v1/kbs/{kb_id}/documents",
+        params={"not_before": other},
+        json={"documents": more, "not_before": at.isoformat()},
+        headers=h,
+    )
+    assert r.status_code == 422 and "twice" in r.json()["error"]["message"], r.text
+
+
 @pytest.mark.parametrize("value", ["2026-12-08T09:00:00", "tomorrow", "2026-13-01T00:00:00Z"])
 def test_a_not_before_without_a_zone_or_unreadable_is_a_422(client: TestClient, value: str) -> None:
     h = key_headers(client)

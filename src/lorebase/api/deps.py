@@ -9,6 +9,7 @@ from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from lorebase.errors import InvalidInput
 from lorebase.runtime import Runtime
 from lorebase.services.auth import Principal, authenticate, required_scope
 
@@ -83,3 +84,10 @@ NotBefore = Annotated[
         "e.g. 2026-12-08T02:00:00Z); a past time starts now."
     ),
 ]
+
+
+def not_before_of(query: datetime | None, body: datetime | None) -> datetime | None:
+    """``not_before`` from the query string or the JSON body (either; both only when equal)."""
+    if query is not None and body is not None and query != body:
+        raise InvalidInput("not_before is given twice (query and body) with different values")
+    return body if body is not None else query

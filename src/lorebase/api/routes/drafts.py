@@ -7,10 +7,17 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from lorebase.api.deps import NotBefore, PrincipalDep, RuntimeDep
+from lorebase.api.deps import NotBefore, PrincipalDep, RuntimeDep, not_before_of
 from lorebase.api.idempotency import IDEMPOTENT
 from lorebase.api.ratelimit import RATE_FINALIZE, RATE_UPLOAD
-from lorebase.api.schemas.requests import DraftCreate, DraftPatch, PreviewRequest, TextSource, WebSource
+from lorebase.api.schemas.requests import (
+    DraftCreate,
+    DraftPatch,
+    PreviewRequest,
+    StartAt,
+    TextSource,
+    WebSource,
+)
 from lorebase.api.uploads import is_multipart, read_json, receive_files, request_cap
 from lorebase.services import drafts
 
@@ -116,9 +123,15 @@ def validate(draft_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, A
 
 @router.post("/{draft_id}/finalize", status_code=202, dependencies=[RATE_FINALIZE, IDEMPOTENT])
 def finalize(
-    draft_id: str, request: Request, runtime: RuntimeDep, p: PrincipalDep, not_before: NotBefore = None
+    draft_id: str,
+    request: Request,
+    runtime: RuntimeDep,
+    p: PrincipalDep,
+    not_before: NotBefore = None,
+    body: StartAt | None = None,
 ) -> dict[str, Any]:
-    result = drafts.finalize(runtime, p, draft_id, not_before=not_before)
+    start = not_before_of(not_before, body.not_before if body is not None else None)
+    result = drafts.finalize(runtime, p, draft_id, not_before=start)
     base = (runtime.settings.public_url or str(request.base_url)).rstrip("/")
     result["tracking_url"] = f"{base}/api/v1/pipelines/{result['pipeline_id']}"
     return result

@@ -10,11 +10,11 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from lorebase.adapters.blobs.protocol import attachment
-from lorebase.api.deps import NotBefore, PrincipalDep, RuntimeDep
+from lorebase.api.deps import NotBefore, PrincipalDep, RuntimeDep, not_before_of
 from lorebase.api.idempotency import IDEMPOTENT
 from lorebase.api.ratelimit import RATE_UPLOAD
 from lorebase.api.routes.drafts import MULTIPART_FILES
-from lorebase.api.schemas.requests import DocumentsBatch, KbPatch, WebSource
+from lorebase.api.schemas.requests import DocumentsBatch, KbPatch, KbWebSource, StartAt
 from lorebase.api.uploads import is_multipart, read_json, receive_files, request_cap
 from lorebase.services import kbs, originals, sources, versions
 from lorebase.services.pipelines import scheduled_start
@@ -103,18 +103,20 @@ async def add_documents(
             )
     body = await read_json(request, DocumentsBatch, cap=request_cap(runtime.settings))
     assert isinstance(body, DocumentsBatch)
-    records = [r.model_dump() for r in body.documents]
+    records = [r.model_dump(exclude={"not_before"}) for r in body.documents]
+    start = not_before_of(not_before, body.not_before)
     return await run_in_threadpool(
-        lambda: kbs.add_documents(runtime, p, kb_id, records=records, not_before=not_before)
+        lambda: kbs.add_documents(runtime, p, kb_id, records=records, not_before=start)
     )
 
 
 @router.post("/kbs/{kb_id}/sources", status_code=202, dependencies=[RATE_UPLOAD, IDEMPOTENT])
 def add_source(
-    kb_id: str, body: WebSource, runtime: RuntimeDep, p: PrincipalDep, not_before: NotBefore = None
+    kb_id: str, body: KbWebSource, runtime: RuntimeDep, p: PrincipalDep, not_before: NotBefore = None
 ) -> dict[str, Any]:
+    start = not_before_of(not_before, body.not_before)
     return sources.add_to_kb(
-        runtime, p, kb_id, body.url, body.crawl, not_before=not_before, refresh_every=body.refresh_every
+        runtime, p, kb_id, body.url, body.crawl, not_before=start, refresh_every=body.refresh_every
     )
 
 
@@ -126,8 +128,15 @@ def list_sources(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, 
 
 
 @router.post("/kbs/{kb_id}/refresh", status_code=202, dependencies=[IDEMPOTENT])
-def refresh(kb_id: str, runtime: RuntimeDep, p: PrincipalDep, not_before: NotBefore = None) -> dict[str, Any]:
-    return sources.refresh(runtime, p, kb_id, not_before=not_before)
+def refresh(
+    kb_id: str,
+    runtime: RuntimeDep,
+    p: PrincipalDep,
+    not_before: NotBefore = None,
+    body: StartAt | None = None,
+) -> dict[str, Any]:
+    start = not_before_of(not_before, body.not_before if body is not None else None)
+    return sources.refresh(runtime, p, kb_id, not_before=start)
 
 
 @router.get("/kbs/{kb_id}/documents")

@@ -10,6 +10,7 @@ parser drops control characters.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -94,8 +95,27 @@ class WebSource(StorableModel):
     )
 
 
+_NOT_BEFORE = (
+    "Start the pipeline's work no earlier than this (ISO 8601 with a timezone); a past time starts "
+    "now. Also accepted as the query parameter `not_before`."
+)
+
+
 class DocumentsBatch(StorableModel):
     documents: list[TextRecord] = Field(min_length=1, max_length=10_000)
+    not_before: datetime | None = Field(None, description=_NOT_BEFORE)
+
+
+class KbWebSource(WebSource):
+    """A web source added to a built KB: it may wait for a start time."""
+
+    not_before: datetime | None = Field(None, description=_NOT_BEFORE)
+
+
+class StartAt(StorableModel):
+    """The optional body of finalize and refresh."""
+
+    not_before: datetime | None = Field(None, description=_NOT_BEFORE)
 
 
 class PreviewRequest(StorableModel):
