@@ -52,7 +52,7 @@ test-site:
 
 #: the suites that run on PostgreSQL 16 + pgvector too (started by pgserver for the session)
 POSTGRES_SUITES := tests/integration/jobs/test_job_queue.py tests/integration/jobs/test_dispatch.py \
-	tests/integration/jobs/test_claim_ahead.py \
+	tests/integration/jobs/test_claim_ahead.py tests/integration/jobs/test_tenant_tiers.py \
 	tests/integration/test_api_e2e.py tests/integration/test_idempotency.py \
 	tests/integration/test_pipeline_control.py tests/integration/test_drafts_api.py \
 	tests/integration/test_pipeline_events.py tests/integration/test_isolation.py \

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select, update
+from sqlalchemy import Connection, and_, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from lorebase.db.engine import Database, insert_or_skip
@@ -27,6 +27,10 @@ from lorebase.errors import LeaseLost
 from lorebase.jobs import retry
 from lorebase.jobs.statements import Statements
 from lorebase.settings import JobSettings
+
+#: the advisory lock claims take turns on when a share is set (PostgreSQL; any fixed 64-bit key)
+CLAIM_LOCK_KEY = 0x6C6F7265_636C6169  # "lore" "clai"
+_CLAIM_TURN = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 @dataclass(slots=True)
@@ -82,6 +86,8 @@ class JobQueue:
         self.cfg = cfg
         self._listeners: list[Any] = []
         self._sql = Statements(cfg)
+        #: a share per pipeline or workspace is set: claims on PostgreSQL take turns (``claim_many``)
+        self._shares = cfg.max_running_per_pipeline > 0 or cfg.max_running_per_workspace > 0
 
     # -- wake-ups ---------------------------------------------------------------------------
     def add_listener(self, callback: Any) -> None:
@@ -221,8 +227,9 @@ class JobQueue:
         running job (one embedder loop per pipeline, for example), and jobs of a pipeline or a
         workspace already running its share (``jobs.max_running_per_pipeline`` /
         ``jobs.max_running_per_workspace``), so one huge ingestion cannot take every worker.
-        The shares are counted across all workers; on PostgreSQL two claims racing may each see
-        the last free slot, so a share can be exceeded by a job for a moment, never for long.
+        The shares are counted across all workers. On PostgreSQL, when a share is set, claims
+        take turns on a transaction-scoped advisory lock, so two claims racing cannot each see the
+        last free slot; SQLite's claims are serialized by its writer lock.
 
         ``pool``: a worker of that pool (``lorebase worker --pool NAME``) takes only jobs of that
         pool; a default worker (None) only jobs of no pool.
@@ -256,6 +263,12 @@ class JobQueue:
         now = utcnow()
         with self.db.connection() as conn:
             dialect, by_id = conn.dialect.name, job_id is not None
+            if dialect == "postgresql" and self._shares:
+                # with a share to keep, claims take turns: each one's statement then starts after
+                # the previous claim committed and counts its jobs (under READ COMMITTED two claims
+                # racing would each see the last free slot). Held to the end of this short
+                # transaction; without shares, claims never wait on each other.
+                conn.execute(_CLAIM_TURN, {"key": CLAIM_LOCK_KEY})
             stmt = self._sql.claim(
                 dialect, typed=bool(types), by_id=by_id, batch=limit > 1, pooled=pool is not None
             )

@@ -25,7 +25,6 @@ from lorebase.jobs.context import JobContext
 from lorebase.jobs.executor import EmbeddedExecutor
 from lorebase.runtime import Runtime
 from lorebase.services import workspaces
-from support.testdb import ON_POSTGRES
 from support.waiting import wait_for
 
 
@@ -138,13 +137,6 @@ def test_a_priority_tenants_pipeline_starts_before_an_earlier_normal_one(rt: Run
     assert second_at < first_at
 
 
-@pytest.mark.xfail(
-    ON_POSTGRES,
-    reason="PostgreSQL: claims racing under READ COMMITTED each see the last free slot of a share "
-    "(JobQueue.claim's documented caveat), so three threads starting at once may run a tenant's "
-    "jobs beyond it for a moment; exact on SQLite, whose claims are serialized",
-    strict=False,
-)
 def test_the_workspace_share_holds_across_pools_and_priorities(rt: Runtime) -> None:
     a = tenant(rt, "a", priority=50, pool="big")
     c = tenant(rt, "c", priority=50, pool="big")
