@@ -10,6 +10,8 @@
 | ``reindex_version`` | ``reindex_version.py`` | process | chunk a KB's documents for a new config version, beside the live one |
 | ``evaluate`` | ``evaluate.py`` | process | score a KB's versions and search modes on labelled queries |
 | ``purge_drafts`` | ``purge_drafts.py`` | process | periodic: delete expired drafts |
+| ``blob_gc`` | ``blob_gc.py`` | process | periodic: delete unreferenced blobs after their grace period |
+| ``retention`` | ``retention.py`` | process | periodic: delete old jobs, events, query logs, idempotency keys; drop originals past ``originals_days`` |
 
 A periodic task's ``SPEC`` says how often it runs (``every``); the scheduler
 (``jobs/scheduler.py``) queues it once per period across all processes.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from lorebase.jobs.registry import Registry
 from lorebase.tasks import (
+    blob_gc,
     crawl_source,
     embed_chunks,
     evaluate,
@@ -30,6 +33,7 @@ from lorebase.tasks import (
     process_document,
     purge_drafts,
     reindex_version,
+    retention,
 )
 
 #: every job type; the executors, the dispatcher and the Celery/RQ delivery read it
@@ -43,5 +47,7 @@ REGISTRY = Registry.of(
         reindex_version.SPEC,
         evaluate.SPEC,
         purge_drafts.SPEC,
+        blob_gc.SPEC,
+        retention.SPEC,
     ]
 )

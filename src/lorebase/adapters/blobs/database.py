@@ -2,7 +2,8 @@
 reads them, so uploads need no shared disk (``blob_store = "database"``, the default on PostgreSQL).
 
 Content-addressed like the local store: the key is the sha256 of the bytes, a second ``put`` of
-the same bytes writes nothing. Each call runs in a short transaction of its own, so a blob is
+the same bytes writes only ``created_at`` (the blob's ``stored_at``: the blob GC's grace runs from
+it). Each call runs in a short transaction of its own, so a blob is
 saved before the draft or job row that names it is committed.
 """
 
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from lorebase.db.engine import Database, insert_or_skip
-from lorebase.db.models import Blob
+from lorebase.db.models import Blob, utcnow
 from lorebase.errors import NotFound
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -27,10 +30,18 @@ class DatabaseBlobStore:
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
+        now = utcnow()
         with self.db.session() as s:
-            s.execute(
-                insert_or_skip(s, Blob, {"key": key, "data": data, "size": len(data)}, index_elements=["key"])
-            )
+            # refresh first: bytes already here are not sent again, only their stored_at moves
+            if s.execute(update(Blob).where(Blob.key == key).values(created_at=now)).rowcount == 0:  # type: ignore[attr-defined]
+                s.execute(
+                    insert_or_skip(
+                        s,
+                        Blob,
+                        {"key": key, "data": data, "size": len(data), "created_at": now},
+                        index_elements=["key"],
+                    )
+                )
         return key
 
     def put_file(self, path: Path) -> str:
@@ -51,3 +62,16 @@ class DatabaseBlobStore:
         if _KEY.match(key):
             with self.db.session() as s:
                 s.execute(delete(Blob).where(Blob.key == key))
+
+    def iter_blobs(self) -> Iterator[tuple[str, datetime, int]]:
+        with self.db.read_session() as s:
+            rows = s.execute(select(Blob.key, Blob.created_at, Blob.size)).all()
+        for key, stored_at, size in rows:
+            yield key, stored_at if stored_at.tzinfo else stored_at.replace(tzinfo=UTC), size
+
+    def delete_unless_stored_since(self, key: str, since: datetime) -> bool:
+        """Delete the blob unless it was stored (or re-``put``) at ``since`` or later, in one
+        statement; True when deleted. A ``put`` that comes after it inserts the bytes again."""
+        with self.db.session() as s:
+            gone = s.execute(delete(Blob).where(Blob.key == key, Blob.created_at < since))
+        return bool(gone.rowcount)  # type: ignore[attr-defined]

@@ -1,11 +1,16 @@
-"""Blobs as files under ``<data_dir>/blobs/ab/abcdef…`` (content-addressed, atomic writes)."""
+"""Blobs as files under ``<data_dir>/blobs/ab/abcdef…`` (content-addressed, atomic writes).
+
+A blob's ``stored_at`` is its file's mtime: a ``put`` of bytes already here touches the file."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lorebase.errors import NotFound
@@ -27,7 +32,7 @@ class LocalBlobStore:
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
         path = self._path(key)
-        if path.exists():
+        if _touch(path):
             return key
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -51,7 +56,7 @@ class LocalBlobStore:
                     out.write(block)
             key = digest.hexdigest()
             target = self._path(key)
-            if target.exists():
+            if _touch(target):
                 Path(tmp).unlink()
                 return key
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -69,3 +74,44 @@ class LocalBlobStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def iter_blobs(self) -> Iterator[tuple[str, datetime, int]]:
+        for sub in self.root.iterdir():
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for path in sub.iterdir():
+                if not _KEY.match(path.name):  # a ``.tmp-`` file of a put under way
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+                yield path.name, datetime.fromtimestamp(st.st_mtime, tz=UTC), st.st_size
+
+    def delete_unless_stored_since(self, key: str, since: datetime) -> bool:
+        """Delete the blob unless it was stored (or re-``put``) at ``since`` or later; True when
+        deleted. Safe against a concurrent ``put``: the file is first renamed aside (a ``put``
+        from then on finds nothing and writes the bytes afresh), then its mtime is read; a file
+        refreshed before the rename is put back."""
+        path = self._path(key)
+        aside = path.with_name(f".gc-{key}")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return False
+        if datetime.fromtimestamp(aside.stat().st_mtime, tz=UTC) >= since:
+            with contextlib.suppress(FileExistsError):  # a put already wrote it again
+                os.link(aside, path)
+            aside.unlink()
+            return False
+        aside.unlink()
+        return True
+
+
+def _touch(path: Path) -> bool:
+    """Move an existing blob's mtime (its ``stored_at``) to now; False when it is not there."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session
 
-from lorebase.adapters.drafts.protocol import DraftRecord
+from lorebase.adapters.drafts.protocol import DraftRecord, source_blob_keys
 from lorebase.db.models import utcnow
 from lorebase.errors import Conflict, NotFound
 
@@ -125,3 +125,17 @@ class RedisDraftRepository:
     def purge_expired(self) -> int:
         """Nothing to do: every key carries its TTL and Redis removes it."""
         return 0
+
+    def blob_keys(self) -> set[str]:
+        """Scans ``{prefix}:draft:*`` (``SCAN``, not ``KEYS``: Redis is never blocked long)."""
+        keys: set[str] = set()
+        now = utcnow()
+        names = list(self.client.scan_iter(match=f"{self.prefix}:draft:*", count=500))
+        for i in range(0, len(names), 500):
+            for raw in self.client.mget(names[i : i + 500]):
+                if raw is None:  # expired between the scan and the read
+                    continue
+                doc = json.loads(raw)
+                if datetime.fromisoformat(doc["expires_at"]) > now:
+                    keys |= source_blob_keys(doc.get("sources") or [])
+        return keys
