@@ -13,7 +13,10 @@ stores a page's blob and its document in one batch; the check is there for the t
 Why a blob being referenced is never lost:
 
 1. Blobs are listed **before** the references are read. A blob listed and then referenced
-   before the reference scan is seen as referenced.
+   before the reference scan is seen as referenced. Drafts are read before documents, because
+   finalize moves references from a draft to its documents: in one transaction with SQL drafts;
+   with Redis drafts ``take`` leaves a short-lived tombstone holding the sources
+   (``adapters/drafts/redis.py``), so the move has no moment where neither read sees them.
 2. A blob is referenced only after it is ``put``, and a ``put`` of bytes already stored refreshes
    their ``stored_at``. So a new reference to bytes the GC considers old comes with a fresh
    ``stored_at``, and the delete is conditional on ``stored_at`` (``delete_unless_stored_since``
@@ -81,15 +84,18 @@ class GcReport:
 
 
 def referenced_blob_keys(runtime: Runtime) -> set[str]:
-    """Every blob key something still needs (see the module doc)."""
+    """Every blob key something still needs (see the module doc). Drafts are read before
+    documents: finalize moves a draft's references to documents, never back, so whichever side
+    of the move a read falls on, one of the two reads sees them."""
+    keys = runtime.drafts.blob_keys()
     with runtime.db.read_session() as s:
-        keys = {
+        keys.update(
             k
             for k in s.execute(
                 select(Document.blob_key).where(Document.blob_key.is_not(None)).distinct()
             ).scalars()
             if k is not None
-        }
+        )
         payloads = s.execute(
             select(Job.payload).where(
                 Job.status.in_(JOB_ACTIVE), cast(Job.payload, String).like("%blob_key%")
@@ -97,7 +103,7 @@ def referenced_blob_keys(runtime: Runtime) -> set[str]:
         ).scalars()
         for payload in payloads:
             keys.update(_payload_keys(payload))
-    return keys | runtime.drafts.blob_keys()
+    return keys
 
 
 def _payload_keys(value: Any) -> Iterator[str]:
