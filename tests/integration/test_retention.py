@@ -172,7 +172,7 @@ def test_original_retention_keeps_search_and_a_reindex_says_why_it_cannot(tmp_pa
     settings = make_settings(tmp_path / "data", scheduler={"enabled": False})
     with running_app(settings) as client:
         h = key_headers(client)
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        runtime: Runtime = client.app.state.runtime
         text = "Basalt columns form when thick lava flows cool and contract into hexagonal prisms. " * 20
         data = f"# Basalt\n\n{text}\n".encode()
         fin = finalize_draft(client, h, files=[("files", ("basalt.md", data, "text/markdown"))])
