@@ -3,8 +3,10 @@ redirects, CSRF on cookie-authenticated API calls, escaping, and the query log."
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
@@ -12,7 +14,9 @@ from fastapi.testclient import TestClient
 
 from conftest import finalize_draft, key_headers, running_app
 from lorebase.api.deps import SESSION_COOKIE
+from lorebase.jobs.scheduler import Scheduler
 from lorebase.settings import Settings
+from lorebase.tasks import REGISTRY
 from lorebase.web.security import CSP
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
@@ -175,3 +179,28 @@ def test_query_log_lists_queries_and_negative_share_per_day_in_the_workspace_onl
     other = key_headers(signed_in, workspace="other")
     assert signed_in.get(f"/api/v1/kbs/{kb_id}/queries", headers=other).status_code == 404
     assert signed_in.get(f"/api/v1/kbs/{kb_id}/queries/daily", headers=other).status_code == 404
+
+
+def test_the_jobs_page_lists_the_periodic_tasks_with_their_last_and_next_run(signed_in: TestClient) -> None:
+    runtime = signed_in.app.state.runtime  # type: ignore[attr-defined]
+    periodic = [s for s in REGISTRY if s.every is not None]
+
+    def rows() -> dict[str, list[str]]:
+        page = signed_in.get("/jobs").text
+        assert f"Periodic tasks ({len(periodic)})" in page
+        found = re.findall(r'<tr data-task="([a-z_]+)">(.*?)</tr>', page, re.S)
+        return {name: re.findall(r"<td>(.*?)</td>", row, re.S) for name, row in found}
+
+    before = rows()
+    assert sorted(before) == sorted(s.name for s in periodic)
+    for spec in periodic:
+        name, summary, every, last, _ = before[spec.name]
+        assert (name, every, last) == (spec.name, "1h", "never")  # cleanup_seconds: 3600
+        assert summary == html.escape(spec.summary, quote=False)
+    now = datetime.now(UTC)
+    Scheduler(runtime.db, runtime.queue, REGISTRY, runtime.settings).tick(now)
+    after = rows()
+    nxt = datetime.fromtimestamp((now.timestamp() // 3600 + 1) * 3600, tz=UTC)
+    for spec in periodic:
+        assert after[spec.name][3] == f"{now:%Y-%m-%d %H:%M:%S}"
+        assert after[spec.name][4] == f"{nxt:%Y-%m-%d %H:%M:%S}"
