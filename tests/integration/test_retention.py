@@ -208,3 +208,16 @@ def test_original_retention_keeps_search_and_a_reindex_says_why_it_cannot(tmp_pa
         assert message.endswith("upload it again to re-index it")
         # what happens to the version then is the versions policy's (services/versions.py): a
         # version whose documents failed is complete and goes live without them today
+
+        # uploading the same file again brings the original back (nothing to re-process)
+        r = client.post(
+            f"/api/v1/kbs/{kb_id}/documents",
+            files=[("files", ("basalt.md", data, "text/markdown"))],
+            headers=h,
+        )
+        assert r.status_code == 202, r.text
+        assert [d["status"] for d in r.json()["documents"]] == ["skipped"]
+        with runtime.db.read_session() as s:
+            back = s.execute(select(Document).where(Document.id == doc.id)).scalar_one()
+        assert back.blob_key is not None and back.original_removed_at is None
+        assert runtime.blobs.get(back.blob_key) == data
