@@ -224,8 +224,10 @@ def _load(runtime: Runtime, doc_id: str, blob_key: str | None, media_type: str |
         raise original_removed(runtime, doc_id) or PermanentError("the document has no stored content")
     try:
         return runtime.blobs.get(blob_key)
-    except NotFound:
-        raise PermanentError("the uploaded file is missing from storage") from None
+    except NotFound:  # retention may have dropped it since the document was read
+        raise original_removed(runtime, doc_id) or PermanentError(
+            "the uploaded file is missing from storage"
+        ) from None
 
 
 def original_removed(runtime: Runtime, doc_id: str) -> PermanentError | None:
