@@ -7,8 +7,9 @@ last stored longer than ``retention.blob_grace_seconds`` ago. References are ``d
 (every KB version reads its documents' blobs, so the documents cover the versions too), the source
 items of every live draft (``runtime.drafts.blob_keys()``: the SQL table or Redis) and any
 pending or running job whose payload names a ``blob_key`` (none does today: ``process_document``,
-``reindex_version`` and ``crawl_source`` carry document, pipeline and source ids, and a crawl
-stores a page's blob and its document in one batch; the check is there for the task that will).
+``reindex_version`` and ``crawl_source`` carry document, pipeline and source ids; a crawl puts
+a page's blob while it fetches and adds its document with the batch's transaction, a window the
+grace period covers, see 3.; the check is there for the task that will).
 
 Why a blob being referenced is never lost:
 
