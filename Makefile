@@ -58,7 +58,8 @@ POSTGRES_SUITES := tests/integration/jobs/test_job_queue.py tests/integration/jo
 	tests/integration/test_pipeline_events.py tests/integration/test_isolation.py \
 	tests/integration/services/test_settle_invariant.py tests/integration/test_query_log.py \
 	tests/integration/test_kb_versions.py tests/integration/test_evaluations.py \
-	tests/integration/test_openai_embedder.py
+	tests/integration/test_openai_embedder.py tests/integration/test_retention.py \
+	tests/integration/test_blob_gc.py tests/integration/test_scheduler.py
 
 test-postgres: $(DEV_STAMP)  ## the API and job-queue suites on PostgreSQL + pgvector
 	LOREBASE_TEST_DATABASE=postgres $(BIN)/pytest -q $(call junit,test-postgres) $(POSTGRES_SUITES)

@@ -8,9 +8,10 @@ is checked against these descriptions by a test, so a new setting cannot go undo
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -294,6 +295,16 @@ class RetentionSettings(BaseModel):
         description="Default original-file retention: originals of documents indexed longer ago than "
         "this are deleted, chunks and vectors stay (0: keep); a workspace may set its own.",
     )
+
+    def for_workspace(self, overrides: Mapping[str, Any] | None, name: str) -> float:
+        """The retention ``name`` (``originals_days``, ``query_logs_days``) of a workspace: its own
+        (``Workspace.retention``) when it set one, else this default; 0 means keep."""
+        value = (overrides or {}).get(name)
+        return (
+            float(value)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+            else float(getattr(self, name))
+        )
 
 
 class SchedulerSettings(BaseModel):

@@ -109,6 +109,8 @@ def test_sign_in_build_a_kb_in_the_wizard_search_it_and_leave_feedback(
     page.shot("query-log")
     pg.goto(f"{server.url}/jobs")
     expect(pg.locator("#queue [data-stat=succeeded]")).not_to_have_text("0")
+    expect(pg.locator("#periodic tbody tr")).to_have_count(3)  # blob_gc, purge_drafts, retention
+    expect(pg.locator("#periodic tr[data-task=blob_gc] td").nth(3)).not_to_have_text("never")  # ticked
     page.shot("jobs")
 
     assert page.dialogs == [] and page.csp_violations == []

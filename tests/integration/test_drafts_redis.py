@@ -8,6 +8,7 @@ Skipped when Redis is not reachable, except on CI (``CI=true``), where that is a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from sqlalchemy import event, func, select
 
 from conftest import key_headers, make_settings
 from lorebase.adapters.drafts.protocol import DraftRecord
-from lorebase.adapters.drafts.redis import RedisDraftRepository
+from lorebase.adapters.drafts.redis import TOMBSTONE_MS, RedisDraftRepository
 from lorebase.adapters.events.redis import RedisEventBus
 from lorebase.app import create_app
 from lorebase.assembly import build_executor
@@ -328,6 +329,26 @@ def test_a_finalize_that_fails_puts_the_draft_back(
     monkeypatch.undo()
     assert drafts.finalize(rt, p, draft["id"])["status"] == "processing"
     assert not redis_client.exists(key)
+
+
+def test_blob_keys_name_live_drafts_uploads_and_a_just_taken_drafts(
+    api: TestClient, redis_client: redis.Redis, prefix: str
+) -> None:
+    """What the blob GC keeps: a finalize commits the documents that take over a draft's uploads
+    after its take, so the taken draft's keys stay named for a while (a tombstone)."""
+    rt = _rt(api)
+    p = local_principal(rt.db)
+    draft = drafts.create(rt, p, name="uploads", description=None, config=None)
+    other = drafts.create(rt, p, name="web only", description=None, config=None)
+    drafts.add_text(rt, p, draft["id"], [RECORD])
+    key = hashlib.sha256(RECORD["text"].encode()).hexdigest()
+    assert rt.drafts.blob_keys() == {key}
+    with rt.db.session() as s:
+        rt.drafts.take(p.workspace_id, draft["id"], s)
+        rt.drafts.take(p.workspace_id, other["id"], s)
+    assert not redis_client.exists(f"{prefix}:draft:{draft['id']}")
+    assert rt.drafts.blob_keys() == {key}
+    assert 0 < redis_client.pttl(f"{prefix}:draft-taken:{draft['id']}") <= TOMBSTONE_MS
 
 
 # -- events ---------------------------------------------------------------------------------------

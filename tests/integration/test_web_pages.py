@@ -3,8 +3,10 @@ redirects, CSRF on cookie-authenticated API calls, escaping, and the query log."
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
@@ -12,7 +14,9 @@ from fastapi.testclient import TestClient
 
 from conftest import finalize_draft, key_headers, running_app
 from lorebase.api.deps import SESSION_COOKIE
+from lorebase.jobs.scheduler import Scheduler
 from lorebase.settings import Settings
+from lorebase.tasks import REGISTRY
 from lorebase.web.security import CSP
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
@@ -192,3 +196,32 @@ def test_a_documents_title_links_to_its_original_for_the_signed_in_browser(
     r = signed_in.get(r.headers["location"])
     assert r.status_code == 200 and r.content == b"# Zymurgy\n\nnotes on brewing"
     assert r.headers["content-disposition"].startswith("attachment;")
+
+
+def test_the_jobs_page_lists_the_periodic_tasks_with_their_last_and_next_run(signed_in: TestClient) -> None:
+    runtime = signed_in.app.state.runtime  # type: ignore[attr-defined]
+    periodic = [s for s in REGISTRY if s.every is not None]
+
+    def rows() -> dict[str, list[str]]:
+        page = signed_in.get("/jobs").text
+        assert f"Periodic tasks ({len(periodic)})" in page
+        found = re.findall(r'<tr data-task="([a-z_]+)">(.*?)</tr>', page, re.S)
+        return {name: re.findall(r"<td>(.*?)</td>", row, re.S) for name, row in found}
+
+    before = rows()
+    assert sorted(before) == sorted(s.name for s in periodic)
+    shown = {3600.0: "1h", 60.0: "1m"}  # the defaults: cleanup_seconds, refresh_seconds
+    for spec in periodic:
+        name, summary, every, last, _ = before[spec.name]
+        assert spec.every is not None
+        assert (name, every, last) == (spec.name, shown[spec.every(runtime.settings)], "never")
+        assert summary == html.escape(spec.summary, quote=False)
+    now = datetime.now(UTC)
+    Scheduler(runtime.db, runtime.queue, REGISTRY, runtime.settings).tick(now)
+    after = rows()
+    for spec in periodic:
+        assert spec.every is not None
+        period = spec.every(runtime.settings)
+        nxt = datetime.fromtimestamp((now.timestamp() // period + 1) * period, tz=UTC)
+        assert after[spec.name][3] == f"{now:%Y-%m-%d %H:%M:%S}"
+        assert after[spec.name][4] == f"{nxt:%Y-%m-%d %H:%M:%S}"

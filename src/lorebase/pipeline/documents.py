@@ -120,6 +120,8 @@ def add_items(
         if doc is not None and doc.content_hash == item.content_hash and doc.status not in DOCUMENT_RETRYABLE:
             if item.metadata and item.metadata != doc.meta:
                 doc.meta = item.metadata
+            if doc.blob_key is None:  # retention dropped its original: the same bytes bring it back
+                doc.blob_key, doc.original_removed_at = item.blob_key, None
             outcome.append(_summary(doc.id, item, "skipped"))
             continue
         if doc is not None:  # changed (or failed before): re-process in place

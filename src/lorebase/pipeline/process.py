@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from lorebase import faults
 from lorebase.adapters.embedders import tokenizer_ref
-from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, index_key, utcnow
+from lorebase.db.models import Chunk, Document, KnowledgeBase, Pipeline, Workspace, index_key, utcnow
 from lorebase.db.states import DOCUMENT_BEFORE_EMBEDDING, DocumentStatus, transition
 from lorebase.errors import NotFound, PermanentError, TransientError
 from lorebase.jobs import retry
@@ -172,9 +172,9 @@ class ProcessDocument:
         errors: dict[int, PermanentError] = {}
         asks: list[tuple[int, int]] = []  # (document's index in work, version)
         args: list[tuple[bytes, str, str | None, ChunkingConfig, str, int]] = []
-        for n, (_, blob_key, media_type, filename, _, targets) in enumerate(work):
+        for n, (doc_id, blob_key, media_type, filename, _, targets) in enumerate(work):
             try:
-                data = _load(runtime, blob_key, media_type)
+                data = _load(runtime, doc_id, blob_key, media_type)
             except PermanentError as exc:
                 errors[n] = exc
                 continue
@@ -219,13 +219,45 @@ class ProcessDocument:
         )
 
 
-def _load(runtime: Runtime, blob_key: str | None, media_type: str | None) -> bytes:
+def _load(runtime: Runtime, doc_id: str, blob_key: str | None, media_type: str | None) -> bytes:
     if blob_key is None or media_type is None:
-        raise PermanentError("the document has no stored content")
+        raise original_removed(runtime, doc_id) or PermanentError("the document has no stored content")
     try:
         return runtime.blobs.get(blob_key)
-    except NotFound:
-        raise PermanentError("the uploaded file is missing from storage") from None
+    except NotFound:  # retention may have dropped it since the document was read
+        raise original_removed(runtime, doc_id) or PermanentError(
+            "the uploaded file is missing from storage"
+        ) from None
+
+
+def original_removed(runtime: Runtime, doc_id: str) -> PermanentError | None:
+    """The error of a document whose original the workspace's retention deleted
+    (``services/lifecycle.py``), or None when it was not that."""
+    with runtime.db.read_session() as s:
+        row = s.execute(
+            select(
+                Document.filename,
+                Document.title,
+                Document.indexed_at,
+                Document.original_removed_at,
+                Workspace.retention,
+            )
+            .join(Workspace, Workspace.id == Document.workspace_id)
+            .where(Document.id == doc_id)
+        ).first()
+    if row is None or row.original_removed_at is None:
+        return None
+    name = row.filename or row.title or doc_id
+    after = ""
+    if row.indexed_at is not None:
+        after = (
+            f", {(row.original_removed_at - row.indexed_at).total_seconds() / 86400:.3g} days after indexing,"
+        )
+    days = runtime.settings.retention.for_workspace(row.retention, "originals_days")
+    return PermanentError(
+        f"the original of {name!r} was deleted on {row.original_removed_at:%Y-%m-%d %H:%M} UTC{after} by the "
+        f"workspace's retention policy (originals_days={days:g}); upload it again to re-index it"
+    )
 
 
 def _chunk_rows(

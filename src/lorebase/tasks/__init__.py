@@ -11,6 +11,8 @@
 | ``evaluate`` | ``evaluate.py`` | process | score a KB's versions and search modes on labelled queries |
 | ``purge_drafts`` | ``purge_drafts.py`` | process | periodic: delete expired drafts |
 | ``refresh_sources`` | ``refresh_sources.py`` | process | periodic: refresh web sources whose ``refresh_every`` is due |
+| ``blob_gc`` | ``blob_gc.py`` | process | periodic: delete unreferenced blobs after their grace period |
+| ``retention`` | ``retention.py`` | process | periodic: delete old jobs, events, query logs, idempotency keys; drop originals past ``originals_days`` |
 
 A periodic task's ``SPEC`` says how often it runs (``every``); the scheduler
 (``jobs/scheduler.py``) queues it once per period across all processes.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from lorebase.jobs.registry import Registry
 from lorebase.tasks import (
+    blob_gc,
     crawl_source,
     embed_chunks,
     evaluate,
@@ -32,6 +35,7 @@ from lorebase.tasks import (
     purge_drafts,
     refresh_sources,
     reindex_version,
+    retention,
 )
 
 #: every job type; the executors, the dispatcher and the Celery/RQ delivery read it
@@ -46,5 +50,7 @@ REGISTRY = Registry.of(
         evaluate.SPEC,
         purge_drafts.SPEC,
         refresh_sources.SPEC,
+        blob_gc.SPEC,
+        retention.SPEC,
     ]
 )

@@ -40,7 +40,17 @@ env = jinja2.Environment(
     autoescape=True,  # every template, whatever its extension
     undefined=jinja2.StrictUndefined,
 )
-env.filters.update(when=when, http_url=http_url, percent=percent)
+
+
+def every(seconds: float) -> str:
+    """A period as people write it: ``30s``, ``5m``, ``1h``, ``1.5h``, ``2d``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g}{unit}"
+    return f"{seconds:.3g}s"
+
+
+env.filters.update(when=when, http_url=http_url, percent=percent, every=every)
 templates = Jinja2Templates(env=env)
 
 

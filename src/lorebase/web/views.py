@@ -12,9 +12,11 @@ from fastapi.responses import HTMLResponse
 from lorebase.adapters.embedders.local import LOCAL_MODELS
 from lorebase.api.deps import RuntimeDep
 from lorebase.db.states import PIPELINE_FINAL
+from lorebase.jobs.scheduler import schedules
 from lorebase.services import jobs, kbs, pipelines, search, sources
 from lorebase.services.config import default_config, parse_config
 from lorebase.services.kbs import DOC_STATUSES
+from lorebase.tasks import REGISTRY
 from lorebase.web.render import render
 from lorebase.web.session import PagePrincipal
 
@@ -108,6 +110,8 @@ def jobs_page(request: Request, runtime: RuntimeDep, p: PagePrincipal) -> HTMLRe
         "retries": [j for j in pending if j["attempts"] > 0],
         "waiting": sum(1 for j in pending if j["attempts"] == 0),
         "dead": listed("dead"),
+        # the deployment's periodic tasks (cleanup, retention): the same for every workspace
+        "periodic": schedules(runtime.db, REGISTRY, runtime.settings),
         "nav": "jobs",
     }
     return render(request, "jobs.html", context)

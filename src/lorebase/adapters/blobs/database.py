@@ -1,10 +1,10 @@
 """Blobs as rows of the ``blobs`` table: every API node and worker that reaches the database
 reads them, so uploads need no shared disk (``blob_store = "database"``, the default on PostgreSQL).
 
-Content-addressed like the local store: the key is the sha256 of the bytes; a second ``put`` of
-the same bytes only moves the row's ``created_at`` (its stored-at time) to now. Each call runs in
-a short transaction of its own, so a blob is saved before the draft or job row that names it is
-committed.
+Content-addressed like the local store: the key is the sha256 of the bytes, a second ``put`` of
+the same bytes writes only ``created_at`` (the blob's ``stored_at``: the blob GC's grace runs from
+it). Each call runs in a short transaction of its own, so a blob is
+saved before the draft or job row that names it is committed.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import delete, select, update
 
 from lorebase.adapters.blobs.protocol import KEY
-from lorebase.db.engine import Database
+from lorebase.db.engine import Database, insert_or_skip
 from lorebase.db.models import Blob, utcnow
 from lorebase.errors import NotFound
 
@@ -32,14 +30,18 @@ class DatabaseBlobStore:
 
     def put(self, data: bytes) -> str:
         key = hashlib.sha256(data).hexdigest()
+        now = utcnow()
         with self.db.session() as s:
-            insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-            stmt = insert(Blob).values(key=key, data=data, size=len(data), created_at=utcnow())
-            s.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["key"], set_={"created_at": stmt.excluded.created_at}
+            # refresh first: bytes already here are not sent again, only their stored_at moves
+            if s.execute(update(Blob).where(Blob.key == key).values(created_at=now)).rowcount == 0:  # type: ignore[attr-defined]
+                s.execute(
+                    insert_or_skip(
+                        s,
+                        Blob,
+                        {"key": key, "data": data, "size": len(data), "created_at": now},
+                        index_elements=["key"],
+                    )
                 )
-            )
         return key
 
     def put_file(self, path: Path) -> str:
@@ -80,3 +82,10 @@ class DatabaseBlobStore:
 
     def presigned_url(self, key: str, *, ttl_seconds: int, filename: str, media_type: str) -> str | None:
         return None
+
+    def delete_unless_stored_since(self, key: str, since: datetime) -> bool:
+        """Delete the blob unless it was stored (or re-``put``) at ``since`` or later, in one
+        statement; True when deleted. A ``put`` that comes after it inserts the bytes again."""
+        with self.db.session() as s:
+            gone = s.execute(delete(Blob).where(Blob.key == key, Blob.created_at < since))
+        return bool(gone.rowcount)  # type: ignore[attr-defined]

@@ -1,7 +1,10 @@
-"""Blobs as files under ``<data_dir>/blobs/ab/abcdef…`` (content-addressed, atomic writes)."""
+"""Blobs as files under ``<data_dir>/blobs/ab/abcdef…`` (content-addressed, atomic writes).
+
+A blob's ``stored_at`` is its file's mtime: a ``put`` of bytes already here touches the file."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -96,3 +99,22 @@ class LocalBlobStore:
 
     def presigned_url(self, key: str, *, ttl_seconds: int, filename: str, media_type: str) -> str | None:
         return None
+
+    def delete_unless_stored_since(self, key: str, since: datetime) -> bool:
+        """Delete the blob unless it was stored (or re-``put``) at ``since`` or later; True when
+        deleted. Safe against a concurrent ``put``: the file is first renamed aside (a ``put``
+        from then on finds nothing and writes the bytes afresh), then its mtime is read; a file
+        refreshed before the rename is put back."""
+        path = self._path(key)
+        aside = path.with_name(f".gc-{key}")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return False
+        if datetime.fromtimestamp(aside.stat().st_mtime, tz=UTC) >= since:
+            with contextlib.suppress(FileExistsError):  # a put already wrote it again
+                os.link(aside, path)
+            aside.unlink()
+            return False
+        aside.unlink()
+        return True

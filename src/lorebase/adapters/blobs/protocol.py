@@ -74,3 +74,14 @@ def attachment(filename: str | None) -> str:
     ascii_name = name.encode("ascii", "ignore").decode() or "original"
     ascii_name = ascii_name.replace("%", "_")
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+@runtime_checkable
+class StaleDelete(Protocol):
+    """What a store may offer the blob GC beyond ``delete`` (the local and database stores do): a
+    delete that loses to a concurrent re-``put``, so a blob being stored again is never lost."""
+
+    def delete_unless_stored_since(self, key: str, since: datetime) -> bool:
+        """Delete the blob unless it was stored (or re-``put``) at ``since`` or later; True when
+        it was deleted."""
+        ...

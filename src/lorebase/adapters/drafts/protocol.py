@@ -85,3 +85,18 @@ class DraftRepository(Protocol):
     def purge_expired(self) -> int:
         """Delete expired drafts and return how many (0 where the store expires keys itself)."""
         ...
+
+    def blob_keys(self) -> set[str]:
+        """The blob keys that the sources of every draft not yet expired name (their uploads): the
+        blob GC keeps these. An expired draft's keys are not included even if it is still stored."""
+        ...
+
+
+def source_blob_keys(sources: list[dict[str, Any]]) -> set[str]:
+    """The blob keys in a draft's ``sources`` (each source's ``items``, ``SourceItem.to_json``)."""
+    return {
+        key
+        for source in sources
+        for item in source.get("items") or ()
+        if isinstance(key := item.get("blob_key"), str)
+    }

@@ -17,19 +17,25 @@ from typing import Any
 import redis
 from sqlalchemy.orm import Session
 
-from lorebase.adapters.drafts.protocol import DraftRecord
+from lorebase.adapters.drafts.protocol import DraftRecord, source_blob_keys
 from lorebase.db.models import utcnow
 from lorebase.errors import Conflict, NotFound
 
-#: GET + workspace check + DEL as one step; returns the JSON, or nil if absent or not the workspace's
+#: GET + workspace check + DEL as one step; returns the JSON, or nil if absent or not the workspace's.
+#: The draft is copied to a tombstone (KEYS[2], TTL ARGV[2] ms) that ``blob_keys`` still reads: a
+#: finalize commits the documents that take over its uploads' references after the take, in SQL
 _TAKE = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return false end
 local ok, doc = pcall(cjson.decode, raw)
 if not ok or doc['workspace_id'] ~= ARGV[1] then return false end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], raw, 'PX', ARGV[2])
 return raw
 """
+
+#: how long a taken draft's uploads still count as referenced (its finalize transaction is far shorter)
+TOMBSTONE_MS = 15 * 60 * 1000
 
 #: optimistic retries before giving up on a draft that other clients keep changing
 MAX_ATTEMPTS = 50
@@ -58,6 +64,9 @@ class RedisDraftRepository:
 
     def key(self, draft_id: str) -> str:
         return f"{self.prefix}:draft:{draft_id}"
+
+    def _taken(self, draft_id: str) -> list[str]:
+        return [self.key(draft_id), f"{self.prefix}:draft-taken:{draft_id}"]
 
     @property
     def _ttl_ms(self) -> int:
@@ -110,11 +119,11 @@ class RedisDraftRepository:
         raise Conflict(f"draft {draft_id} is being changed by too many clients at once; try again")
 
     def delete(self, workspace_id: str, draft_id: str) -> None:
-        if self._take(keys=[self.key(draft_id)], args=[workspace_id]) is None:
+        if self._take(keys=self._taken(draft_id), args=[workspace_id, TOMBSTONE_MS]) is None:
             raise NotFound(f"draft {draft_id} not found (or expired)")
 
     def take(self, workspace_id: str, draft_id: str, session: Session) -> DraftRecord:
-        raw = self._take(keys=[self.key(draft_id)], args=[workspace_id])
+        raw = self._take(keys=self._taken(draft_id), args=[workspace_id, TOMBSTONE_MS])
         return self._parse(raw, workspace_id, draft_id)
 
     def put_back(self, draft: DraftRecord) -> None:
@@ -125,3 +134,25 @@ class RedisDraftRepository:
     def purge_expired(self) -> int:
         """Nothing to do: every key carries its TTL and Redis removes it."""
         return 0
+
+    def blob_keys(self) -> set[str]:
+        """The live drafts' keys, then the tombstones' of drafts taken in the last
+        :data:`TOMBSTONE_MS`: in that order, a ``take`` (draft → tombstone, atomic) between the
+        two reads is seen by the second (``SCAN``, not ``KEYS``: Redis is never blocked long)."""
+        now = utcnow()
+        keys = self._keys_in(
+            f"{self.prefix}:draft:*", lambda doc: datetime.fromisoformat(doc["expires_at"]) > now
+        )
+        return keys | self._keys_in(f"{self.prefix}:draft-taken:*", lambda doc: True)
+
+    def _keys_in(self, match: str, wanted: Callable[[dict[str, Any]], bool]) -> set[str]:
+        keys: set[str] = set()
+        names = list(self.client.scan_iter(match=match, count=500))
+        for i in range(0, len(names), 500):
+            for raw in self.client.mget(names[i : i + 500]):
+                if raw is None:  # gone between the scan and the read
+                    continue
+                doc = json.loads(raw)
+                if wanted(doc):
+                    keys |= source_blob_keys(doc.get("sources") or [])
+        return keys

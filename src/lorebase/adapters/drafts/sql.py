@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from lorebase.adapters.drafts.protocol import DraftRecord
+from lorebase.adapters.drafts.protocol import DraftRecord, source_blob_keys
 from lorebase.db.engine import Database
 from lorebase.db.models import Draft, utcnow
 from lorebase.errors import NotFound
@@ -106,3 +106,10 @@ class SqlDraftRepository:
     def purge_expired(self) -> int:
         with self.db.session() as s:
             return s.execute(delete(Draft).where(Draft.expires_at <= utcnow())).rowcount  # type: ignore[attr-defined]
+
+    def blob_keys(self) -> set[str]:
+        keys: set[str] = set()
+        with self.db.read_session() as s:
+            for sources in s.execute(select(Draft.sources).where(Draft.expires_at > utcnow())).scalars():
+                keys |= source_blob_keys(sources or [])
+        return keys
