@@ -41,6 +41,7 @@ PERIODIC = sorted(s.name for s in REGISTRY if s.every is not None)
 FAST = {
     "LOREBASE_SCHEDULER__TICK_SECONDS": "0.2",
     "LOREBASE_SCHEDULER__CLEANUP_SECONDS": str(EVERY),
+    "LOREBASE_SCHEDULER__REFRESH_SECONDS": str(EVERY),
     "LOREBASE_JOBS__REAP_SECONDS": "0.2",  # the maintenance thread, which ticks, runs this often
 }
 
@@ -145,6 +146,10 @@ def test_ticks_from_many_threads_queue_one_job_per_task_and_period(runtime: Runt
 
     jobs = _periodic_jobs(runtime.db)
     assert len(queued) == len(set(queued)) == len(jobs) == periods * len(PERIODIC)
+    # each task's own period numbers at the ticks (cleanup_seconds or refresh_seconds apart)
+    own = {s.name: s.every(runtime.settings) for s in REGISTRY if s.every is not None}
     assert Counter((t, p) for t, p, _ in jobs) == Counter(
-        (task, period_of(base, every) + n) for task in PERIODIC for n in range(periods)
+        (task, period_of(base + timedelta(seconds=n * every), own[task]))
+        for task in PERIODIC
+        for n in range(periods)
     )
