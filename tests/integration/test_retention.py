@@ -28,6 +28,7 @@ from lorebase.db.models import (
     new_id,
     utcnow,
 )
+from lorebase.pipeline.process import original_removed
 from lorebase.runtime import Runtime
 from lorebase.services.auth import local_principal
 from lorebase.services.lifecycle import BATCH, apply_retention, collect_garbage
@@ -190,24 +191,27 @@ def test_original_retention_keeps_search_and_a_reindex_says_why_it_cannot(tmp_pa
         hits = client.post(f"/api/v1/kbs/{kb_id}/search", json={"query": "hexagonal basalt"}, headers=h)
         assert hits.status_code == 200 and hits.json()["results"][0]["document_id"] == doc.id
 
+        # a re-parse that still meets it (retention ran after the job read the document) fails it
+        # permanently with the reason, not "missing from storage"
+        err = original_removed(runtime, doc.id)
+        assert err is not None and err.message.startswith(
+            f"the original of 'basalt.md' was deleted on {doc.original_removed_at:%Y-%m-%d}"
+        )
+        assert "by the workspace's retention policy (originals_days=1e-05)" in err.message
+        assert err.message.endswith("upload it again to re-index it")
+
+        # a re-index would rebuild the KB without it: refused up front, saying why and what to do
         store = {"type": "pgvector" if ON_POSTGRES else "sqlite"}
         config = {"chunking": {"chunk_size": 64, "chunk_overlap": 8}, "store": store}
         r = client.patch(f"/api/v1/kbs/{kb_id}", json={"config": config}, headers=h)
-        assert r.status_code == 202, r.text
-        wait_pipeline(client, h, r.json()["pipeline_id"])
-        versions = {
-            v["version"]: v for v in client.get(f"/api/v1/kbs/{kb_id}/versions", headers=h).json()["items"]
-        }
-        [failure] = versions[2]["failed_documents"]
-        assert failure["id"] == doc.id
-        message = failure["error"]
-        assert message.startswith(
-            f"the original of 'basalt.md' was deleted on {doc.original_removed_at:%Y-%m-%d}"
-        )
-        assert "by the workspace's retention policy (originals_days=1e-05)" in message
-        assert message.endswith("upload it again to re-index it")
-        # what happens to the version then is the versions policy's (services/versions.py): a
-        # version whose documents failed is complete and goes live without them today
+        assert r.status_code == 409, r.text
+        error = r.json()["error"]
+        assert "no longer have their original" in error["message"] and "'basalt.md'" in error["message"]
+        assert "Upload them again" in error["message"]
+        assert error["details"]["documents"] == [doc.id]
+        assert [
+            v["version"] for v in client.get(f"/api/v1/kbs/{kb_id}/versions", headers=h).json()["items"]
+        ] == [1]
 
         # uploading the same file again brings the original back (nothing to re-process)
         r = client.post(
@@ -221,3 +225,12 @@ def test_original_retention_keeps_search_and_a_reindex_says_why_it_cannot(tmp_pa
             back = s.execute(select(Document).where(Document.id == doc.id)).scalar_one()
         assert back.blob_key is not None and back.original_removed_at is None
         assert runtime.blobs.get(back.blob_key) == data
+
+        # and the re-index goes through, the document rebuilt from it
+        r = client.patch(f"/api/v1/kbs/{kb_id}", json={"config": config}, headers=h)
+        assert r.status_code == 202, r.text
+        assert wait_pipeline(client, h, r.json()["pipeline_id"])["status"] == "completed"
+        versions = {
+            v["version"]: v for v in client.get(f"/api/v1/kbs/{kb_id}/versions", headers=h).json()["items"]
+        }
+        assert versions[2]["status"] == "live" and versions[2]["failed_documents"] == []

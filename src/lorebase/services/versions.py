@@ -192,6 +192,7 @@ def update_kb(
                 f"(pipeline {building[0].pipeline_id}); wait for it or cancel it first",
                 details={"version": building[0].version, "pipeline_id": building[0].pipeline_id},
             )
+        _check_originals(s, kb)
         version = max([r.version for r in rows] + [kb.version]) + 1
         if merged.get("notifications") != current.get("notifications"):
             kb.config = {**kb.config, "notifications": merged.get("notifications")}
@@ -229,6 +230,29 @@ def update_kb(
         }
     runtime.queue.notify()
     return 202, result
+
+
+def _check_originals(s: Session, kb: KnowledgeBase) -> None:
+    """A re-index rebuilds every document from its original: documents whose original the
+    workspace's retention deleted cannot be rebuilt, and the new version would go live without
+    them. Refused up front (409) with what to do, rather than a version that silently loses them."""
+    gone = s.execute(
+        select(Document.id, Document.filename, Document.title, Document.source_url)
+        .where(
+            Document.kb_id == kb.id, Document.blob_key.is_(None), Document.original_removed_at.is_not(None)
+        )
+        .order_by(Document.original_removed_at)
+    ).all()
+    if not gone:
+        return
+    names = [d.filename or d.title or d.source_url or d.id for d in gone[:5]]
+    raise Conflict(
+        f"{len(gone)} document(s) of this knowledge base no longer have their original (deleted by "
+        f"the workspace's retention policy): a re-index cannot rebuild them and the new version "
+        f"would leave them out. Upload them again (or delete them) first: {', '.join(map(repr, names))}"
+        + (" …" if len(gone) > 5 else ""),
+        details={"documents_without_original": len(gone), "documents": [d.id for d in gone[:100]]},
+    )
 
 
 def _forget_dimensions(
