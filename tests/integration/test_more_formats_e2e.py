@@ -94,6 +94,10 @@ def test_each_new_format_is_indexed_and_found_by_what_only_it_says(
         titles["lighthouse.epub"] == "The Lighthouse Keeper" and titles["offsite.eml"] == "Quarterly offsite"
     )
     assert sum(d["chunk_count"] for d in docs) <= 15  # small: the model embeds ~20 chunks/s
+    # what the parser says of a document is kept on it: an e-mail's headers, its refused attachment
+    mail = next(d for d in docs if d["filename"] == "offsite.eml")["metadata"]["parsed"]
+    assert mail["subject"] == "Quarterly offsite" and mail["warnings"]
+    assert [a["filename"] for a in mail["attachments"]] == ["agenda.pdf"]
 
     chunks = api.get(f"/api/v1/documents/{ids['inventory.xlsx']}/chunks", headers=auth).json()["items"]
     assert {c["metadata"]["type"] for c in chunks} == {"table"}

@@ -42,7 +42,7 @@ import resource
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -107,6 +107,9 @@ class Prepared:
     leading_heading: str | None
     page_count: int | None
     drafts: list[ChunkDraft]
+    #: what the parser says of the document (an e-mail's headers and attachments, a cut table's
+    #: warning): kept on the document under ``metadata.parsed``
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def parse(data: bytes, media_type: str, filename: str | None) -> ParsedDocument:
@@ -145,7 +148,7 @@ def prepare(
     faults.poison(data)
     parsed = parse(data, media_type, filename)
     drafts = chunk(parsed, cfg, _tokenizer(embedder), max_tokens=max_tokens)
-    return Prepared(parsed.title, leading_heading(parsed), parsed.page_count, drafts)
+    return Prepared(parsed.title, leading_heading(parsed), parsed.page_count, drafts, dict(parsed.metadata))
 
 
 def _prepare_in_child(*args: Any) -> tuple[str, Any]:

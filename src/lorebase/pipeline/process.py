@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, insert, select, update
@@ -60,6 +60,8 @@ class Prepared:
     #: the chunks for each KB config version it was chunked for (``pipeline/versions.py``)
     drafts: dict[int, list[ChunkDraft]]
     title: str | None
+    #: the parser's own metadata (``isolated.Prepared.metadata``), saved as ``metadata.parsed``
+    parsed: dict[str, Any] = field(default_factory=dict)
 
 
 class ProcessDocument:
@@ -201,7 +203,7 @@ class ProcessDocument:
             else:
                 title = title or live.title or live.leading_heading or filename
                 drafts = {version: r.drafts for version, r in per.items()}
-                outcomes.append(Prepared(doc_id, live.page_count, drafts, title))
+                outcomes.append(Prepared(doc_id, live.page_count, drafts, title, live.metadata))
         return outcomes
 
     def on_failure(self, ctx: JobContext[Runtime], session: Session, message: str, kind: str) -> None:
@@ -349,6 +351,8 @@ def save_chunks(
             doc.chunk_count = len(item.drafts.get(kb.version) or next(iter(item.drafts.values())))
             doc.page_count = item.page_count
             doc.error = doc.error_kind = None
+            if item.parsed:  # the parser's metadata under its own key, beside what the caller gave
+                doc.meta = {**(doc.meta or {}), "parsed": item.parsed}
     pipeline_id = reindex_pipeline or items[0][0].pipeline_id
     if pipeline_id and fresh_total:
         s.execute(
