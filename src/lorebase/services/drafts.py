@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from lorebase.adapters.drafts.protocol import DraftRecord
 from lorebase.adapters.embedders import embedder_problem, is_openai
-from lorebase.adapters.parsers.registry import parse_bytes
+from lorebase.adapters.parsers import ocr
+from lorebase.adapters.parsers.registry import IMAGE_MEDIA_TYPES, parse_bytes
 from lorebase.crawl.preview import fetch_one
 from lorebase.db.models import KnowledgeBase, new_id, utcnow
 from lorebase.errors import InvalidInput, JobError, LorebaseError, NotFound
@@ -389,6 +390,7 @@ def validate_draft(
     config_errors, config_warnings = check_config(runtime, cfg)
     errors += config_errors
     warnings += config_warnings
+    errors += _ocr_problems(runtime, items)
     size, overlap = cfg["chunking"]["chunk_size"], cfg["chunking"]["chunk_overlap"]
     total_bytes = sum(i.size_bytes for i in items)
     est_chunks = max(len(items), math.ceil(total_bytes / BYTES_PER_TOKEN / max(1, size - overlap)))
@@ -408,6 +410,22 @@ def validate_draft(
         "estimated_chunks": est_chunks,
         "estimated_duration_minutes": max(0.1, minutes),
     }
+
+
+def _ocr_problems(runtime: Runtime, items: list[SourceItem]) -> list[dict[str, str]]:
+    """Image sources need OCR on and Tesseract installed: say so before the build, not per document."""
+    images = [i.filename or i.blob_key for i in items if i.media_type in IMAGE_MEDIA_TYPES]
+    if not images:
+        return []
+    named = ", ".join(images[:5]) + (f" and {len(images) - 5} more" if len(images) > 5 else "")
+    parse = runtime.settings.parse
+    if not parse.ocr:
+        reason = "OCR is off (LOREBASE_PARSE__OCR=false)"
+    elif ocr.tesseract_version(parse.tesseract_cmd) is None:
+        reason = ocr.missing_tesseract_message(parse.tesseract_cmd)
+    else:
+        return []
+    return [{"field": "sources", "message": f"{len(images)} image file(s) need OCR ({named}): {reason}"}]
 
 
 def validate(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:
