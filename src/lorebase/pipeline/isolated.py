@@ -196,7 +196,8 @@ def _run_limited(args: Work, limits: ParseLimits) -> tuple[str, Any]:
         _set_soft(resource.RLIMIT_AS, size + limits.max_memory_mb * _MIB)
     # Tesseract (a child of this process) inherits both rlimits; the wall clock it gets as a
     # timeout that ends it a little before the parent would kill this process (and orphan it).
-    margin = min(1.0, limits.max_seconds / 10)
+    # (a quarter of the limit, at most 5 s: the pipe and a busy machine delay both sides)
+    margin = min(5.0, limits.max_seconds / 4)
     ocr.set_deadline(time.monotonic() + limits.max_seconds - margin, limits.wall_message())
     try:
         return _prepare_in_child(*args)
