@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -248,7 +249,10 @@ class ImageParser:
         require_tesseract()
         name = filename or "the image"
         try:
-            with Image.open(io.BytesIO(data)) as image:
+            with warnings.catch_warnings():  # Pillow warns past MAX_IMAGE_PIXELS; check_pixels refuses
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+            with image:
                 frames = getattr(image, "n_frames", 1)
                 if frames > _STATE.limits.max_pages:
                     raise PermanentError(
@@ -256,7 +260,6 @@ class ImageParser:
                         "accepts (parse.ocr_max_pages)"
                     )
                 blocks: list[Block] = []
-                warnings: list[str] = []
                 low: list[tuple[int, float]] = []
                 for number, frame in enumerate(ImageSequence.Iterator(image), start=1):
                     check_pixels(*frame.size, f"page {number} of {name}" if frames > 1 else name)
@@ -268,11 +271,9 @@ class ImageParser:
             raise PermanentError(f"{name} refused as a possible decompression bomb: {exc}") from None
         except (OSError, SyntaxError, ValueError) as exc:  # Pillow's "cannot identify", truncated data
             raise PermanentError(f"could not read image: {exc}") from None
-        if low:
-            warnings.append(low_confidence_warning(low))
         if not blocks:
             raise PermanentError(f"no extractable text: OCR found no text in {name}")
         meta: dict[str, Any] = {"ocr": True}
-        if warnings:
-            meta["warnings"] = warnings
+        if low:
+            meta["warnings"] = [low_confidence_warning(low)]
         return ParsedDocument(title=None, blocks=blocks, page_count=frames, metadata=meta)
