@@ -65,6 +65,20 @@ def test_with_ocr_off_a_scanned_pdf_fails_permanently(tmp_path: Path) -> None:
         scan = next(d for d in docs if d["filename"] == "invoice-scan.pdf")
         assert scan["status"] == "failed" and scan["error_kind"] == "permanent", scan
         assert "no text layer; OCR is off" in scan["error"]
+        # a preview parses in the API process: the same setting holds there
+        draft_id = client.post("/api/v1/kb-drafts", json={"name": "photo"}, headers=auth).json()["id"]
+        r = client.post(
+            f"/api/v1/kb-drafts/{draft_id}/sources",
+            files=[("files", ("ferry.png", NOTE, "image/png"))],
+            headers=auth,
+        )
+        assert r.status_code == 201, r.text
+        r = client.post(f"/api/v1/kb-drafts/{draft_id}/preview", headers=auth)
+        assert r.status_code == 422 and "cannot preview ferry.png: OCR is off" in r.text, r.text
+        report = client.post(f"/api/v1/kb-drafts/{draft_id}/validate", headers=auth).json()
+        assert [e["message"] for e in report["errors"]] == [
+            "1 image file(s) need OCR (ferry.png): OCR is off (LOREBASE_PARSE__OCR=false)"
+        ]
 
 
 def test_a_draft_with_images_is_invalid_without_tesseract(tmp_path: Path) -> None:

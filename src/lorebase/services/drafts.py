@@ -247,7 +247,7 @@ def preview(
         raise InvalidInput("the draft has no sources to preview")
     item = items[0]
     try:
-        parsed = parse_bytes(runtime.blobs.get(item.blob_key), item.media_type, item.filename)
+        parsed = _parse(runtime, runtime.blobs.get(item.blob_key), item.media_type, item.filename)
     except LorebaseError as exc:
         raise InvalidInput(
             f"cannot preview {item.filename or item.external_id or 'source'}: {exc.message}"
@@ -257,13 +257,19 @@ def preview(
     )
 
 
+def _parse(runtime: Runtime, data: bytes, media_type: str, filename: str | None) -> Any:
+    """:func:`parse_bytes` under this runtime's OCR settings (a preview parses in this process)."""
+    with ocr.use_limits(ocr.OcrLimits.of(runtime.settings.parse)):
+        return parse_bytes(data, media_type, filename)
+
+
 def _preview_web(runtime: Runtime, src: dict[str, Any], cfg: dict[str, Any], limit: int) -> dict[str, Any]:
     """The start page of a web source, fetched now (through the SSRF guard) and chunked."""
     result = fetch_one(runtime, src["url"])
     if result.outcome != "ok" or result.body is None or result.media_type is None:
         raise InvalidInput(f"cannot preview {src['url']}: {result.error or result.outcome}")
     try:
-        parsed = parse_bytes(result.body, result.media_type, None)
+        parsed = _parse(runtime, result.body, result.media_type, None)
     except LorebaseError as exc:
         raise InvalidInput(f"cannot preview {src['url']}: {exc.message}") from None
     return _preview_chunks(runtime, cfg, parsed, limit, source_id=src["id"], title=src["url"])
