@@ -251,7 +251,9 @@ def test_a_long_ocr_is_stopped_by_the_wall_clock_and_leaves_no_tesseract_behind(
     """Tesseract gets what remains of ``max_seconds`` as its timeout: a dense 100-line page (several
     seconds of OCR) under a 3 s limit fails with the wall-clock message, and no orphan remains."""
     from factories import image_bytes
+    from support import tesseract
 
+    tesseract.require()
     page = image_bytes([f"Line {i}: the quick brown fox jumps over the lazy dog again" for i in range(100)])
     pool = ParsePool(1, limits=ParseLimits(3, 600, 8192, ZIP_DEFAULTS))
     try:

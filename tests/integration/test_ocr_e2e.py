@@ -6,11 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from conftest import finalize_draft, key_headers, make_settings, running_app, wait_pipeline
 from factories import image_bytes, pdf_bytes, scanned_pdf_bytes
 from lorebase.settings import ParseSettings
+from support import tesseract
+
+
+@pytest.fixture(autouse=True)
+def _tesseract() -> None:
+    tesseract.require()
+
 
 SCAN = scanned_pdf_bytes(
     ["Invoice 4471: the harbour crane", "was repaired by Kestrel Marine", "for 9,300 euros."]

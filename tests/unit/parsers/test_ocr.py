@@ -16,12 +16,14 @@ from lorebase.adapters.parsers.registry import detect_media_type, parse_bytes
 from lorebase.errors import PermanentError
 from lorebase.pipeline.chunk import chunk
 from lorebase.pipeline.types import ChunkingConfig
+from support import tesseract
 
 LINES = ["The lighthouse keeper of Vardo", "feeds seventeen cormorants daily."]
 
 
 @pytest.fixture(autouse=True)
 def _default_ocr() -> Iterator[None]:
+    tesseract.require()
     with ocr.use_limits(OcrLimits()):
         yield
 
