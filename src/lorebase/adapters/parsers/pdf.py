@@ -58,7 +58,7 @@ class PdfParser:
         ]
         blank = [number for number, text in enumerate(pages, start=1) if not text.strip()]
         metadata: dict[str, Any] = {}
-        if blank:
+        if blank or not blocks:
             blocks, metadata = _with_ocr(data, blocks, blank, len(pages))
         return ParsedDocument(title=title, blocks=blocks, page_count=len(pages), metadata=metadata)
 
@@ -95,6 +95,8 @@ def _with_ocr(
 ) -> tuple[list[Block], dict[str, Any]]:
     """``blocks`` plus the OCR'd text of the ``blank`` pages (1-based) in page order, and the
     document's metadata (``warnings`` for pages OCR read with a low confidence)."""
+    if not blank:  # no page at all
+        raise PermanentError(f"no extractable text: the PDF has {page_count} page(s)")
     cfg = ocr.limits()
     if not cfg.enabled:
         if blocks:
