@@ -37,11 +37,14 @@ test: $(DEV_STAMP) test-site  ## install and run the test suite
 	$(BIN)/pytest -q $(call junit,test)
 
 # The crawl tests serve Debian's python3.11-doc (530 real HTML pages) on loopback; the dashboard
-# tests drive Debian's chromium. Installed when apt can be used without a password; otherwise
-# those tests skip (and fail under CI=true).
+# tests drive Debian's chromium; the OCR tests run Debian's tesseract-ocr with its English data.
+# Installed when apt can be used without a password; otherwise those tests skip (and fail under
+# CI=true).
 test-site:
 	@missing=""; [ -d $(PYDOCS) ] || missing=" python3.11-doc"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/tesseract ] || missing="$$missing tesseract-ocr"; \
+	[ -f /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ] || missing="$$missing tesseract-ocr-eng"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 		if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 from docx import Document as DocxDocument
 from fpdf import FPDF
@@ -150,3 +151,35 @@ def eml_bytes(
         maintype, subtype = content_type.split("/", 1)
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
     return msg.as_bytes()
+
+
+#: a TrueType font every Debian machine with fontconfig has (fonts-dejavu-core)
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def text_image(lines: list[str], size: int = 44, width: int = 1800) -> Any:
+    """A white grayscale page with ``lines`` drawn in black with a TrueType font (a clean scan)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(FONT, size)
+    image = Image.new("L", (width, 120 + int(size * 1.6) * len(lines)), 255)
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((60, 60 + int(size * 1.6) * i), line, font=font, fill=0)
+    return image
+
+
+def image_bytes(lines: list[str] | list[list[str]], fmt: str = "PNG") -> bytes:
+    """``lines`` rendered by :func:`text_image` and saved by Pillow as ``fmt`` (PNG, JPEG, TIFF;
+    a list of pages makes a multi-page TIFF)."""
+    pages = [text_image(p) for p in lines] if lines and isinstance(lines[0], list) else [text_image(lines)]  # type: ignore[arg-type]
+    out = io.BytesIO()
+    pages[0].save(out, fmt, save_all=len(pages) > 1, append_images=pages[1:])
+    return out.getvalue()
+
+
+def scanned_pdf_bytes(lines: list[str]) -> bytes:
+    """A one-page PDF holding only a picture of ``lines`` (no text layer), as a scanner makes it."""
+    out = io.BytesIO()
+    text_image(lines).save(out, "PDF", resolution=150)
+    return out.getvalue()

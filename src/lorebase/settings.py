@@ -408,6 +408,39 @@ class ParseSettings(BaseModel):
         description="Rows of a spreadsheet or CSV file (all sheets together) that are indexed; the "
         "rest of the file is dropped and the document's metadata says so (`warnings`).",
     )
+    ocr: bool = Field(
+        True,
+        description="OCR images (PNG, JPEG, TIFF) and PDF pages without a text layer with Tesseract; "
+        'off, an image upload fails and a scanned PDF fails with "no text layer; OCR is off".',
+    )
+    tesseract_cmd: str = Field(
+        "tesseract",
+        description="The Tesseract binary (name on PATH or path); `apt install tesseract-ocr tesseract-ocr-eng`.",
+    )
+    ocr_language: str = Field(
+        "eng",
+        description="Tesseract language(s), e.g. `eng` or `eng+deu` (each needs its tesseract-ocr-* package).",
+    )
+    ocr_dpi: int = Field(
+        300, ge=72, le=600, description="Resolution at which a scanned PDF page is rendered for OCR."
+    )
+    ocr_max_pages: int = Field(
+        100,
+        ge=1,
+        description="Pages of one image (multi-page TIFF) or scanned PDF that OCR accepts; more is refused.",
+    )
+    ocr_max_pixels: int = Field(
+        40_000_000,
+        ge=1_000_000,
+        description="Pixels of one image page OCR accepts (also Pillow's `MAX_IMAGE_PIXELS`); a larger "
+        "image is refused as a decompression bomb, a PDF page is rendered at a lower DPI to fit.",
+    )
+    ocr_min_confidence: float = Field(
+        60.0,
+        ge=0,
+        le=100,
+        description="Mean OCR word confidence (0-100) below which a page is named in the document's warnings.",
+    )
 
 
 class Settings(BaseSettings):

@@ -258,7 +258,7 @@ def test_ingest_of_a_missing_path_exits_1_with_a_clear_message(cli: Cli, tmp_pat
 def test_ingest_of_a_folder_without_supported_files_exits_1(cli: Cli, tmp_path: Path) -> None:
     junk = tmp_path / "junk"
     junk.mkdir()
-    (junk / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (junk / "image.gif").write_bytes(b"GIF89a")
     result = cli("ingest", str(junk), "--kb", "notes")
     assert result.exit_code == 1 and "no supported files" in result.stderr
 

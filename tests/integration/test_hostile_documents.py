@@ -245,3 +245,27 @@ def test_new_formats_in_the_parse_pool_keep_the_row_cap_and_refuse_zip_bombs() -
         assert [d.metadata["type"] for d in sparse.drafts] == ["table"]
     finally:
         pool.shutdown()
+
+
+def test_a_long_ocr_is_stopped_by_the_wall_clock_and_leaves_no_tesseract_behind() -> None:
+    """Tesseract gets what remains of ``max_seconds`` as its timeout: a dense 100-line page (several
+    seconds of OCR) under a 3 s limit fails with the wall-clock message, and no orphan remains."""
+    from factories import image_bytes
+    from support import tesseract
+
+    tesseract.require()
+    page = image_bytes([f"Line {i}: the quick brown fox jumps over the lazy dog again" for i in range(100)])
+    pool = ParsePool(1, limits=ParseLimits(3, 600, 8192, ZIP_DEFAULTS))
+    try:
+        pool.start(wait=True)
+        before = pool.pids()
+        (stopped,) = pool.prepare_all([(page, "image/png", "dense.png", CFG, SPEC, 256)])
+        assert isinstance(stopped, PermanentError)
+        assert stopped.message == "parsing stopped: the file took longer than 3 s to parse"
+        assert pool.pids() == before  # stopped by its own timeout, not killed by the parent
+        children = [
+            p for pid in pool.pids() for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
+        assert children == []  # the timeout ended tesseract (a killed parse process would orphan it)
+    finally:
+        pool.shutdown()

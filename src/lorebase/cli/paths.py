@@ -26,6 +26,11 @@ SUFFIXES = {
     ".tsv",
     ".epub",
     ".eml",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
 }
 
 

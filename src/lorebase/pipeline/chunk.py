@@ -15,7 +15,8 @@ Tables whose header is known (``Block.header_rows``: spreadsheets and CSV) are c
 only, every part opening with the header row, and such a part neither shares a chunk with the
 part before it nor gets an overlap tail (its header is its context). Other tables are cut like
 text (their first row need not be a header). Every chunk's ``metadata.type`` is ``table``,
-``code`` or ``text``: the kind of the blocks holding most of its own tokens, headings aside.
+``code``, ``ocr`` (read from an image by OCR; the chunk also gets ``ocr_confidence``) or
+``text``: the kind of the blocks holding most of its own tokens, headings aside.
 
 Two strategies:
 
@@ -114,6 +115,7 @@ class _Piece:
     tail: bool = False
     kind: str = "paragraph"  # the block's kind (``Block.kind``)
     header_rows: int = 0  # a table's header lines, repeated atop each part it is cut into
+    confidence: float | None = None  # an OCR block's page confidence
 
 
 class _Chunker:
@@ -229,6 +231,7 @@ class _Chunker:
                 block.kind == "heading",
                 kind=block.kind,
                 header_rows=block.header_rows,
+                confidence=block.confidence,
             )
             # Room kept for the headings that open the chunk, so a heading is never left alone.
             reserve = min(headings_before, self.size // 2)
@@ -404,6 +407,9 @@ class _Chunker:
             meta: dict[str, Any] = {"section": list(ref.section), "type": _chunk_type(own)}
             if ref.anchor:
                 meta["anchor"] = ref.anchor
+            confidences = [p.confidence for p in own if p.confidence is not None]
+            if confidences:
+                meta["ocr_confidence"] = round(sum(confidences) / len(confidences), 1)
             pages = sorted({p.page for p in own if p.page is not None})
             if pages:
                 meta["page"] = pages[0]
@@ -467,11 +473,11 @@ def _table_parts(
 
 
 #: a chunk's ``metadata.type`` by the kind of the blocks that hold most of its tokens
-_TYPES = {"table": "table", "code": "code"}
+_TYPES = {"table": "table", "code": "code", "ocr": "ocr"}
 
 
 def _chunk_type(own: list[_Piece]) -> str:
-    """``table``, ``code`` or ``text`` (DESIGN §7): the kind with most of the chunk's own tokens,
+    """``table``, ``code``, ``ocr`` or ``text`` (DESIGN §7): the kind with most of the chunk's own tokens,
     headings aside (a sheet's name above its rows does not make the chunk text)."""
     weights: dict[str, int] = {}
     for p in [p for p in own if not p.heading] or own:

@@ -41,13 +41,14 @@ import os
 import resource
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from lorebase import faults
-from lorebase.adapters.parsers import tables, zipguard
+from lorebase.adapters.parsers import ocr, tables, zipguard
 from lorebase.adapters.parsers.document import ParsedDocument
 from lorebase.adapters.parsers.registry import parse_bytes
 from lorebase.child import end_with_parent, lower_priority
@@ -75,6 +76,7 @@ class ParseLimits:
     max_memory_mb: int
     zip: zipguard.ZipLimits
     max_table_rows: int = ParseSettings().max_table_rows
+    ocr_limits: ocr.OcrLimits = field(default_factory=ocr.OcrLimits)
 
     @classmethod
     def of(cls, parse: ParseSettings) -> ParseLimits:
@@ -84,6 +86,7 @@ class ParseLimits:
             parse.max_memory_mb,
             zipguard.ZipLimits.of(parse),
             parse.max_table_rows,
+            ocr.OcrLimits.of(parse),
         )
 
     def cpu_message(self) -> str:
@@ -191,6 +194,11 @@ def _run_limited(args: Work, limits: ParseLimits) -> tuple[str, Any]:
     size = _vm_bytes("VmSize")
     if size:
         _set_soft(resource.RLIMIT_AS, size + limits.max_memory_mb * _MIB)
+    # Tesseract (a child of this process) inherits both rlimits; the wall clock it gets as a
+    # timeout that ends it a little before the parent would kill this process (and orphan it).
+    # (a quarter of the limit, at most 5 s: the pipe and a busy machine delay both sides)
+    margin = min(5.0, limits.max_seconds / 4)
+    ocr.set_deadline(time.monotonic() + limits.max_seconds - margin, limits.wall_message())
     try:
         return _prepare_in_child(*args)
     except MemoryError:
@@ -207,6 +215,7 @@ def _child_main(conn: Connection, niceness: int, parent: int, limits: ParseLimit
     _start_child(niceness, parent)
     zipguard.set_limits(limits.zip)
     tables.set_max_rows(limits.max_table_rows)
+    ocr.set_limits(limits.ocr_limits)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a parser killed by a limit dumps no core
     conn.send(("ready", _vm_bytes("VmRSS")))
@@ -412,7 +421,11 @@ class ParsePool:
         for another reason raises a :class:`TransientError` for the whole lot (the job is retried).
         """
         if self.processes <= 0 or not work:
-            with zipguard.use_limits(self.limits.zip), tables.use_max_rows(self.limits.max_table_rows):
+            with (
+                zipguard.use_limits(self.limits.zip),
+                tables.use_max_rows(self.limits.max_table_rows),
+                ocr.use_limits(self.limits.ocr_limits),
+            ):
                 answers = [_prepare_in_child(*args) for args in work]
             return [value if outcome == "ok" else PermanentError(value) for outcome, value in answers]
         if len(work) == 1:

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from lorebase.adapters.drafts.protocol import DraftRecord
 from lorebase.adapters.embedders import embedder_problem, is_openai
-from lorebase.adapters.parsers.registry import parse_bytes
+from lorebase.adapters.parsers import ocr
+from lorebase.adapters.parsers.registry import IMAGE_MEDIA_TYPES, parse_bytes
 from lorebase.crawl.preview import fetch_one
 from lorebase.db.models import KnowledgeBase, new_id, utcnow
 from lorebase.errors import InvalidInput, JobError, LorebaseError, NotFound
@@ -246,7 +247,7 @@ def preview(
         raise InvalidInput("the draft has no sources to preview")
     item = items[0]
     try:
-        parsed = parse_bytes(runtime.blobs.get(item.blob_key), item.media_type, item.filename)
+        parsed = _parse(runtime, runtime.blobs.get(item.blob_key), item.media_type, item.filename)
     except LorebaseError as exc:
         raise InvalidInput(
             f"cannot preview {item.filename or item.external_id or 'source'}: {exc.message}"
@@ -256,13 +257,19 @@ def preview(
     )
 
 
+def _parse(runtime: Runtime, data: bytes, media_type: str, filename: str | None) -> Any:
+    """:func:`parse_bytes` under this runtime's OCR settings (a preview parses in this process)."""
+    with ocr.use_limits(ocr.OcrLimits.of(runtime.settings.parse)):
+        return parse_bytes(data, media_type, filename)
+
+
 def _preview_web(runtime: Runtime, src: dict[str, Any], cfg: dict[str, Any], limit: int) -> dict[str, Any]:
     """The start page of a web source, fetched now (through the SSRF guard) and chunked."""
     result = fetch_one(runtime, src["url"])
     if result.outcome != "ok" or result.body is None or result.media_type is None:
         raise InvalidInput(f"cannot preview {src['url']}: {result.error or result.outcome}")
     try:
-        parsed = parse_bytes(result.body, result.media_type, None)
+        parsed = _parse(runtime, result.body, result.media_type, None)
     except LorebaseError as exc:
         raise InvalidInput(f"cannot preview {src['url']}: {exc.message}") from None
     return _preview_chunks(runtime, cfg, parsed, limit, source_id=src["id"], title=src["url"])
@@ -389,6 +396,7 @@ def validate_draft(
     config_errors, config_warnings = check_config(runtime, cfg)
     errors += config_errors
     warnings += config_warnings
+    errors += _ocr_problems(runtime, items)
     size, overlap = cfg["chunking"]["chunk_size"], cfg["chunking"]["chunk_overlap"]
     total_bytes = sum(i.size_bytes for i in items)
     est_chunks = max(len(items), math.ceil(total_bytes / BYTES_PER_TOKEN / max(1, size - overlap)))
@@ -408,6 +416,22 @@ def validate_draft(
         "estimated_chunks": est_chunks,
         "estimated_duration_minutes": max(0.1, minutes),
     }
+
+
+def _ocr_problems(runtime: Runtime, items: list[SourceItem]) -> list[dict[str, str]]:
+    """Image sources need OCR on and Tesseract installed: say so before the build, not per document."""
+    images = [i.filename or i.blob_key for i in items if i.media_type in IMAGE_MEDIA_TYPES]
+    if not images:
+        return []
+    named = ", ".join(images[:5]) + (f" and {len(images) - 5} more" if len(images) > 5 else "")
+    parse = runtime.settings.parse
+    if not parse.ocr:
+        reason = "OCR is off (LOREBASE_PARSE__OCR=false)"
+    elif ocr.tesseract_version(parse.tesseract_cmd) is None:
+        reason = ocr.missing_tesseract_message(parse.tesseract_cmd)
+    else:
+        return []
+    return [{"field": "sources", "message": f"{len(images)} image file(s) need OCR ({named}): {reason}"}]
 
 
 def validate(runtime: Runtime, p: Principal, draft_id: str) -> dict[str, Any]:

@@ -408,4 +408,4 @@ def test_parse_stage_dispatches_on_media_type() -> None:
     doc = parse(b"# Hello\n\nWorld", "text/markdown", "a.md")
     assert [b.kind for b in doc.blocks] == ["heading", "paragraph"]
     with pytest.raises(UnsupportedMediaType):
-        parse(b"x", "image/png")
+        parse(b"x", "image/gif")

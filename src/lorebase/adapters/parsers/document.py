@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-BlockKind = Literal["heading", "paragraph", "list", "table", "code"]
+BlockKind = Literal["heading", "paragraph", "list", "table", "code", "ocr"]
 
 
 @dataclass(slots=True)
@@ -21,7 +21,8 @@ class Block:
     ``anchor`` is the element id of a heading when the source has one (HTML). ``header_rows``
     is the number of leading lines of a table block that are its header row(s) (spreadsheets
     and CSV: 1; 0 when unknown): the chunk stage repeats them at the top of every part when it
-    has to cut the table.
+    has to cut the table. An ``ocr`` block is a paragraph read by OCR from an image or a
+    scanned page; ``confidence`` is the mean word confidence (0-100) of its page.
     """
 
     kind: BlockKind
@@ -30,6 +31,7 @@ class Block:
     page: int | None = None
     anchor: str | None = None
     header_rows: int = 0
+    confidence: float | None = None
 
 
 @dataclass(slots=True)

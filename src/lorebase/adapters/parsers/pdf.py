@@ -6,20 +6,23 @@ process-wide lock; parsing is short next to embedding, so the lock costs little.
 
 PDF has no paragraphs, only positioned lines; blank lines in the extracted text are the only
 cheap, reliable paragraph signal, so blocks are split there and otherwise keep their line
-breaks. Scanned PDFs (images only) have no text layer and fail with "no extractable text"
-instead of silently producing an empty document.
+breaks. A page without a text layer (a scan) is rendered and OCR'd (``ocr.py``); with OCR off
+a PDF without any text fails with "no text layer; OCR is off" instead of silently producing
+an empty document.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 
 import pypdfium2 as pdfium
 
 from lorebase.adapters.parsers.document import Block, ParsedDocument
 from lorebase.errors import PermanentError
 
+from . import ocr
 from .text import split_paragraphs
 
 _PDFIUM_LOCK = threading.Lock()
@@ -53,12 +56,11 @@ class PdfParser:
             for number, text in enumerate(pages, start=1)
             for para in split_paragraphs(text)
         ]
-        if not blocks:
-            raise PermanentError(
-                f"no extractable text: the PDF has {len(pages)} page(s) but no text layer "
-                "(a scanned document? OCR is not supported)"
-            )
-        return ParsedDocument(title=title, blocks=blocks, page_count=len(pages))
+        blank = [number for number, text in enumerate(pages, start=1) if not text.strip()]
+        metadata: dict[str, Any] = {}
+        if blank or not blocks:
+            blocks, metadata = _with_ocr(data, blocks, blank, len(pages))
+        return ParsedDocument(title=title, blocks=blocks, page_count=len(pages), metadata=metadata)
 
     def _extract(self, data: bytes) -> tuple[str | None, list[str]]:
         try:
@@ -83,3 +85,67 @@ class PdfParser:
             raise PermanentError(f"could not read PDF: {_reason(exc)}") from exc
         finally:
             doc.close()
+
+
+# --- pages without a text layer: OCR (kept in one place, apart from the text-layer path) ---
+
+
+def _with_ocr(
+    data: bytes, blocks: list[Block], blank: list[int], page_count: int
+) -> tuple[list[Block], dict[str, Any]]:
+    """``blocks`` plus the OCR'd text of the ``blank`` pages (1-based) in page order, and the
+    document's metadata (``warnings`` for pages OCR read with a low confidence)."""
+    if not blank:  # no page at all
+        raise PermanentError(f"no extractable text: the PDF has {page_count} page(s)")
+    cfg = ocr.limits()
+    if not cfg.enabled:
+        if blocks:
+            return blocks, {
+                "warnings": [f"page(s) {_pages(blank)} have no text layer; OCR is off: not indexed"]
+            }
+        raise PermanentError(
+            f"no extractable text: the PDF has {page_count} page(s) and no text layer; OCR is off "
+            "(LOREBASE_PARSE__OCR=false), so a scanned document cannot be indexed"
+        )
+    ocr.require_tesseract()
+    if len(blank) > cfg.max_pages:
+        raise PermanentError(
+            f"the PDF has {len(blank)} pages without a text layer, more than the {cfg.max_pages} "
+            "OCR accepts (parse.ocr_max_pages)"
+        )
+    read: list[Block] = []
+    warnings: list[str] = []
+    for number in blank:
+        with _PDFIUM_LOCK:
+            image = _render(data, number)
+        found, low = ocr.ocr_pages([(number, image)])
+        read += found
+        warnings += low
+    merged = sorted(blocks + read, key=lambda b: b.page or 0)  # stable: each page keeps its order
+    if not merged:
+        raise PermanentError(f"no extractable text: the PDF has {page_count} page(s); OCR found no text")
+    return merged, {"ocr": True, **({"warnings": warnings} if warnings else {})}
+
+
+def _pages(numbers: list[int]) -> str:
+    return ", ".join(map(str, numbers[:20])) + (", ..." if len(numbers) > 20 else "")
+
+
+def _render(data: bytes, number: int) -> Any:
+    """Page ``number`` as a grayscale PIL image at ``ocr_dpi`` (lower if it would pass ``ocr_max_pixels``)."""
+    try:
+        doc = pdfium.PdfDocument(data)
+    except (pdfium.PdfiumError, ValueError, TypeError) as exc:
+        raise PermanentError(f"could not read PDF: {_reason(exc)}") from exc
+    try:
+        page = doc[number - 1]
+        try:
+            width, height = page.get_size()
+            bitmap = page.render(scale=ocr.render_scale(width, height), grayscale=True)
+            return bitmap.to_pil().copy()  # its own pixels: the bitmap goes with the document
+        finally:
+            page.close()
+    except pdfium.PdfiumError as exc:
+        raise PermanentError(f"could not render PDF page {number} for OCR: {_reason(exc)}") from exc
+    finally:
+        doc.close()

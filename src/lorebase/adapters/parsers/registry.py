@@ -1,7 +1,7 @@
 """Which parser handles a file, decided from its bytes first and its name or label second.
 
-Supported: plain text, Markdown, HTML, PDF, DOCX, PPTX, XLSX, CSV/TSV, EPUB and e-mail
-(``.eml``, ``message/rfc822``).
+Supported: plain text, Markdown, HTML, PDF, DOCX, PPTX, XLSX, CSV/TSV, EPUB, e-mail
+(``.eml``, ``message/rfc822``) and PNG, JPEG and TIFF images (OCR'd, ``ocr.py``).
 
 Magic bytes win because names and declared content types lie (``report.pdf`` saved from a
 browser as HTML, ``application/octet-stream`` on everything). A zip is told apart by its
@@ -35,6 +35,7 @@ from .eml import EML_MEDIA_TYPE, EmlParser
 from .epub import EPUB_MEDIA_TYPE, EpubParser
 from .html import HtmlParser
 from .markdown import MarkdownParser
+from .ocr import JPEG, PNG, TIFF, ImageParser
 from .pdf import PdfParser
 from .pptx import PPTX_MEDIA_TYPE, PptxParser
 from .protocol import Parser
@@ -53,9 +54,32 @@ CSV = CSV_MEDIA_TYPE
 EPUB = EPUB_MEDIA_TYPE
 EML = EML_MEDIA_TYPE
 
-SUPPORTED_MEDIA_TYPES: tuple[str, ...] = (PLAIN, MARKDOWN, HTML, PDF, DOCX, PPTX, XLSX, CSV, EPUB, EML)
+SUPPORTED_MEDIA_TYPES: tuple[str, ...] = (
+    PLAIN,
+    MARKDOWN,
+    HTML,
+    PDF,
+    DOCX,
+    PPTX,
+    XLSX,
+    CSV,
+    EPUB,
+    EML,
+    PNG,
+    JPEG,
+    TIFF,
+)
+#: images, OCR'd: they need Tesseract (``ocr.py``)
+IMAGE_MEDIA_TYPES = (PNG, JPEG, TIFF)
 #: formats whose extension is trusted without their magic (a damaged file fails in its parser)
-_BINARY = (PDF, DOCX, PPTX, XLSX, EPUB)
+_BINARY = (PDF, DOCX, PPTX, XLSX, EPUB, PNG, JPEG, TIFF)
+#: image signatures (checked after a binary extension's, so a PNG named .docx is still refused)
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", PNG),
+    (b"\xff\xd8\xff", JPEG),
+    (b"II*\x00", TIFF),
+    (b"MM\x00*", TIFF),
+)
 #: what each zip-based format has in its directory, and its name in messages
 _ZIP_MARKERS = (
     ("word/document.xml", DOCX, "DOCX"),
@@ -75,6 +99,9 @@ _PARSERS: dict[str, Parser] = {
     CSV: CsvParser(),
     EPUB: EpubParser(),
     EML: EmlParser(),
+    PNG: ImageParser(),
+    JPEG: ImageParser(),
+    TIFF: ImageParser(),
 }
 
 _EXTENSIONS = {
@@ -94,6 +121,11 @@ _EXTENSIONS = {
     ".tsv": CSV,
     ".epub": EPUB,
     ".eml": EML,
+    ".png": PNG,
+    ".jpg": JPEG,
+    ".jpeg": JPEG,
+    ".tif": TIFF,
+    ".tiff": TIFF,
 }
 
 #: file extensions recognised (``lorebase ingest`` picks a folder's files by them)
@@ -116,6 +148,12 @@ _DECLARED = {
     "application/csv": CSV,
     EPUB: EPUB,
     EML: EML,
+    PNG: PNG,
+    JPEG: JPEG,
+    "image/jpg": JPEG,
+    "image/pjpeg": JPEG,
+    TIFF: TIFF,
+    "image/tif": TIFF,
 }
 
 #: well-known binary signatures, for a clearer refusal than "binary data"
@@ -129,6 +167,8 @@ _KNOWN_BINARY = (
     (b"\x89PNG\r\n\x1a\n", "PNG image"),
     (b"\xff\xd8\xff", "JPEG image"),
     (b"GIF8", "GIF image"),
+    (b"II*\x00", "TIFF image"),
+    (b"MM\x00*", "TIFF image"),
     (b"\x1f\x8b", "gzip archive"),
     (b"Rar!", "RAR archive"),
     (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"),
@@ -235,6 +275,9 @@ def detect_media_type(
     suffix = PurePosixPath((filename or "").replace("\\", "/")).suffix.lower()
     by_name = _EXTENSIONS.get(suffix)
     signature = _binary_signature(head)
+    image = next((media for magic, media in _IMAGE_MAGIC if head.startswith(magic)), None)
+    if image is not None and (by_name not in _BINARY or by_name in IMAGE_MEDIA_TYPES):
+        return image  # an image is an image whatever its (non-document) name says
     if by_name in _BINARY:
         if signature is not None:  # an executable or an image named .pdf is not a damaged PDF
             raise UnsupportedMediaType(
