@@ -37,6 +37,9 @@ from lorebase.adapters.parsers.tables import TableStats, table_blocks
 MAX_HEADING_CHARS = 120
 #: lines within this share of the page height from the top or bottom are margin candidates
 MARGIN_SHARE = 0.09
+#: a gap wider than this share of the font size separates words (pdfplumber's fixed 3 pt glues
+#: the words of tightly set small type: "byJulianSeward" in Debian's bzip2 manual)
+WORD_GAP = 0.15
 #: the narrowest empty band between two columns, in points (word gaps are 2-4 pt)
 MIN_GUTTER = 9
 _PAGE_NUMBER = re.compile(
@@ -184,7 +187,7 @@ def page_blocks(page: Any, number: int, stats: TableStats) -> list[PageBlock]:
 
     words = [
         w
-        for w in page.extract_words(extra_attrs=["size", "fontname"], keep_blank_chars=False)
+        for w in page.extract_words(extra_attrs=["size", "fontname"], x_tolerance_ratio=WORD_GAP)
         if not in_table(w)
     ]
     sizes: dict[float, int] = {}
