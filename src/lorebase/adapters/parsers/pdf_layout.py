@@ -172,35 +172,58 @@ def _margin_key(line: Line, height: float) -> str:
 
 def page_blocks(page: Any, number: int, stats: TableStats) -> list[PageBlock]:
     """The blocks of one pdfplumber ``page`` (1-based ``number``) in reading order."""
-    found = page.find_tables()
-    boxes = [t.bbox for t in found]
-    items: list[tuple[float, float, list[PageBlock]]] = []  # (x0, top, blocks) of each table
-    for table in found:
-        rows = [[cell or "" for cell in row] for row in table.extract()]
-        blocks = table_blocks(rows, stats, name=f"page {number}", page=number)
-        x0, top, _, _ = table.bbox
-        items.append((x0, top, [PageBlock(b) for b in blocks]))
-
-    def in_table(w: dict[str, Any]) -> bool:
-        cx, cy = (w["x0"] + w["x1"]) / 2, (w["top"] + w["bottom"]) / 2
-        return any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes)
-
+    tables, boxes = _tables(page, number, stats)
     words = [
         w
         for w in page.extract_words(extra_attrs=["size", "fontname"], x_tolerance_ratio=WORD_GAP)
-        if not in_table(w)
+        if not _inside(w, boxes)
     ]
-    sizes: dict[float, int] = {}
-    for w in words:
-        sizes[round(w["size"], 1)] = sizes.get(round(w["size"], 1), 0) + len(w["text"])
-    body = max(sizes, key=lambda s: sizes[s]) if sizes else 0.0
+    body = _body_size(words)
     height = float(page.height)
     margins = _margin_lines(_lines(words), body, height)
     inside = [w for w in words if not any(m.top <= w["top"] and w["bottom"] <= m.bottom for m in margins)]
+    out = [_margin_block(m, number, height) for m in margins if m.top < height / 2]
+    out += _flow(_reading_order(inside, float(page.width)), tables, body, number)
+    out += [_margin_block(m, number, height) for m in margins if m.top >= height / 2]
+    return [b for b in out if b.block.text]
+
+
+Box = tuple[float, float, float, float]
+
+
+def _tables(
+    page: Any, number: int, stats: TableStats
+) -> tuple[list[tuple[float, list[PageBlock]]], list[Box]]:
+    """The page's ruled tables as (top, blocks), top to bottom, and their bounding boxes."""
+    tables: list[tuple[float, list[PageBlock]]] = []
+    boxes: list[Box] = []
+    for table in page.find_tables():
+        rows = [[cell or "" for cell in row] for row in table.extract()]
+        blocks = table_blocks(rows, stats, name=f"page {number}", page=number)
+        tables.append((table.bbox[1], [PageBlock(b) for b in blocks]))
+        boxes.append(table.bbox)
+    tables.sort(key=lambda t: t[0])
+    return tables, boxes
+
+
+def _inside(word: dict[str, Any], boxes: list[Box]) -> bool:
+    cx, cy = (word["x0"] + word["x1"]) / 2, (word["top"] + word["bottom"]) / 2
+    return any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes)
+
+
+def _body_size(words: list[dict[str, Any]]) -> float:
+    """The font size that most of the page's characters have."""
+    sizes: dict[float, int] = {}
+    for w in words:
+        sizes[round(w["size"], 1)] = sizes.get(round(w["size"], 1), 0) + len(w["text"])
+    return max(sizes, key=lambda s: sizes[s]) if sizes else 0.0
+
+
+def _flow(
+    lines: list[Line], tables: list[tuple[float, list[PageBlock]]], body: float, number: int
+) -> list[PageBlock]:
+    """Lines in reading order into headings and paragraphs; each table before the first line below it."""
     out: list[PageBlock] = []
-    for line in margins[:1] if margins and margins[0].top < height / 2 else []:
-        out.append(_margin_block(line, number, height))
-    lines = _reading_order(inside, float(page.width))
     leading = _leading(lines)
     para: list[Line] = []
 
@@ -211,13 +234,12 @@ def page_blocks(page: Any, number: int, stats: TableStats) -> list[PageBlock]:
             )
             para.clear()
 
-    pending = sorted(items, key=lambda item: item[1])
+    pending = list(tables)
     previous: Line | None = None
     for line in lines:
-        # a table goes before the first line below it
-        while pending and pending[0][1] < line.top:
+        while pending and pending[0][0] < line.top:
             flush()
-            out.extend(pending.pop(0)[2])
+            out.extend(pending.pop(0)[1])
         level = _heading_level(line, body)
         if level:
             flush()
@@ -229,10 +251,9 @@ def page_blocks(page: Any, number: int, stats: TableStats) -> list[PageBlock]:
             para.append(line)
         previous = line
     flush()
-    for _, _, rest in pending:
+    for _, rest in pending:
         out.extend(rest)
-    out.extend(_margin_block(m, number, height) for m in margins if m.top >= height / 2)
-    return [b for b in out if b.block.text]
+    return out
 
 
 def _margin_lines(lines: list[Line], body: float, height: float) -> list[Line]:
