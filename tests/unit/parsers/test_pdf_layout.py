@@ -7,7 +7,9 @@ from fpdf import FPDF
 from tokenizers import Tokenizer
 
 from lorebase.adapters.embedders.local import load_tokenizer
+from lorebase.adapters.parsers.document import ParsedDocument
 from lorebase.adapters.parsers.pdf import PdfParser
+from lorebase.errors import PermanentError
 from lorebase.pipeline.chunk import chunk
 from lorebase.pipeline.types import ChunkDraft, ChunkingConfig
 
@@ -86,15 +88,18 @@ def tok() -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
-def chunks(tok: Tokenizer) -> list[ChunkDraft]:
-    doc = PdfParser().parse(handbook_pdf(), filename="handbook.pdf")
+def doc() -> ParsedDocument:
+    return PdfParser().parse(handbook_pdf(), filename="handbook.pdf")
+
+
+@pytest.fixture(scope="module")
+def chunks(doc: ParsedDocument, tok: Tokenizer) -> list[ChunkDraft]:
     return chunk(
         doc, ChunkingConfig(strategy="structure", chunk_size=200, chunk_overlap=20), tok, max_tokens=256
     )
 
 
-def test_headings_from_font_size_and_weight_make_the_section_path() -> None:
-    doc = PdfParser().parse(handbook_pdf())
+def test_headings_from_font_size_and_weight_make_the_section_path(doc: ParsedDocument) -> None:
     headings = [(b.text, b.level) for b in doc.blocks if b.kind == "heading"]
     assert [text for text, _ in headings] == ["Installation Guide", "Requirements", "Terrain", "Spare Parts"]
     assert headings[0][1] < headings[1][1]
@@ -120,8 +125,9 @@ def test_two_columns_are_read_left_then_right(chunks: list[ChunkDraft]) -> None:
     assert positions == sorted(positions)
 
 
-def test_tables_are_table_chunks_with_their_header_and_not_repeated_as_text(chunks: list[ChunkDraft]) -> None:
-    doc = PdfParser().parse(handbook_pdf())
+def test_tables_are_table_chunks_with_their_header_and_not_repeated_as_text(
+    doc: ParsedDocument, chunks: list[ChunkDraft]
+) -> None:
     small = [b for b in doc.blocks if "P-100" in b.text]
     assert [(b.kind, b.header_rows, b.text) for b in small] == [
         ("table", 1, "Model | Voltage | Flow\nP-100 | 230 V | 40 l/min\nP-200 | 400 V | 95 l/min")
@@ -145,3 +151,25 @@ def test_every_chunk_has_a_page(chunks: list[ChunkDraft]) -> None:
     assert all(isinstance(c.metadata.get("page"), int) for c in chunks)
     terrain = next(c for c in chunks if "Left sentence 1 " in c.text)
     assert terrain.metadata["page"] == 2
+
+
+def test_pages_without_text_are_skipped_and_the_others_keep_their_page_numbers() -> None:
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=12)
+    for text in ["Apples grow on trees.", None, "Cherries are red."]:
+        pdf.add_page()
+        if text:
+            pdf.multi_cell(0, 8, text)
+        else:
+            pdf.rect(10, 10, 50, 50)  # a drawing, no text layer
+    doc = PdfParser().parse(bytes(pdf.output()))
+    assert [(b.page, b.text) for b in doc.blocks] == [(1, "Apples grow on trees."), (3, "Cherries are red.")]
+    assert doc.page_count == 3
+
+
+def test_thousands_of_empty_pages_fail_with_no_extractable_text() -> None:
+    pdf = FPDF()
+    for _ in range(3000):
+        pdf.add_page()
+    with pytest.raises(PermanentError, match=r"^no extractable text: the PDF has 3000 page\(s\)"):
+        PdfParser().parse(bytes(pdf.output()))
