@@ -27,7 +27,6 @@ place where OCR plugs in; today it yields nothing, and a PDF with no text on any
 from __future__ import annotations
 
 import io
-import re
 import threading
 from collections import Counter
 from typing import Any
@@ -38,13 +37,11 @@ from pdfminer.pdfparser import PDFSyntaxError
 from pdfminer.psparser import PSException
 
 from lorebase.adapters.parsers.document import Block, ParsedDocument
-from lorebase.adapters.parsers.pdf_layout import PageBlock, page_blocks
+from lorebase.adapters.parsers.pdf_layout import JUNK, PageBlock, page_blocks
 from lorebase.adapters.parsers.tables import TableStats, current_max_rows
 from lorebase.errors import PermanentError
 
 _PDFIUM_LOCK = threading.Lock()
-#: control characters PDFium emits for soft hyphens and unmapped glyphs (keeps \t and \n)
-_JUNK = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 
 
 def _reason(exc: Exception) -> str:
@@ -91,7 +88,7 @@ class PdfParser:
         except (pdfium.PdfiumError, ValueError, TypeError) as exc:
             raise PermanentError(f"could not read PDF: {_reason(exc)}") from exc
         try:
-            title = _JUNK.sub("", doc.get_metadata_dict().get("Title") or "").strip() or None
+            title = JUNK.sub("", doc.get_metadata_dict().get("Title") or "").strip() or None
             has_text: list[bool] = []
             for index in range(len(doc)):
                 page = doc[index]

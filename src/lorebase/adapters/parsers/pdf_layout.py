@@ -46,6 +46,8 @@ _PAGE_NUMBER = re.compile(
     r"^(page\s+)?[-\u2013\u2014 ]*(\d{1,5}|[ivxlcdm]{1,7})(\s*(/|of)\s*\d{1,5})?[-\u2013\u2014 ]*$", re.I
 )
 _DIGITS = re.compile(r"\d+")
+#: control characters PDF text carries for soft hyphens and unmapped glyphs
+JUNK = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 
 
 @dataclass(slots=True)
@@ -88,7 +90,7 @@ def _lines(words: list[dict[str, Any]]) -> list[Line]:
 def _line(words: list[dict[str, Any]]) -> Line:
     words.sort(key=lambda w: w["x0"])
     return Line(
-        text=" ".join(w["text"] for w in words),
+        text=JUNK.sub("", " ".join(w["text"] for w in words)),
         top=min(w["top"] for w in words),
         bottom=max(w["bottom"] for w in words),
         x0=words[0]["x0"],
