@@ -33,8 +33,8 @@ from typing import Any
 
 import pdfplumber
 import pypdfium2 as pdfium
-from pdfminer.pdfparser import PDFSyntaxError
-from pdfminer.psparser import PSException
+from pdfminer.pdfexceptions import PDFException, PSException
+from pdfplumber.utils.exceptions import MalformedPDFException, PdfminerException
 
 from lorebase.adapters.parsers.document import Block, ParsedDocument
 from lorebase.adapters.parsers.pdf_layout import JUNK, PageBlock, page_blocks
@@ -119,7 +119,16 @@ class PdfParser:
                         pages.append(page_blocks(page, number, stats))
                     finally:
                         page.close()
-        except (PDFSyntaxError, PSException, ValueError, KeyError, TypeError) as exc:
+        except (
+            PdfminerException,
+            MalformedPDFException,
+            PDFException,
+            PSException,
+            ValueError,
+            KeyError,
+            TypeError,
+            AssertionError,  # pdfminer asserts on some malformed streams
+        ) as exc:
             raise PermanentError(f"could not read PDF: {_reason(exc)}") from exc
         return pages
 
