@@ -267,5 +267,31 @@ def test_a_long_ocr_is_stopped_by_the_wall_clock_and_leaves_no_tesseract_behind(
             p for pid in pool.pids() for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         ]
         assert children == []  # the timeout ended tesseract (a killed parse process would orphan it)
+
+
+def test_ten_thousand_empty_pdf_pages_fail_fast_with_no_extractable_text_and_the_process_stays() -> None:
+    """Refused by the PDFium survey before any layout work, well inside a 10 s CPU limit; the same
+    parse process then lays out a real PDF."""
+    from fpdf import FPDF
+
+    from factories import pdf_bytes
+
+    empty = FPDF()
+    for _ in range(10_000):
+        empty.add_page()
+    pool = ParsePool(1, limits=ParseLimits(60, 10, 2048, ZIP_DEFAULTS))
+    try:
+        pool.start(wait=True)
+        before = set(pool.pids())
+        nothing, good = pool.prepare_all(
+            [
+                (bytes(empty.output()), PDF, "nothing.pdf", CFG, SPEC, 256),
+                (pdf_bytes(["Sea otters use stones to open shellfish."]), PDF, "otters.pdf", CFG, SPEC, 256),
+            ]
+        )
+        assert isinstance(nothing, PermanentError)
+        assert nothing.message.startswith("no extractable text: the PDF has 10000 page(s) but no text layer")
+        assert isinstance(good, Prepared) and "stones" in good.drafts[0].text
+        assert set(pool.pids()) == before
     finally:
         pool.shutdown()

@@ -154,7 +154,10 @@ class DocxParser:
                 pending.flush(blocks)
                 rows = _table_rows(item)
                 if rows:
-                    blocks.append(Block(kind="table", text="\n".join(rows)))
+                    # the first row as header: Word's "repeat header row" flag is rarely set
+                    blocks.append(
+                        Block(kind="table", text="\n".join(rows), header_rows=1 if len(rows) > 1 else 0)
+                    )
                 continue
             text = _clean(item.text)
             if not text:

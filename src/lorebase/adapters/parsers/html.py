@@ -126,7 +126,12 @@ class _XmlWalker:
         elif tag == "list":
             self.add(Block(kind="list", text="\n".join(_xml_list_lines(el, 0))))
         elif tag == "table":
-            self.add(Block(kind="table", text="\n".join(_xml_table_rows(el))))
+            rows = _xml_table_rows(el)
+            first = next(el.iterchildren("row"), None)
+            head = first is not None and any(c.get("role") == "head" for c in first.iterchildren("cell"))
+            self.add(
+                Block(kind="table", text="\n".join(rows), header_rows=1 if head and len(rows) > 1 else 0)
+            )
         elif tag == "code":
             self.add(Block(kind="code", text="".join(el.itertext()).strip("\n").rstrip()))
         elif tag in ("quote", "div", "main") and any(c.tag in _BLOCK_TAGS for c in el):

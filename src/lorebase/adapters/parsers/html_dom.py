@@ -226,6 +226,16 @@ def table_rows(table: Any) -> list[str]:
     return rows
 
 
+def table_header_rows(table: Any) -> int:
+    """1 when the table's first row is a header (in ``<thead>`` or all ``<th>``), else 0."""
+    first = next(iter(table.xpath("./tr|./thead/tr|./tbody/tr")), None)
+    if first is None:
+        return 0
+    cells = [c for c in first if c.tag in ("td", "th")]
+    in_head = first.getparent() is not None and first.getparent().tag == "thead"
+    return 1 if cells and (in_head or all(c.tag == "th" for c in cells)) else 0
+
+
 class _Walker:
     """Depth-first walk that emits blocks; loose inline text gathers into paragraphs."""
 
@@ -257,7 +267,8 @@ class _Walker:
             caption = el.find("caption")
             if caption is not None:
                 self.add("paragraph", inline_text(caption))
-            self.add("table", "\n".join(table_rows(el)))
+            rows = table_rows(el)
+            self.add("table", "\n".join(rows), header_rows=table_header_rows(el) if len(rows) > 1 else 0)
         elif tag == "pre":
             self.add("code", "".join(el.itertext()).strip("\n").rstrip())
         elif tag == "br":

@@ -127,7 +127,7 @@ def _blocks_from(node: SyntaxTreeNode, out: list[Block]) -> None:
         elif kind == "table":
             rows = _table_rows(child)
             if rows:
-                out.append(Block(kind="table", text="\n".join(rows)))
+                out.append(Block(kind="table", text="\n".join(rows), header_rows=1 if len(rows) > 1 else 0))
         elif kind in ("fence", "code_block"):
             code = _code_text(child)
             if code.strip():

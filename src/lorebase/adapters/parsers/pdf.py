@@ -1,39 +1,52 @@
-"""PDF text, page by page, with pypdfium2 (PDFium, the engine inside Chrome).
+"""PDF layout, page by page: headings, paragraphs, two columns and tables, without running headers.
 
-PDFium is fast, robust on damaged files and has no GPL strings attached. It is not
-thread-safe, not even across different documents, so every call into it is serialized by a
-process-wide lock; parsing is short next to embedding, so the lock costs little.
+**Two engines.** pypdfium2 (PDFium, the engine inside Chrome) reads the metadata and tells, per
+page, whether there is a text layer at all: it is fast (~3 ms a page) and robust on damaged
+files, so a 10,000-page PDF of nothing fails with "no extractable text" in seconds. pdfplumber
+(pdfminer.six) then reads the pages that have text, for what PDFium's text API does not give
+cheaply: words with font size and name, and a table finder. It is the slow part, measured on a
+generated 50-page PDF (text, a heading and a ruled table per page): pdfplumber words + tables
+2.3 s (~20 pages/s), PDFium's per-character boxes 0.17 s (~300 pages/s); PDFium would need our
+own word grouping, font queries through the raw API and a table finder, so pdfplumber is used
+and ``benchmarks/pdf_pages.py`` keeps the figure honest (1,000 pages ≈ 50 s of CPU on the
+2-core machines, near ``parse.max_cpu_seconds``). Layout rules live in :mod:`.pdf_layout`.
 
-PDF has no paragraphs, only positioned lines; blank lines in the extracted text are the only
-cheap, reliable paragraph signal, so blocks are split there and otherwise keep their line
-breaks. A page without a text layer (a scan) is rendered and OCR'd (``ocr.py``); with OCR off
-a PDF without any text fails with "no text layer; OCR is off" instead of silently producing
-an empty document.
+PDFium is not thread-safe, not even across different documents, so every call into it is
+serialized by a process-wide lock.
+
+**Bounded memory.** One page at a time is opened, read and closed (``page.close()`` drops
+pdfplumber's per-page caches); what is kept across pages is the blocks' text and, for margin
+lines, a key to find running headers and footers: lines repeated at the same place on at least
+half the pages (and on two or more) are dropped at the end.
+
+**Pages without a text layer.** A page with no text but with an image (a scan) is rendered and
+OCR'd (``ocr.py``; :func:`_with_ocr`, kept apart from the text-layer path) and its blocks join the
+others in page order; a page with neither is empty and skipped. With OCR off a scanned PDF fails
+with "no text layer; OCR is off", and a PDF with no text and no image anywhere fails with "no
+extractable text", instead of silently producing an empty document.
 """
 
 from __future__ import annotations
 
-import re
+import io
 import threading
+from collections import Counter
 from typing import Any
 
+import pdfplumber
 import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+from pdfminer.pdfexceptions import PDFException, PSException
+from pdfplumber.utils.exceptions import MalformedPDFException, PdfminerException
 
 from lorebase.adapters.parsers.document import Block, ParsedDocument
+from lorebase.adapters.parsers.pdf_layout import JUNK, PageBlock, page_blocks
+from lorebase.adapters.parsers.tables import TableStats, current_max_rows
 from lorebase.errors import PermanentError
 
 from . import ocr
-from .text import split_paragraphs
 
 _PDFIUM_LOCK = threading.Lock()
-#: control characters PDFium emits for soft hyphens and unmapped glyphs (keeps \t and \n)
-_JUNK = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
-_SPACES = re.compile(r"[ \t\u00a0]+")
-
-
-def _clean(text: str) -> str:
-    text = _JUNK.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    return "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n"))
 
 
 def _reason(exc: Exception) -> str:
@@ -44,47 +57,117 @@ def _reason(exc: Exception) -> str:
 
 
 class PdfParser:
-    """``application/pdf``: paragraph blocks with 1-based ``page``; title from the metadata."""
+    """``application/pdf``: heading, paragraph and table blocks with 1-based ``page``; title from the metadata."""
 
     media_types: tuple[str, ...] = ("application/pdf",)
 
     def parse(self, data: bytes, *, filename: str | None = None) -> ParsedDocument:
         with _PDFIUM_LOCK:
-            title, pages = self._extract(data)
-        blocks = [
-            Block(kind="paragraph", text=para, page=number)
-            for number, text in enumerate(pages, start=1)
-            for para in split_paragraphs(text)
+            title, has_text, has_image = self._survey(data)
+        page_count = len(has_text)
+        # OCR candidates: pages with no text layer but an image (a scan); pages with neither are empty
+        scanned = [
+            n
+            for n, (text, image) in enumerate(zip(has_text, has_image, strict=True), start=1)
+            if image and not text
         ]
-        blank = [number for number, text in enumerate(pages, start=1) if not text.strip()]
+        if not any(has_text) and not scanned:
+            raise PermanentError(
+                f"no extractable text: the PDF has {page_count} page(s) but no text layer and no image"
+            )
+        blocks: list[Block] = []
         metadata: dict[str, Any] = {}
-        if blank or not blocks:
-            blocks, metadata = _with_ocr(data, blocks, blank, len(pages))
-        return ParsedDocument(title=title, blocks=blocks, page_count=len(pages), metadata=metadata)
+        if any(has_text):
+            stats = TableStats(max_rows=current_max_rows())
+            blocks = _drop_running_lines(self._layout(data, has_text, stats))
+            if warnings := stats.warnings():
+                metadata["warnings"] = warnings
+        if scanned or not blocks:
+            blocks, read = _with_ocr(data, blocks, scanned, page_count)
+            metadata = {
+                **metadata,
+                **read,
+                "warnings": metadata.get("warnings", []) + read.get("warnings", []),
+            }
+            if not metadata["warnings"]:
+                del metadata["warnings"]
+        return ParsedDocument(title=title, blocks=blocks, page_count=page_count, metadata=metadata)
 
-    def _extract(self, data: bytes) -> tuple[str | None, list[str]]:
+    def _survey(self, data: bytes) -> tuple[str | None, list[bool], list[bool]]:
+        """The title and, per page, whether it has any text and, for a page without, whether it
+        has an image (PDFium, one page open at a time)."""
         try:
             doc = pdfium.PdfDocument(data)
         except (pdfium.PdfiumError, ValueError, TypeError) as exc:
             raise PermanentError(f"could not read PDF: {_reason(exc)}") from exc
         try:
-            title = (doc.get_metadata_dict().get("Title") or "").strip() or None
-            pages: list[str] = []
+            title = JUNK.sub("", doc.get_metadata_dict().get("Title") or "").strip() or None
+            has_text: list[bool] = []
+            has_image: list[bool] = []
             for index in range(len(doc)):
                 page = doc[index]
                 try:
                     textpage = page.get_textpage()
                     try:
-                        pages.append(_clean(textpage.get_text_bounded()))
+                        has_text.append(bool(textpage.get_text_range().strip()))
                     finally:
                         textpage.close()
+                    has_image.append(not has_text[-1] and _has_image(page))
                 finally:
                     page.close()
-            return title, pages
+            return title, has_text, has_image
         except (pdfium.PdfiumError, ValueError, UnicodeError) as exc:
             raise PermanentError(f"could not read PDF: {_reason(exc)}") from exc
         finally:
             doc.close()
+
+    def _layout(self, data: bytes, has_text: list[bool], stats: TableStats) -> list[list[PageBlock]]:
+        pages: list[list[PageBlock]] = []
+        try:
+            with pdfplumber.open(io.BytesIO(data)) as pdf:
+                for index, page in enumerate(pdf.pages):
+                    number = index + 1
+                    if index >= len(has_text) or not has_text[index]:
+                        pages.append([])  # no text layer: OCR'd apart (_with_ocr), or empty
+                        continue
+                    try:
+                        pages.append(page_blocks(page, number, stats))
+                    finally:
+                        page.close()
+        except (
+            PdfminerException,
+            MalformedPDFException,
+            PDFException,
+            PSException,
+            ValueError,
+            KeyError,
+            TypeError,
+            AssertionError,  # pdfminer asserts on some malformed streams
+        ) as exc:
+            raise PermanentError(f"could not read PDF: {_reason(exc)}") from exc
+        return pages
+
+
+def _has_image(page: Any) -> bool:
+    """Whether a page draws an image (at any depth of form objects): a scan to OCR."""
+    return next(iter(page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,))), None) is not None
+
+
+def _drop_running_lines(pages: list[list[PageBlock]]) -> list[Block]:
+    """All pages' blocks without margin lines repeated on at least half the pages (two or more).
+    A page's only block is its content, never its running header (a one-line page)."""
+    counts: Counter[str] = Counter()
+    for blocks in pages:
+        if len(blocks) > 1:
+            counts.update({b.margin_key for b in blocks if b.margin_key is not None})
+    with_text = sum(1 for blocks in pages if blocks)
+    threshold = max(2, (with_text + 1) // 2)
+    return [
+        b.block
+        for blocks in pages
+        for b in blocks
+        if b.margin_key is None or len(blocks) == 1 or counts[b.margin_key] < threshold
+    ]
 
 
 # --- pages without a text layer: OCR (kept in one place, apart from the text-layer path) ---
