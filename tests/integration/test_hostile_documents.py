@@ -267,6 +267,8 @@ def test_a_long_ocr_is_stopped_by_the_wall_clock_and_leaves_no_tesseract_behind(
             p for pid in pool.pids() for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         ]
         assert children == []  # the timeout ended tesseract (a killed parse process would orphan it)
+    finally:
+        pool.shutdown()
 
 
 def test_ten_thousand_empty_pdf_pages_fail_fast_with_no_extractable_text_and_the_process_stays() -> None:
