@@ -264,6 +264,10 @@ def test_bad_config_changes_are_refused_and_change_nothing(api: TestClient, auth
     assert api.get(f"/api/v1/kbs/{kb_id}/versions", headers=other).status_code == 404
     assert api.post(f"/api/v1/kbs/{kb_id}/versions/2/activate", headers=other).status_code == 404
     assert api.patch(f"/api/v1/kbs/{kb_id}", json={"name": "x"}, headers=other).status_code == 404
+    # a version number beyond any column's range is a 422, not a database error
+    huge = 135831226936087117824
+    assert api.post(f"/api/v1/kbs/{kb_id}/versions/{huge}/activate", headers=auth).status_code == 422
+    assert api.get(f"/api/v1/kbs/{kb_id}/versions/{huge}", headers=auth).status_code == 422
     r = api.post(f"/api/v1/kbs/{kb_id}/versions/2/activate", headers=auth)
     assert r.status_code == 200 and r.json()["status"] == "live"
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +18,9 @@ from lorebase.api.schemas.requests import DocumentsBatch, KbPatch, KbWebSource, 
 from lorebase.api.uploads import is_multipart, read_json, receive_files, request_cap
 from lorebase.services import kbs, originals, sources, versions
 from lorebase.services.pipelines import scheduled_start
+
+#: a config version in a path: 1 .. the largest 32-bit integer (a column's range; beyond it, 422)
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 router = APIRouter(prefix="/api/v1", tags=["knowledge bases"])
 
@@ -67,12 +70,14 @@ def list_versions(kb_id: str, runtime: RuntimeDep, p: PrincipalDep) -> dict[str,
 
 
 @router.get("/kbs/{kb_id}/versions/{version}")
-def get_version(kb_id: str, version: int, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+def get_version(kb_id: str, version: VersionNumber, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
     return versions.get_version(runtime, p, kb_id, version)
 
 
 @router.post("/kbs/{kb_id}/versions/{version}/activate")
-def activate_version(kb_id: str, version: int, runtime: RuntimeDep, p: PrincipalDep) -> dict[str, Any]:
+def activate_version(
+    kb_id: str, version: VersionNumber, runtime: RuntimeDep, p: PrincipalDep
+) -> dict[str, Any]:
     """A complete or retired version goes live in one transaction (forwards, or a rollback)."""
     return versions.activate(runtime, p, kb_id, version)
 
