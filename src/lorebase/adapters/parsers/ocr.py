@@ -78,9 +78,23 @@ class _State:
 
 
 _STATE = _State()
-# One thread per Tesseract: the parse pool runs one process per core already, and Tesseract's
-# OpenMP threads on a busy machine made a page 4-6x slower (measured: 2.9 s -> 16.5 s at load 10).
-os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """One thread per Tesseract: the parse pool runs one process per core already, and
+    Tesseract's OpenMP threads on a busy machine made a page 4-6x slower (measured: 2.9 s ->
+    16.5 s at load 10). Set only around the call that spawns it (its child reads the variable):
+    set at import, it reached every process importing the parsers, torch's OpenMP included."""
+    before = os.environ.get("OMP_THREAD_LIMIT")
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OMP_THREAD_LIMIT", None)
+        else:
+            os.environ["OMP_THREAD_LIMIT"] = before
 
 
 def set_limits(limits: OcrLimits) -> None:
@@ -171,9 +185,10 @@ def ocr_image(image: Image.Image) -> OcrPage:
     if image.mode not in ("L", "RGB", "1"):
         image = image.convert("RGB")
     try:
-        data: dict[str, list[Any]] = pytesseract.image_to_data(
-            image, lang=cfg.language, output_type=pytesseract.Output.DICT, timeout=_remaining()
-        )
+        with _one_thread():
+            data: dict[str, list[Any]] = pytesseract.image_to_data(
+                image, lang=cfg.language, output_type=pytesseract.Output.DICT, timeout=_remaining()
+            )
     except RuntimeError as exc:  # pytesseract's timeout
         if "timeout" in str(exc).lower():
             raise PermanentError(_STATE.wall_message) from None
