@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -86,8 +86,13 @@ NotBefore = Annotated[
 ]
 
 
-def not_before_of(query: datetime | None, body: datetime | None) -> datetime | None:
+class _Scheduled(Protocol):
+    not_before: datetime | None
+
+
+def not_before_of(query: datetime | None, body: _Scheduled | None) -> datetime | None:
     """``not_before`` from the query string or the JSON body (either; both only when equal)."""
-    if query is not None and body is not None and query != body:
+    given = body.not_before if body is not None else None
+    if query is not None and given is not None and query != given:
         raise InvalidInput("not_before is given twice (query and body) with different values")
-    return body if body is not None else query
+    return given if given is not None else query

@@ -45,17 +45,21 @@ PNG, JPEG, TIFF = "image/png", "image/jpeg", "image/tiff"
 IMAGE_MEDIA_TYPES: tuple[str, ...] = (PNG, JPEG, TIFF)
 
 
+#: the defaults live in the settings, once
+_DEFAULTS = ParseSettings()
+
+
 @dataclass(frozen=True, slots=True)
 class OcrLimits:
     """The ``parse.ocr*`` settings a parse process needs (picklable, hashable)."""
 
-    enabled: bool = True
-    tesseract_cmd: str = "tesseract"
-    language: str = "eng"
-    dpi: int = 300
-    max_pages: int = 100
-    max_pixels: int = 40_000_000
-    min_confidence: float = 60.0
+    enabled: bool = _DEFAULTS.ocr
+    tesseract_cmd: str = _DEFAULTS.tesseract_cmd
+    language: str = _DEFAULTS.ocr_language
+    dpi: int = _DEFAULTS.ocr_dpi
+    max_pages: int = _DEFAULTS.ocr_max_pages
+    max_pixels: int = _DEFAULTS.ocr_max_pixels
+    min_confidence: float = _DEFAULTS.ocr_min_confidence
 
     @classmethod
     def of(cls, parse: ParseSettings) -> OcrLimits:

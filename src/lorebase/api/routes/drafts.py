@@ -130,7 +130,7 @@ def finalize(
     not_before: NotBefore = None,
     body: StartAt | None = None,
 ) -> dict[str, Any]:
-    start = not_before_of(not_before, body.not_before if body is not None else None)
+    start = not_before_of(not_before, body)
     result = drafts.finalize(runtime, p, draft_id, not_before=start)
     base = (runtime.settings.public_url or str(request.base_url)).rstrip("/")
     result["tracking_url"] = f"{base}/api/v1/pipelines/{result['pipeline_id']}"

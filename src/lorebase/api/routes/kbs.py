@@ -109,7 +109,7 @@ async def add_documents(
     body = await read_json(request, DocumentsBatch, cap=request_cap(runtime.settings))
     assert isinstance(body, DocumentsBatch)
     records = [r.model_dump(exclude={"not_before"}) for r in body.documents]
-    start = not_before_of(not_before, body.not_before)
+    start = not_before_of(not_before, body)
     return await run_in_threadpool(
         lambda: kbs.add_documents(runtime, p, kb_id, records=records, not_before=start)
     )
@@ -119,7 +119,7 @@ async def add_documents(
 def add_source(
     kb_id: str, body: KbWebSource, runtime: RuntimeDep, p: PrincipalDep, not_before: NotBefore = None
 ) -> dict[str, Any]:
-    start = not_before_of(not_before, body.not_before)
+    start = not_before_of(not_before, body)
     return sources.add_to_kb(
         runtime, p, kb_id, body.url, body.crawl, not_before=start, refresh_every=body.refresh_every
     )
@@ -140,7 +140,7 @@ def refresh(
     not_before: NotBefore = None,
     body: StartAt | None = None,
 ) -> dict[str, Any]:
-    start = not_before_of(not_before, body.not_before if body is not None else None)
+    start = not_before_of(not_before, body)
     return sources.refresh(runtime, p, kb_id, not_before=start)
 
 
